@@ -1,0 +1,34 @@
+"""The ``slth`` command line. Each command imports its machinery lazily to keep start-up fast.
+
+Commands live in the module of the feature they drive and are registered here, one line each.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="slth",
+    help="Strong lottery tickets: construct, learn by pruning, and measure.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (results go to docs/benchmarks.md).", no_args_is_help=True)
+experiment_app = typer.Typer(help="Experiments reproducing the papers' claims.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(experiment_app, name="experiment")
+
+
+def _register() -> None:
+    # one import per feature; each module adds its commands to the apps above
+    from .subsetsum import cli as _subsetsum_cli  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,164 @@
+"""The one on-disk format for tickets (constructed or learned): seed + config + packed masks.
+
+A ticket file is a safetensors file. Its tensors are
+
+* ``mask/<name>``  -- uint8, the boolean mask of parameter ``<name>`` packed with ``np.packbits``
+  (little bit order); the unpacked shape is in the metadata;
+* ``extra/<name>`` -- optional small numeric arrays a producer needs (float64/float32/int64...).
+
+Its ``__metadata__`` holds ``format = "slth-ticket"``, ``format_version``, ``seed``, ``config``
+(JSON), ``shapes`` (JSON) and ``checksum``: SHA-256 over the config, the seed and every tensor's
+name, dtype, shape and bytes. Loading parses the header itself, never unpickles, and raises
+:class:`TicketFileError` (a ``ValueError``) naming the problem for a foreign, truncated or
+corrupted file. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ._io import atomic_write_bytes
+
+FORMAT = "slth-ticket"
+FORMAT_VERSION = 1
+
+
+class TicketFileError(ValueError):
+    """A file is not a valid slth ticket (foreign, truncated, corrupted or of an unknown version)."""
+
+
+@dataclass
+class TicketFile:
+    seed: int
+    config: dict[str, Any]
+    masks: dict[str, np.ndarray]  # name -> bool array
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _as_bool_array(mask: Any) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(mask, torch.Tensor):
+            mask = mask.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError("mask values must be 0/1 or bool")
+        arr = arr.astype(np.bool_)
+    return arr
+
+
+def _checksum(seed: int, config_json: str, tensors: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    h.update(FORMAT.encode())
+    h.update(str(seed).encode())
+    h.update(config_json.encode())
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(name.encode())
+        h.update(arr.dtype.str.encode())
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def to_bytes(ticket: TicketFile) -> bytes:
+    from safetensors.numpy import save
+
+    if not isinstance(ticket.seed, (int, np.integer)) or isinstance(ticket.seed, bool):
+        raise ValueError(f"seed must be an int, got {type(ticket.seed).__name__}")
+    config_json = json.dumps(ticket.config, sort_keys=True)
+    tensors: dict[str, np.ndarray] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, mask in ticket.masks.items():
+        arr = _as_bool_array(mask)
+        shapes[name] = list(arr.shape)
+        tensors[f"mask/{name}"] = np.packbits(arr.reshape(-1), bitorder="little")
+    for name, arr in ticket.extras.items():
+        tensors[f"extra/{name}"] = np.ascontiguousarray(np.asarray(arr))
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "seed": str(int(ticket.seed)),
+        "config": config_json,
+        "shapes": json.dumps(shapes, sort_keys=True),
+        "checksum": _checksum(int(ticket.seed), config_json, tensors),
+    }
+    return save(tensors, metadata=metadata)
+
+
+def save(path: str | os.PathLike, ticket: TicketFile) -> Path:
+    """Write ``ticket`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, to_bytes(ticket))
+
+
+def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
+    from safetensors.numpy import load
+
+    if len(data) < 8:
+        raise TicketFileError(f"{source}: not a slth ticket (file is {len(data)} bytes, too short for a header)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8 or header_len > 100_000_000:
+        raise TicketFileError(f"{source}: truncated or not a slth ticket (header claims {header_len} bytes)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TicketFileError(f"{source}: not a slth ticket (header is not JSON: {exc})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TicketFileError(f"{source}: not a slth ticket (no '{FORMAT}' format tag in the metadata)")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise TicketFileError(f"{source}: unsupported ticket format version {version!r} (this slth reads {FORMAT_VERSION})")
+    try:
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise TicketFileError(f"{source}: truncated or corrupted tensor data ({exc})") from None
+    try:
+        seed = int(meta["seed"])
+        config_json = meta["config"]
+        config = json.loads(config_json)
+        shapes = json.loads(meta["shapes"])
+        checksum = meta["checksum"]
+    except (KeyError, ValueError) as exc:
+        raise TicketFileError(f"{source}: ticket metadata is incomplete or malformed ({exc})") from None
+    if _checksum(seed, config_json, tensors) != checksum:
+        raise TicketFileError(f"{source}: checksum mismatch, the ticket file is corrupted")
+    masks: dict[str, np.ndarray] = {}
+    extras: dict[str, np.ndarray] = {}
+    for key, arr in tensors.items():
+        kind, _, name = key.partition("/")
+        if kind == "mask":
+            if name not in shapes:
+                raise TicketFileError(f"{source}: mask {name!r} has no shape in the metadata")
+            shape = tuple(int(s) for s in shapes[name])
+            count = int(np.prod(shape, dtype=np.int64))
+            if arr.dtype != np.uint8 or arr.size * 8 < count:
+                raise TicketFileError(f"{source}: mask {name!r} is too short for shape {shape}")
+            masks[name] = np.unpackbits(arr, count=count, bitorder="little").astype(bool).reshape(shape)
+        elif kind == "extra":
+            extras[name] = arr
+        else:
+            raise TicketFileError(f"{source}: unexpected tensor {key!r}")
+    if set(shapes) != set(masks):
+        raise TicketFileError(f"{source}: masks listed in the metadata are missing: {sorted(set(shapes) - set(masks))}")
+    return TicketFile(seed=seed, config=config, masks=masks, extras=extras)
+
+
+def load(path: str | os.PathLike) -> TicketFile:
+    """Read a ticket file written by :func:`save`; raises :class:`TicketFileError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such ticket file: {path}")
+    return from_bytes(path.read_bytes(), source=str(path))
