@@ -1,0 +1,189 @@
+"""Supermask methods as ``torch.nn.utils.parametrize`` parametrizations of a layer's frozen ``weight``.
+
+Each method is a module ``P`` with ``P(weight) -> effective weight``. In training mode the mask may be
+stochastic (Bernoulli) or thresholded (Gem-Miner); in eval mode every method uses its *final mask*, which
+keeps exactly ``kept_count(numel, density)`` weights -- the mask a ticket stores.
+
+==========  ===================================================================  ====================
+method      training mask / effective weight                                     final mask
+==========  ===================================================================  ====================
+edge-popup  top-k of |s|, straight-through; W * m  (Ramanujan et al. 2020)      top-k of |s|
+bernoulli   m ~ Bernoulli(sigmoid(s)), straight-through; W * m  (Zhou et al.)  top-k of s
+biprop      top-k of |s|; alpha * sign(W) * m, alpha = mean |W| over kept      top-k of |s|
+iterand     edge-popup; every ``rerand_period`` steps each pruned weight is      top-k of |s|
+            re-drawn from the init with probability ``rerand_prob`` (Chijiwa)
+gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda     top-k of s over the
+            * sum s^2; the removable set shrinks to ``density`` on a geometric    remaining set
+            per-epoch schedule (Sreenivasan et al. 2022)
+==========  ===================================================================  ====================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .core import GetSubnet, StraightThroughBernoulli, StraightThroughRound, kept_count, topk_mask
+from .init import DISTRIBUTIONS, check_init
+
+
+@dataclass(frozen=True)
+class SupermaskConfig:
+    """Hyper-parameters of a supermask. ``density`` is the kept fraction of the prunable weights."""
+
+    method: str = "edge-popup"
+    density: float = 0.5
+    init: str = "signed-constant"
+    distribution: str = "uniform"  # per-layer densities: "uniform" or "erk"
+    rerand_period: int = 300  # IteRand: optimizer steps between re-randomisations (K_per)
+    rerand_prob: float = 0.1  # IteRand: probability that a pruned weight is re-drawn
+    score_l2: float = 1e-4  # Gem-Miner: lambda of the sparsity regulariser lambda * sum(s^2)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown supermask method {self.method!r}; valid names: {', '.join(sorted(METHODS))}")
+        if not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0:
+            raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
+        check_init(self.init)
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown density distribution {self.distribution!r}; valid names: {', '.join(DISTRIBUTIONS)}")
+        if self.rerand_period < 1 or not 0.0 <= self.rerand_prob <= 1.0 or self.score_l2 < 0:
+            raise ValueError("need rerand_period >= 1, rerand_prob in [0, 1] and score_l2 >= 0")
+
+
+class Supermask(nn.Module):
+    """Base parametrization: ``weight -> effective_weight(weight, mask)`` with ``scores`` the only parameter."""
+
+    def __init__(self, shape: torch.Size, density: float, scores: torch.Tensor):
+        super().__init__()
+        self.density = float(density)
+        self.k = kept_count(math.prod(shape), density)
+        self.scores = nn.Parameter(scores.reshape(shape).clone())
+
+    def final_mask(self) -> torch.Tensor:
+        """The deterministic boolean mask with exactly ``k`` kept weights."""
+        return topk_mask(self.scores.detach().abs(), self.k)
+
+    def training_mask(self) -> torch.Tensor:
+        return GetSubnet.apply(self.scores.abs(), self.k)
+
+    def effective_weight(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return weight * mask
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        mask = self.training_mask() if self.training else self.final_mask().to(weight.dtype)
+        return self.effective_weight(weight, mask)
+
+    # hooks the trainer calls; no-ops unless a method needs them
+    def regularization(self) -> torch.Tensor | float:
+        return 0.0
+
+    @torch.no_grad()
+    def after_step(self, step: int, weight: torch.Tensor) -> None:
+        """Called after optimizer step ``step`` (1-based) with the layer's frozen weight tensor."""
+
+    @torch.no_grad()
+    def after_epoch(self, epoch: int, epochs: int) -> None:
+        """Called after epoch ``epoch`` (1-based) of ``epochs``."""
+
+
+class EdgePopup(Supermask):
+    pass
+
+
+def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
+    """biprop's effective weight alpha * sign(W) * m, alpha = ||m * W||_1 / ||m||_0 (per layer)."""
+    alpha = (weight.abs() * mask).sum() / kept
+    return alpha * torch.sign(weight) * mask
+
+
+class BiProp(Supermask):
+    def effective_weight(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return binarized_weight(weight, mask, self.k)
+
+
+class _Sampling(Supermask):
+    """A method with its own random stream; its state travels in ``state_dict`` (resume is exact)."""
+
+    def __init__(self, shape, density, scores, sample_seed: int):
+        super().__init__(shape, density, scores)
+        self.generator = torch.Generator().manual_seed(sample_seed)
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class Bernoulli(_Sampling):
+    def final_mask(self) -> torch.Tensor:
+        return topk_mask(self.scores.detach(), self.k)  # the k most probable weights
+
+    def training_mask(self) -> torch.Tensor:
+        return StraightThroughBernoulli.apply(torch.sigmoid(self.scores), self.generator)
+
+
+class IteRand(_Sampling):
+    """edge-popup plus periodic re-randomisation of pruned weights (Chijiwa et al. 2021).
+
+    ``generation`` records, per weight, which draw of the init it currently holds (0 = the original), so a
+    ticket can rebuild the frozen weights from the seed alone.
+    """
+
+    def __init__(self, shape, density, scores, sample_seed: int, redraw: Callable[[int], torch.Tensor],
+                 period: int, prob: float):
+        super().__init__(shape, density, scores, sample_seed)
+        self.redraw, self.period, self.prob = redraw, period, prob
+        self.register_buffer("generation", torch.zeros(shape, dtype=torch.int16))
+
+    @torch.no_grad()
+    def after_step(self, step: int, weight: torch.Tensor) -> None:
+        if step % self.period:
+            return
+        round_ = step // self.period
+        if round_ > torch.iinfo(torch.int16).max:
+            raise OverflowError("IteRand: more re-randomisation rounds than an int16 generation can record")
+        pruned = ~self.final_mask()
+        chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob)
+        weight[chosen] = self.redraw(round_)[chosen]
+        self.generation[chosen] = round_
+
+
+class GemMiner(Supermask):
+    """Relaxed scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, and a shrinking removable set."""
+
+    def __init__(self, shape, density, scores, score_l2: float):
+        super().__init__(shape, density, scores)
+        self.score_l2 = score_l2
+        self.register_buffer("alive", torch.ones(shape, dtype=torch.bool))
+
+    def _ranked_scores(self) -> torch.Tensor:
+        return self.scores.detach().masked_fill(~self.alive, -math.inf)
+
+    def final_mask(self) -> torch.Tensor:
+        return topk_mask(self._ranked_scores(), self.k)
+
+    def training_mask(self) -> torch.Tensor:
+        return StraightThroughRound.apply(self.scores) * self.alive
+
+    def regularization(self) -> torch.Tensor:
+        return self.score_l2 * self.scores.pow(2).sum()
+
+    @torch.no_grad()
+    def after_step(self, step: int, weight: torch.Tensor) -> None:
+        self.scores.clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def after_epoch(self, epoch: int, epochs: int) -> None:
+        # geometric schedule: after epoch e of E the removable set keeps density ** (e / E) of the layer
+        n = self.alive.numel()
+        keep = max(self.k, kept_count(n, self.density ** (epoch / epochs)))
+        self.alive.copy_(topk_mask(self._ranked_scores(), keep))
+
+
+METHODS = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")
