@@ -1,0 +1,137 @@
+"""Python front end of the SubsetSum engine: validation and shape handling once per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._kernels import MAX_N
+
+__all__ = ["Solution", "solve", "solve_sparsest", "MAX_N"]
+
+
+@dataclass(frozen=True)
+class Solution:
+    """SubsetSum results for a batch of B instances over n values.
+
+    mask:     (B, n) bool -- the chosen subset of each row.
+    error:    (B,) float64 -- |sum - target|.
+    sum:      (B,) float64 -- the sum of the chosen values (left to right within each half).
+    feasible: (B,) bool -- error <= eps (``solve_sparsest``); all True for ``solve``.
+    """
+
+    mask: np.ndarray
+    error: np.ndarray
+    sum: np.ndarray
+    feasible: np.ndarray
+
+    @property
+    def count(self) -> np.ndarray:
+        """Number of chosen elements per row."""
+        return self.mask.sum(axis=1)
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+
+def _as_float64(x: Any, name: str) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers castable to float64, got dtype {arr.dtype}")
+    arr = np.asarray(arr, dtype=np.float64, order="C")
+    if not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise ValueError(f"{name} contains {bad}; SubsetSum needs finite numbers")
+    return arr
+
+
+def _validate(values: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+    values = _as_float64(values, "values")
+    targets = _as_float64(targets, "targets")
+    if values.ndim not in (1, 2):
+        raise ValueError(f"values must have shape (B, n) or (n,), got {values.shape}")
+    if targets.ndim != 1:
+        raise ValueError(f"targets must have shape (B,), got {targets.shape}")
+    n = values.shape[-1]
+    if n < 1 or n > MAX_N:
+        raise ValueError(f"n (values per instance) must be between 1 and {MAX_N}, got {n}")
+    if values.ndim == 2 and values.shape[0] != targets.shape[0]:
+        raise ValueError(f"shape mismatch: values has {values.shape[0]} rows but targets has {targets.shape[0]}")
+    return values, targets
+
+
+def _chunks(rows: int) -> int:
+    import numba
+
+    # a few chunks per thread balance the load; each chunk allocates its scratch once
+    return max(1, min(rows, 4 * numba.get_num_threads()))
+
+
+def _empty(rows: int, n: int) -> Solution:
+    return Solution(
+        mask=np.zeros((rows, n), dtype=bool),
+        error=np.zeros(rows),
+        sum=np.zeros(rows),
+        feasible=np.ones(rows, dtype=bool),
+    )
+
+
+def solve(values: Any, targets: Any, *, device: Any = None) -> Solution:
+    """Exactly minimal-error subset per row (ties -> fewest elements).
+
+    ``values``: (B, n) float64, or (n,) shared by all rows; ``targets``: (B,). n from 1 to ``MAX_N``.
+    With ``device`` (e.g. ``"cuda"`` or ``"cpu"``) the batched PyTorch implementation runs on that
+    device instead of the numba kernel; results are identical.
+    """
+    values, targets = _validate(values, targets)
+    if device is not None:
+        from ._torch import solve_torch
+
+        return solve_torch(values, targets, device=device)
+    from . import _kernels
+
+    rows, n = targets.shape[0], values.shape[-1]
+    out = _empty(rows, n)
+    if rows == 0:
+        return out
+    if values.ndim == 1:
+        _kernels.solve_shared(values, targets, _chunks(rows), out.mask, out.error, out.sum)
+    else:
+        _kernels.solve_rows(values, targets, _chunks(rows), out.mask, out.error, out.sum)
+    return out
+
+
+def solve_sparsest(values: Any, targets: Any, eps: Any) -> Solution:
+    """Per row, a fewest-element subset with error <= eps (ties -> smallest error).
+
+    ``eps`` is a scalar or (B,). Rows with no such subset have ``feasible = False`` and carry the
+    minimal-error subset (as :func:`solve` returns it).
+    """
+    values, targets = _validate(values, targets)
+    rows, n = targets.shape[0], values.shape[-1]
+    eps_arr = _as_float64(eps, "eps")
+    if eps_arr.ndim == 0:
+        eps_arr = np.full(rows, float(eps_arr))
+    if eps_arr.shape != (rows,):
+        raise ValueError(f"eps must be a scalar or have shape ({rows},), got {eps_arr.shape}")
+    if (eps_arr < 0).any():
+        raise ValueError("eps must be >= 0")
+    if values.ndim == 1:
+        values = np.broadcast_to(values, (rows, n))
+    values = np.ascontiguousarray(values)
+    out = _empty(rows, n)
+    if rows == 0:
+        return out
+    from . import _kernels
+
+    _kernels.solve_sparsest_rows(values, targets, eps_arr, _chunks(rows), out.mask, out.error, out.sum, out.feasible)
+    return out

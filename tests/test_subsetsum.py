@@ -1,0 +1,176 @@
+"""The SubsetSum engine against brute force (hypothesis), edge cases and input validation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from slth.subsetsum import MAX_N, solve, solve_sparsest
+from slth.subsetsum.reference import brute_force
+
+finite = st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False, width=64)
+
+
+@st.composite
+def instances(draw, max_n=14, max_rows=6, dyadic=False):
+    n = draw(st.integers(1, max_n))
+    rows = draw(st.integers(1, max_rows))
+    if dyadic:  # values on a 1/16 grid: sums are exact, so ties are real ties
+        elems = st.integers(-16, 16).map(lambda k: k / 16)
+    else:
+        elems = finite
+    values = draw(hnp.arrays(np.float64, (rows, n), elements=elems))
+    targets = draw(hnp.arrays(np.float64, (rows,), elements=elems if dyadic else finite))
+    return values, targets
+
+
+def _check_sum_and_error(sol, values, targets):
+    chosen = np.where(sol.mask, values, 0.0).sum(axis=1)
+    np.testing.assert_allclose(sol.sum, chosen, atol=1e-12)
+    np.testing.assert_allclose(sol.error, np.abs(sol.sum - targets), atol=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances())
+def test_solve_matches_brute_force(inst):
+    values, targets = inst
+    sol = solve(values, targets)
+    ref = brute_force(values, targets)
+    np.testing.assert_allclose(sol.error, ref.error, atol=1e-12, rtol=0)
+    _check_sum_and_error(sol, values, targets)
+    assert sol.feasible.all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances(dyadic=True))
+def test_solve_ties_take_fewest_elements(inst):
+    values, targets = inst
+    sol = solve(values, targets)
+    ref = brute_force(values, targets)
+    np.testing.assert_array_equal(sol.error, ref.error)
+    np.testing.assert_array_equal(sol.count, ref.count)
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances(), st.floats(0.0, 0.5))
+def test_solve_sparsest_has_minimal_cardinality(inst, eps):
+    values, targets = inst
+    sol = solve_sparsest(values, targets, eps)
+    ref = brute_force(values, targets, eps=eps)
+    np.testing.assert_array_equal(sol.feasible, ref.feasible)
+    feas = ref.feasible
+    np.testing.assert_array_equal(sol.count[feas], ref.count[feas])
+    assert (sol.error[feas] <= eps).all()
+    np.testing.assert_allclose(sol.error[feas], ref.error[feas], atol=1e-12)
+    # infeasible rows carry the minimal-error subset
+    np.testing.assert_allclose(sol.error[~feas], ref.error[~feas], atol=1e-12)
+    _check_sum_and_error(sol, values, targets)
+
+
+@settings(max_examples=100, deadline=None)
+@given(instances(dyadic=True), st.integers(0, 8).map(lambda k: k / 16))
+def test_solve_sparsest_ties_exact(inst, eps):
+    values, targets = inst
+    sol = solve_sparsest(values, targets, eps)
+    ref = brute_force(values, targets, eps=eps)
+    np.testing.assert_array_equal(sol.count, ref.count)
+    np.testing.assert_array_equal(sol.error, ref.error)
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 12), elements=finite), hnp.arrays(np.float64, st.integers(0, 5), elements=finite))
+def test_shared_values_equal_broadcast(values, targets):
+    shared = solve(values, targets)
+    full = solve(np.broadcast_to(values, (targets.shape[0], values.shape[0])).copy(), targets)
+    np.testing.assert_array_equal(shared.mask, full.mask)
+    np.testing.assert_array_equal(shared.error, full.error)
+
+
+def test_n_equals_one():
+    sol = solve(np.array([[0.5], [0.5]]), np.array([0.4, 0.1]))
+    np.testing.assert_array_equal(sol.mask[:, 0], [True, False])
+    np.testing.assert_allclose(sol.error, [0.1, 0.1])
+
+
+def test_all_zero_values_choose_empty_set():
+    sol = solve(np.zeros((3, 16)), np.array([0.0, 1.0, -2.0]))
+    assert not sol.mask.any()
+    np.testing.assert_array_equal(sol.error, [0.0, 1.0, 2.0])
+    sp = solve_sparsest(np.zeros((1, 10)), np.array([0.0]), 0.0)
+    assert sp.feasible.all() and not sp.mask.any()
+
+
+def test_unreachable_target_takes_the_range_end():
+    values = np.array([[0.1, 0.2, -0.05]])
+    sol = solve(values, np.array([5.0]))
+    np.testing.assert_array_equal(sol.mask, [[True, True, False]])
+    np.testing.assert_allclose(sol.error, [5.0 - 0.3])
+    sp = solve_sparsest(values, np.array([5.0]), 0.01)
+    assert not sp.feasible[0]
+    np.testing.assert_allclose(sp.error, sol.error)
+
+
+def test_ties_prefer_fewer_elements():
+    sol = solve(np.array([[0.25, 0.25, 0.5]]), np.array([0.5]))
+    assert sol.count[0] == 1 and sol.mask[0, 2]
+
+
+def test_empty_batch():
+    sol = solve(np.zeros((0, 8)), np.zeros(0))
+    assert sol.mask.shape == (0, 8) and sol.error.shape == (0,)
+    sp = solve_sparsest(np.zeros((0, 8)), np.zeros(0), 0.1)
+    assert len(sp) == 0
+
+
+@pytest.mark.parametrize("n", [24, 32])
+def test_large_n_is_exact_on_a_planted_subset(n):
+    rng = np.random.default_rng(n)
+    values = rng.uniform(-1, 1, (50, n)) * rng.uniform(-1, 1, (50, n))
+    planted = rng.random((50, n)) < 0.5
+    targets = np.where(planted, values, 0.0).sum(axis=1)
+    sol = solve(values, targets)
+    assert (sol.error <= 1e-12).all()
+
+
+def test_sparsest_is_much_sparser_than_min_error():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-1, 1, (2000, 20)) * rng.uniform(0, 1, (2000, 20))
+    targets = rng.uniform(-0.5, 0.5, 2000)
+    dense = solve(values, targets)
+    sparse = solve_sparsest(values, targets, 0.01)
+    assert sparse.feasible.mean() > 0.99
+    assert sparse.count.mean() < 0.5 * dense.count.mean()
+
+
+@pytest.mark.parametrize(
+    "values, targets, message",
+    [
+        (np.zeros((2, 0)), np.zeros(2), "n"),
+        (np.zeros((2, MAX_N + 1)), np.zeros(2), "n"),
+        (np.array([[np.nan, 1.0]]), np.zeros(1), "NaN"),
+        (np.array([[np.inf, 1.0]]), np.zeros(1), "inf"),
+        (np.zeros((2, 3)), np.array([np.nan, 0.0]), "targets"),
+        (np.zeros((2, 3)), np.zeros(3), "mismatch"),
+        (np.zeros((2, 3, 1)), np.zeros(2), "shape"),
+        (np.array([["a", "b"]]), np.zeros(1), "dtype"),
+        (np.zeros((1, 2), dtype=complex), np.zeros(1), "dtype"),
+    ],
+)
+def test_invalid_input_names_the_problem(values, targets, message):
+    with pytest.raises(ValueError, match=message):
+        solve(values, targets)
+
+
+def test_invalid_eps():
+    with pytest.raises(ValueError, match="eps"):
+        solve_sparsest(np.zeros((2, 3)), np.zeros(2), -1.0)
+    with pytest.raises(ValueError, match="eps"):
+        solve_sparsest(np.zeros((2, 3)), np.zeros(2), np.zeros(3))
+
+
+def test_accepts_integer_and_torch_input():
+    torch = pytest.importorskip("torch")
+    a = solve(np.array([[1, 2, 3]]), np.array([4]))
+    b = solve(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([4.0]))
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.error[0] == 0.0
