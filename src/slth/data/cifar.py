@@ -19,7 +19,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:

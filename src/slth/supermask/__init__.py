@@ -6,20 +6,32 @@ gives a registry model whose Linear/Conv2d weights are frozen seeded draws, each
 are trainable. ``to_ticket`` / ``from_ticket`` write and rebuild the learned ticket (seed + masks).
 
 ``density`` is always the kept fraction.
+
+Names are imported lazily, so that ``slth.supermask.cli`` (and ``slth --help``) does not import torch.
 """
 
 from __future__ import annotations
 
-from .apply import (after_epoch, after_step, apply_supermask, build, final_masks, mask_counts, regularization,
-                    supermask_layers)
-from .core import GetSubnet, kept_count, topk_mask
-from .init import INITS, derive_seed, init_weights, layer_densities, prunable_layers
-from .methods import METHODS, SupermaskConfig
-from .ticket import from_ticket, load_ticket, materialize, to_ticket
+import importlib
 
-__all__ = [
-    "METHODS", "INITS", "SupermaskConfig", "GetSubnet", "build", "apply_supermask", "supermask_layers",
-    "after_step", "after_epoch", "regularization", "final_masks", "mask_counts", "kept_count", "topk_mask",
-    "derive_seed", "init_weights", "layer_densities", "prunable_layers", "to_ticket", "from_ticket",
-    "load_ticket", "materialize",
-]
+_EXPORTS = {
+    "apply": ("after_epoch", "after_step", "apply_supermask", "build", "final_masks", "mask_counts",
+              "regularization", "supermask_layers"),
+    "core": ("GetSubnet", "kept_count", "topk_mask"),
+    "init": ("INITS", "derive_seed", "init_weights", "layer_densities", "prunable_layers"),
+    "methods": ("METHODS", "SupermaskConfig"),
+    "ticket": ("from_ticket", "load_ticket", "materialize", "to_ticket"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -8,14 +8,12 @@ is stored as ``extras["generation/<name>"]`` (int16, in mask order).
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .. import ticketfile
 from .apply import supermask_layers
@@ -27,11 +25,33 @@ KIND = "learned-supermask"
 
 @torch.no_grad()
 def materialize(model: nn.Module) -> nn.Module:
-    """A plain copy of ``model`` whose weights are the effective (masked) weights of the final masks."""
-    plain = copy.deepcopy(model).eval()
-    for _, module, _ in list(supermask_layers(plain)):
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    return plain
+    """A plain registry model whose weights are ``model``'s effective weights under the final masks.
+
+    Built afresh rather than by ``copy.deepcopy`` + ``remove_parametrizations``: copies of a parametrized
+    module share its generated class, and removing the parametrization from one breaks the other.
+    """
+    spec = getattr(model, "slth_spec", None)
+    if not spec:
+        raise ValueError("materialize needs a model built by slth.supermask.build (it has no slth_spec)")
+    plain = _plain_model(spec)
+    was_training = model.training
+    model.eval()
+    try:
+        effective = {f"{name}.weight": module.weight for name, module, _ in supermask_layers(model)}
+        source = model.state_dict()
+        plain.load_state_dict({k: effective[k] if k in effective else source[k] for k in plain.state_dict()})
+    finally:
+        model.train(was_training)
+    plain.slth_spec = dict(spec)
+    return plain.eval()
+
+
+def _plain_model(spec: dict) -> nn.Module:
+    from ..models import build_model
+
+    kwargs = dict(spec["model_kwargs"])
+    input_shape, num_classes = tuple(kwargs.pop("input_shape")), kwargs.pop("num_classes")
+    return build_model(spec["model"], input_shape, num_classes, **kwargs)
 
 
 def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticketfile.TicketFile:
@@ -57,16 +77,12 @@ def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticket
 @torch.no_grad()
 def from_ticket(source: str | os.PathLike | ticketfile.TicketFile) -> nn.Module:
     """Rebuild the pruned network of a learned ticket: seeded frozen weights times the stored masks."""
-    from ..models import build_model
-
     ticket = source if isinstance(source, ticketfile.TicketFile) else ticketfile.load(Path(source))
     config = ticket.config
     if config.get("kind") != KIND:
         raise ticketfile.TicketFileError(f"not a learned supermask ticket (kind {config.get('kind')!r})")
     sm = SupermaskConfig(**config["supermask"])
-    kwargs = dict(config["model_kwargs"])
-    input_shape, num_classes = tuple(kwargs.pop("input_shape")), kwargs.pop("num_classes")
-    model = build_model(config["model"], input_shape, num_classes, **kwargs)
+    model = _plain_model(config)
     densities = layer_densities(model, sm.density, sm.distribution)
     init_weights(model, ticket.seed, sm.init, densities)
     layers = dict(prunable_layers(model))

@@ -1,0 +1,83 @@
+"""``slth experiment width-sweep``: dense at width w against every supermask method at width k * w.
+
+Each run lives in ``out/<method>-w<width>/`` and is resumed if present, so re-running the sweep reuses
+finished runs. The result is ``out/width_sweep.json``, a markdown table ``out/width_sweep.md`` and a plot
+``out/width_sweep.png`` (test accuracy against width multiple k, dense as a horizontal line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from .._io import atomic_write_json, atomic_write_text
+
+
+def width_sweep(base: "TrainConfig", methods: Sequence[str], multiples: Sequence[int], out: str | Path, *,  # noqa: F821
+                quiet: bool = False) -> dict:
+    from ..train import TrainConfig, train  # noqa: F401
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+
+    def run(method: str, k: int) -> None:
+        cfg = replace(base, method=method, width=base.width * k)
+        m = train(cfg, out / f"{method}-w{cfg.width:g}", resume=True, quiet=quiet)
+        runs.append({"method": method, "k": k, "width": cfg.width, "test_accuracy": m["test_accuracy"],
+                     "best_test_accuracy": m["best_test_accuracy"], "density": m["density"],
+                     "kept_params": m["kept_params"], "params": m["params"], "seconds": m["seconds"]})
+
+    run("dense", 1)
+    for method in methods:
+        for k in multiples:
+            run(method, k)
+    result = {"config": base.to_dict(), "methods": list(methods), "multiples": list(multiples), "runs": runs}
+    atomic_write_json(out / "width_sweep.json", result)
+    atomic_write_text(out / "width_sweep.md", table(result))
+    plot(result, out / "width_sweep.png")
+    return result
+
+
+def table(result: dict) -> str:
+    runs = result["runs"]
+    dense = next(r for r in runs if r["method"] == "dense")
+    ks = result["multiples"]
+    lines = [f"| method | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    lines.append(f"| dense (width {dense['width']:g}, {dense['params']:,} weights) | "
+                 + " | ".join(f"{100 * dense['test_accuracy']:.2f}" if k == 1 else "" for k in ks) + " |")
+    for method in result["methods"]:
+        cells = []
+        for k in ks:
+            r = next(r for r in runs if r["method"] == method and r["k"] == k)
+            cells.append(f"{100 * r['test_accuracy']:.2f} ({r['kept_params']:,} kept)")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
+    runs = result["runs"]
+    dense = next(r for r in runs if r["method"] == "dense")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in result["methods"]:
+        rs = sorted((r for r in runs if r["method"] == method), key=lambda r: r["k"])
+        ax.plot([r["k"] for r in rs], [100 * r["test_accuracy"] for r in rs], marker="o", label=method)
+    ax.axhline(100 * dense["test_accuracy"], color="k", linestyle="--", label=f"dense, width {dense['width']:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result["multiples"], [str(k) for k in result["multiples"]])
+    cfg = result["config"]
+    ax.set_xlabel(f"width multiple k of the random network (density {cfg['density']:g} kept)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{cfg['model']} on {cfg['data']}: dense at width {dense['width']:g} vs supermasks at k x width")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""slth.supermask: gradients reach only scores, frozen weights stay frozen, densities are exact, and
+tickets rebuild bit-identically from the seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slth import supermask as sm
+from slth import ticketfile
+
+torch.set_num_threads(1)
+SHAPE = (1, 8, 8)
+
+
+def _model(method="edge-popup", density=0.3, seed=0, **kw):
+    config = sm.SupermaskConfig(method=method, density=density, **kw)
+    return sm.build("fc", SHAPE, 10, seed=seed, hidden=[24, 12], supermask=config)
+
+
+def _train(model, steps=12, lr=0.5):
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(32, *SHAPE, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    model.train()
+    for step in range(1, steps + 1):
+        loss = F.cross_entropy(model(x), y) + sm.regularization(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sm.after_step(model, step)
+    sm.after_epoch(model, 1, 1)
+    return model
+
+
+def test_kept_count_and_topk_are_exact():
+    assert sm.kept_count(10, 0.25) == 3 and sm.kept_count(10, 0.35) == 4 and sm.kept_count(10, 1e-9) == 1
+    assert sm.kept_count(7, 1.0) == 7
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="density"):
+            sm.kept_count(10, bad)
+    ties = torch.tensor([1.0, 2.0, 2.0, 2.0, 0.5])
+    assert int(sm.topk_mask(ties, 2).sum()) == 2
+    assert sm.topk_mask(torch.tensor([3.0, 1.0, 2.0]), 2).tolist() == [True, False, True]
+
+
+def test_get_subnet_is_straight_through():
+    scores = torch.tensor([0.1, -3.0, 2.0, 0.5], requires_grad=True)
+    mask = sm.GetSubnet.apply(scores.abs(), 2)
+    assert mask.tolist() == [0.0, 1.0, 1.0, 0.0]
+    (mask * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert scores.grad.tolist() == [1.0, -2.0, 3.0, 4.0]  # identity through the mask, sign from |s|
+
+
+@pytest.mark.parametrize("method", sm.METHODS)
+def test_only_scores_receive_gradients(method):
+    model = _model(method)
+    model.train()
+    F.cross_entropy(model(torch.randn(8, *SHAPE)), torch.arange(8)).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, _ in model.named_parameters() if n.endswith(".scores")}
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in with_grad)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if not n.endswith(".scores"))
+
+
+@pytest.mark.parametrize("method", [m for m in sm.METHODS if m != "iterand"])
+def test_frozen_weights_bitwise_unchanged_and_scores_trained(method):
+    model = _model(method)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model)
+    for n, p in model.named_parameters():
+        if n.endswith(".scores"):
+            assert not torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_iterand_redraws_only_pruned_weights_and_records_generation():
+    model = _model("iterand", rerand_period=4, rerand_prob=0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("original")}
+    _train(model, steps=12)
+    changed_any = False
+    for name, module, p in sm.supermask_layers(model):
+        w = module.parametrizations.weight.original
+        old = before[f"{name}.parametrizations.weight.original"]
+        changed = w != old
+        assert torch.equal(changed, (p.generation != 0) & changed)  # a change is always a recorded re-draw
+        assert int(p.generation.max()) <= 3
+        changed_any |= bool(changed.any())
+    assert changed_any
+
+
+@pytest.mark.parametrize("method", sm.METHODS)
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_density_is_honoured_exactly(method, distribution):
+    model = _train(_model(method, density=0.37, distribution=distribution), steps=3)
+    densities = sm.layer_densities(model, 0.37, distribution)
+    model.eval()
+    for name, module, p in sm.supermask_layers(model):
+        expected = sm.kept_count(module.weight.numel(), densities[name])
+        assert int(p.final_mask().sum()) == expected
+        assert int((module.weight != 0).sum()) == expected  # eval-mode effective weight uses the final mask
+    kept, total = sm.mask_counts(model)
+    assert abs(kept / total - 0.37) < 0.01
+
+
+def test_erk_gives_small_layers_more_density():
+    model = sm.build("fc", SHAPE, 10, seed=0, hidden=[24, 12])
+    d = sm.layer_densities(model, 0.3, "erk")
+    assert d["layers.1"] < d["layers.3"] <= 1.0
+    numel = {n: m.weight.numel() for n, m in sm.prunable_layers(model)}
+    assert abs(sum(d[n] * numel[n] for n in d) - 0.3 * sum(numel.values())) < 1e-6
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    a, b, c = _model(seed=5), _model(seed=5), _model(seed=6)
+    torch.manual_seed(123)  # global RNG state must not matter
+    d = _model(seed=5)
+    for (n, pa), pb, pc, pd in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(),
+                                   d.state_dict().values()):
+        assert torch.equal(pa, pb) and torch.equal(pa, pd), n
+        assert not torch.equal(pa, pc), n
+
+
+@pytest.mark.parametrize("method", sm.METHODS)
+def test_ticket_roundtrip_is_bit_identical(tmp_path, method):
+    model = _train(_model(method, seed=11, rerand_period=3, rerand_prob=0.5))
+    path = tmp_path / "t.slth"
+    sm.to_ticket(model, path)
+    ticket = ticketfile.load(path)
+    assert ticket.seed == 11 and ticket.config["model"] == "fc" and ticket.config["supermask"]["method"] == method
+    plain = sm.materialize(model)
+    assert set(ticket.masks) == {n for n, _ in plain.named_parameters()}
+    rebuilt = sm.from_ticket(path)
+    for (n, p), q in zip(plain.state_dict().items(), rebuilt.state_dict().values()):
+        assert torch.equal(p, q), n
+    x = torch.randn(16, *SHAPE)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+
+
+def test_ticket_errors(tmp_path):
+    dense = sm.build("fc", SHAPE, 10, seed=0, hidden=[4])
+    with pytest.raises(ValueError, match="supermask"):
+        sm.to_ticket(dense)
+    bad = ticketfile.TicketFile(seed=0, config={"kind": "constructed"}, masks={})
+    with pytest.raises(ticketfile.TicketFileError, match="kind"):
+        sm.from_ticket(bad)
+
+
+def test_bad_config_errors():
+    with pytest.raises(ValueError, match="edge-popup"):
+        sm.SupermaskConfig(method="magnitude")
+    for density in (0, 1.01, -1):
+        with pytest.raises(ValueError, match="density"):
+            sm.SupermaskConfig(density=density)
+    with pytest.raises(ValueError, match="signed-constant"):
+        sm.SupermaskConfig(init="xavier")
+    with pytest.raises(ValueError, match="erk"):
+        sm.SupermaskConfig(distribution="global")
+
+
+@pytest.mark.parametrize("init", sorted(sm.INITS))
+def test_init_scales(init):
+    model = sm.build("fc", (1, 40, 40), 10, seed=0, hidden=[400], supermask=sm.SupermaskConfig(density=0.25, init=init))
+    w = next(m for _, m, _ in sm.supermask_layers(model)).parametrizations.weight.original
+    std = (2 / 1600) ** 0.5 * (2.0 if init.startswith("scaled") else 1.0)
+    assert abs(float(w.std()) / std - 1) < 0.02
+    if "signed" in init:
+        assert torch.allclose(w.abs(), torch.full_like(w, std))

@@ -1,0 +1,111 @@
+"""slth.train and the CLI: resume is exact, metrics are written, bad arguments give clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slth.train import TrainConfig, random_crop_flip, train
+
+torch.set_num_threads(1)
+TINY = dict(model="fc", data="digits", hidden=(16,), epochs=2, batch_size=128, density=0.4, seed=3)
+
+
+def _cli(args):
+    from slth.cli import app
+    from slth.supermask import cli  # noqa: F401  (registers the commands)
+
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize("method", ["edge-popup", "bernoulli", "iterand", "gem-miner", "dense"])
+def test_resume_equals_uninterrupted_run(tmp_path, method):
+    config = TrainConfig(method=method, rerand_period=5, **TINY)
+    full = train(config, tmp_path / "full", quiet=True)
+    part = train(config, tmp_path / "part", quiet=True, stop_after=1)
+    assert part["epochs_done"] == 1 and not part["finished"]
+    assert not json.loads((tmp_path / "part" / "metrics.json").read_text())["finished"]
+    resumed = train(config, tmp_path / "part", resume=True, quiet=True)
+    assert resumed["finished"] and resumed["train_loss"] == full["train_loss"]
+    assert resumed["test_accuracy_per_epoch"] == full["test_accuracy_per_epoch"]
+    a, b = full["model_object"].state_dict(), resumed["model_object"].state_dict()
+    for key in a:
+        if not key.endswith("_extra_state"):
+            assert torch.equal(a[key], b[key]), key
+    if method != "dense":
+        from slth import ticketfile
+
+        t_full, t_part = ticketfile.load(tmp_path / "full" / "ticket.slth"), ticketfile.load(tmp_path / "part" / "ticket.slth")
+        assert t_full.config == t_part.config and t_full.masks.keys() == t_part.masks.keys()
+        assert all((t_full.masks[k] == t_part.masks[k]).all() for k in t_full.masks)
+
+
+def test_metrics_and_learning(tmp_path):
+    m = train(TrainConfig(method="edge-popup", **{**TINY, "epochs": 3, "hidden": (64,)}), tmp_path, quiet=True)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_accuracy", "train_loss", "density", "params", "seconds", "kept_params"):
+        assert key in on_disk
+    assert len(on_disk["train_loss"]) == 3 and on_disk["finished"]
+    assert on_disk["params"] == 64 * 64 + 64 * 10
+    assert on_disk["kept_params"] == round(0.4 * 64 * 64) + round(0.4 * 640)
+    assert on_disk["test_accuracy"] > 0.6  # a random 40 % subnetwork is at chance (~0.1)
+    assert on_disk["train_loss"][-1] < on_disk["train_loss"][0]
+
+
+def test_existing_run_needs_resume_and_matching_config(tmp_path):
+    config = TrainConfig(method="dense", **{**TINY, "epochs": 1})
+    train(config, tmp_path, quiet=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="seed"):
+        train(TrainConfig(method="dense", **{**TINY, "epochs": 1, "seed": 9}), tmp_path, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method", "magnitude", "edge-popup"), ("model", "vgg", "lenet5"), ("data", "imagenet", "fashion-mnist"),
+    ("density", 0.0, "density"), ("density", 1.5, "density"), ("density", -0.2, "density"),
+    ("width", 0, "width"), ("epochs", 0, "epochs"), ("init", "xavier", "signed-constant"),
+])
+def test_bad_config_is_a_clear_error(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{**TINY, "method": "edge-popup", field: value})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "magnitude"], "unknown method 'magnitude'"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--density", "0"], "density"),
+    (["--density", "1.2"], "density"),
+    (["--data", "mnist"], "needs data_dir"),
+])
+def test_cli_bad_arguments(tmp_path, args, message):
+    result = _cli(["train", "--out", str(tmp_path / "run"), "--quiet", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_cli_train_writes_metrics_and_ticket(tmp_path):
+    out = tmp_path / "run"
+    result = _cli(["train", "--method", "biprop", "--model", "fc", "--data", "digits", "--density", "0.5",
+                   "--hidden", "16", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["density"] == pytest.approx(0.5, abs=1e-3) and metrics["method"] == "biprop"
+    from slth.supermask import from_ticket
+
+    assert from_ticket(out / "ticket.slth")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_random_crop_flip_is_a_crop_of_the_padded_image():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    y = random_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert y.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        found = any(torch.equal(y[i], c) or torch.equal(y[i], c.flip(-1))
+                    for r in range(5) for s in range(5) for c in [padded[i, :, r:r + 6, s:s + 6]])
+        assert found
