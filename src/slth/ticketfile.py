@@ -3,7 +3,8 @@
 A ticket file is a safetensors file. Its tensors are
 
 * ``mask/<name>``  -- uint8, the boolean mask of parameter ``<name>`` packed with ``np.packbits``
-  (little bit order); the unpacked shape is in the metadata;
+  (little bit order) and then zlib-compressed (tickets are sparse, so this is several times smaller
+  than the packed bits); the unpacked shape is in the metadata;
 * ``extra/<name>`` -- optional small numeric arrays a producer needs (float64/float32/int64...).
 
 Its ``__metadata__`` holds ``format = "slth-ticket"``, ``format_version``, ``seed``, ``config``
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,7 +86,8 @@ def to_bytes(ticket: TicketFile) -> bytes:
     for name, mask in ticket.masks.items():
         arr = _as_bool_array(mask)
         shapes[name] = list(arr.shape)
-        tensors[f"mask/{name}"] = np.packbits(arr.reshape(-1), bitorder="little")
+        packed = np.packbits(arr.reshape(-1), bitorder="little")
+        tensors[f"mask/{name}"] = np.frombuffer(zlib.compress(packed.tobytes(), 6), dtype=np.uint8)
     for name, arr in ticket.extras.items():
         tensors[f"extra/{name}"] = np.ascontiguousarray(np.asarray(arr))
     metadata = {
@@ -144,9 +147,13 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
                 raise TicketFileError(f"{source}: mask {name!r} has no shape in the metadata")
             shape = tuple(int(s) for s in shapes[name])
             count = int(np.prod(shape, dtype=np.int64))
-            if arr.dtype != np.uint8 or arr.size * 8 < count:
+            try:
+                packed = np.frombuffer(zlib.decompress(np.ascontiguousarray(arr).tobytes()), dtype=np.uint8)
+            except zlib.error as exc:
+                raise TicketFileError(f"{source}: mask {name!r} is corrupted ({exc})") from None
+            if arr.dtype != np.uint8 or packed.size * 8 < count:
                 raise TicketFileError(f"{source}: mask {name!r} is too short for shape {shape}")
-            masks[name] = np.unpackbits(arr, count=count, bitorder="little").astype(bool).reshape(shape)
+            masks[name] = np.unpackbits(packed, count=count, bitorder="little").astype(bool).reshape(shape)
         elif kind == "extra":
             extras[name] = arr
         else:
