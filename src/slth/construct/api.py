@@ -1,0 +1,99 @@
+"""The public ``construct`` entry point."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .build import METHODS, REACH, build_layer, choose_n, plan_scales
+from .network import LayerLayout, layer_prefixes
+from .target import parse_target
+from .ticket import Ticket
+
+
+def construct(
+    target: nn.Module,
+    eps: float = 0.01,
+    *,
+    seed: int = 0,
+    method: str = "pensia",
+    nonnegative_input: bool = False,
+    sparse: bool = True,
+    n: int | list[int] | None = None,
+    p: float = 0.99,
+    progress: bool = False,
+) -> Ticket:
+    """Build a ticket: masks over a seeded random network that approximates ``target``.
+
+    ``eps`` is the per-weight tolerance (as in Pensia et al.): every realised weight and bias is
+    within ``eps`` of the target's unless ``stats["failures"] > 0``. ``method``: ``"pensia"`` (a
+    SubsetSum of n random products per weight; ``sparse=True`` takes the fewest products within eps)
+    or ``"malach"`` (a single random product per weight, polynomial width). ``n``: values per instance,
+    per layer or for all; by default chosen per layer so that P(error <= eps) >= ``p`` for that layer's
+    weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
+    ticket, at most 8 rounds). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
+    [0, 1]), so the first layer needs no units for negative inputs.
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a nonnegative int, got {seed!r}")
+    ops, linears = parse_target(target, nonnegative_input=nonnegative_input)
+    if n is None:
+        ns = [None] * len(linears)
+    elif isinstance(n, (int, np.integer)):
+        ns = [int(n)] * len(linears)
+    else:
+        ns = [int(x) for x in n]
+        if len(ns) != len(linears):
+            raise ValueError(f"n has {len(ns)} entries but the target has {len(linears)} Linear layers")
+    max_n = 40 if method == "pensia" else 100_000
+    if any(x is not None and not (1 <= x <= max_n) for x in ns):
+        raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
+    scales, bias_scales = plan_scales(linears)
+    results = []
+    for index, spec in enumerate(linears):
+        n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
+        layout = LayerLayout(
+            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,
+            bias=spec.bias is not None, relu_after=spec.relu_after,
+        )
+        results.append(build_layer(index, spec, layout, seed, scales[index], bias_scales[index], eps, method, sparse))
+    prefixes = layer_prefixes(ops)
+    masks = {f"{prefix}.{name}": torch.from_numpy(m) for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
+    redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
+    target_params = sum(spec.params for spec in linears)
+    output_scale = float(np.prod(scales))
+    stats = {
+        "target_params": int(target_params),
+        "random_params": int(sum(r.layout.random_params for r in results)),
+        "random_params_counting": "block-structured: first random layer as its block-diagonal entries "
+        "(n or 2n per input, + bias units), second random layer dense; = n x target weights + first-layer scalars",
+        "random_params_dense_theorem": int(sum(r.layout.dense_theorem_params for r in results)),
+        "kept_params": int(sum(int(m.sum()) for m in masks.values())),
+        "max_weight_error": float(max(r.max_weight_error for r in results)),
+        "max_weight_error_per_layer": [r.max_weight_error for r in results],
+        "n_per_layer": [r.layout.n for r in results],
+        "failures": int(sum(r.failures for r in results)),
+        "failures_per_layer": [r.failures for r in results],
+        "redraws": int(len(redraws)),
+        "layer_scales": scales,
+        "seconds": time.perf_counter() - start,
+    }
+    config = {
+        "method": method,
+        "eps": float(eps),
+        "sparse": bool(sparse),
+        "nonnegative_input": bool(nonnegative_input),
+        "reach": REACH,
+        "ops": ops,
+        "layers": [r.layout.to_json() for r in results],
+        "output_scale": output_scale,
+    }
+    return Ticket(seed=int(seed), config=config, masks=masks, redraws=redraws, stats=stats)
