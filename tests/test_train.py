@@ -109,3 +109,24 @@ def test_random_crop_flip_is_a_crop_of_the_padded_image():
         found = any(torch.equal(y[i], c) or torch.equal(y[i], c.flip(-1))
                     for r in range(5) for s in range(5) for c in [padded[i, :, r:r + 6, s:s + 6]])
         assert found
+
+
+def test_width_sweep_writes_table_and_plot(tmp_path):
+    from slth.supermask.experiment import width_sweep
+
+    base = TrainConfig(method="dense", **{**TINY, "epochs": 1, "hidden": (8,)})
+    result = width_sweep(base, ["edge-popup", "biprop"], [1, 2], tmp_path, quiet=True)
+    assert [(r["method"], r["width"]) for r in result["runs"]] == [
+        ("dense", 1.0), ("edge-popup", 1.0), ("edge-popup", 2.0), ("biprop", 1.0), ("biprop", 2.0)]
+    wide = next(r for r in result["runs"] if r["method"] == "edge-popup" and r["k"] == 2)
+    assert wide["params"] == 64 * 16 + 16 * 10  # width 2 doubles the hidden layer
+    assert (tmp_path / "width_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| edge-popup |" in (tmp_path / "width_sweep.md").read_text()
+
+
+def test_step_benchmark_reports_both_steps():
+    from slth.supermask.bench import step_times
+
+    r = step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1)
+    assert r["dense_step_s"] > 0 and r["supermask_step_s"] > 0
+    assert r["ratio"] == pytest.approx(r["supermask_step_s"] / r["dense_step_s"])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .init import draw_weight, fan_in, generator, init_weights, layer_densities, prunable_layers
+from .init import derive_seed, draw_weight, fan_in, generator, init_weights, layer_densities, prunable_layers
 from .methods import BiProp, Bernoulli, EdgePopup, GemMiner, IteRand, Supermask, SupermaskConfig
 
 DENSE_INIT = "kaiming-normal"
@@ -38,21 +38,17 @@ def _parametrization(config: SupermaskConfig, module: nn.Module, name: str, seed
         return EdgePopup(shape, density, scores)
     if method == "biprop":
         return BiProp(shape, density, scores)
+    sample_seed = derive_seed(seed, "sample", name)
     if method == "bernoulli":
-        return Bernoulli(shape, density, scores, sample_seed=_sample_seed(seed, name))
+        return Bernoulli(shape, density, scores, sample_seed)
     if method == "iterand":
+        # generation g of this layer's weights: the same seeded draw from_ticket repeats
         redraw = partial(draw_weight, module, name, seed, config.init, density)
-        return IteRand(shape, density, scores, _sample_seed(seed, name), redraw=lambda g: redraw(generation=g),
+        return IteRand(shape, density, scores, sample_seed, redraw=lambda g: redraw(generation=g),
                        period=config.rerand_period, prob=config.rerand_prob)
     if method == "gem-miner":
         return GemMiner(shape, density, scores, score_l2=config.score_l2)
     raise AssertionError(method)  # SupermaskConfig validated the name
-
-
-def _sample_seed(seed: int, name: str) -> int:
-    from .init import derive_seed
-
-    return derive_seed(seed, "sample", name)
 
 
 def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.Module:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .._io import atomic_write_json, atomic_write_text
 
+if TYPE_CHECKING:
+    from ..train import TrainConfig
 
-def width_sweep(base: "TrainConfig", methods: Sequence[str], multiples: Sequence[int], out: str | Path, *,  # noqa: F821
+
+def width_sweep(base: TrainConfig, methods: Sequence[str], multiples: Sequence[int], out: str | Path, *,
                 quiet: bool = False) -> dict:
-    from ..train import TrainConfig, train  # noqa: F401
+    """Run dense at ``base.width`` and each method at ``k * base.width``; ``base.method`` is ignored."""
+    from ..train import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,57 @@
+"""Supermask training step vs dense step at the same width, measured in one process (CPU).
+
+    .venv/bin/python benchmarks/bench_supermask_step.py [--threads 2] [--out results.json]
+
+Times forward + backward + SGD update + method hooks for each (model, method) against the dense step of
+the same model, alternating the two so machine noise hits both alike. Prints a markdown table for
+docs/benchmarks.md ("Learning by pruning").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+
+import torch
+
+from slth.supermask.bench import step_times
+from slth.supermask.methods import METHODS
+
+CASES = [("fc", (1, 28, 28), 128), ("lenet5", (1, 28, 28), 128), ("conv4", (1, 28, 28), 64)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--density", type=float, default=0.5)
+    parser.add_argument("--models", default="fc,lenet5,conv4")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default=None, help="write the raw results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for model, shape, batch in CASES:
+        if model not in args.models.split(","):
+            continue
+        for method in args.methods.split(","):
+            r = step_times(model, method, density=args.density, batch_size=batch, input_shape=shape, steps=args.steps)
+            rows.append(r)
+            print(f"{model:7s} {method:11s} dense {1e3 * r['dense_step_s']:8.2f} ms  supermask "
+                  f"{1e3 * r['supermask_step_s']:8.2f} ms  ratio {r['ratio']:.2f}", flush=True)
+    print(f"\n{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"{datetime.date.today()}\n")
+    print("| model | batch | method | dense step (ms) | supermask step (ms) | ratio |")
+    print("|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch_size']} | {r['method']} | {1e3 * r['dense_step_s']:.2f} | "
+              f"{1e3 * r['supermask_step_s']:.2f} | {r['ratio']:.2f} |")
+    if args.out:
+        from slth._io import atomic_write_json
+
+        atomic_write_json(args.out, rows)
+
+
+if __name__ == "__main__":
+    main()
