@@ -26,12 +26,12 @@ def test_resume_equals_uninterrupted_run(tmp_path, method):
     config = TrainConfig(method=method, rerand_period=5, **TINY)
     full = train(config, tmp_path / "full", quiet=True)
     part = train(config, tmp_path / "part", quiet=True, stop_after=1)
-    assert part["epochs_done"] == 1 and not part["finished"]
+    assert part.metrics["epochs_done"] == 1 and not part.metrics["finished"]
     assert not json.loads((tmp_path / "part" / "metrics.json").read_text())["finished"]
     resumed = train(config, tmp_path / "part", resume=True, quiet=True)
-    assert resumed["finished"] and resumed["train_loss"] == full["train_loss"]
-    assert resumed["test_accuracy_per_epoch"] == full["test_accuracy_per_epoch"]
-    a, b = full["model_object"].state_dict(), resumed["model_object"].state_dict()
+    assert resumed.metrics["finished"] and resumed.metrics["train_loss"] == full.metrics["train_loss"]
+    assert resumed.metrics["test_accuracy_per_epoch"] == full.metrics["test_accuracy_per_epoch"]
+    a, b = full.model.state_dict(), resumed.model.state_dict()
     for key in a:
         if not key.endswith("_extra_state"):
             assert torch.equal(a[key], b[key]), key

@@ -67,7 +67,7 @@ def train_command(
                              weight_decay=weight_decay, init=init, distribution=distribution,
                              hidden=_ints(hidden, "--hidden"), augment=augment, rerand_period=rerand_period,
                              rerand_prob=rerand_prob, score_l2=score_l2)
-        metrics = train(config, out, resume=resume, quiet=quiet)
+        metrics = train(config, out, resume=resume, quiet=quiet).metrics
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         _fail(exc)
     typer.echo(f"{method} {model} on {data}: test accuracy {100 * metrics['test_accuracy']:.2f}% at density "

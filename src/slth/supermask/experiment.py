@@ -28,7 +28,7 @@ def width_sweep(base: TrainConfig, methods: Sequence[str], multiples: Sequence[i
 
     def run(method: str, k: int) -> None:
         cfg = replace(base, method=method, width=base.width * k)
-        m = train(cfg, out / f"{method}-w{cfg.width:g}", resume=True, quiet=quiet)
+        m = train(cfg, out / f"{method}-w{cfg.width:g}", resume=True, quiet=quiet).metrics
         runs.append({"method": method, "k": k, "width": cfg.width, "test_accuracy": m["test_accuracy"],
                      "best_test_accuracy": m["best_test_accuracy"], "density": m["density"],
                      "kept_params": m["kept_params"], "params": m["params"], "seconds": m["seconds"]})

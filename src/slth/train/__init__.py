@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .config import TRAIN_METHODS, TrainConfig
-from .loop import evaluate, random_crop_flip, train
+from .loop import Run, evaluate, random_crop_flip, train
 
-__all__ = ["TRAIN_METHODS", "TrainConfig", "train", "evaluate", "random_crop_flip"]
+__all__ = ["TRAIN_METHODS", "TrainConfig", "train", "Run", "evaluate", "random_crop_flip"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,14 @@ from .config import TrainConfig
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 TICKET = "ticket.slth"
+
+
+@dataclass
+class Run:
+    """What :func:`train` returns: the metrics (as in ``metrics.json``) and the trained model."""
+
+    metrics: dict
+    model: torch.nn.Module
 
 
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -56,8 +65,13 @@ def _progress(quiet: bool):
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
-          stop_after: int | None = None) -> dict:
-    """Train ``config`` into directory ``out``; returns the metrics dict (also ``out/metrics.json``).
+          stop_after: int | None = None) -> Run:
+    """Train ``config`` into directory ``out``; returns the metrics (also ``out/metrics.json``) and model.
+
+    Metrics: ``test_accuracy`` (after the last epoch), ``train_loss`` and ``test_accuracy_per_epoch`` (lists),
+    ``params`` (weights of all Linear/Conv2d layers), ``kept_params`` and ``density`` = kept / params
+    under the final masks (1.0 for dense), ``trainable_params`` (scores, or weights for dense), ``seconds``
+    (training + evaluation wall time, summed over resumed sessions), ``config`` (resolved) and ``finished``.
 
     ``resume`` continues from ``out/checkpoint.pt`` if it exists (the config must match). ``stop_after``
     ends the run after that epoch, as an interruption would (used to test resumption).
@@ -160,6 +174,4 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
             atomic_write_json(out / METRICS, metrics(finished))
             if stop_after is not None and epoch >= stop_after and not finished:
                 break
-    result = metrics(state["epoch"] == cfg.epochs)
-    result["model_object"] = model
-    return result
+    return Run(metrics(state["epoch"] == cfg.epochs), model)
