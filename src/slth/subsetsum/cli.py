@@ -1,0 +1,66 @@
+"""``slth bench subsetsum``: the engine's speed and error, optionally against the MIP baseline.
+
+numba, numpy and the solvers are imported inside the command so that ``slth --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ..cli import bench_app
+
+
+# ``--n 12 16 20`` (several values after one flag) is not a click idiom: the values after the first
+# arrive as extra arguments and are parsed here.
+@bench_app.command("subsetsum", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench_subsetsum(
+    ctx: typer.Context,
+    n: List[int] = typer.Option([12, 16, 20, 24], "--n", help="values per instance: --n 12 16 20 24"),
+    batch: int = typer.Option(20_000, help="instances per n"),
+    threads: Optional[int] = typer.Option(None, help="numba threads (default: all)"),
+    seed: int = typer.Option(0),
+    repeats: int = typer.Option(3, help="timed repetitions; the fastest counts"),
+    mip: bool = typer.Option(False, "--mip", help="also solve the first --mip-batch instances by MIP (1 thread)"),
+    mip_batch: int = typer.Option(3, help="instances per n for the MIP baseline (Gurobi takes seconds each at n=20)"),
+    mip_solver: Optional[List[str]] = typer.Option(None, help="gurobi and/or cp-sat (default: every installed one)"),
+    mip_time_limit: float = typer.Option(600.0, help="seconds per MIP instance"),
+    sparsest_eps: Optional[float] = typer.Option(None, help="benchmark solve_sparsest with this eps instead of solve"),
+    markdown: bool = typer.Option(False, help="print markdown (for docs/benchmarks.md) instead of a rich table"),
+) -> None:
+    """Time per instance per core (= wall x threads / batch), instances/s, median and p99 error."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import bench
+
+    try:
+        n = list(n) + [int(extra) for extra in ctx.args]
+    except ValueError:
+        raise typer.BadParameter(f"unexpected arguments {ctx.args}; --n takes integers") from None
+    if batch < 1 or any(k < 1 for k in n):
+        raise typer.BadParameter("--batch and --n must be positive")
+    rows = bench.run(n, batch, threads=threads, seed=seed, repeats=repeats, mip=mip, mip_batch=mip_batch,
+                     mip_solvers=mip_solver, mip_time_limit=mip_time_limit, sparsest_eps=sparsest_eps)
+    if markdown:
+        typer.echo(bench.markdown(rows))
+        return
+    what = "solve" if sparsest_eps is None else f"solve_sparsest(eps={sparsest_eps:g})"
+    table = Table(title=f"SubsetSum {what}: values U[-1,1]·U[-1,1], targets U[-1,1], {rows[0].threads} thread(s)")
+    for col in ("n", "batch", "µs/inst/core", "inst/s", "median err", "p99 err"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r.n), str(r.batch), f"{r.us_per_instance_per_core:.2f}", f"{r.instances_per_second:,.0f}",
+                      f"{r.median_error:.2e}", f"{r.p99_error:.2e}")
+    console = Console()
+    console.print(table)
+    if mip:
+        mt = Table(title="MIP baseline on the same instances (1 thread each)")
+        for col in ("n", "solver", "instances", "s/inst", "median err", "engine err ≤ MIP", "speed ratio"):
+            mt.add_column(col, justify="right")
+        for r in rows:
+            for m in r.mip:
+                mt.add_row(str(r.n), m.solver, str(m.instances), f"{m.seconds_per_instance:.3g}", f"{m.median_error:.2e}",
+                           f"{m.engine_not_worse}/{m.instances}", f"{m.speed_ratio:,.0f}×")
+        console.print(mt)
