@@ -9,8 +9,8 @@ from slth.subsetsum.reference import available_mip_solvers, brute_force, solve_m
 
 def _small_instances():
     rng = np.random.default_rng(7)
-    values = rng.uniform(-1, 1, (3, 10)) * rng.uniform(-1, 1, (3, 10))
-    return values, rng.uniform(-1, 1, 3)
+    values = rng.uniform(-1, 1, (2, 9)) * rng.uniform(-1, 1, (2, 9))
+    return values, rng.uniform(-1, 1, 2)
 
 
 @pytest.mark.parametrize("solver", ["gurobi", "cp-sat"])
