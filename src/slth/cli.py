@@ -24,6 +24,7 @@ def _register() -> None:
     # one import per feature; each module adds its commands to the apps above
     from .subsetsum import cli as _subsetsum_cli  # noqa: F401
     from .supermask import cli as _supermask_cli  # noqa: F401
+    from .construct import cli as _construct_cli  # noqa: F401
 
 
 def main() -> None:

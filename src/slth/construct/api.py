@@ -14,6 +14,13 @@ from .target import parse_target
 from .ticket import Ticket
 
 
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("weights"),
+                    TimeElapsedColumn(), disable=not enabled, transient=False)
+
+
 def construct(
     target: nn.Module,
     eps: float = 0.01,
@@ -24,6 +31,7 @@ def construct(
     sparse: bool = True,
     n: int | list[int] | None = None,
     p: float = 0.99,
+    max_redraw_rounds: int = 8,
     progress: bool = False,
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
@@ -34,7 +42,7 @@ def construct(
     or ``"malach"`` (a single random product per weight, polynomial width). ``n``: values per instance,
     per layer or for all; by default chosen per layer so that P(error <= eps) >= ``p`` for that layer's
     weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
-    ticket, at most 8 rounds). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
+    ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
     [0, 1]), so the first layer needs no units for negative inputs.
     """
     start = time.perf_counter()
@@ -56,15 +64,22 @@ def construct(
     max_n = 40 if method == "pensia" else 100_000
     if any(x is not None and not (1 <= x <= max_n) for x in ns):
         raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
+    if not isinstance(max_redraw_rounds, int) or max_redraw_rounds < 0:
+        raise ValueError(f"max_redraw_rounds must be an int >= 0, got {max_redraw_rounds!r}")
     scales, bias_scales = plan_scales(linears)
     results = []
-    for index, spec in enumerate(linears):
-        n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
-        layout = LayerLayout(
-            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,
-            bias=spec.bias is not None, relu_after=spec.relu_after,
-        )
-        results.append(build_layer(index, spec, layout, seed, scales[index], bias_scales[index], eps, method, sparse))
+    with _progress(progress) as bar:
+        task = bar.add_task("constructing", total=sum(spec.params for spec in linears))
+        for index, spec in enumerate(linears):
+            n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
+            layout = LayerLayout(
+                d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,
+                bias=spec.bias is not None, relu_after=spec.relu_after,
+            )
+            bar.update(task, description=f"layer {index + 1}/{len(linears)} ({spec.d_out}x{spec.d_in}, n={n_l})")
+            results.append(build_layer(index, spec, layout, seed, scales[index], bias_scales[index], eps, method,
+                                          sparse, max_redraw_rounds))
+            bar.update(task, advance=spec.params)
     prefixes = layer_prefixes(ops)
     masks = {f"{prefix}.{name}": torch.from_numpy(m) for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
@@ -79,6 +94,9 @@ def construct(
         "kept_params": int(sum(int(m.sum()) for m in masks.values())),
         "max_weight_error": float(max(r.max_weight_error for r in results)),
         "max_weight_error_per_layer": [r.max_weight_error for r in results],
+        "weight_error_median": float(np.median(np.concatenate([r.errors for r in results]))),
+        "weight_error_p99": float(np.quantile(np.concatenate([r.errors for r in results]), 0.99)),
+        "eps_met": bool(all(r.failures == 0 for r in results)),
         "n_per_layer": [r.layout.n for r in results],
         "failures": int(sum(r.failures for r in results)),
         "failures_per_layer": [r.failures for r in results],

@@ -29,6 +29,7 @@ class LayerResult:
     effective_neg: np.ndarray | None  # (d_out, d_in): realised weight on relu(-x) (≈ -W), target scale
     effective_bias: np.ndarray | None
     max_weight_error: float
+    errors: np.ndarray  # every weight's (and bias's) |realised - target|, target scale
     failures: int
     redraws: list[tuple[int, int, int, int]] = field(default_factory=list)
 
@@ -72,7 +73,7 @@ def choose_n(method: str, eps: float, weights: np.ndarray, p: float) -> int:
 
 
 def build_layer(index: int, spec: LinearSpec, layout: LayerLayout, seed: int, scale: float, bias_scale: float,
-                eps: float, method: str, sparse: bool) -> LayerResult:
+                eps: float, method: str, sparse: bool, max_redraw_rounds: int = MAX_REDRAW_ROUNDS) -> LayerResult:
     """Solve every (output, input, sign) block of one target layer and return masks and realised weights."""
     t = layer_tensors(seed, index, layout)
     a = np.abs(t["a.weight"].astype(np.float64))  # (d_in, units)
@@ -100,7 +101,7 @@ def build_layer(index: int, spec: LinearSpec, layout: LayerLayout, seed: int, sc
     sol = _solve(method, sparse, values, targets, eps_rows)
     mask, error, total, feasible = sol.mask.copy(), sol.error.copy(), sol.sum.copy(), sol.feasible.copy()
     redraws: list[tuple[int, int, int, int]] = []
-    for round_ in range(1, MAX_REDRAW_ROUNDS + 1):
+    for round_ in range(1, max_redraw_rounds + 1):
         bad = np.flatnonzero(~feasible)
         if bad.size == 0:
             break
@@ -134,11 +135,12 @@ def build_layer(index: int, spec: LinearSpec, layout: LayerLayout, seed: int, sc
     if eff_neg is not None:
         err = np.maximum(err, np.abs(eff_neg + spec.weight))
     eff_bias = None
-    max_err = float(err.max()) if err.size else 0.0
+    errors = err.reshape(-1)
     if layout.bias:
         eff_bias = total[n_w:] * bias_scale
-        max_err = max(max_err, float(np.abs(eff_bias - spec.bias).max()))
-    return LayerResult(layout, scale, bias_scale, masks, eff_pos, eff_neg, eff_bias, max_err, failures, redraws)
+        errors = np.concatenate([errors, np.abs(eff_bias - spec.bias)])
+    max_err = float(errors.max()) if errors.size else 0.0
+    return LayerResult(layout, scale, bias_scale, masks, eff_pos, eff_neg, eff_bias, max_err, errors, failures, redraws)
 
 
 def plan_scales(linears: list[LinearSpec]) -> tuple[list[float], list[float]]:

@@ -113,3 +113,38 @@ def mlp(arch: list[int] | str, *, bias: bool = True) -> nn.Sequential:
         if i < len(arch) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def load_target(path, arch: str | None = None) -> nn.Sequential:
+    """A target from a file: a state_dict (``torch.save``) of :func:`mlp` ``(arch)`` -- biases are
+    inferred from its keys, a ``layers.`` prefix (slth's FC model) is accepted -- or, without ``arch``,
+    a TorchScript module (``torch.jit.save``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    if arch is None:
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ValueError(
+                f"{path} is not a TorchScript module ({type(exc).__name__}); for a state_dict pass --arch, e.g. 784-500-10"
+            ) from None
+        return module.eval()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable state_dict file ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict (a dict of tensors)")
+    state = {k.removeprefix("layers."): v for k, v in state.items()}
+    has_bias = any(k.endswith(".bias") for k in state)
+    net = mlp(arch, bias=has_bias)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not match --arch {arch}: {str(exc).splitlines()[0]}") from None
+    return net.eval()

@@ -1,0 +1,279 @@
+"""Construction of tickets from ReLU MLPs: soundness of the bound, exact masks, files, errors."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slth.construct import Ticket, construct, mlp
+from slth.construct.report import certified_bound, measure, realised_weights, weight_errors
+from slth.ticketfile import TicketFileError
+
+
+def random_mlp(arch, bias, seed=0, scale=0.5):
+    torch.manual_seed(seed)
+    net = mlp(arch, bias=bias)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.uniform_(-scale, scale)
+    return net.eval()
+
+
+def trained_mlp(bias, seed=0):
+    """A small MLP trained for a few hundred steps on a synthetic task."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(512, 12, generator=g)
+    y = (x[:, :6].sum(1) > x[:, 6:].sum(1)).long() + 2 * (x[:, 0] > 0.5).long()
+    torch.manual_seed(seed)
+    net = mlp([12, 16, 4], bias=bias)
+    opt = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
+    for _ in range(200):
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def sample_box(nonneg, d, count=4000, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(count, d, generator=g)
+    if not nonneg:
+        x = 2 * x - 1
+    # include the box's corners direction: extreme points are where bounds are tightest
+    corners = (torch.rand(count // 4, d, generator=g) > 0.5).float()
+    corners = corners if nonneg else 2 * corners - 1
+    return torch.cat([x, corners])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("kind", ["random", "trained"])
+def test_ticket_stays_within_certified_bound(kind, bias, nonneg):
+    net = random_mlp([12, 16, 4], bias) if kind == "random" else trained_mlp(bias)
+    ticket = construct(net, 0.01, seed=3, nonnegative_input=nonneg)
+    assert ticket.stats["failures"] == 0
+    assert ticket.stats["max_weight_error"] <= 0.01
+    bound = certified_bound(ticket, net)
+    x = sample_box(nonneg, 12)
+    with torch.no_grad():
+        diff = (ticket.to_module()(x) - net(x)).abs().max(0).values.double().numpy()
+    # float32 forward passes differ from exact arithmetic by ~1e-6
+    assert (diff <= bound + 1e-5).all(), (diff, bound)
+    assert diff.max() > 0  # the ticket is an approximation, not a copy
+    # the recomputed per-layer errors equal the reported ones
+    np.testing.assert_allclose(weight_errors(ticket, net), ticket.stats["max_weight_error_per_layer"], atol=1e-9)
+
+
+def test_bound_in_a_ball_and_a_box():
+    net = random_mlp([8, 8, 3], True)
+    ticket = construct(net, 0.02, seed=0)
+    center = np.full(8, 0.1)
+    small = certified_bound(ticket, net, center=center, radius=0.05).max()
+    big = certified_bound(ticket, net, -1, 1).max()
+    assert 0 < small < big
+    with pytest.raises(ValueError, match="lo <= hi"):
+        certified_bound(ticket, net, 1, -1)
+    nonneg_ticket = construct(net, 0.02, seed=0, nonnegative_input=True)
+    with pytest.raises(ValueError, match="nonnegative"):
+        certified_bound(nonneg_ticket, net, -1, 1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_masks_times_random_equals_module(bias):
+    net = random_mlp([10, 7, 3], bias)
+    ticket = construct(net, 0.01, seed=5)
+    pruned = dict(ticket.to_module().named_parameters())
+    rand = dict(ticket.random_module().named_parameters())
+    assert set(pruned) == set(rand) == set(ticket.masks)
+    for name in pruned:
+        assert torch.equal(pruned[name], rand[name] * ticket.masks[name]), name
+        assert ticket.masks[name].dtype == torch.bool
+    kept = sum(int(m.sum()) for m in ticket.masks.values())
+    assert kept == ticket.stats["kept_params"]
+    assert sum(p.numel() for p in rand.values()) == ticket.stats["random_params"]
+
+
+def test_same_seed_same_random_network_and_ticket():
+    net = random_mlp([10, 6, 3], True)
+    a = construct(net, 0.01, seed=11)
+    b = construct(net, 0.01, seed=11)
+    c = construct(net, 0.01, seed=12)
+    for (name, pa), (_, pb), (_, pc) in zip(a.random_module().named_parameters(), b.random_module().named_parameters(),
+                                            c.random_module().named_parameters()):
+        assert torch.equal(pa, pb)
+        assert not torch.equal(pa, pc)
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_save_load_is_bit_identical(tmp_path):
+    net = random_mlp([10, 8, 3], True)
+    ticket = construct(net, 0.005, seed=2)
+    path = ticket.save(tmp_path / "t.slth")
+    loaded = Ticket.load(path)
+    x = torch.randn(64, 10)
+    with torch.no_grad():
+        assert torch.equal(ticket.to_module()(x), loaded.to_module()(x))
+    assert loaded.stats == ticket.stats and loaded.config == ticket.config
+    assert not [p for p in os.listdir(tmp_path) if p != "t.slth"]  # no temp file left
+
+
+def test_redraws_are_recorded_and_replayed(tmp_path):
+    # n small enough that some blocks cannot reach their weights on the first draw
+    net = random_mlp([16, 12, 4], False, scale=0.9)
+    ticket = construct(net, 0.05, seed=0, n=6)
+    assert ticket.stats["redraws"] > 0
+    loaded = Ticket.load(ticket.save(tmp_path / "t.slth"))
+    for (name, p1), (_, p2) in zip(ticket.random_module().named_parameters(), loaded.random_module().named_parameters()):
+        assert torch.equal(p1, p2)
+    assert torch.equal(loaded.redraws if isinstance(loaded.redraws, torch.Tensor) else torch.as_tensor(loaded.redraws),
+                       torch.as_tensor(ticket.redraws))
+    # without redraws the same n leaves failures, and they are reported, not hidden
+    strict = construct(net, 0.05, seed=0, n=6, max_redraw_rounds=0)
+    assert strict.stats["failures"] > 0 and not strict.stats["eps_met"]
+    assert strict.stats["max_weight_error"] > 0.05
+
+
+def test_large_weights_are_rescaled_soundly():
+    net = random_mlp([6, 5, 3], True)
+    with torch.no_grad():
+        net[1].weight.mul_(8.0)  # weights up to 4: beyond what one block reaches
+    ticket = construct(net, 0.01, seed=0)
+    assert ticket.stats["layer_scales"][0] > 1
+    assert ticket.config["output_scale"] > 1
+    assert ticket.stats["max_weight_error"] <= 0.01
+    x = sample_box(False, 6)
+    with torch.no_grad():
+        diff = (ticket.to_module()(x) - net(x)).abs().max(0).values.double().numpy()
+    assert (diff <= certified_bound(ticket, net) + 1e-5).all()
+
+
+def test_sparse_tickets_keep_fewer_weights_than_min_error():
+    net = trained_mlp(False)
+    sparse = construct(net, 0.01, seed=0, nonnegative_input=True)
+    dense = construct(net, 0.01, seed=0, nonnegative_input=True, sparse=False)
+    assert sparse.stats["kept_params"] < 0.6 * dense.stats["kept_params"]
+    assert sparse.stats["max_weight_error"] <= 0.01
+
+
+def test_nonnegative_input_halves_the_first_layer():
+    net = random_mlp([10, 6, 3], False)
+    signed = construct(net, 0.01, seed=0, n=10)
+    nonneg = construct(net, 0.01, seed=0, n=10, nonnegative_input=True)
+    assert signed.config["layers"][0]["signed_input"] and not nonneg.config["layers"][0]["signed_input"]
+    assert not signed.config["layers"][1]["signed_input"]  # after a ReLU
+    assert nonneg.stats["random_params"] < signed.stats["random_params"]
+
+
+def test_malach_needs_far_more_width_for_the_same_eps():
+    net = random_mlp([6, 5, 3], False)
+    pensia = construct(net, 0.02, seed=0)
+    malach = construct(net, 0.02, seed=0, method="malach")
+    assert malach.stats["max_weight_error"] <= 0.02
+    assert malach.stats["random_params"] > 4 * pensia.stats["random_params"]
+    # a single pick keeps at most one product per (weight, sign)
+    assert malach.masks["1.b.weight"].sum() <= 5 * 6 * 2
+
+
+def test_error_decays_with_n_for_pensia():
+    net = random_mlp([8, 6, 3], False)
+    med = [construct(net, 1e-3, seed=0, n=n, sparse=False, max_redraw_rounds=0).stats["weight_error_median"]
+           for n in (4, 8, 12, 16)]
+    assert med[0] > med[1] > med[2] > med[3]
+    assert med[3] < med[0] / 100
+
+
+def test_nested_sequential_dropout_identity_and_measure():
+    inner = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Dropout(0.2))
+    net = nn.Sequential(nn.Flatten(), inner, nn.Identity(), nn.Linear(4, 2)).eval()
+    ticket = construct(net, 0.01, seed=0)
+    x = torch.randn(32, 1, 5)
+    y = torch.randint(0, 2, (32,))
+    m = measure(ticket.to_module(), net, x, y)
+    assert m["top1_agreement"] >= 0.9 and 0 <= m["ticket_accuracy"] <= 1
+    assert len(realised_weights(ticket)) == 2
+
+
+@pytest.mark.parametrize(
+    "net, error, match",
+    [
+        (nn.Sequential(nn.Linear(4, 3), nn.Conv2d(1, 1, 1)), NotImplementedError, r"Conv2d at position 1"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Sequential(nn.Tanh())), NotImplementedError, r"Tanh .*'1.0'"),
+        (nn.Linear(4, 3), NotImplementedError, "nn.Sequential"),
+        (nn.Sequential(nn.ReLU()), ValueError, "no Linear"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)), ValueError, "expects 5 inputs"),
+    ],
+)
+def test_unsupported_targets_raise_clear_errors(net, error, match):
+    with pytest.raises(error, match=match):
+        construct(net, 0.01)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_refused(bad):
+    net = random_mlp([4, 3, 2], True)
+    with torch.no_grad():
+        net[3].bias[0] = bad
+    with pytest.raises(ValueError, match="bias of Linear '3'"):
+        construct(net, 0.01)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eps": 0.0}, "eps"),
+        ({"eps": float("nan")}, "eps"),
+        ({"method": "lottery"}, "unknown method"),
+        ({"seed": -1}, "seed"),
+        ({"n": 0}, "n must be"),
+        ({"n": [4]}, "n has 1 entries"),
+        ({"max_redraw_rounds": -1}, "max_redraw_rounds"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    net = random_mlp([4, 3, 2], False)
+    args = {"eps": 0.01, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        construct(net, **args)
+
+
+def test_corrupt_truncated_and_foreign_files(tmp_path):
+    net = random_mlp([6, 4, 2], False)
+    path = construct(net, 0.01, seed=0).save(tmp_path / "t.slth")
+    data = path.read_bytes()
+    (tmp_path / "trunc.slth").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    (tmp_path / "flip.slth").write_bytes(bytes(flipped))
+    (tmp_path / "foreign.slth").write_bytes(b"PK\x03\x04 definitely a zip file")
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
+    for name, match in [("trunc.slth", "truncated"), ("flip.slth", "corrupt|checksum"),
+                        ("foreign.slth", "not a slth ticket"), ("other.safetensors", "not a slth ticket")]:
+        with pytest.raises(ValueError, match=match):
+            Ticket.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        Ticket.load(tmp_path / "missing.slth")
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    ticket = construct(random_mlp([4, 3, 2], False), 0.01)
+    with pytest.raises(FileNotFoundError):
+        ticket.save(tmp_path / "no-such-dir" / "t.slth")
+    ticket.seed = "not an int"  # invalid: refused before anything is written
+    with pytest.raises(ValueError, match="seed"):
+        ticket.save(tmp_path / "t.slth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ticket_file_is_smaller_than_float32_target(tmp_path):
+    net = trained_mlp(False)
+    ticket = construct(net, 0.01, seed=0, nonnegative_input=True)
+    size = ticket.save(tmp_path / "t.slth").stat().st_size
+    # the header dominates at this size; the masks themselves must be far below 32 bits per weight
+    masks_bits = sum(m.numel() for m in ticket.masks.values())
+    assert masks_bits < 32 * ticket.stats["target_params"]
+    assert size < 4 * ticket.stats["target_params"] + 4096
