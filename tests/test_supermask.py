@@ -3,11 +3,14 @@ tickets rebuild bit-identically from the seed."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from slth import supermask as sm
+from slth.supermask import core as sm_core
 from slth import ticketfile
 
 torch.set_num_threads(1)
@@ -41,7 +44,11 @@ def test_kept_count_and_topk_are_exact():
         with pytest.raises(ValueError, match="density"):
             sm.kept_count(10, bad)
     ties = torch.tensor([1.0, 2.0, 2.0, 2.0, 0.5])
-    assert int(sm.topk_mask(ties, 2).sum()) == 2
+    assert sm.topk_mask(ties, 2).tolist() == [False, True, True, False, False]  # ties kept in index order
+    assert sm.topk_mask(ties, 4).tolist() == [True, True, True, True, False]
+    assert sm.topk_mask(torch.tensor([0.0, -math.inf, 1.0, 0.0]), 2).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="NaN"):
+        sm.topk_mask(torch.tensor([1.0, math.nan, 0.0]), 1)
     assert sm.topk_mask(torch.tensor([3.0, 1.0, 2.0]), 2).tolist() == [True, False, True]
 
 
@@ -170,3 +177,27 @@ def test_init_scales(init):
     assert abs(float(w.std()) / std - 1) < 0.02
     if "signed" in init:
         assert torch.allclose(w.abs(), torch.full_like(w, std))
+
+
+def test_topk_mask_matches_a_sort_reference():
+    gen = torch.Generator().manual_seed(0)
+    for n, k in [(1, 1), (7, 3), (1000, 1), (1000, 999), (5000, 2500)]:
+        values = torch.randint(-20, 20, (n,), generator=gen).float()  # many ties
+        mask = sm.topk_mask(values, k)
+        assert int(mask.sum()) == k
+        order = sorted(range(n), key=lambda i: (-float(values[i]), i))  # stable: ties by index
+        assert set(torch.nonzero(mask).squeeze(1).tolist()) == set(order[:k])
+
+
+def test_fused_masked_weight_matches_get_subnet_reference():
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(30, 20, generator=gen)
+    grad_out = torch.randn(30, 20, generator=gen)
+    scores_ref = torch.randn(30, 20, generator=gen, requires_grad=True)
+    scores_fused = scores_ref.detach().clone().requires_grad_(True)
+    reference = weight * sm.GetSubnet.apply(scores_ref.abs(), 150)
+    fused = sm_core.MaskedWeight.apply(weight, scores_fused, 150)
+    assert torch.equal(reference, fused)
+    (reference * grad_out).sum().backward()
+    (fused * grad_out).sum().backward()
+    assert torch.equal(scores_ref.grad, scores_fused.grad)

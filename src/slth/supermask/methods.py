@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import GetSubnet, StraightThroughBernoulli, StraightThroughRound, kept_count, topk_mask
+from .core import GetSubnet, MaskedWeight, StraightThroughBernoulli, StraightThroughRound, kept_count, topk_mask
 from .init import DISTRIBUTIONS, check_init
 
 
@@ -75,8 +75,12 @@ class Supermask(nn.Module):
         return weight * mask
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        mask = self.training_mask() if self.training else self.final_mask().to(weight.dtype)
-        return self.effective_weight(weight, mask)
+        if self.training:
+            return self.training_weight(weight)
+        return self.effective_weight(weight, self.final_mask().to(weight.dtype))
+
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.effective_weight(weight, self.training_mask())
 
     # hooks the trainer calls; no-ops unless a method needs them
     def regularization(self) -> torch.Tensor | float:
@@ -92,7 +96,9 @@ class Supermask(nn.Module):
 
 
 class EdgePopup(Supermask):
-    pass
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        # == weight * GetSubnet.apply(scores.abs(), k), fused (tests/test_supermask.py checks they agree)
+        return MaskedWeight.apply(weight, self.scores, self.k)
 
 
 def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
@@ -134,6 +140,8 @@ class IteRand(_Sampling):
     ``generation`` records, per weight, which draw of the init it currently holds (0 = the original), so a
     ticket can rebuild the frozen weights from the seed alone.
     """
+
+    training_weight = EdgePopup.training_weight
 
     def __init__(self, shape, density, scores, sample_seed: int, redraw: Callable[[int], torch.Tensor],
                  period: int, prob: float):
