@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, experiment_app
 
 DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"
 
@@ -136,3 +136,29 @@ def demo_cmd(
     from .demo import run_demo
 
     run_demo(out, eps=eps, seed=seed, epochs=epochs)
+
+
+@experiment_app.command("pensia-exp1")
+def pensia_exp1_cmd(
+    target: Path = typer.Option(..., help="784-500-10 bias-free MNIST target (state_dict, e.g. from slth train-dense)"),
+    data_dir: Path = typer.Option(..., help="directory with the MNIST idx(.gz) files"),
+    eps: list[float] = typer.Option([0.01, 0.001], help="per-weight tolerances"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("docs/results/pensia_exp1.json"), help="run record (JSON) to write"),
+    tickets_dir: Optional[Path] = typer.Option(None, help="also save the tickets here"),
+) -> None:
+    """Pensia et al. Exp. 1: construct and evaluate tickets of a 784-500-10 MNIST target, beside the paper."""
+    import shlex
+    import sys
+
+    from rich.console import Console
+
+    from .._io import atomic_write_json
+    from .experiments import exp1_markdown, exp1_tickets
+
+    record = exp1_tickets(target, data_dir, eps_values=tuple(eps), seed=seed, out_dir=tickets_dir)
+    record["command"] = "slth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record)
+    Console().print(exp1_markdown(record))
+    Console().print(f"wrote {out}")
