@@ -201,3 +201,16 @@ def test_fused_masked_weight_matches_get_subnet_reference():
     (reference * grad_out).sum().backward()
     (fused * grad_out).sum().backward()
     assert torch.equal(scores_ref.grad, scores_fused.grad)
+
+
+def test_ticket_keeps_batchnorm_statistics(tmp_path):
+    model = sm.build("resnet20", (3, 8, 8), 10, seed=2, width=0.25, supermask=sm.SupermaskConfig(density=0.5))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 8, 8) * 3 + 1)  # moves the running statistics away from their init
+    sm.to_ticket(model, tmp_path / "r.slth")
+    rebuilt = sm.from_ticket(tmp_path / "r.slth")
+    model.eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))

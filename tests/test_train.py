@@ -130,3 +130,21 @@ def test_step_benchmark_reports_both_steps():
     r = step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1)
     assert r["dense_step_s"] > 0 and r["supermask_step_s"] > 0
     assert r["ratio"] == pytest.approx(r["supermask_step_s"] / r["dense_step_s"])
+
+
+def test_cifar10_training_with_augmentation(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data_dir = tmp_path / "cifar"
+    data_dir.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"labels": rng.integers(0, 10, 8).tolist(), b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8)}
+        (data_dir / name).write_bytes(pickle.dumps(batch, protocol=2))
+    config = TrainConfig(method="iterand", model="resnet20", data="cifar10", data_dir=str(data_dir), width=0.25,
+                         epochs=1, batch_size=16, density=0.5, rerand_period=1)
+    run = train(config, tmp_path / "run", quiet=True)
+    assert run.metrics["config"]["augment"] is True and run.metrics["finished"]
+    assert (tmp_path / "run" / "ticket.slth").exists()

@@ -3,7 +3,8 @@
 The frozen weights are not stored: :func:`from_ticket` re-draws them from the seed (the same seeded
 generators as at build time) and applies the masks, so the result is bit-identical to
 ``materialize(trained_model)``. For IteRand the generation of each *kept* weight (which re-draw it holds)
-is stored as ``extras["generation/<name>"]`` (int16, in mask order).
+is stored as ``extras["generation/<name>"]`` (int16, in mask order); buffers that training changes
+(BatchNorm running statistics) as ``extras["buffer/<name>"]``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _plain_model(spec: dict) -> nn.Module:
     return build_model(spec["model"], input_shape, num_classes, **kwargs)
 
 
+def _model_buffers(model: nn.Module):
+    """The model's own buffers (BatchNorm statistics), not those of the supermask parametrizations."""
+    for name, buffer in model.named_buffers():
+        if ".parametrizations." not in f".{name}":
+            yield name, buffer
+
+
 def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticketfile.TicketFile:
     """The ticket of a supermasked model built by :func:`slth.supermask.build`; written to ``path`` if given."""
     spec = getattr(model, "slth_spec", None)
@@ -66,6 +74,8 @@ def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticket
         generation = getattr(p, "generation", None)
         if generation is not None and bool((generation[mask] != 0).any()):
             extras[f"generation/{name}.weight"] = generation[mask].cpu().numpy().astype(np.int16)
+    for name, buffer in _model_buffers(model):
+        extras[f"buffer/{name}"] = buffer.detach().cpu().numpy()
     config = {"kind": KIND, "model": spec["model"], "model_kwargs": spec["model_kwargs"],
               "init": spec["init"], "supermask": spec["supermask"]}
     ticket = ticketfile.TicketFile(seed=int(spec["seed"]), config=config, masks=masks, extras=extras)
@@ -108,6 +118,13 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile) -> nn.Module:
         maskf = mask.to(weight.dtype)
         # the same arithmetic as the parametrization in eval mode, hence bit-identical
         module.weight.copy_(binarized_weight(weight, maskf, int(mask.sum())) if sm.method == "biprop" else weight * maskf)
+    buffers = dict(model.named_buffers())
+    for key, value in ticket.extras.items():
+        kind, _, name = key.partition("/")
+        if kind == "buffer":
+            if name not in buffers or value.size != buffers[name].numel():
+                raise ticketfile.TicketFileError(f"ticket buffer {name!r} does not fit the model")
+            buffers[name].copy_(torch.from_numpy(np.array(value)).reshape(buffers[name].shape))
     model.slth_spec = {"model": config["model"], "model_kwargs": config["model_kwargs"], "seed": ticket.seed,
                        "supermask": config["supermask"], "init": sm.init}
     return model.eval()
