@@ -37,6 +37,11 @@ def test_train_construct_evaluate(tmp_path):
     assert abs(rec["ticket_accuracy"] - rec["target_accuracy"]) < 0.05
     assert rec["certified_bound"] >= rec["max_logit_diff"]
     assert max(rec["max_weight_error_per_layer"]) <= 0.01
+    # a smaller input box gives a smaller certified bound
+    small = tmp_path / "small.json"
+    r = invoke("evaluate", ticket_path, "--target", model, "--arch", "64-16-10", "--box", "0", "0.5", "--json", small)
+    assert r.exit_code == 0, r.output
+    assert json.loads(small.read_text())["certified_bound"] < rec["certified_bound"]
 
 
 def test_construct_torchscript_target(tmp_path):

@@ -47,6 +47,8 @@ def evaluate_cmd(
     data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
     target: Optional[Path] = typer.Option(None, help="the target model, to measure agreement and the bound"),
     arch: Optional[str] = typer.Option(None, help="MLP widths of a state_dict target"),
+    box: Optional[tuple[float, float]] = typer.Option(
+        None, help="input box LO HI for the certified bound (default [0, 1] for nonnegative-input tickets, else [-1, 1])"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
     """Accuracy of a ticket on a test set; with --target also logit difference, top-1 agreement, certified bound."""
@@ -77,7 +79,9 @@ def evaluate_cmd(
     table.add_row("ticket accuracy", f"{result['ticket_accuracy']:.2%}")
     if target is not None:
         report.update(result)
-        report["certified_bound"] = float(certified_bound(ticket, reference).max())
+        lo, hi = box if box is not None else (None, None)
+        report["certified_bound"] = float(certified_bound(ticket, reference, lo, hi).max())
+        report["certified_box"] = list(box) if box is not None else None
         report["max_weight_error_per_layer"] = weight_errors(ticket, reference)
         table.add_row("target accuracy", f"{result['target_accuracy']:.2%}")
         table.add_row("top-1 agreement", f"{result['top1_agreement']:.3%}")
