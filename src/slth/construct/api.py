@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .build import METHODS, REACH, build_layer, choose_n, plan_scales
+from .build import METHODS, REACH, LayerJob, choose_n, merge_layer, plan_graph_scales
 from .network import LayerLayout, layer_prefixes
+from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, layer_chunks, plan_chunks, run_chunks
 from .target import parse_target
 from .ticket import Ticket
 
@@ -33,6 +34,13 @@ def construct(
     p: float = 0.99,
     max_redraw_rounds: int = 8,
     progress: bool = False,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    workdir: str | None = None,
+    resume: bool = False,
+    chunk_instances: int = CHUNK_INSTANCES,
+    device: str | None = None,
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
 
@@ -44,6 +52,14 @@ def construct(
     weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
     ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
     [0, 1]), so the first layer needs no units for negative inputs.
+
+    Targets: ReLU MLPs, CNNs (Conv2d, BatchNorm folded, pooling) and residual nets (traced with
+    torch.fx); see docs/construction.md. The work is split into chunks (row blocks of a layer, at most
+    ``chunk_instances`` SubsetSum instances each) run by ``workers`` local processes or, with
+    ``backend="ray"``, on a Ray cluster (``address``); ``workdir`` checkpoints every finished chunk and
+    ``resume=True`` reuses them. The ticket does not depend on any of these (only ``stats["seconds"]``
+    does); ``ticket.run`` says how the run went. ``device``: PyTorch device for the minimal-error search
+    (``sparse=False``).
     """
     start = time.perf_counter()
     if method not in METHODS:
@@ -52,6 +68,10 @@ def construct(
         raise ValueError(f"eps must be a positive finite number, got {eps!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a nonnegative int, got {seed!r}")
+    if device is not None and sparse and method == "pensia":
+        raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
+    if not isinstance(chunk_instances, int) or chunk_instances < 1:
+        raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
     ops, linears = parse_target(target, nonnegative_input=nonnegative_input)
     if n is None:
         ns = [None] * len(linears)
@@ -60,31 +80,45 @@ def construct(
     else:
         ns = [int(x) for x in n]
         if len(ns) != len(linears):
-            raise ValueError(f"n has {len(ns)} entries but the target has {len(linears)} Linear layers")
+            raise ValueError(f"n has {len(ns)} entries but the target has {len(linears)} Linear/Conv2d layers")
     max_n = 40 if method == "pensia" else 100_000
     if any(x is not None and not (1 <= x <= max_n) for x in ns):
         raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
+    if not (isinstance(p, (int, float)) and 0 < p < 1):
+        raise ValueError(f"p (per-weight success probability used to choose n) must be in (0, 1), got {p!r}")
     if not isinstance(max_redraw_rounds, int) or max_redraw_rounds < 0:
         raise ValueError(f"max_redraw_rounds must be an int >= 0, got {max_redraw_rounds!r}")
-    scales, bias_scales = plan_scales(linears)
-    results = []
+    scales, bias_scales, output_scale = plan_graph_scales(ops, linears)
+    jobs = []
+    for index, spec in enumerate(linears):
+        n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
+        conv = spec.conv or {}
+        layout = LayerLayout(
+            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,
+            bias=spec.bias is not None, relu_after=spec.relu_after, kernel=tuple(conv.get("kernel", ())),
+            stride=tuple(conv.get("stride", (1, 1))), padding=tuple(conv.get("padding", (0, 0))),
+            dilation=tuple(conv.get("dilation", (1, 1))),
+        )
+        jobs.append(LayerJob(index, layout, int(seed), scales[index], bias_scales[index], float(eps), method,
+                             bool(sparse), max_redraw_rounds, device))
+    chunks = plan_chunks(jobs, chunk_instances)
+    work = None
+    if workdir is not None:
+        work = WorkDir(workdir, fingerprint(jobs, linears, ops, chunks), resume=resume)
     with _progress(progress) as bar:
-        task = bar.add_task("constructing", total=sum(spec.params for spec in linears))
-        for index, spec in enumerate(linears):
-            n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
-            layout = LayerLayout(
-                d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,
-                bias=spec.bias is not None, relu_after=spec.relu_after,
-            )
-            bar.update(task, description=f"layer {index + 1}/{len(linears)} ({spec.d_out}x{spec.d_in}, n={n_l})")
-            results.append(build_layer(index, spec, layout, seed, scales[index], bias_scales[index], eps, method,
-                                          sparse, max_redraw_rounds))
-            bar.update(task, advance=spec.params)
+        task = bar.add_task("constructing", total=len(chunks))
+        bar.update(task, description=f"{len(linears)} layers, {len(chunks)} chunks")
+        computed, run = run_chunks(jobs, linears, chunks, workers=workers, backend=backend, address=address,
+                                   workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
+        results = [merge_layer(job, layer_chunks(job.index, chunks, computed, work)) for job in jobs]
+        del computed
     prefixes = layer_prefixes(ops)
     masks = {f"{prefix}.{name}": torch.from_numpy(m) for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
+    # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
+    redraws = redraws[np.lexsort((redraws[:, 3], redraws[:, 2], redraws[:, 1], redraws[:, 0]))]
     target_params = sum(spec.params for spec in linears)
-    output_scale = float(np.prod(scales))
+    all_errors = np.concatenate([r.errors for r in results])
     stats = {
         "target_params": int(target_params),
         "random_params": int(sum(r.layout.random_params for r in results)),
@@ -94,8 +128,8 @@ def construct(
         "kept_params": int(sum(int(m.sum()) for m in masks.values())),
         "max_weight_error": float(max(r.max_weight_error for r in results)),
         "max_weight_error_per_layer": [r.max_weight_error for r in results],
-        "weight_error_median": float(np.median(np.concatenate([r.errors for r in results]))),
-        "weight_error_p99": float(np.quantile(np.concatenate([r.errors for r in results]), 0.99)),
+        "weight_error_median": float(np.median(all_errors)),
+        "weight_error_p99": float(np.quantile(all_errors, 0.99)),
         "eps_met": bool(all(r.failures == 0 for r in results)),
         "n_per_layer": [r.layout.n for r in results],
         "failures": int(sum(r.failures for r in results)),
@@ -114,4 +148,7 @@ def construct(
         "layers": [r.layout.to_json() for r in results],
         "output_scale": output_scale,
     }
-    return Ticket(seed=int(seed), config=config, masks=masks, redraws=redraws, stats=stats)
+    ticket = Ticket(seed=int(seed), config=config, masks=masks, redraws=redraws, stats=stats)
+    ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": workers,
+                  "backend": backend, "computed_names": run.computed_names}
+    return ticket

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..subsetsum import Solution, required_n, solve, solve_sparsest
 from ..subsetsum.core import MAX_N
-from .network import LayerLayout, apply_redraws, layer_tensors, redraw_values
+from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
 from .target import LinearSpec, parse_target
 
 METHODS = ("pensia", "malach")
@@ -48,13 +48,17 @@ def single_pick(values: np.ndarray, targets: np.ndarray, eps) -> Solution:
     return Solution(mask=mask, error=error, sum=total, feasible=error <= eps)
 
 
-def _solve(method: str, sparse: bool, values: np.ndarray, targets: np.ndarray, eps: np.ndarray) -> Solution:
-    """One batch of instances with per-row tolerances; ``feasible`` = error <= eps."""
+def _solve(method: str, sparse: bool, values: np.ndarray, targets: np.ndarray, eps: np.ndarray,
+           device: str | None = None) -> Solution:
+    """One batch of instances with per-row tolerances; ``feasible`` = error <= eps. ``device``: run the
+    minimal-error search on that PyTorch device (same results as numba); sparsest subsets are numba-only."""
     if method == "malach":
         return single_pick(values, targets, eps)
     if sparse:
         return solve_sparsest(values, targets, eps)
-    sol = solve(values, targets)
+    if len(targets) == 0:
+        device = None
+    sol = solve(values, targets, device=device)
     return Solution(sol.mask, sol.error, sol.sum, sol.error <= eps)
 
 
@@ -69,78 +73,171 @@ def choose_n(method: str, eps: float, weights: np.ndarray, p: float) -> int:
         hit_free = np.abs(w) <= eps  # the empty set already works
         need = np.log(1 - p) / np.log1p(-q)
         return int(np.ceil(need)) if not hit_free.all() else 1
-    return required_n(eps, p, weights.reshape(-1), values="product-relu", trials=4000, n_max=min(32, MAX_N))
+    weights = weights.reshape(-1)
+    if weights.size > 1_000_000:  # the estimate resamples 4000 targets; a strided subset is as good and cheap
+        weights = weights[:: weights.size // 250_000]
+    return required_n(eps, p, weights, values="product-relu", trials=4000, n_max=min(32, MAX_N))
 
 
-def build_layer(index: int, spec: LinearSpec, layout: LayerLayout, seed: int, scale: float, bias_scale: float,
-                eps: float, method: str, sparse: bool, max_redraw_rounds: int = MAX_REDRAW_ROUNDS) -> LayerResult:
-    """Solve every (output, input, sign) block of one target layer and return masks and realised weights."""
-    t = layer_tensors(seed, index, layout)
-    a = np.abs(t["a.weight"].astype(np.float64))  # (d_in, units)
-    b = t["b.weight"]  # (d_out, hidden) float32, edited in place by redraws
-    d_out, d_in, g, n = layout.d_out, layout.d_in, layout.groups, layout.n
-    w = spec.weight / scale
-    eps_w = eps / scale
-    # instances (k, j, group): values b[k, j*units + g*n + m] * |a[j, g*n + m]|, target ±w[k, j]
+@dataclass(frozen=True)
+class LayerJob:
+    """What a worker needs to solve any block of rows of one target layer (small and picklable; the
+    target's weight rows travel with each chunk)."""
+
+    index: int
+    layout: LayerLayout
+    seed: int
+    scale: float
+    bias_scale: float
+    eps: float
+    method: str
+    sparse: bool
+    max_redraw_rounds: int = MAX_REDRAW_ROUNDS
+    device: str | None = None  # PyTorch device of the minimal-error search (sparse=False)
+
+
+@dataclass
+class ChunkResult:
+    """The solved rows ``start:stop`` of one layer: a function of (job, rows, target rows) only, so chunk
+    results can be computed anywhere, in any order, checkpointed and merged into the same ticket."""
+
+    layer: int
+    start: int
+    stop: int
+    b_mask: np.ndarray  # (rows, hidden, taps) bool
+    weight_errors: np.ndarray  # (rows * d_in * taps,) float64, target scale
+    bias_errors: np.ndarray  # (rows,) or (0,)
+    failures: int
+    redraws: np.ndarray  # (R, 4) int64: layer, round, row, col
+
+    @property
+    def used(self) -> np.ndarray:
+        """Hidden units (columns of b) this chunk keeps any entry of."""
+        return self.b_mask.any(axis=(0, 2))
+
+
+def solve_chunk(job: LayerJob, start: int, stop: int, weight: np.ndarray, bias: np.ndarray | None) -> ChunkResult:
+    """Solve every (output, input, sign, tap) block of output rows ``start:stop`` (and their biases).
+
+    ``weight``: the target's rows ``start:stop`` ((rows, d_in) or (rows, c_in, kh, kw), float64);
+    ``bias``: its bias rows or None. Only this block of ``b.weight`` is drawn (:func:`b_rows`).
+    """
+    layout, seed, index, n, g = job.layout, job.seed, job.index, job.layout.n, job.layout.groups
+    rows, d_in, taps, units, hidden = stop - start, layout.d_in, layout.taps, layout.units, layout.hidden
+    a_t = a_tensors(seed, index, layout)
+    a = np.abs(a_t["a.weight"].astype(np.float64))  # (d_in, units)
+    b3 = b_rows(seed, index, layout, start, stop).reshape(rows, hidden, taps)  # edited in place by redraws
+    w = np.asarray(weight, dtype=np.float64).reshape(rows, d_in, taps) / job.scale
+    eps_w = job.eps / job.scale
+    # instances (k, j, group, tap): values b[k, j*units + g*n + m, tap] * |a[j, g*n + m]|, target ±w[k, j, tap]
     signs = np.array([1.0, -1.0][:g])
-    col = (np.arange(d_in)[:, None] * layout.units + np.arange(g)[None, :] * n)  # (d_in, g) block starts
-    rows_k = np.repeat(np.arange(d_out), d_in * g)
-    rows_col = np.tile(col.reshape(-1), d_out)
-    a_blocks = a.reshape(d_in, g, n)
-    values = (b[:, : d_in * layout.units].astype(np.float64).reshape(d_out, d_in, g, n) * a_blocks[None]).reshape(-1, n)
-    targets = (w[:, :, None] * signs).reshape(-1)
+    unit = np.arange(d_in)[:, None] * units + np.arange(g)[None, :] * n  # (d_in, g) block starts
+    rows_k = np.repeat(np.arange(start, stop), d_in * g * taps)
+    rows_unit = np.tile(np.repeat(unit.reshape(-1), taps), rows)
+    rows_tap = np.tile(np.arange(taps), rows * d_in * g)
+    blocks = b3[:, : d_in * units, :].astype(np.float64).reshape(rows, d_in, g, n, taps)
+    values = (blocks.transpose(0, 1, 2, 4, 3) * a.reshape(d_in, g, 1, n)[None]).reshape(-1, n)
+    del blocks
+    targets = (w[:, :, None, :] * signs[None, None, :, None]).reshape(-1)
     eps_rows = np.full(targets.shape, eps_w)
+    n_w = targets.size
     if layout.bias:
-        beta = t["a.bias"].astype(np.float64)
-        bias_cols = d_in * layout.units
-        values = np.concatenate([values, b[:, bias_cols:].astype(np.float64) * beta[None]])
-        targets = np.concatenate([targets, spec.bias / bias_scale])
-        eps_rows = np.concatenate([eps_rows, np.full(d_out, eps / bias_scale)])
-        rows_k = np.concatenate([rows_k, np.arange(d_out)])
-        rows_col = np.concatenate([rows_col, np.full(d_out, bias_cols)])
-    sol = _solve(method, sparse, values, targets, eps_rows)
-    mask, error, total, feasible = sol.mask.copy(), sol.error.copy(), sol.sum.copy(), sol.feasible.copy()
+        beta = a_t["a.bias"].astype(np.float64)
+        bias_unit, tap_c = d_in * units, bias_tap(layout)
+        values = np.concatenate([values, b3[:, bias_unit:, tap_c].astype(np.float64) * beta[None]])
+        targets = np.concatenate([targets, np.asarray(bias, dtype=np.float64) / job.bias_scale])
+        eps_rows = np.concatenate([eps_rows, np.full(rows, job.eps / job.bias_scale)])
+        rows_k = np.concatenate([rows_k, np.arange(start, stop)])
+        rows_unit = np.concatenate([rows_unit, np.full(rows, bias_unit)])
+        rows_tap = np.concatenate([rows_tap, np.full(rows, tap_c)])
+    sol = _solve(job.method, job.sparse, values, targets, eps_rows, job.device)
+    del values
+    mask, total, feasible = sol.mask.copy(), sol.sum.copy(), sol.feasible.copy()
     redraws: list[tuple[int, int, int, int]] = []
-    for round_ in range(1, max_redraw_rounds + 1):
+    for round_ in range(1, job.max_redraw_rounds + 1):
         bad = np.flatnonzero(~feasible)
         if bad.size == 0:
             break
         new_values = np.empty((bad.size, n))
         for i, r in enumerate(bad):
-            k, c = int(rows_k[r]), int(rows_col[r])
-            b[k, c : c + n] = redraw_values(seed, index, round_, k, c, n)
-            redraws.append((index, round_, k, c))
-            if c >= d_in * layout.units:  # the bias block
-                factor = beta
-            else:
-                factor = a[c // layout.units, c % layout.units : c % layout.units + n]
-            new_values[i] = b[k, c : c + n].astype(np.float64) * factor
-        re = _solve(method, sparse, new_values, targets[bad], eps_rows[bad])
-        mask[bad], error[bad], total[bad], feasible[bad] = re.mask, re.error, re.sum, re.feasible
-    failures = int((~feasible).sum())
-    # masks of the two random layers
-    b_mask = np.zeros(b.shape, dtype=bool)
-    cols = rows_col[:, None] + np.arange(n)[None, :]
-    b_mask[np.repeat(rows_k, n).reshape(-1, n)[mask], cols[mask]] = True
-    used = b_mask.any(axis=0)
-    a_mask = used[: d_in * layout.units].reshape(d_in, layout.units)
-    masks = {"a.weight": a_mask, "b.weight": b_mask}
+            k, u, tap = int(rows_k[r]), int(rows_unit[r]), int(rows_tap[r])
+            col = tap * hidden + u
+            b3[k - start, u : u + n, tap] = redraw_values(seed, index, round_, k, col, n)
+            redraws.append((index, round_, k, col))
+            factor = beta if u >= d_in * units else a[u // units, u % units : u % units + n]
+            new_values[i] = b3[k - start, u : u + n, tap].astype(np.float64) * factor
+        re = _solve(job.method, job.sparse, new_values, targets[bad], eps_rows[bad], job.device)
+        mask[bad], total[bad], feasible[bad] = re.mask, re.sum, re.feasible
+    b_mask = np.zeros((rows, hidden, taps), dtype=bool)
+    hit_row, hit_m = np.nonzero(mask)
+    b_mask[rows_k[hit_row] - start, rows_unit[hit_row] + hit_m, rows_tap[hit_row]] = True
+    realised = total[:n_w].reshape(rows, d_in, g, taps) * job.scale
+    err = np.abs(realised[:, :, 0, :] - w * job.scale)
+    if g == 2:
+        err = np.maximum(err, np.abs(realised[:, :, 1, :] + w * job.scale))
+    bias_err = np.abs(total[n_w:] * job.bias_scale - bias) if layout.bias else np.zeros(0)
+    return ChunkResult(index, start, stop, b_mask, err.reshape(-1), bias_err, int((~feasible).sum()),
+                       np.array(redraws, dtype=np.int64).reshape(-1, 4))
+
+
+def merge_layer(job: LayerJob, chunks: list[ChunkResult]) -> LayerResult:
+    """One layer's masks and errors from its chunks (any order; they must cover rows 0..d_out once)."""
+    layout = job.layout
+    chunks = sorted(chunks, key=lambda c: c.start)
+    if [c.start for c in chunks] != [0, *(c.stop for c in chunks[:-1])] or chunks[-1].stop != layout.d_out:
+        raise ValueError(f"chunks of layer {job.index} do not cover its {layout.d_out} rows exactly once")
+    b_mask = np.empty((layout.d_out, layout.hidden, layout.taps), dtype=bool)
+    used = np.zeros(layout.hidden, dtype=bool)
+    for c in chunks:
+        b_mask[c.start : c.stop] = c.b_mask
+        used |= c.used
+    a_mask = used[: layout.d_in * layout.units].reshape(layout.d_in, layout.units)
+    masks = {"a.weight": a_mask, "b.weight": b_mask.reshape(layout.b_shape)}
     if layout.bias:
-        masks["a.bias"] = used[d_in * layout.units :]
-    n_w = d_out * d_in * g
-    realised = total[:n_w].reshape(d_out, d_in, g) * scale
-    eff_pos = realised[:, :, 0]
-    eff_neg = realised[:, :, 1] if g == 2 else None
-    err = np.abs(eff_pos - spec.weight)
-    if eff_neg is not None:
-        err = np.maximum(err, np.abs(eff_neg + spec.weight))
-    eff_bias = None
-    errors = err.reshape(-1)
-    if layout.bias:
-        eff_bias = total[n_w:] * bias_scale
-        errors = np.concatenate([errors, np.abs(eff_bias - spec.bias)])
+        masks["a.bias"] = used[layout.d_in * layout.units :]
+    errors = np.concatenate([c.weight_errors for c in chunks] + [c.bias_errors for c in chunks])
+    redraws = np.concatenate([c.redraws for c in chunks]) if chunks else np.zeros((0, 4), np.int64)
     max_err = float(errors.max()) if errors.size else 0.0
-    return LayerResult(layout, scale, bias_scale, masks, eff_pos, eff_neg, eff_bias, max_err, errors, failures, redraws)
+    return LayerResult(layout, job.scale, job.bias_scale, masks, None, None, None, max_err, errors,
+                       int(sum(c.failures for c in chunks)), [tuple(int(v) for v in r) for r in redraws])
+
+
+def build_layer(index: int, spec: LinearSpec, layout: LayerLayout, seed: int, scale: float, bias_scale: float,
+                eps: float, method: str, sparse: bool, max_redraw_rounds: int = MAX_REDRAW_ROUNDS) -> LayerResult:
+    """Solve every block of one target layer in one chunk and return masks and errors."""
+    job = LayerJob(index, layout, seed, scale, bias_scale, eps, method, sparse, max_redraw_rounds)
+    return merge_layer(job, [solve_chunk(job, 0, layout.d_out, spec.weight, spec.bias)])
+
+
+def plan_graph_scales(ops: list[dict], specs: list[LinearSpec]) -> tuple[list[float], list[float], float]:
+    """:func:`plan_scales` over a graph of ops: per-layer scales s_l >= 1, the cumulative scale at each
+    layer's output (its bias scale), and the output scale. Where a residual join adds branches of
+    different cumulative scales S_a, S_b, the join divides each by max(S_a, S_b) / S_i (the ``factors``
+    of its ``add`` op, written here), so both sides are in the same units; this is exact by positive
+    homogeneity and costs no weight. Chain ops (no ``args``) read the previous op."""
+    scale_at = {-1: 1.0}
+    scales = [1.0] * len(specs)
+    bias_scales = [1.0] * len(specs)
+    for i, op in enumerate(ops):
+        args = op.get("args", [i - 1])
+        if op["op"] == "layer":
+            spec = specs[op["index"]]
+            prod = scale_at[args[0]]
+            biggest = float(np.abs(spec.weight).max()) if spec.weight.size else 0.0
+            if spec.bias is not None and spec.bias.size:
+                biggest = max(biggest, float(np.abs(spec.bias).max()) / prod)
+            s = max(1.0, biggest / REACH)
+            scales[op["index"]] = s
+            bias_scales[op["index"]] = prod * s
+            scale_at[i] = prod * s
+        elif op["op"] == "add":
+            ins = [scale_at[a] for a in args]
+            top = max(ins)
+            op["factors"] = [float(v / top) for v in ins]
+            scale_at[i] = top
+        else:
+            scale_at[i] = scale_at[args[0]]
+    return scales, bias_scales, float(scale_at[len(ops) - 1])
 
 
 def plan_scales(linears: list[LinearSpec]) -> tuple[list[float], list[float]]:

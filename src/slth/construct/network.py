@@ -21,6 +21,18 @@ All random tensors come from ``numpy.random.Generator(PCG64(SeedSequence([seed, 
 the same seed gives bit-identical weights on every platform. A *redraw* (a block whose draw could not
 reach its target, see ``construct``) replaces the block ``b.weight[k, col:col + n]`` by values from
 ``SeedSequence([seed, layer, 3, round, k, col])``; redraws are recorded in the ticket and replayed here.
+
+A target ``Conv2d(c_in -> c_out, kernel kh x kw)`` becomes the same pair with channels for inputs (da
+Cunha, Natale & Viennot 2022): ``a`` is :class:`BlockConv2d` -- a 1x1 convolution with ``groups=c_in``
+(channel ``j * units + m`` is ``a.weight[j, m] * x_j``, pixel-wise), stored as the same ``(c_in, units)``
+scalars -- and ``b`` is ``nn.Conv2d(c_in * units + n_bias -> c_out)`` with the target's kernel size,
+stride, padding and dilation, entries U[-1, 1]. Target weight ``K[o, j, p, q]`` is the SubsetSum over
+``b.weight[o, (j, g, m), p, q] * |a.weight[j, g*n + m]|``. A conv bias (e.g. a folded BatchNorm) uses the
+``n`` constant bias channels through the single tap ``bias_tap`` only, which is inside the image for every
+output pixel (see :func:`bias_tap`), so zero padding never cuts it off.
+
+``b.weight`` rows (output units / channels) are drawn in order from one stream, so any block of rows
+can be drawn alone (:func:`b_rows`, by advancing the generator) with the same bits as the whole tensor.
 """
 
 from __future__ import annotations
@@ -42,6 +54,33 @@ class LayerLayout:
     signed_input: bool  # two sign groups per input
     bias: bool
     relu_after: bool
+    # Conv2d geometry; kernel == () for a Linear
+    kernel: tuple = ()
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+
+    def __post_init__(self):
+        for name in ("kernel", "stride", "padding", "dilation"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+    @property
+    def conv(self) -> bool:
+        return bool(self.kernel)
+
+    @property
+    def taps(self) -> int:
+        """Kernel entries per (output, input) pair: kh * kw for a conv, 1 for a Linear."""
+        return self.kernel[0] * self.kernel[1] if self.kernel else 1
+
+    @property
+    def row_size(self) -> int:
+        """Random values in one row (output unit / channel) of ``b.weight``."""
+        return self.hidden * self.taps
+
+    @property
+    def b_shape(self) -> tuple[int, ...]:
+        return (self.d_out, self.hidden, *self.kernel)
 
     @property
     def groups(self) -> int:
@@ -62,30 +101,70 @@ class LayerLayout:
     @property
     def random_params(self) -> int:
         """Block-structured count: a's block-diagonal entries (+ bias units) and b dense."""
-        return self.d_in * self.units + self.n_bias + self.d_out * self.hidden
+        return self.d_in * self.units + self.n_bias + self.d_out * self.row_size
 
     @property
     def dense_theorem_params(self) -> int:
         """Count with the first random layer fully dense before pruning (Pensia et al.'s M1)."""
-        return self.hidden * self.d_in + self.n_bias + self.d_out * self.hidden
+        return self.hidden * self.d_in + self.n_bias + self.d_out * self.row_size
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("d_in", "d_out", "n", "signed_input", "bias", "relu_after")}
+        keys = ["d_in", "d_out", "n", "signed_input", "bias", "relu_after"]
+        if self.conv:  # MLP layouts stay exactly as before
+            keys += ["kernel", "stride", "padding", "dilation"]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in keys)}
+
+
+def bias_tap(layout: LayerLayout) -> int:
+    """Flat index (p * kw + q) of the kernel tap that carries a conv bias: the tap nearest the centre.
+
+    Tap p of an output row y reads input row ``y * stride - padding + p * dilation``; it is inside the
+    image for *every* y (whatever the image size) iff ``padding <= p * dilation`` and
+    ``padding <= (kh - 1 - p) * dilation``. ``p = (kh - 1) // 2`` satisfies both iff
+    ``padding <= ((kh - 1) // 2) * dilation`` (e.g. any "same" or unpadded conv); the target parser
+    refuses a biased conv where this fails.
+    """
+    if not layout.conv:
+        return 0
+    (kh, kw), (ph, pw), (dh, dw) = layout.kernel, layout.padding, layout.dilation
+    p, q = (kh - 1) // 2, (kw - 1) // 2
+    if ph > p * dh or pw > q * dw:
+        raise ValueError(f"no kernel tap is inside the image for every output pixel (kernel {layout.kernel}, "
+                         f"padding {layout.padding}, dilation {layout.dilation})")
+    return p * kw + q
 
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
 
-def layer_tensors(seed: int, index: int, layout: LayerLayout) -> dict[str, np.ndarray]:
-    """The seeded random tensors (float32) of layer ``index`` before any redraw."""
+def a_tensors(seed: int, index: int, layout: LayerLayout) -> dict[str, np.ndarray]:
+    """The first random layer's seeded tensors (float32): ``a.weight`` and, with a bias, ``a.bias``."""
     mag = _rng(seed, index, A_WEIGHT).random((layout.d_in, layout.units)).astype(np.float32)
     if layout.signed_input:
         mag[:, layout.n :] *= -1
     out = {"a.weight": mag}
     if layout.bias:
         out["a.bias"] = _rng(seed, index, A_BIAS).random(layout.n_bias).astype(np.float32)
-    out["b.weight"] = _rng(seed, index, B_WEIGHT).uniform(-1.0, 1.0, (layout.d_out, layout.hidden)).astype(np.float32)
+    return out
+
+
+def b_rows(seed: int, index: int, layout: LayerLayout, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of ``b.weight`` before redraws, bit-identical to slicing the whole tensor.
+
+    Each float64 uniform consumes exactly one 64-bit PCG64 output, so row ``start`` begins
+    ``start * row_size`` outputs into the stream.
+    """
+    gen = np.random.PCG64(np.random.SeedSequence([int(seed), int(index), B_WEIGHT]))
+    gen.advance(int(start) * layout.row_size)
+    rows = np.random.Generator(gen).uniform(-1.0, 1.0, (int(stop) - int(start), layout.hidden, *layout.kernel))
+    return rows.astype(np.float32)
+
+
+def layer_tensors(seed: int, index: int, layout: LayerLayout) -> dict[str, np.ndarray]:
+    """The seeded random tensors (float32) of layer ``index`` before any redraw."""
+    out = a_tensors(seed, index, layout)
+    out["b.weight"] = b_rows(seed, index, layout, 0, layout.d_out)
     return out
 
 
@@ -93,11 +172,21 @@ def redraw_values(seed: int, index: int, round_: int, row: int, col: int, n: int
     return _rng(seed, index, REDRAW, round_, row, col).uniform(-1.0, 1.0, n).astype(np.float32)
 
 
-def apply_redraws(seed: int, index: int, layout: LayerLayout, b_weight: np.ndarray, redraws: np.ndarray) -> None:
-    """Replay recorded redraws (rows ``(layer, round, row, col)``) of layer ``index`` in order."""
+def redraw_block(layout: LayerLayout, col: int) -> tuple[int, int]:
+    """A redraw record's ``col`` -> (first hidden unit, kernel tap): ``col = tap * hidden + unit``
+    (for a Linear, tap = 0 and col is the hidden unit, as before)."""
+    return col % layout.hidden, col // layout.hidden
+
+
+def apply_redraws(seed: int, index: int, layout: LayerLayout, b_weight: np.ndarray, redraws: np.ndarray,
+                  row_offset: int = 0) -> None:
+    """Replay recorded redraws (rows ``(layer, round, row, col)``) of layer ``index`` in order;
+    ``b_weight`` may be a block of rows starting at ``row_offset``."""
+    b3 = b_weight.reshape(b_weight.shape[0], layout.hidden, layout.taps)
     for layer, round_, row, col in redraws:
-        if layer == index:
-            b_weight[row, col : col + layout.n] = redraw_values(seed, index, round_, row, col, layout.n)
+        if layer == index and row_offset <= row < row_offset + b3.shape[0]:
+            unit, tap = redraw_block(layout, int(col))
+            b3[row - row_offset, unit : unit + layout.n, tap] = redraw_values(seed, index, round_, row, col, layout.n)
 
 
 class BlockLinear(nn.Module):
@@ -120,13 +209,41 @@ class BlockLinear(nn.Module):
         return f"d_in={d_in}, units_per_input={units}, bias_units={n_bias}"
 
 
+class BlockConv2d(nn.Module):
+    """First random layer of a conv pair: a 1x1 convolution with ``groups=c_in``, stored as (c_in, units)
+    scalars. Channel (j, m) = weight[j, m] * x_j pixel-wise; bias channels are constant images."""
+
+    def __init__(self, d_in: int, units: int, n_bias: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(d_in, units))
+        self.bias = nn.Parameter(torch.zeros(n_bias)) if n_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d_in, units = self.weight.shape
+        h = nn.functional.conv2d(x, self.weight.reshape(d_in * units, 1, 1, 1), groups=d_in)
+        if self.bias is not None:
+            n, _, height, width = h.shape
+            h = torch.cat([h, self.bias.view(1, -1, 1, 1).expand(n, -1, height, width)], dim=1)
+        return h
+
+    def extra_repr(self) -> str:
+        d_in, units = self.weight.shape
+        n_bias = 0 if self.bias is None else self.bias.numel()
+        return f"channels={d_in}, units_per_channel={units}, bias_channels={n_bias}"
+
+
 class RandomPair(nn.Module):
-    """``b(relu(a(x)))``: the two random layers that stand for one target Linear."""
+    """``b(relu(a(x)))``: the two random layers that stand for one target Linear or Conv2d."""
 
     def __init__(self, layout: LayerLayout):
         super().__init__()
-        self.a = BlockLinear(layout.d_in, layout.units, layout.n_bias)
-        self.b = nn.Linear(layout.hidden, layout.d_out, bias=False)
+        if layout.conv:
+            self.a = BlockConv2d(layout.d_in, layout.units, layout.n_bias)
+            self.b = nn.Conv2d(layout.hidden, layout.d_out, layout.kernel, layout.stride, layout.padding,
+                               layout.dilation, bias=False)
+        else:
+            self.a = BlockLinear(layout.d_in, layout.units, layout.n_bias)
+            self.b = nn.Linear(layout.hidden, layout.d_out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(torch.relu(self.a(x)))
@@ -143,21 +260,92 @@ class Scale(nn.Module):
         return x * self.factor
 
 
+class Add(nn.Module):
+    """The join of a residual block: ``sum(factor_i * x_i)``. The factors (buffers, not weights; 1 unless
+    the branches were rescaled differently) bring both branches to the same scale (see ``plan_scales``)."""
+
+    def __init__(self, factors):
+        super().__init__()
+        self.register_buffer("factors", torch.tensor([float(f) for f in factors]))
+        self._unit = all(float(f) == 1.0 for f in factors)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self._unit:
+            out = xs[0]
+            for x in xs[1:]:
+                out = out + x
+            return out
+        out = xs[0] * self.factors[0]
+        for i, x in enumerate(xs[1:], 1):
+            out = out + x * self.factors[i]
+        return out
+
+
+class GraphNet(nn.Sequential):
+    """A Sequential whose op i reads the outputs of ``args[i]`` (-1 = the network input) instead of op i-1.
+
+    Modules are registered as "0", "1", ... exactly as in ``nn.Sequential``, so parameter names have the
+    same form as for chain targets; a residual block is its main-path ops, its skip-path ops and an
+    :class:`Add` that reads both.
+    """
+
+    def __init__(self, modules, args: list[list[int]]):
+        super().__init__(*modules)
+        self.args = [list(a) for a in args]
+        last = {}
+        for i, a in enumerate(self.args):
+            for j in a:
+                last[j] = i
+        self._free_after = [[j for j in set(a) if last[j] == i and j >= 0] for i, a in enumerate(self.args)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: dict[int, torch.Tensor] = {}
+        for i, (module, args) in enumerate(zip(self, self.args)):
+            ins = [x if a < 0 else outs[a] for a in args]
+            outs[i] = module(*ins)
+            for j in self._free_after[i]:  # drop what no later op reads: memory stays that of a chain
+                del outs[j]
+        return outs[len(self.args) - 1]
+
+
+def op_module(op: dict, layouts: list[LayerLayout]) -> nn.Module:
+    kind = op["op"]
+    if kind == "flatten":
+        return nn.Flatten(op["start_dim"], op["end_dim"])
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "layer":
+        return RandomPair(layouts[op["index"]])
+    if kind == "maxpool2d":
+        return nn.MaxPool2d(op["kernel_size"], op["stride"], op["padding"], op["dilation"], ceil_mode=op["ceil_mode"])
+    if kind == "avgpool2d":
+        return nn.AvgPool2d(op["kernel_size"], op["stride"], op["padding"], ceil_mode=op["ceil_mode"],
+                            count_include_pad=op["count_include_pad"], divisor_override=op["divisor_override"])
+    if kind == "adaptive_avgpool2d":
+        return nn.AdaptiveAvgPool2d(op["output_size"])
+    if kind == "add":
+        return Add(op["factors"])
+    if kind == "identity":
+        return nn.Identity()
+    raise ValueError(f"unknown op {op!r}")  # pragma: no cover - written by us
+
+
+def is_chain(ops: list[dict]) -> bool:
+    return all("args" not in op for op in ops)
+
+
 def build_module(ops: list[dict], layouts: list[LayerLayout], output_scale: float) -> nn.Sequential:
     """The network skeleton (zero weights) with the target's layout; parameter names are stable."""
-    modules: list[nn.Module] = []
-    for op in ops:
-        if op["op"] == "flatten":
-            modules.append(nn.Flatten(op["start_dim"], op["end_dim"]))
-        elif op["op"] == "relu":
-            modules.append(nn.ReLU())
-        elif op["op"] == "layer":
-            modules.append(RandomPair(layouts[op["index"]]))
-        else:  # pragma: no cover - written by us
-            raise ValueError(f"unknown op {op!r}")
+    modules = [op_module(op, layouts) for op in ops]
+    if is_chain(ops):
+        if output_scale != 1.0:
+            modules.append(Scale(output_scale))
+        return nn.Sequential(*modules)
+    args = [op["args"] for op in ops]
     if output_scale != 1.0:
         modules.append(Scale(output_scale))
-    return nn.Sequential(*modules)
+        args.append([len(ops) - 1])
+    return GraphNet(modules, args)
 
 
 def layer_prefixes(ops: list[dict]) -> list[str]:

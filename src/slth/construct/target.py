@@ -8,18 +8,25 @@ import numpy as np
 import torch
 from torch import nn
 
-SUPPORTED = "Flatten, Linear, ReLU, Identity, Dropout (nested nn.Sequential allowed)"
+SUPPORTED = (
+    "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
+    "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Identity, Dropout (nested nn.Sequential "
+    "allowed); other modules are traced with torch.fx, which adds residual additions (x + y)"
+)
+LAYERS = ("Linear", "Conv2d")
 
 
 @dataclass
 class LinearSpec:
-    """One target Linear: weight (d_out, d_in), optional bias, and where it sits."""
+    """One target Linear (weight (d_out, d_in)) or Conv2d (weight (c_out, c_in, kh, kw), geometry in
+    ``conv``), with its bias (a folded BatchNorm included) and where it sits."""
 
     path: str
     weight: np.ndarray  # float64
     bias: np.ndarray | None  # float64
     nonnegative_input: bool  # inputs are >= 0 (after a ReLU, or declared)
     relu_after: bool = False
+    conv: dict | None = None  # {"kernel", "stride", "padding", "dilation"} (lists of two ints) for a Conv2d
 
     @property
     def d_out(self) -> int:
@@ -28,6 +35,10 @@ class LinearSpec:
     @property
     def d_in(self) -> int:
         return self.weight.shape[1]
+
+    @property
+    def taps(self) -> int:
+        return int(np.prod(self.weight.shape[2:], dtype=np.int64))
 
     @property
     def params(self) -> int:
@@ -55,47 +66,219 @@ def _array(t: torch.Tensor, what: str) -> np.ndarray:
     return arr
 
 
-def parse_target(target, *, nonnegative_input: bool = False) -> tuple[list[dict], list[LinearSpec]]:
-    """Return (ops, linears): ops is a JSON-able layout (``flatten`` / ``layer`` / ``relu``) of the target.
+def _pair(v) -> list[int]:
+    return [int(x) for x in v] if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
-    Raises ``NotImplementedError`` naming the first unsupported layer and its position, ``ValueError``
-    for NaN/inf weights or a network with no Linear layer.
-    """
-    if _type_name(target) != "Sequential":
-        raise NotImplementedError(f"target must be an nn.Sequential of {SUPPORTED}; got {_type_name(target)}")
-    ops: list[dict] = []
-    linears: list[LinearSpec] = []
-    nonneg = bool(nonnegative_input)
-    for position, (path, module) in enumerate(_walk(target, "")):
-        kind = _type_name(module)
-        if kind == "Linear":
-            weight = _array(module.weight, f"weight of Linear {path!r}")
-            bias = None if module.bias is None else _array(module.bias, f"bias of Linear {path!r}")
-            if linears and linears[-1].d_out != weight.shape[1]:
-                raise ValueError(
-                    f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {linears[-1].d_out}"
-                )
-            ops.append({"op": "layer", "index": len(linears)})
-            linears.append(LinearSpec(path, weight, bias, nonneg))
-            nonneg = False
-        elif kind == "ReLU":
-            ops.append({"op": "relu"})
-            if ops[-2:-1] == [{"op": "layer", "index": len(linears) - 1}] and linears:
-                linears[-1].relu_after = True
-            nonneg = True
-        elif kind == "Flatten":
-            if linears:
-                raise NotImplementedError(f"Flatten at position {position} ({path!r}) after a Linear is not supported")
-            ops.append({"op": "flatten", "start_dim": int(module.start_dim), "end_dim": int(module.end_dim)})
-        elif kind in ("Identity", "Dropout"):
-            continue  # identity in eval mode
-        else:
+
+class _Builder:
+    """Collects ops and layer specs; ``graph=True`` records each op's inputs (``args``, -1 = network input)."""
+
+    def __init__(self, nonnegative_input: bool, graph: bool):
+        self.ops: list[dict] = []
+        self.specs: list[LinearSpec] = []
+        self.graph = graph
+        self.nonneg = {-1: bool(nonnegative_input)}
+        self.flat = {-1: None}  # is the value flat (N, d)? None = unknown (the input)
+
+    def emit(self, op: dict, args: list[int], nonneg: bool, flat) -> int:
+        if self.graph:
+            op = dict(op, args=[int(a) for a in args])
+        self.ops.append(op)
+        i = len(self.ops) - 1
+        self.nonneg[i], self.flat[i] = nonneg, flat
+        return i
+
+    def layer(self, module, kind: str, path: str, where: str, src: int) -> int:
+        weight = _array(module.weight, f"weight of {kind} {path!r}")
+        bias = None if module.bias is None else _array(module.bias, f"bias of {kind} {path!r}")
+        conv = None
+        if kind == "Conv2d":
+            if self.flat[src]:
+                raise NotImplementedError(f"Conv2d {where} ({path!r}) after a Linear is not supported (its input is flat)")
+            if module.groups != 1:
+                raise NotImplementedError(
+                    f"Conv2d {where} ({path!r}) has groups={module.groups}: grouped/depthwise convolutions are not "
+                    f"supported by construct(); supported: {SUPPORTED}")
+            if isinstance(module.padding, str) or module.padding_mode != "zeros":
+                raise NotImplementedError(
+                    f"Conv2d {where} ({path!r}): padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
+                    "only explicit zero padding is supported")
+            conv = {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride),
+                    "padding": _pair(module.padding), "dilation": _pair(module.dilation)}
+        elif not self.graph and self.specs and self.flat[src] and self.specs[-1].conv is None \
+                and self.specs[-1].d_out != weight.shape[1]:
+            raise ValueError(
+                f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {self.specs[-1].d_out}")
+        self.specs.append(LinearSpec(path, weight, bias, self.nonneg[src], conv=conv))
+        return self.emit({"op": "layer", "index": len(self.specs) - 1}, [src], False, kind == "Linear")
+
+    def batchnorm(self, module, kind: str, path: str, where: str, src: int, sole_user: bool = True) -> int:
+        op = self.ops[src] if src >= 0 else None
+        if op is None or op["op"] != "layer" or not sole_user:
             raise NotImplementedError(
-                f"layer {kind} at position {position} ({path!r}) is not supported by construct(); supported: {SUPPORTED}"
-            )
-    if not linears:
-        raise ValueError("target has no Linear layer")
-    return ops, linears
+                f"{kind} {where} ({path!r}) does not directly follow a Linear/Conv2d whose output only it reads; "
+                "only BatchNorm right after a layer can be folded")
+        if module.running_mean is None or module.running_var is None:
+            raise NotImplementedError(f"{kind} {where} ({path!r}) has no running statistics (track_running_stats=False)")
+        spec = self.specs[op["index"]]
+        mean = _array(module.running_mean, f"running_mean of {kind} {path!r}")
+        var = _array(module.running_var, f"running_var of {kind} {path!r}")
+        gamma = _array(module.weight, f"weight of {kind} {path!r}") if module.weight is not None else np.ones_like(mean)
+        beta = _array(module.bias, f"bias of {kind} {path!r}") if module.bias is not None else np.zeros_like(mean)
+        if mean.shape[0] != spec.d_out:
+            raise ValueError(f"{kind} {path!r} has {mean.shape[0]} features but {spec.path!r} gives {spec.d_out}")
+        # eval-mode BatchNorm: y = gamma (z - mean) / sqrt(var + eps) + beta = factor z + shift
+        factor = gamma / np.sqrt(var + float(module.eps))
+        spec.weight = spec.weight * factor.reshape(-1, *([1] * (spec.weight.ndim - 1)))
+        spec.bias = beta - mean * factor + (0.0 if spec.bias is None else spec.bias * factor)
+        spec.path = f"{spec.path}+{path}"
+        return src
+
+    def relu(self, src: int) -> int:
+        if src >= 0 and self.ops[src]["op"] == "layer":
+            self.specs[self.ops[src]["index"]].relu_after = True
+        return self.emit({"op": "relu"}, [src], True, self.flat[src])
+
+    def module(self, module, path: str, where: str, src: int, sole_user: bool = True) -> int:
+        kind = _type_name(module)
+        if kind in LAYERS:
+            return self.layer(module, kind, path, where, src)
+        if kind in ("BatchNorm1d", "BatchNorm2d"):
+            return self.batchnorm(module, kind, path, where, src, sole_user)
+        if kind == "ReLU":
+            return self.relu(src)
+        if kind == "Flatten":
+            if not self.graph and self.specs and self.specs[-1].conv is None:
+                raise NotImplementedError(f"Flatten {where} ({path!r}) after a Linear is not supported")
+            return self.flatten(src, int(module.start_dim), int(module.end_dim))
+        if kind == "MaxPool2d":
+            if module.return_indices:
+                raise NotImplementedError(f"MaxPool2d {where} ({path!r}) with return_indices is not supported")
+            return self.emit({"op": "maxpool2d", "kernel_size": _pair(module.kernel_size),
+                              "stride": _pair(module.stride if module.stride is not None else module.kernel_size),
+                              "padding": _pair(module.padding), "dilation": _pair(module.dilation),
+                              "ceil_mode": bool(module.ceil_mode)}, [src], self.nonneg[src], False)
+        if kind == "AvgPool2d":
+            return self.emit({"op": "avgpool2d", "kernel_size": _pair(module.kernel_size),
+                              "stride": _pair(module.stride if module.stride is not None else module.kernel_size),
+                              "padding": _pair(module.padding), "ceil_mode": bool(module.ceil_mode),
+                              "count_include_pad": bool(module.count_include_pad),
+                              "divisor_override": module.divisor_override}, [src], self.nonneg[src], False)
+        if kind in ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d"):
+            return self.adaptive(kind, module.output_size, src)
+        if kind in ("Identity", "Dropout"):
+            return src  # identity in eval mode
+        raise NotImplementedError(
+            f"layer {kind} {where} ({path!r}) is not supported by construct(); supported: {SUPPORTED}")
+
+    def adaptive(self, kind: str, output_size, src: int) -> int:
+        size = list(output_size) if isinstance(output_size, (tuple, list)) else [output_size, output_size]
+        op = "adaptive_avgpool2d" if kind == "AdaptiveAvgPool2d" else "adaptive_maxpool2d"
+        return self.emit({"op": op, "output_size": size}, [src], self.nonneg[src], False)
+
+    def flatten(self, src: int, start_dim: int, end_dim: int) -> int:
+        return self.emit({"op": "flatten", "start_dim": start_dim, "end_dim": end_dim}, [src], self.nonneg[src], True)
+
+    def add(self, a: int, b: int) -> int:
+        return self.emit({"op": "add", "factors": [1.0, 1.0]}, [a, b], self.nonneg[a] and self.nonneg[b], self.flat[a])
+
+    def finish(self, out: int) -> tuple[list[dict], list[LinearSpec]]:
+        if not self.specs:
+            raise ValueError("target has no Linear or Conv2d layer")
+        if self.graph and out != len(self.ops) - 1:
+            self.emit({"op": "identity"}, [out], self.nonneg[out], self.flat[out])
+        for spec in self.specs:
+            if spec.conv is not None and spec.bias is not None:
+                (kh, kw), (ph, pw), (dh, dw) = spec.conv["kernel"], spec.conv["padding"], spec.conv["dilation"]
+                if ph > ((kh - 1) // 2) * dh or pw > ((kw - 1) // 2) * dw:
+                    raise NotImplementedError(
+                        f"Conv2d {spec.path!r} has a bias (or a folded BatchNorm) and padding {spec.conv['padding']} "
+                        f"larger than its kernel's centre offset: no tap sees the image at every output pixel, so "
+                        "the bias cannot be carried through zero padding")
+        return self.ops, self.specs
+
+
+def parse_target(target, *, nonnegative_input: bool = False) -> tuple[list[dict], list[LinearSpec]]:
+    """Return (ops, layers): ops is a JSON-able layout (``flatten`` / ``layer`` / ``relu`` / pools / ``add``).
+
+    An ``nn.Sequential`` (or a TorchScript one) gives a chain; any other ``nn.Module`` is traced with
+    ``torch.fx`` into a graph whose ops carry ``args`` (the ops they read; -1 = the input), which is how
+    residual blocks are represented. Eval-mode BatchNorm is folded into the preceding layer.
+    Raises ``NotImplementedError`` naming the first unsupported layer and its position or path,
+    ``ValueError`` for NaN/inf weights or a network with no Linear/Conv2d layer.
+    """
+    kind = _type_name(target)
+    if kind == "Sequential":
+        b = _Builder(nonnegative_input, graph=False)
+        out = -1
+        for position, (path, module) in enumerate(_walk(target, "")):
+            out = b.module(module, path, f"at position {position}", out)
+        return b.finish(out)
+    if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch."):
+        raise NotImplementedError(
+            f"target must be an nn.Sequential of {SUPPORTED}, or an nn.Module whose forward torch.fx can trace; "
+            f"got {kind}")
+    return _parse_fx(target, nonnegative_input)
+
+
+def _parse_fx(target: nn.Module, nonnegative_input: bool) -> tuple[list[dict], list[LinearSpec]]:
+    import operator
+
+    import torch.fx as fx
+    import torch.nn.functional as F
+
+    try:
+        gm = fx.symbolic_trace(target)
+    except Exception as exc:
+        raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
+                                  f"({type(exc).__name__}: {exc})") from None
+    modules = dict(gm.named_modules())
+    b = _Builder(nonnegative_input, graph=True)
+    env: dict = {}
+    out = None
+    seen_input = False
+
+    def arg(node, value):
+        if not isinstance(value, fx.Node):
+            raise NotImplementedError(f"{node.op} {node.target!r} ({node.name!r}) takes a non-tensor argument {value!r}")
+        return env[value]
+
+    for node in gm.graph.nodes:
+        where = f"at node {node.name!r}"
+        if node.op == "placeholder":
+            if seen_input:
+                raise NotImplementedError(f"target takes more than one input ({node.name!r})")
+            seen_input = True
+            env[node] = -1
+        elif node.op == "call_module":
+            module = modules[node.target]
+            src = arg(node, node.args[0])
+            sole = src < 0 or len(node.args[0].users) == 1
+            env[node] = b.module(module, node.target, where, src, sole_user=sole)
+        elif node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_):
+            env[node] = b.relu(arg(node, node.args[0]))
+        elif node.op == "call_method" and node.target in ("relu", "relu_"):
+            env[node] = b.relu(arg(node, node.args[0]))
+        elif node.op in ("call_function", "call_method") and node.target in (operator.add, operator.iadd, torch.add,
+                                                                             "add", "add_") \
+                and len(node.args) == 2 and not node.kwargs:
+            env[node] = b.add(arg(node, node.args[0]), arg(node, node.args[1]))
+        elif node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            size = node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]
+            kind = "AdaptiveAvgPool2d" if node.target is F.adaptive_avg_pool2d else "AdaptiveMaxPool2d"
+            env[node] = b.adaptive(kind, size, arg(node, node.args[0]))
+        elif (node.op == "call_function" and node.target is torch.flatten) or \
+                (node.op == "call_method" and node.target == "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            env[node] = b.flatten(arg(node, node.args[0]), int(start), int(end))
+        elif node.op == "output":
+            out = arg(node, node.args[0])
+        else:
+            name = getattr(node.target, "__name__", node.target)
+            raise NotImplementedError(
+                f"{node.op} {name!r} {where} is not supported by construct(); supported: {SUPPORTED}")
+    return b.finish(out)
 
 
 def mlp(arch: list[int] | str, *, bias: bool = True) -> nn.Sequential:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,9 @@ from .. import ticketfile
 from .network import LayerLayout, apply_redraws, build_module, layer_prefixes, layer_tensors
 
 KIND = "constructed"
+# random_module() refuses networks above this many parameters unless asked (max_params=None): the
+# random network of a large target is n times the target's size and is rarely needed densely.
+MAX_RANDOM_PARAMS = 100_000_000
 
 
 @dataclass
@@ -27,40 +32,70 @@ class Ticket:
     masks: dict[str, torch.Tensor]  # parameter name -> bool tensor
     redraws: np.ndarray  # (R, 4) int64: layer, round, row, col
     stats: dict[str, Any]
+    run: dict[str, Any] = field(default_factory=dict, compare=False)  # how this run went; not saved
 
     @property
     def layouts(self) -> list[LayerLayout]:
         return [LayerLayout(**layer) for layer in self.config["layers"]]
 
-    def _random_state(self) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {}
+    def _layer_states(self):
+        """Per layer, its seeded tensors after redraws (one layer in memory at a time)."""
         for index, (prefix, layout) in enumerate(zip(layer_prefixes(self.config["ops"]), self.layouts)):
             tensors = layer_tensors(self.seed, index, layout)
             apply_redraws(self.seed, index, layout, tensors["b.weight"], self.redraws)
-            for name, arr in tensors.items():
-                state[f"{prefix}.{name}"] = torch.from_numpy(arr)
+            yield {f"{prefix}.{name}": torch.from_numpy(arr) for name, arr in tensors.items()}
+
+    def _random_state(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for layer in self._layer_states():
+            state.update(layer)
         return state
 
     def _skeleton(self) -> nn.Sequential:
         return build_module(self.config["ops"], self.layouts, self.config["output_scale"])
 
-    def random_module(self) -> nn.Sequential:
-        """The unpruned random network (same parameter names as :meth:`to_module`)."""
-        module = self._skeleton()
-        state = self._random_state()
+    def _fill(self, masked: bool, device) -> nn.Sequential:
+        module = self._skeleton().to(device)
+        params = dict(module.named_parameters())
         with torch.no_grad():
-            for name, param in module.named_parameters():
-                param.copy_(state[name])
+            for layer in self._layer_states():
+                for name, value in layer.items():
+                    value = value.to(device)
+                    params[name].copy_(value * self.masks[name].to(device) if masked else value)
         return module.eval()
 
-    def to_module(self) -> nn.Sequential:
-        """The ticket: every weight is 0 or exactly the seeded random weight."""
-        module = self._skeleton()
-        state = self._random_state()
-        with torch.no_grad():
-            for name, param in module.named_parameters():
-                param.copy_(state[name] * self.masks[name])
-        return module.eval()
+    def random_module(self, *, max_params: int | None = MAX_RANDOM_PARAMS, device=None) -> nn.Sequential:
+        """The unpruned random network (same parameter names as :meth:`to_module`).
+
+        Refuses (``ValueError``) when it has more than ``max_params`` parameters; pass ``max_params=None``
+        to build it anyway. ``device``: build it there (e.g. ``"cuda"``).
+        """
+        total = int(self.stats.get("random_params", 0)) or sum(lay.random_params for lay in self.layouts)
+        if max_params is not None and total > max_params:
+            raise ValueError(
+                f"the random network has {total:,} parameters (> max_params={max_params:,}, about "
+                f"{4 * total / 2**30:.1f} GiB as float32); it is never needed to use the ticket (to_module() "
+                "builds the pruned one). Pass max_params=None to materialise it anyway.")
+        return self._fill(False, device)
+
+    def to_module(self, *, device=None) -> nn.Sequential:
+        """The ticket: every weight is 0 or exactly the seeded random weight. ``device``: build it there
+        (the random tensors are drawn on the CPU, layer by layer, then masked on the device)."""
+        return self._fill(True, device)
+
+    def digest(self) -> str:
+        """SHA-256 of everything that defines the ticket: seed, config, masks, redraws and the stats
+        except the wall-clock ``seconds``. Equal digests = the same ticket, bit for bit."""
+        h = hashlib.sha256()
+        stats = {k: v for k, v in self.stats.items() if k != "seconds"}
+        h.update(json.dumps([int(self.seed), self.config, stats], sort_keys=True).encode())
+        for name in sorted(self.masks):
+            m = self.masks[name].numpy()
+            h.update(name.encode())
+            h.update(str(m.shape).encode())
+            h.update(np.packbits(m.reshape(-1)).tobytes())
+        h.update(np.ascontiguousarray(self.redraws, dtype=np.int64).tobytes())
+        return h.hexdigest()
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
