@@ -8,13 +8,13 @@ keeps exactly ``kept_count(numel, density)`` weights -- the mask a ticket stores
 method      training mask / effective weight                                     final mask
 ==========  ===================================================================  ====================
 edge-popup  top-k of |s|, straight-through; W * m  (Ramanujan et al. 2020)      top-k of |s|
-bernoulli   m ~ Bernoulli(sigmoid(s)), straight-through; W * m  (Zhou et al.)  top-k of s
+bernoulli   m ~ Bernoulli(sigmoid(s + b)), b so E|m| = k; straight-through (Zhou)  top-k of s
 biprop      top-k of |s|; alpha * sign(W) * m, alpha = mean |W| over kept      top-k of |s|
 iterand     edge-popup; every ``rerand_period`` steps each pruned weight is      top-k of |s|
             re-drawn from the init with probability ``rerand_prob`` (Chijiwa)
 gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda     top-k of s over the
             * sum s^2; the removable set shrinks to ``density`` on a geometric    remaining set
-            per-epoch schedule (Sreenivasan et al. 2022)
+            per-epoch schedule over the first 3/4 of training (Sreenivasan et al. 2022)
 ==========  ===================================================================  ====================
 """
 
@@ -127,11 +127,47 @@ class _Sampling(Supermask):
 
 
 class Bernoulli(_Sampling):
+    """m ~ Bernoulli(sigmoid(s + b)), with the per-layer shift b re-solved each step so that the *expected*
+    kept fraction is the layer's density (Zhou et al. leave the density free; here it is a target, and
+    without the shift the sampled masks drift far from the top-k final mask)."""
+
+    def __init__(self, shape, density, scores, sample_seed: int):
+        super().__init__(shape, density, scores, sample_seed)
+        self.register_buffer("shift", torch.zeros(()))  # in state_dict: resume restarts Newton identically
+
     def final_mask(self) -> torch.Tensor:
         return topk_mask(self.scores.detach(), self.k)  # the k most probable weights
 
+    def probabilities(self) -> torch.Tensor:
+        self._calibrate()
+        return torch.sigmoid(self.scores + self.shift)
+
     def training_mask(self) -> torch.Tensor:
-        return StraightThroughBernoulli.apply(torch.sigmoid(self.scores), self.generator)
+        return StraightThroughBernoulli.apply(self.probabilities(), self.generator)
+
+    @torch.no_grad()
+    def _calibrate(self, tolerance: float = 0.5, max_iter: int = 60) -> None:
+        """Safeguarded Newton on b: sum(sigmoid(s + b)) = k, to within half a weight."""
+        scores, b = self.scores.detach(), float(self.shift)
+        lo, hi = -math.inf, math.inf  # bracket: expected count < k at lo, > k at hi
+        for _ in range(max_iter):
+            p = torch.sigmoid(scores + b)
+            excess = float(p.sum()) - self.k
+            if abs(excess) < tolerance:
+                break
+            if excess > 0:
+                hi = b
+            else:
+                lo = b
+            slope = float((p * (1 - p)).sum())
+            step = b - excess / slope if slope > 0 else math.nan
+            if lo < step < hi:
+                b = step
+            elif math.isfinite(lo) and math.isfinite(hi):
+                b = 0.5 * (lo + hi)
+            else:  # no bracket on one side yet: move outward geometrically
+                b = b + (1.0 + abs(b)) * (1.0 if excess < 0 else -1.0)
+        self.shift.fill_(b)
 
 
 class IteRand(_Sampling):
@@ -186,11 +222,18 @@ class GemMiner(Supermask):
     def after_step(self, step: int, weight: torch.Tensor) -> None:
         self.scores.clamp_(0.0, 1.0)
 
+    @staticmethod
+    def pruning_epochs(epochs: int) -> int:
+        """Epochs over which the removable set shrinks; the last quarter (at least one epoch, if there are
+        two) then trains at the target, so the network recovers from the last removal before the end."""
+        return max(1, epochs - max(1, epochs // 4))
+
     @torch.no_grad()
     def after_epoch(self, epoch: int, epochs: int) -> None:
-        # geometric schedule: after epoch e of E the removable set keeps density ** (e / E) of the layer
+        # geometric schedule: after epoch e the removable set keeps density ** (e / P) of the layer, P above
         n = self.alive.numel()
-        keep = max(self.k, kept_count(n, self.density ** (epoch / epochs)))
+        fraction = self.density ** min(1.0, epoch / self.pruning_epochs(epochs))
+        keep = max(self.k, kept_count(n, fraction))
         self.alive.copy_(topk_mask(self._ranked_scores(), keep))
 
 
