@@ -230,6 +230,8 @@ def test_nonfinite_weights_are_refused(bad):
         ({"n": 0}, "n must be"),
         ({"n": [4]}, "n has 1 entries"),
         ({"max_redraw_rounds": -1}, "max_redraw_rounds"),
+        ({"p": 1.0}, "p \\(per-weight"),
+        ({"p": 0.0, "method": "malach"}, "p \\(per-weight"),
     ],
 )
 def test_bad_arguments(kwargs, match):
