@@ -8,7 +8,7 @@ keeps exactly ``kept_count(numel, density)`` weights -- the mask a ticket stores
 method      training mask / effective weight                                     final mask
 ==========  ===================================================================  ====================
 edge-popup  top-k of |s|, straight-through; W * m  (Ramanujan et al. 2020)      top-k of |s|
-bernoulli   m ~ Bernoulli(sigmoid(s + b)), b so E|m| = k; straight-through (Zhou)  top-k of s
+bernoulli   m ~ Bernoulli(sigmoid((s + b) / T)), E|m| = k, T: 1 -> 1/E (Zhou)  top-k of s
 biprop      top-k of |s|; alpha * sign(W) * m, alpha = mean |W| over kept      top-k of |s|
 iterand     edge-popup; every ``rerand_period`` steps each pruned weight is      top-k of |s|
             re-drawn from the init with probability ``rerand_prob`` (Chijiwa)
@@ -127,31 +127,42 @@ class _Sampling(Supermask):
 
 
 class Bernoulli(_Sampling):
-    """m ~ Bernoulli(sigmoid(s + b)), with the per-layer shift b re-solved each step so that the *expected*
-    kept fraction is the layer's density (Zhou et al. leave the density free; here it is a target, and
-    without the shift the sampled masks drift far from the top-k final mask)."""
+    """m ~ Bernoulli(sigmoid((s + b) / T)) with straight-through gradients (Zhou et al. 2019).
+
+    Two additions make the deterministic final mask (top-k of s) the mask that was trained: the per-layer
+    shift b is re-solved each step so the *expected* kept fraction is the layer's density, and the
+    temperature T anneals from 1 to 1/E over E epochs so the samples harden toward that top-k. Without
+    them (MNIST FC, 3 epochs) 77 % of first-layer probabilities stayed in (0.1, 0.9) and the final mask
+    scored 65 % against 96 % for sampled masks.
+    """
 
     def __init__(self, shape, density, scores, sample_seed: int):
         super().__init__(shape, density, scores, sample_seed)
-        self.register_buffer("shift", torch.zeros(()))  # in state_dict: resume restarts Newton identically
+        # buffers, so they travel in state_dict and a resumed run continues identically
+        self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("temperature", torch.ones(()))
 
     def final_mask(self) -> torch.Tensor:
         return topk_mask(self.scores.detach(), self.k)  # the k most probable weights
 
     def probabilities(self) -> torch.Tensor:
         self._calibrate()
-        return torch.sigmoid(self.scores + self.shift)
+        return torch.sigmoid((self.scores + self.shift) / self.temperature)
 
     def training_mask(self) -> torch.Tensor:
         return StraightThroughBernoulli.apply(self.probabilities(), self.generator)
 
     @torch.no_grad()
+    def after_epoch(self, epoch: int, epochs: int) -> None:
+        self.temperature.fill_(max(1.0 - epoch / epochs, 1.0 / epochs))
+
+    @torch.no_grad()
     def _calibrate(self, tolerance: float = 0.5, max_iter: int = 60) -> None:
-        """Safeguarded Newton on b: sum(sigmoid(s + b)) = k, to within half a weight."""
-        scores, b = self.scores.detach(), float(self.shift)
+        """Safeguarded Newton on b: sum(sigmoid((s + b) / T)) = k, to within half a weight."""
+        scores, b, t = self.scores.detach(), float(self.shift), float(self.temperature)
         lo, hi = -math.inf, math.inf  # bracket: expected count < k at lo, > k at hi
         for _ in range(max_iter):
-            p = torch.sigmoid(scores + b)
+            p = torch.sigmoid((scores + b) / t)
             excess = float(p.sum()) - self.k
             if abs(excess) < tolerance:
                 break
@@ -159,7 +170,7 @@ class Bernoulli(_Sampling):
                 hi = b
             else:
                 lo = b
-            slope = float((p * (1 - p)).sum())
+            slope = float((p * (1 - p)).sum()) / t
             step = b - excess / slope if slope > 0 else math.nan
             if lo < step < hi:
                 b = step
@@ -215,8 +226,14 @@ class GemMiner(Supermask):
     def training_mask(self) -> torch.Tensor:
         return StraightThroughRound.apply(self.scores) * self.alive
 
-    def regularization(self) -> torch.Tensor:
-        return self.score_l2 * self.scores.pow(2).sum()
+    def regularization(self) -> torch.Tensor | float:
+        # The pull toward pruning stops once the rounded mask is down to the target: Gem-Miner reaches its
+        # sparsity through lambda, but a fixed lambda overshoots (MNIST FC, lr 3: 1.2 % of the first layer
+        # left on at a 50 % target) and the final top-k then switches on weights that were never trained on.
+        on = int(torch.count_nonzero((self.scores.detach() > 0.5) & self.alive))
+        if on <= self.k:
+            return 0.0
+        return self.score_l2 * (self.scores * self.alive).pow(2).sum()
 
     @torch.no_grad()
     def after_step(self, step: int, weight: torch.Tensor) -> None:
