@@ -25,6 +25,7 @@ def _register() -> None:
     from .subsetsum import cli as _subsetsum_cli  # noqa: F401
     from .supermask import cli as _supermask_cli  # noqa: F401
     from .construct import cli as _construct_cli  # noqa: F401
+    from .report import cli as _report_cli  # noqa: F401
 
 
 def main() -> None:

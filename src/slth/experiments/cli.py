@@ -1,0 +1,243 @@
+"""``slth experiment width-curves | planted | construct-vs-learn | pensia-exp2``; each writes one record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import experiment_app
+
+RESULTS = Path("docs/results")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@experiment_app.command("width-curves")
+def width_curves_command(
+    target: Optional[Path] = typer.Option(None, help="also a saved bias-free MLP target (state_dict, e.g. from "
+                                                     "slth train-dense), evaluated on --data"),
+    arch: str = typer.Option("784-500-10", help="widths of --target"),
+    data: str = typer.Option("mnist", help="data set of --target"),
+    data_dir: Optional[Path] = typer.Option(None, help="directory with --data's files"),
+    digits: bool = typer.Option(True, help="include a digits 64-64-10 target trained here (40 epochs, ~1 min)"),
+    eps: str = typer.Option("0.1,0.03,0.01,0.003,0.001", help="eps values for the width-needed table"),
+    pensia_n: str = typer.Option("2,4,6,8,10,12,14,16,18,20,22,24"),
+    malach_n: str = typer.Option("2,4,8,16,32,64,128,256,512,1024,2048,4096"),
+    law_n: str = typer.Option("2,4,6,8,10,12,14,16,18,20,22,24,26,28,30,32", help="n values of the SubsetSum law"),
+    law_instances: int = typer.Option(4000),
+    max_values: int = typer.Option(40_000_000, help="skip constructions with more random values (memory)"),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="tiny setting for tests (digits, 1 epoch, two n per method)"),
+    out: Path = typer.Option(RESULTS / "width_curves.json"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Pensia (log width) vs Malach (poly width): error and accuracy vs width factor; SubsetSum error vs n."""
+    from rich.console import Console
+
+    from ..construct.demo import train_target
+    from ..data import load_dataset
+    from . import width_curves as wc
+    from .record import Stopwatch, header, write_record
+
+    _threads(threads)
+    console = Console()
+    eps_v, pn, mn, ln = _floats(eps), _ints(pensia_n), _ints(malach_n), _ints(law_n)
+    epochs = 40
+    if quick:
+        eps_v, pn, mn, ln, law_instances, epochs = [0.1], [4, 8], [4], [4, 8], 100, 1
+    targets = []
+    with Stopwatch() as sw:
+        if digits:
+            net, metrics = train_target("digits", hidden=(64,), epochs=epochs, seed=seed)
+            ds = load_dataset("digits")
+            targets.append(("digits", net, ds.x_test, ds.y_test))
+        if target is not None:
+            from ..construct.target import load_target
+
+            ds = load_dataset(data, data_dir)
+            targets.append((data, load_target(target, arch), ds.x_test, ds.y_test))
+        if not targets:
+            raise typer.BadParameter("nothing to do: pass --target or keep --digits")
+        body = wc.run(targets, eps_values=eps_v, pensia_ns=pn, malach_ns=mn, law_ns=ln, law_instances=law_instances,
+                      seed=seed, max_values=max_values, quiet=False)
+    settings = {"eps": eps_v, "pensia_n": pn, "malach_n": mn, "law_n": ln, "law_instances": law_instances,
+                "seed": seed, "digits_epochs": epochs if digits else None, "target": None if target is None else str(target),
+                "arch": arch, "data": data, "max_values": max_values, "quick": quick}
+    record = {**header("width-curves", settings), **body, "wall_seconds": sw.wall}
+    write_record(record, out)
+    console.print(f"width curves in {sw.wall:.0f} s; SubsetSum fit error ~ 2^(-{body['subsetsum_law']['fit']['c']:.3f} n)"
+                  f" -> {out}")
+
+
+@experiment_app.command("planted")
+def planted_command(
+    tasks: str = typer.Option("relu,circle,helix,mnist", help="relu, circle, helix (toy) and mnist"),
+    methods: str = typer.Option("edge-popup,bernoulli,biprop,iterand,gem-miner", help="supermask methods to run"),
+    hidden: str = typer.Option("100,100", help="source hidden widths for the toy tasks"),
+    depth: int = typer.Option(3, help="toy target depth (>= 2; extra layers are copy layers)"),
+    density_multiples: str = typer.Option("1,10", help="each layer keeps these multiples of its planted count"),
+    epochs: int = typer.Option(30, help="epochs per method, toy tasks"),
+    n_train: int = typer.Option(4000), n_test: int = typer.Option(2000),
+    mnist_hidden: str = typer.Option("200,200", help="source hidden widths for the MNIST task"),
+    mnist_epochs: int = typer.Option(3, help="epochs per method, MNIST task"),
+    mnist_train_size: int = typer.Option(20000, help="MNIST training examples used (all 10,000 test examples are used)"),
+    data_dir: Optional[Path] = typer.Option(None, help="MNIST directory (needed for the mnist task)"),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="tiny setting for tests (relu and circle, 1 epoch, 2 methods)"),
+    out: Path = typer.Option(RESULTS / "planted.json"),
+    threads: Optional[int] = typer.Option(1, help="torch threads (1 is fastest for these small nets)"),
+) -> None:
+    """Plant 'n' Seek: hide known sparse targets in random nets; run every supermask method and slth.construct."""
+    from rich.console import Console
+
+    from . import planted as P
+    from .record import Stopwatch, header, write_record
+
+    _threads(threads)
+    console = Console()
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    construct_n = None
+    multiples = _floats(density_multiples)
+    if quick:
+        task_list, method_list, epochs, n_train, n_test = ["relu", "circle"], ["edge-popup", "gem-miner"], 1, 256, 256
+        construct_n, multiples = 10, [1.0, 10.0]
+    bad = [t for t in task_list if t not in P.TASKS]
+    if bad:
+        raise typer.BadParameter(f"unknown task(s) {bad}; valid: {', '.join(P.TASKS)}")
+    results = []
+    with Stopwatch() as sw:
+        for task in task_list:
+            if task == "mnist":
+                from ..data import load_dataset
+
+                data = load_dataset("mnist", data_dir)
+                results.append(P.run_task("mnist", methods=method_list, hidden=_ints(mnist_hidden), epochs=mnist_epochs,
+                                          seed=seed, n_train=0, n_test=0, data=data, density_multiples=multiples,
+                                          mnist_settings={"train_size": mnist_train_size, "epochs": 3,
+                                                          "finetune_epochs": 2},
+                                          log=console.print))
+            else:
+                results.append(P.run_task(task, methods=method_list, hidden=_ints(hidden), epochs=epochs, seed=seed,
+                                          n_train=n_train, n_test=n_test, depth=depth, construct_n=construct_n,
+                                          density_multiples=multiples,
+                                          log=console.print))
+    settings = {"tasks": task_list, "methods": method_list, "hidden": _ints(hidden), "depth": depth, "epochs": epochs,
+                "density_multiples": multiples,
+                "n_train": n_train, "n_test": n_test, "mnist_hidden": _ints(mnist_hidden), "mnist_epochs": mnist_epochs,
+                "mnist_train_size": mnist_train_size, "seed": seed, "quick": quick, "threads": threads,
+                "lr": "slth.train defaults per method (DEFAULT_LR), SGD momentum 0.9, cosine, batch 128",
+                "densities": "each layer keeps its planted count times the density multiple (oracle per-layer density)"}
+    record = {**header("planted", settings), "tasks": results, "paper": P.PAPER, "wall_seconds": sw.wall}
+    write_record(record, out)
+    console.print(f"planted tickets in {sw.wall:.0f} s -> {out}")
+
+
+@experiment_app.command("construct-vs-learn")
+def construct_vs_learn_command(
+    data: str = typer.Option("digits", help="digits (embedded) or mnist / fashion-mnist with --data-dir"),
+    data_dir: Optional[Path] = typer.Option(None),
+    hidden: str = typer.Option("64", help="hidden widths of the target MLP"),
+    dense_epochs: int = typer.Option(40), mask_epochs: int = typer.Option(40),
+    eps: float = typer.Option(0.01), density: float = typer.Option(0.5, help="kept fraction of the learned supermasks"),
+    methods: str = typer.Option("edge-popup,biprop", help="supermask methods"),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="tiny setting for tests (digits, hidden 16, 1 epoch, edge-popup, n = 8)"),
+    out: Path = typer.Option(RESULTS / "construct_vs_learn.json"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """The constructed ticket of a trained target vs learned supermasks vs dense training, same data."""
+    from rich.console import Console
+
+    from . import construct_vs_learn as cvl
+    from .record import Stopwatch, header, write_record
+
+    _threads(threads)
+    console = Console()
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    construct_n = None
+    if quick:
+        data, dense_epochs, mask_epochs, method_list, hidden, construct_n = "digits", 1, 1, ["edge-popup"], "16", 8
+    with Stopwatch() as sw:
+        body = cvl.run(data, data_dir, hidden=_ints(hidden), dense_epochs=dense_epochs, mask_epochs=mask_epochs,
+                       eps=eps, methods=method_list, density=density, seed=seed, construct_n=construct_n,
+                       log=console.print)
+    settings = {"data": data, "hidden": _ints(hidden), "dense_epochs": dense_epochs, "mask_epochs": mask_epochs,
+                "eps": eps, "density": density, "methods": method_list, "seed": seed, "quick": quick,
+                "dense": "slth train-dense setting: bias-free, inputs in [0, 1], SGD lr 0.05 momentum 0.9, cosine",
+                "learned": "slth.train defaults per method (inputs normalised), signed-constant init"}
+    write_record({**header("construct-vs-learn", settings), **body, "wall_seconds": sw.wall}, out)
+    console.print(f"construct vs learn in {sw.wall:.0f} s -> {out}")
+
+
+@experiment_app.command("pensia-exp2")
+def pensia_exp2_command(
+    data_dir: Optional[Path] = typer.Option(None, help="MNIST directory"),
+    nets: str = typer.Option("fc2,lenet5", help="fc2 (784-500-10) and/or lenet5 (random frozen convs, FC 400-120-84-10)"),
+    kinds: str = typer.Option("structure-linear,structure-relu,wide"),
+    densities: str = typer.Option("0.5,0.1,0.01", help="kept fractions (the paper's sparsity = 1 - density)"),
+    epochs: int = typer.Option(1, help="the paper: best over 30..150 epochs"),
+    train_size: int = typer.Option(10000, help="MNIST training examples (the paper: all 60,000)"),
+    r: int = typer.Option(5, help="copies per input in a RedLayer"),
+    lr: float = typer.Option(0.1, help="the paper: 0.1 (FC), 0.01 (LeNet5)"),
+    lenet_lr: float = typer.Option(0.01),
+    batch_size: int = typer.Option(64),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="tiny setting for tests (fc2, 512 examples, density 0.1)"),
+    out: Path = typer.Option(RESULTS / "pensia_exp2.json"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Pensia et al. Exp. 2: RedLayer structure (r copies) vs a parameter-matched wide net, both by edge-popup."""
+    from rich.console import Console
+
+    from ..data import load_dataset
+    from . import redlayer as R
+    from .record import Stopwatch, header, write_record
+
+    _threads(threads)
+    console = Console()
+    net_list = [n.strip() for n in nets.split(",") if n.strip()]
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+    dens = _floats(densities)
+    if quick:
+        net_list, dens, epochs, train_size = ["fc2"], [0.1], 1, 512
+    data = load_dataset("mnist", data_dir)
+    if quick:  # a small test split too
+        data.x_test, data.y_test = data.x_test[:500], data.y_test[:500]
+    results = []
+    with Stopwatch() as sw:
+        for net in net_list:
+            if net not in ("fc2", "lenet5"):
+                raise typer.BadParameter(f"unknown net {net!r}; valid: fc2, lenet5")
+            results.append(R.run(net, data, densities=dens, kinds=kind_list, epochs=epochs, r=r, seed=seed,
+                                 lr=lr if net == "fc2" else lenet_lr, batch_size=batch_size, train_size=train_size,
+                                 log=console.print))
+    settings = {"nets": net_list, "kinds": kind_list, "densities": dens, "epochs": epochs, "train_size": train_size,
+                "test_size": int(len(data.y_test)), "r": r, "lr_fc": lr, "lr_lenet5": lenet_lr, "batch_size": batch_size,
+                "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine per step", "seed": seed, "quick": quick,
+                "normalisation": "(0.1307, 0.3081)", "method": "edge-popup, same density for every masked tensor"}
+    record = {**header("pensia-exp2", settings), "results": results, "paper": {"fc2": R.PAPER_FC2, "lenet5": R.PAPER_LENET5},
+              "wall_seconds": sw.wall}
+    write_record(record, out)
+    console.print(f"Exp. 2 in {sw.wall:.0f} s -> {out}")

@@ -1,0 +1,312 @@
+"""Planted tickets (after Fischer & Burkholz, "Plant 'n' Seek", arXiv:2111.11153).
+
+A known sparse target network is hidden ("planted") inside a wider random network of the same depth;
+the planted mask is then the ground truth, and we ask whether each supermask method (at the planted
+per-layer densities: an oracle density) and the constructive method recover it.
+
+Targets (bias-free ReLU nets; a bias is the weight from a constant input 1 appended to the data, carried
+through hidden layers by a constant neuron relu(1) = 1, THEORY.md 2.7):
+
+* ``relu``   1 -> 1 regression: a piecewise-linear function with 8 knots, Σ a_i relu(±(x - k_i)).
+* ``circle`` 2 -> 4 classes by squared radius x1² + x2² with thresholds 0.2 / 0.5 / 0.7: x_i² is
+             approximated with 10 knots per coordinate; class logit c = c·r² - Σ_{t<=c} τ_t, so the
+             argmax is the number of thresholds below r².
+* ``helix``  1 -> 3 regression (cos 2πx, sin 2πx, x), piecewise linear with 30 knots.
+* ``mnist``  784 -> 100 -> 100 -> 10 trained on MNIST, magnitude-pruned to 10 % per layer and fine-tuned
+             (the MNIST-sized target; inputs in [0, 1], no constant input).
+
+The toy targets have one knot layer; ``depth`` > 2 inserts copy layers (one weight 1 per neuron:
+relu(h) = h for h >= 0), so the ticket is deeper and sparser.
+
+Planting (simplified from the paper: target neurons go to *randomly chosen* distinct source neurons, not
+to the best-aligned ones): source weights ~ N(0, 2/fan_in); layer l's target weights are scaled by
+c_l = std_l / rms(target nonzeros) and written into the mapped entries; the network ends with a fixed
+output scale 1 / Π c_l (a buffer, identical for every method), so the planted mask reproduces the target
+exactly (ReLU positive homogeneity).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+TASKS = ("relu", "circle", "helix", "mnist")
+
+PAPER = ("Fischer & Burkholz (Plant 'n' Seek): planted tickets of known, extreme sparsity are *not* recovered "
+         "by current pruning algorithms, which reach worse accuracy than the planted ticket at the same "
+         "sparsity; they conclude the sparsity limits are algorithmic. (Their exact numbers are not "
+         "verified in our copy of the paper, THEORY.md 8; only the qualitative claim is quoted.)")
+
+
+class Planted(nn.Module):
+    """Bias-free ReLU MLP with a fixed output scale: ``layers`` (Sequential of Linear/ReLU), ``scale``."""
+
+    def __init__(self, widths: list[int], output_scale: float = 1.0):
+        super().__init__()
+        mods: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            mods.append(nn.Linear(a, b, bias=False))
+            if i < len(widths) - 2:
+                mods.append(nn.ReLU())
+        self.layers = nn.Sequential(*mods)
+        self.register_buffer("scale", torch.tensor(float(output_scale)))
+
+    def forward(self, x):
+        return self.layers(x.flatten(1)) * self.scale
+
+    def linear_names(self) -> list[str]:
+        return [f"layers.{i}" for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
+
+
+def _knots_layer(n_in: int, knots: list[tuple[int, float, float]]) -> np.ndarray:
+    """Rows relu(s·x_j - k) on inputs (x, 1) for each (j, s, k); the last row is the constant neuron."""
+    w = np.zeros((len(knots) + 1, n_in + 1))
+    for r, (j, s, k) in enumerate(knots):
+        w[r, j], w[r, n_in] = s, -k
+    w[-1, n_in] = 1.0
+    return w
+
+
+def _interpolate(f, lo: float, hi: float, n_knots: int) -> tuple[list[tuple[int, float, float]], np.ndarray]:
+    """Piecewise-linear interpolant of f on [lo, hi]: value at lo + slope·(x - lo) + Σ Δslope_i relu(x - k_i),
+    written with relu(x - lo) and relu(lo - x) for the linear part (both needed on x in [lo, hi] only for the first)."""
+    xs = np.linspace(lo, hi, n_knots + 2)
+    ys = np.array([np.atleast_1d(f(x)) for x in xs])  # (K+2, out)
+    slopes = np.diff(ys, axis=0) / np.diff(xs)[:, None]  # (K+1, out)
+    knots = [(0, 1.0, lo)] + [(0, 1.0, float(k)) for k in xs[1:-1]]
+    coeffs = np.vstack([slopes[:1], np.diff(slopes, axis=0)])  # on relu(x - lo), relu(x - k_i)
+    out = np.hstack([coeffs.T, ys[:1].T])  # + constant neuron carries f(lo)
+    return knots, out
+
+
+def toy_target(task: str, depth: int = 2) -> tuple[list[np.ndarray], str]:
+    """Weight matrices of the toy target (input has a constant 1 appended) and its task type."""
+    if task == "relu":
+        rng = np.random.default_rng(1)
+        ks = np.sort(rng.uniform(-0.9, 0.9, 8))
+        amps = rng.uniform(-2, 2, 8)
+        knots, out = _interpolate(lambda x: float(np.sum(amps * np.maximum(x - ks, 0))), -1.0, 1.0, 10)
+        ws, kind = [_knots_layer(1, knots), out], "regression"
+    elif task == "helix":
+        knots, out = _interpolate(lambda x: [math.cos(2 * math.pi * x), math.sin(2 * math.pi * x), x], -1.0, 1.0, 30)
+        ws, kind = [_knots_layer(1, knots), out], "regression"
+    elif task == "circle":
+        # x_j² on [-1, 1] from relu(x_j - k) and relu(-x_j - k) at 10 knots k in [0, 1) per coordinate
+        ks = np.linspace(0.0, 1.0, 11)[:-1]
+        knots, sq = [], []
+        for j in range(2):
+            for s in (1.0, -1.0):
+                for i, k in enumerate(ks):
+                    knots.append((j, s, float(k)))
+                    # slope of x² between knots k_i and k_{i+1} is k_i + k_{i+1}; the increment over the previous piece
+                    sq.append((ks[i] + (ks[i + 1] if i + 1 < len(ks) else 1.0)) - (0 if i == 0 else ks[i - 1] + ks[i]))
+        first = _knots_layer(2, knots)
+        r2 = np.array(sq + [0.0])  # r² as a combination of the hidden neurons
+        taus = np.array([0.2, 0.5, 0.7])
+        out = np.zeros((4, len(r2)))
+        for c in range(4):
+            out[c] = c * r2
+            out[c, -1] = -taus[:c].sum()
+        ws, kind = [first, out], "classification"
+    else:
+        raise ValueError(f"unknown toy task {task!r}; valid: relu, circle, helix")
+    for _ in range(depth - 2):  # copy layers: relu(h) = h for h >= 0
+        ws.insert(-1, np.eye(ws[-2].shape[0]))
+    return ws, kind
+
+
+def toy_data(task: str, ws: list[np.ndarray], kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    d = ws[0].shape[1] - 1
+    x = rng.uniform(-1, 1, (n, d))
+    x = np.hstack([x, np.ones((n, 1))]).astype(np.float32)
+    h = torch.from_numpy(x).double()
+    for i, w in enumerate(ws):
+        h = h @ torch.from_numpy(w).T
+        if i < len(ws) - 1:
+            h = torch.relu(h)
+    xt = torch.from_numpy(x)
+    if kind == "classification":
+        return xt, h.argmax(1)
+    return xt, h.float()
+
+
+def mnist_target(data, *, hidden=(100, 100), density: float = 0.1, epochs: int = 2, finetune_epochs: int = 1,
+                 seed: int = 0, train_size: int | None = None) -> tuple[list[np.ndarray], dict]:
+    """Train a bias-free MLP, keep the largest ``density`` of each layer, fine-tune with the mask fixed."""
+    from .masking import evaluate, fit
+
+    x_tr, y_tr = data.x_train.flatten(1), data.y_train
+    if train_size:
+        x_tr, y_tr = x_tr[:train_size], y_tr[:train_size]
+    widths = [x_tr.shape[1], *hidden, data.num_classes]
+    torch.manual_seed(seed)
+    net = Planted(widths)
+    for i, m in enumerate(l for l in net.layers if isinstance(l, nn.Linear)):
+        with torch.no_grad():
+            m.weight.copy_(torch.randn(m.weight.shape, generator=torch.Generator().manual_seed(seed + i))
+                           * math.sqrt(2.0 / m.in_features))
+    d = (x_tr, y_tr, data.x_test.flatten(1), data.y_test)
+    dense = fit(net, d, task="classification", epochs=epochs, lr=0.05, seed=seed, weight_decay=5e-4)
+    masks = []
+    for m in (l for l in net.layers if isinstance(l, nn.Linear)):
+        k = max(1, round(density * m.weight.numel()))
+        thr = m.weight.abs().flatten().kthvalue(m.weight.numel() - k + 1).values
+        masks.append(m.weight.abs() >= thr)
+        with torch.no_grad():
+            m.weight.mul_(masks[-1])
+    hooks = [m.weight.register_hook(lambda g, mask=mask: g * mask)
+             for m, mask in zip((l for l in net.layers if isinstance(l, nn.Linear)), masks)]
+    pruned_acc = evaluate(net, *d[2:], "classification")
+    tuned = fit(net, d, task="classification", epochs=finetune_epochs, lr=0.01, seed=seed + 1, weight_decay=0.0)
+    for h in hooks:
+        h.remove()
+    ws = [(m.weight.detach() * mask).double().numpy() for m, mask in
+          zip((l for l in net.layers if isinstance(l, nn.Linear)), masks)]
+    info = {"widths": widths, "density": density, "dense_accuracy": dense["test_metric"],
+            "pruned_accuracy_before_finetune": pruned_acc, "accuracy": tuned["test_metric"],
+            "train_size": len(x_tr), "epochs": epochs, "finetune_epochs": finetune_epochs,
+            "seconds": dense["seconds"] + tuned["seconds"]}
+    return ws, info
+
+
+def plant(ws: list[np.ndarray], hidden: list[int], seed: int) -> tuple[Planted, dict[str, torch.Tensor], list[float]]:
+    """Source network (He-normal weights, hidden widths ``hidden``) with ``ws`` planted; returns the
+    network, the planted masks by module name, and the per-layer scales c_l."""
+    from .masking import normal_weight
+
+    if len(hidden) != len(ws) - 1:
+        raise ValueError(f"the source needs {len(ws) - 1} hidden layers for this target, got {hidden}")
+    widths = [ws[0].shape[1], *hidden, ws[-1].shape[0]]
+    for i, w in enumerate(ws[:-1]):
+        if w.shape[0] > hidden[i]:
+            raise ValueError(f"source layer {i + 1} (width {hidden[i]}) is narrower than the target's ({w.shape[0]})")
+    rng = np.random.default_rng(seed)
+    maps = [np.arange(widths[0])] + [rng.choice(h, w.shape[0], replace=False) for h, w in zip(hidden, ws[:-1])] \
+        + [np.arange(widths[-1])]
+    net = Planted(widths)
+    masks, scales = {}, []
+    for l, (name, w) in enumerate(zip(net.linear_names(), ws)):
+        module = dict(net.named_modules())[name]
+        src = normal_weight(module.weight.shape, module.in_features, seed, "source", name)
+        nz = w != 0
+        c = math.sqrt(2.0 / module.in_features) / float(np.sqrt(np.mean(w[nz] ** 2)))
+        rows, cols = np.nonzero(nz)
+        src[maps[l + 1][rows], maps[l][cols]] = torch.from_numpy(c * w[rows, cols]).float()
+        mask = torch.zeros(module.weight.shape, dtype=torch.bool)
+        mask[maps[l + 1][rows], maps[l][cols]] = True
+        with torch.no_grad():
+            module.weight.copy_(src)
+        masks[name] = mask
+        scales.append(c)
+    net.scale.fill_(1.0 / math.prod(scales))
+    return net, masks, scales
+
+
+def with_masks(net: Planted, masks: dict[str, torch.Tensor]) -> Planted:
+    import copy
+
+    out = copy.deepcopy(net)
+    mods = dict(out.named_modules())
+    with torch.no_grad():
+        for name, m in masks.items():
+            mods[name].weight.mul_(m)
+    return out
+
+
+def target_module(ws: list[np.ndarray]) -> nn.Sequential:
+    """The target as an nn.Sequential of bias-free Linear + ReLU (what slth.construct takes)."""
+    mods: list[nn.Module] = []
+    for i, w in enumerate(ws):
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w).float())
+        mods.append(lin)
+        if i < len(ws) - 1:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods).eval()
+
+
+def _seek(net: Planted, planted: dict[str, torch.Tensor], method: str, multiple: float, d, kind: str, epochs: int,
+          seed: int, log, task: str) -> dict[str, Any]:
+    """Train ``method``'s supermask over the source net, each layer keeping ``multiple`` x its planted count."""
+    import copy
+
+    from ..train.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+    from .masking import attach, fit, masks_of, normal_weight
+
+    model = copy.deepcopy(net)
+    mods = dict(model.named_modules())
+    density = {n: min(1.0, multiple * float(m.float().mean())) for n, m in planted.items()}
+    attach(model, method, density, seed,
+           redraw=lambda name, g: normal_weight(mods[name].parametrizations.weight.original.shape,
+                                                mods[name].in_features, seed, "redraw", name, g))
+    r = fit(model, d, task=kind, epochs=epochs, lr=DEFAULT_LR[method], seed=seed,
+            weight_decay=DEFAULT_WEIGHT_DECAY[method])
+    found = masks_of(model)
+    planted_count = sum(int(m.sum()) for m in planted.values())
+    hit = sum(int((found[n] & planted[n]).sum()) for n in planted)
+    kept = sum(int(m.sum()) for m in found.values())
+    total = sum(m.numel() for m in planted.values())
+    per_layer = {n: int((found[n] & planted[n]).sum()) / max(1, int(planted[n].sum())) for n in planted}
+    log(f"{task}: {method} at {multiple:g}x planted density: metric {r['test_metric']:.4g}, "
+        f"overlap {hit / planted_count:.3f}, {r['seconds']:.0f} s")
+    return {"method": method, "density_multiple": multiple, "metric": r["test_metric"], "density": kept / total,
+            "kept": kept, "random_params": total, "overlap": hit / planted_count, "overlap_per_layer": per_layer,
+            "seconds": r["seconds"], "per_epoch": r["test_metric_per_epoch"], "lr": r["lr"]}
+
+
+def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n_train: int, n_test: int,
+             depth: int = 2, data=None, mnist_settings: dict | None = None, construct_eps: float = 0.01,
+             construct_n: int | None = None, density_multiples=(1.0,), log=print) -> dict[str, Any]:
+    from ..construct import construct
+    from .masking import evaluate
+
+    info: dict[str, Any] = {}
+    if task == "mnist":
+        ws, info = mnist_target(data, seed=seed, **(mnist_settings or {}))
+        kind = "classification"
+        x_tr, y_tr = data.x_train.flatten(1), data.y_train
+        if (mnist_settings or {}).get("train_size"):
+            x_tr, y_tr = x_tr[: mnist_settings["train_size"]], y_tr[: mnist_settings["train_size"]]
+        x_te, y_te = data.x_test.flatten(1), data.y_test
+        # labels: the data's (the target is an imperfect classifier); its own accuracy is the reference
+    else:
+        ws, kind = toy_target(task, depth)
+        x_tr, y_tr = toy_data(task, ws, kind, n_train, seed)
+        x_te, y_te = toy_data(task, ws, kind, n_test, seed + 1)
+    net, planted, scales = plant(ws, hidden, seed)
+    d = (x_tr, y_tr, x_te, y_te)
+    layer_density = {name: float(m.float().mean()) for name, m in planted.items()}
+    total = sum(m.numel() for m in planted.values())
+    kept = sum(int(m.sum()) for m in planted.values())
+    var = None if kind == "classification" else float(((y_te - y_te.mean(0)) ** 2).mean())
+    planted_metric = evaluate(with_masks(net, planted), x_te, y_te, kind)
+    rows = [{"method": "planted ticket", "metric": planted_metric, "density": kept / total, "kept": kept,
+             "random_params": total, "overlap": 1.0, "seconds": 0.0}]
+    log(f"{task}: planted {kept:,} of {total:,} ({kept / total:.4f}); planted-ticket metric {planted_metric:.4g}")
+    for multiple in density_multiples:
+        for method in methods:
+            rows.append(_seek(net, planted, method, multiple, d, kind, epochs, seed, log, task))
+    # constructive: a ticket of the target inside Pensia's block-structured random network (not the source net)
+    target = target_module(ws)
+    params = sum(w.size for w in ws)
+    signed = task != "mnist"
+    t = construct(target, construct_eps, seed=seed, nonnegative_input=not signed, n=construct_n)
+    m = evaluate(t.to_module(), x_te, y_te, kind)
+    rows.append({"method": f"constructed (slth.construct, eps {construct_eps:g})", "metric": m,
+                 "density": t.stats["kept_params"] / t.stats["random_params"], "kept": t.stats["kept_params"],
+                 "random_params": t.stats["random_params"], "overlap": None, "seconds": t.stats["seconds"],
+                 "eps_met": t.stats["eps_met"], "n_per_layer": t.stats["n_per_layer"],
+                 "target_params_dense": int(params)})
+    log(f"{task}: constructed metric {m:.4g} ({t.stats['kept_params']:,} kept of {t.stats['random_params']:,})")
+    return {"task": task, "kind": kind, "target_widths": [ws[0].shape[1]] + [w.shape[0] for w in ws],
+            "target_nonzeros": int(sum(int((w != 0).sum()) for w in ws)),
+            "source_widths": [ws[0].shape[1], *hidden, ws[-1].shape[0]], "planted_density": kept / total,
+            "planted_density_per_layer": layer_density, "plant_scales": scales, "epochs": epochs,
+            "n_train": int(len(x_tr)), "n_test": int(len(x_te)), "target_variance": var, "mnist_target": info or None,
+            "rows": rows}
