@@ -6,6 +6,7 @@ torch and the rest are imported inside the commands so that ``slth --help`` stay
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -105,7 +106,9 @@ def width_sweep_command(
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         for m in method_list:
             TrainConfig(method=m, model=model, data=data, density=density)  # validates the names early
-        result = width_sweep(base, method_list, _ints(multiples, "--multiples") or (1,), out, quiet=quiet)
+        command = "slth " + " ".join(sys.argv[1:])
+        result = width_sweep(base, method_list, _ints(multiples, "--multiples") or (1,), out, quiet=quiet,
+                             command=command)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     from .experiment import table

@@ -7,6 +7,7 @@ finished runs. The result is ``out/width_sweep.json``, a markdown table ``out/wi
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def width_sweep(base: TrainConfig, methods: Sequence[str], multiples: Sequence[int], out: str | Path, *,
-                quiet: bool = False) -> dict:
+                quiet: bool = False, command: str | None = None) -> dict:
     """Run dense at ``base.width`` and each method at ``k * base.width``; ``base.method`` is ignored."""
     from ..train import train
 
@@ -37,7 +38,17 @@ def width_sweep(base: TrainConfig, methods: Sequence[str], multiples: Sequence[i
     for method in methods:
         for k in multiples:
             run(method, k)
-    result = {"config": base.to_dict(), "methods": list(methods), "multiples": list(multiples), "runs": runs}
+    import datetime
+    import platform
+
+    import torch
+
+    result = {"config": base.to_dict(), "methods": list(methods), "multiples": list(multiples), "runs": runs,
+              "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                         f"{torch.get_num_threads()} threads",
+              "date": datetime.date.today().isoformat()}
+    if command:
+        result["command"] = command
     atomic_write_json(out / "width_sweep.json", result)
     atomic_write_text(out / "width_sweep.md", table(result))
     plot(result, out / "width_sweep.png")
