@@ -63,17 +63,23 @@ def _solve(method: str, sparse: bool, values: np.ndarray, targets: np.ndarray, e
 
 
 def choose_n(method: str, eps: float, weights: np.ndarray, p: float) -> int:
-    """n per instance from eps: the smallest n with P(error <= eps) >= p for this layer's weights."""
+    """n per instance from eps: the smallest n with P(error <= eps) >= p for this layer's weights.
+
+    Weights with |w| <= eps are met by the empty subset whatever n is, so the estimate is taken over
+    the others: a layer of mostly tiny weights (a trained first layer at eps = 0.1, say) would
+    otherwise reach p with n = 1 while its few large weights all fail, and no redraw of one value helps.
+    """
+    weights = weights.reshape(-1)
+    weights = weights[np.abs(weights) > eps]
+    if weights.size == 0:
+        return 1
     if method == "malach":
         # one product must land within eps: P(miss) = (1 - q)^n with q = P(|vu - w| <= eps), by Monte Carlo
         rng = np.random.default_rng(0)
-        w = rng.choice(weights.reshape(-1), 20_000)
+        w = rng.choice(weights, 20_000)
         vu = rng.uniform(0, 1, (20_000, 64)) * rng.uniform(-1, 1, (20_000, 64))
         q = max(float((np.abs(vu - w[:, None]) <= eps).mean()), 1e-9)
-        hit_free = np.abs(w) <= eps  # the empty set already works
-        need = np.log(1 - p) / np.log1p(-q)
-        return int(np.ceil(need)) if not hit_free.all() else 1
-    weights = weights.reshape(-1)
+        return max(1, int(np.ceil(np.log(1 - p) / np.log1p(-q))))
     if weights.size > 1_000_000:  # the estimate resamples 4000 targets; a strided subset is as good and cheap
         weights = weights[:: weights.size // 250_000]
     return required_n(eps, p, weights, values="product-relu", trials=4000, n_max=min(32, MAX_N))
