@@ -203,3 +203,31 @@ class Mul(nn.Module):
 def test_unsupported_layers_name_the_layer(net, error, match):
     with pytest.raises(error, match=match):
         construct(net.eval(), 0.01)
+
+
+def test_cli_constructs_and_evaluates_a_named_cnn(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from slth.cli import _register, app
+
+    _register()
+    torch.manual_seed(0)
+    net = build_target("conv2", (1, 8, 8), 10, width=0.125).eval()
+    model = tmp_path / "conv2.pt"
+    torch.save(net.state_dict(), model)
+    out, report = tmp_path / "t.slth", tmp_path / "r.json"
+    runner = CliRunner()
+    r = runner.invoke(app, ["construct", str(model), "--arch", "conv2", "--width", "0.125", "--input-shape", "1,8,8",
+                            "--classes", "10", "--eps", "0.01", "--nonnegative-input", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "ticket digest" in r.output
+    r = runner.invoke(app, ["evaluate", str(out), "--data", "digits", "--target", str(model), "--arch", "conv2",
+                            "--width", "0.125", "--json", str(report)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(report.read_text())
+    assert rec["top1_agreement"] > 0.9 and max(rec["max_weight_error_per_layer"]) <= 0.01
+    assert rec["certified_bound"] >= rec["max_logit_diff"]
+    r = runner.invoke(app, ["construct", str(model), "--arch", "conv2", "-o", str(out)])
+    assert r.exit_code != 0 and "--input-shape" in str(r.exception)

@@ -23,19 +23,43 @@ def construct_cmd(
     n: Optional[int] = typer.Option(None, help="random values per weight (default: chosen per layer from eps)"),
     nonnegative_input: bool = typer.Option(False, "--nonnegative-input", help="inputs are >= 0 (images in [0, 1])"),
     dense_subsets: bool = typer.Option(False, "--min-error", help="minimal-error subsets instead of sparsest within eps"),
+    input_shape: Optional[str] = typer.Option(None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)"),
+    classes: Optional[int] = typer.Option(None, help="number of classes of a named --arch"),
+    width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
+    workers: int = typer.Option(1, help="worker processes (local) or Ray tasks in flight / 2 (ray)"),
+    backend: str = typer.Option("local", help="local (processes on this machine) or ray (a Ray cluster)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray backend; default: start a local one)"),
+    workdir: Optional[Path] = typer.Option(None, help="checkpoint directory: one file per finished chunk"),
+    resume: bool = typer.Option(False, "--resume", help="reuse the finished chunks in --workdir"),
+    chunk_instances: int = typer.Option(1 << 18, help="SubsetSum instances per chunk (bounds memory)"),
+    device: Optional[str] = typer.Option(None, help="PyTorch device for the --min-error search, e.g. cuda"),
 ) -> None:
-    """Turn a trained ReLU MLP into a ticket: seed + masks over a random network."""
+    """Turn a trained ReLU network (MLP, CNN, ResNet) into a ticket: seed + masks over a random network."""
     from rich.console import Console
 
     from . import construct
     from .target import load_target
 
     console = Console()
-    target = load_target(model, arch)
+    shape = None
+    if input_shape is not None:
+        try:
+            shape = tuple(int(v) for v in input_shape.replace("x", ",").split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--input-shape must look like 1,28,28, got {input_shape!r}") from None
+    if resume and workdir is None:
+        raise typer.BadParameter("--resume needs --workdir")
+    target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
-                       sparse=not dense_subsets, progress=True)
+                       sparse=not dense_subsets, progress=True, workers=workers, backend=backend,
+                       address=address, workdir=None if workdir is None else str(workdir), resume=resume,
+                       chunk_instances=chunk_instances, device=device)
     path = ticket.save(out)
     size = path.stat().st_size
+    run = ticket.run
+    console.print(f"chunks: {run['chunks']} ({run['reused']} reused from the work dir, {run['computed']} computed; "
+                  f"{run['workers']} worker(s), {run['backend']} backend)")
+    console.print(f"ticket digest {ticket.digest()}")
     console.print(ticket.summary())
     console.print(f"wrote {path} ({size:,} bytes, {8 * size / ticket.stats['target_params']:.2f} bits per target weight)")
 
@@ -46,7 +70,8 @@ def evaluate_cmd(
     data: str = typer.Option("digits", help=DATA_HELP),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
     target: Optional[Path] = typer.Option(None, help="the target model, to measure agreement and the bound"),
-    arch: Optional[str] = typer.Option(None, help="MLP widths of a state_dict target"),
+    arch: Optional[str] = typer.Option(None, help="MLP widths or architecture name (lenet5, resnet20, ...) of a state_dict target"),
+    width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
     box: Optional[tuple[float, float]] = typer.Option(
         None, help="input box LO HI for the certified bound (default [0, 1] for nonnegative-input tickets, else [-1, 1])"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
@@ -67,7 +92,10 @@ def evaluate_cmd(
     ticket = Ticket.load(ticket_path)
     dataset = load_dataset(data, data_dir)
     module = ticket.to_module()
-    reference = load_target(target, arch) if target is not None else module
+    reference = module
+    if target is not None:
+        reference = load_target(target, arch, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+                                width=width)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"evaluating on {data} test set", total=len(dataset.x_test))
         result = measure(module, reference, dataset.x_test, dataset.y_test,
@@ -80,7 +108,8 @@ def evaluate_cmd(
     if target is not None:
         report.update(result)
         lo, hi = box if box is not None else (None, None)
-        report["certified_bound"] = float(certified_bound(ticket, reference, lo, hi).max())
+        report["certified_bound"] = float(certified_bound(ticket, reference, lo, hi,
+                                                          input_shape=dataset.input_shape).max())
         report["certified_box"] = list(box) if box is not None else None
         report["max_weight_error_per_layer"] = weight_errors(ticket, reference)
         table.add_row("target accuracy", f"{result['target_accuracy']:.2%}")

@@ -64,10 +64,29 @@ def _interval_abs(e: np.ndarray, u_lo: np.ndarray, u_hi: np.ndarray) -> np.ndarr
     return np.abs(e @ c) + np.abs(e) @ r
 
 
-def certified_bound(ticket: Ticket, target, lo=None, hi=None, *, center=None, radius=None) -> np.ndarray:
+def is_mlp(ticket: Ticket) -> bool:
+    """A chain of Linear pairs (the tickets this module's MLP formulas are written for)."""
+    return all("args" not in op for op in ticket.config["ops"]) and not any(lay.conv for lay in ticket.layouts)
+
+
+def certified_bound(ticket: Ticket, target, lo=None, hi=None, *, center=None, radius=None,
+                    input_shape=None) -> np.ndarray:
     """Elementwise bound on |ticket(x) - target(x)| over all x in the box [lo, hi] (flattened input),
     or in the L-inf / L2 ball of ``radius`` around ``center`` (both contained in the box center ± radius).
-    Default box: [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1]."""
+    Default box: [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1].
+    CNN and residual tickets: :func:`slth.construct.bound.certified_bound_nd` over the box broadcast to
+    ``input_shape`` (C, H, W)."""
+    if not is_mlp(ticket):
+        from .bound import certified_bound_nd
+
+        if input_shape is None or center is not None or radius is not None:
+            raise ValueError("a CNN/residual ticket's bound needs input_shape (C, H, W) and a box lo, hi")
+        if lo is None and hi is None:
+            lo, hi = (0.0, 1.0) if ticket.config["nonnegative_input"] else (-1.0, 1.0)
+        shape = tuple(input_shape)
+        lo = torch.broadcast_to(torch.as_tensor(lo, dtype=torch.float64), shape)
+        hi = torch.broadcast_to(torch.as_tensor(hi, dtype=torch.float64), shape)
+        return certified_bound_nd(ticket, target, lo, hi)
     _, linears = parse_target(target, nonnegative_input=ticket.config["nonnegative_input"])
     d = linears[0].d_in
     if center is not None or radius is not None:
@@ -134,7 +153,13 @@ def weight_errors(ticket: Ticket, target) -> list[float]:
     """Per-layer max |realised - target| over weights and biases, recomputed from the ticket's module."""
     _, linears = parse_target(target, nonnegative_input=ticket.config["nonnegative_input"])
     errs = []
-    for spec, real in zip(linears, realised_weights(ticket)):
+    if is_mlp(ticket):
+        realised = realised_weights(ticket)
+    else:
+        from .bound import realised_kernels
+
+        realised = [{k: None if v is None else v.numpy() for k, v in r.items()} for r in realised_kernels(ticket)]
+    for spec, real in zip(linears, realised):
         e = np.abs(real["pos"] - spec.weight).max()
         if real["neg"] is not None:
             e = max(e, np.abs(real["neg"] + spec.weight).max())

@@ -298,10 +298,13 @@ def mlp(arch: list[int] | str, *, bias: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def load_target(path, arch: str | None = None) -> nn.Sequential:
+def load_target(path, arch: str | None = None, *, input_shape=None, num_classes: int | None = None,
+                width: float = 1.0) -> nn.Module:
     """A target from a file: a state_dict (``torch.save``) of :func:`mlp` ``(arch)`` -- biases are
-    inferred from its keys, a ``layers.`` prefix (slth's FC model) is accepted -- or, without ``arch``,
-    a TorchScript module (``torch.jit.save``)."""
+    inferred from its keys, a ``layers.`` prefix (slth's FC model) is accepted --, a state_dict of a named
+    architecture (``arch`` = ``lenet5``, ``conv4``, ``resnet20``, ``resnet18``, ... with ``input_shape``
+    and ``num_classes``; see :mod:`slth.construct.zoo`) or, without ``arch``, a TorchScript module
+    (``torch.jit.save``)."""
     from pathlib import Path
 
     path = Path(path)
@@ -323,9 +326,17 @@ def load_target(path, arch: str | None = None) -> nn.Sequential:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict (a dict of tensors)")
-    state = {k.removeprefix("layers."): v for k, v in state.items()}
-    has_bias = any(k.endswith(".bias") for k in state)
-    net = mlp(arch, bias=has_bias)
+    if not all(part.isdigit() for part in arch.split("-")):
+        from .zoo import build_target
+
+        if input_shape is None or num_classes is None:
+            raise ValueError(f"--arch {arch} needs the input shape and the number of classes (--input-shape, --classes)")
+        net = build_target(arch, tuple(input_shape), int(num_classes), width=width)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    else:
+        state = {k.removeprefix("layers."): v for k, v in state.items()}
+        has_bias = any(k.endswith(".bias") for k in state)
+        net = mlp(arch, bias=has_bias)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

@@ -1,0 +1,117 @@
+"""Streaming construction: chunks, workers, checkpoints, kill -9 / resume and the Ray backend give one ticket."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from slth.construct import Ticket, construct, mlp
+
+
+def conv_net(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4, 5))
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.3, 2.0)
+        net[1].running_mean.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def test_chunking_does_not_change_the_ticket():
+    net = conv_net()
+    whole = construct(net, 0.02, seed=4, n=7)  # small n: many redraws, which must merge identically
+    assert whole.stats["redraws"] > 0
+    chunked = construct(net, 0.02, seed=4, n=7, chunk_instances=37)
+    assert chunked.run["chunks"] > 3 * whole.run["chunks"]
+    assert chunked.digest() == whole.digest()
+    assert all(torch.equal(chunked.masks[k], whole.masks[k]) for k in whole.masks)
+    assert (chunked.redraws == whole.redraws).all()
+
+
+def test_workers_give_the_same_ticket():
+    net = conv_net(1)
+    one = construct(net, 0.01, seed=0, chunk_instances=200)
+    two = construct(net, 0.01, seed=0, chunk_instances=200, workers=2)
+    assert two.run["workers"] == 2 and two.run["computed"] == two.run["chunks"] > 4
+    assert two.digest() == one.digest()
+
+
+def test_workdir_resume_reuses_finished_chunks(tmp_path):
+    net = conv_net(2)
+    work = tmp_path / "work"
+    first = construct(net, 0.01, seed=0, chunk_instances=150, workdir=str(work))
+    files = sorted((work / "chunks").glob("*.npz"))
+    assert len(files) == first.run["chunks"] > 4
+    for f in files[1:3]:
+        f.unlink()
+    kept = {f.name: f.stat().st_mtime_ns for f in files if f.exists()}
+    again = construct(net, 0.01, seed=0, chunk_instances=150, workdir=str(work), resume=True)
+    assert (again.run["reused"], again.run["computed"]) == (len(files) - 2, 2)
+    assert sorted(again.run["computed_names"]) == sorted(f.name[:-4] for f in files[1:3])
+    assert {f: (work / "chunks" / f).stat().st_mtime_ns for f in kept} == kept  # finished chunks untouched
+    assert again.digest() == first.digest()
+    with pytest.raises(ValueError, match="--resume"):
+        construct(net, 0.01, seed=0, chunk_instances=150, workdir=str(work))
+    with pytest.raises(ValueError, match="different construction"):
+        construct(net, 0.01, seed=1, chunk_instances=150, workdir=str(work), resume=True)
+
+
+def _cli(*args):
+    return [sys.executable, "-c", "from slth.cli import main; main()", *map(str, args)]
+
+
+def test_kill_9_then_resume_gives_the_identical_ticket(tmp_path):
+    torch.manual_seed(0)
+    net = mlp([256, 400, 10], bias=True).eval()
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(net), str(model))
+    work, out = tmp_path / "work", tmp_path / "t.slth"
+    args = ["construct", model, "-o", out, "--eps", "0.001", "--n", "16", "--workdir", work,
+            "--chunk-instances", "3000"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = work / "chunks"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(chunks.glob("*.npz"))) < 6 and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {f.name: f.stat().st_mtime_ns for f in chunks.glob("*.npz")}
+    assert len(finished) >= 6 and not out.exists(), "the run finished before it could be killed"
+    r = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(finished)} reused" in r.stdout
+    assert {f: (chunks / f).stat().st_mtime_ns for f in finished} == finished  # no finished chunk redone
+    assert not list(chunks.glob(".*.tmp"))
+    resumed = Ticket.load(out)
+    clean = construct(net, 0.001, n=16)
+    assert resumed.digest() == clean.digest()
+    assert clean.digest() in r.stdout.replace("\n", "")
+
+
+def test_ray_backend_equals_local():
+    ray = pytest.importorskip("ray")
+    net = conv_net(3)
+    local = construct(net, 0.01, seed=0, chunk_instances=200)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray cluster for this test
+    try:
+        distributed = construct(net, 0.01, seed=0, chunk_instances=200, backend="ray", workers=2)
+    finally:
+        ray.shutdown()
+    assert distributed.run["backend"] == "ray" and distributed.run["computed"] == local.run["chunks"]
+    assert distributed.digest() == local.digest()
+
+
+def test_bad_backend_and_workers():
+    net = conv_net()
+    with pytest.raises(ValueError, match="unknown backend"):
+        construct(net, 0.05, backend="spark")
+    with pytest.raises(ValueError, match="workers"):
+        construct(net, 0.05, workers=0)
+    with pytest.raises(ValueError, match="chunk_instances"):
+        construct(net, 0.05, chunk_instances=0)
