@@ -174,3 +174,74 @@ def test_accepts_integer_and_torch_input():
     b = solve(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([4.0]))
     np.testing.assert_array_equal(a.mask, b.mask)
     assert a.error[0] == 0.0
+
+
+# --- engine paths that random small instances rarely reach -------------------------------------------
+
+
+@pytest.mark.parametrize("n, eps", [(12, 1e-4), (14, 1e-5), (16, 1e-3), (18, 0.01)])
+def test_sparsest_large_answers_and_infeasible_rows_match_brute_force(n, eps):
+    # tiny eps: many answers have more elements than the direct enumeration covers (the general search),
+    # targets beyond the reachable range: infeasible rows (the minimal-error subset)
+    rng = np.random.default_rng(n)
+    rows = 40 if n <= 14 else 8
+    values = rng.uniform(-1, 1, (rows, n)) * rng.uniform(-1, 1, (rows, n))
+    targets = rng.uniform(-1.5, 1.5, rows)
+    sol = solve_sparsest(values, targets, eps)
+    ref = brute_force(values, targets, eps=eps)
+    np.testing.assert_array_equal(sol.feasible, ref.feasible)
+    feas = ref.feasible
+    np.testing.assert_array_equal(sol.count[feas], ref.count[feas])
+    np.testing.assert_allclose(sol.error, ref.error, atol=1e-12)
+    plain = solve(values, targets)
+    np.testing.assert_array_equal(sol.mask[~feas], plain.mask[~feas])
+    np.testing.assert_array_equal(sol.error[~feas], plain.error[~feas])
+    _check_sum_and_error(sol, values, targets)
+
+
+@pytest.mark.parametrize("n", [16, 18])
+def test_many_exact_ties_match_brute_force(n):
+    # values on a coarse grid: hundreds of pairs share the minimal error, so the tie resolution looks up
+    # many sorted-half masks (and switches to the masked merge)
+    rng = np.random.default_rng(n)
+    values = rng.integers(-4, 5, (6, n)) / 4
+    targets = rng.integers(-12, 13, 6) / 8 + 1 / 16
+    sol = solve(values, targets)
+    ref = brute_force(values, targets)
+    np.testing.assert_array_equal(sol.error, ref.error)
+    np.testing.assert_array_equal(sol.count, ref.count)
+    sp = solve_sparsest(values, targets, 1 / 16)
+    ref_sp = brute_force(values, targets, eps=1 / 16)
+    np.testing.assert_array_equal(sp.count, ref_sp.count)
+    np.testing.assert_array_equal(sp.error, ref_sp.error)
+
+
+@pytest.mark.parametrize("n", [24, 32])
+def test_sparsest_on_a_planted_subset(n):
+    rng = np.random.default_rng(n + 1)
+    values = rng.uniform(-1, 1, (30, n)) * rng.uniform(-1, 1, (30, n))
+    planted = rng.random((30, n)) < 0.2
+    targets = np.where(planted, values, 0.0).sum(axis=1)
+    sp = solve_sparsest(values, targets, 1e-9)
+    assert sp.feasible.all()
+    assert (sp.error <= 1e-9).all()
+    assert (sp.count <= planted.sum(axis=1)).all()
+    _check_sum_and_error(sp, values, targets)
+    # a loose eps: never more elements than the minimal-error subset, and small answers
+    loose = solve_sparsest(values, targets, 0.01)
+    dense = solve(values, targets)
+    assert loose.feasible.all()
+    assert (loose.count <= dense.count).all()
+    assert (loose.error <= 0.01).all()
+
+
+def test_sparsest_matches_plain_search_when_eps_is_the_minimal_error():
+    # eps = the minimal error: feasible, and no subset with fewer elements reaches it
+    rng = np.random.default_rng(3)
+    values = rng.uniform(-1, 1, (200, 20)) * rng.uniform(-1, 1, (200, 20))
+    targets = rng.uniform(-1, 1, 200)
+    dense = solve(values, targets)
+    sp = solve_sparsest(values, targets, dense.error)
+    assert sp.feasible.all()
+    assert (sp.count <= dense.count).all()
+    assert (sp.error <= dense.error).all()

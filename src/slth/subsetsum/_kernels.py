@@ -7,23 +7,26 @@ Sorted half.  The sums of all its subsets are generated already sorted by mergin
 of the sums over the first i values and the list L + v_i are both sorted, so one linear merge gives the
 sorted list over i + 1 values (2^b work, no sort).  The merge runs on integer keys (the float's bits
 with the magnitude bits flipped for negatives, an order-preserving bijection; no sum is ever -0.0
-because every sum starts from +0.0), so the compare-and-select compiles to ``cmp``/``cmov``/``adc``
-without branches, and it runs from both ends at once: two independent dependency chains.  Equal sums
-are then collapsed onto the subset with the fewest elements (the first such in merge order), which
-makes "ties -> fewest elements" exact.  A bucket table over the sorted sums (``table[k]`` = first
-index whose bucket is >= k; buckets are a monotone function of the value) turns "first sum > r" into
-one load plus a short forward scan that is exact whatever the bucket function rounds to.
+because every sum starts from +0.0), carries values only (no masks), and compiles to
+``cmp``/``cmov``/``adc`` without branches.  It runs as four independent dependency chains: from both
+ends and, split by a merge-path binary search, both ways from the middle.  Runs of equal sums are
+collapsed.  A bucket table over the sorted sums (``table[k]`` = first index whose bucket is >= k;
+buckets are a monotone function of the value, one per sum) turns "first sum > r" into one load, three
+independent compares and, rarely, a short forward scan: exact whatever the bucket function rounds to.
 
 Query half.  Its sums are generated unsorted by doubling (``s[m + 2^e] = s[m] + v_e``, vectorised), so
 the index of a sum *is* its subset's bit mask.  For each query sum x the best partners of target t are
-the sorted-half sums on either side of r = t - x (the last <= r and the first > r); every candidate is
-scored by ``|(x + s) - t|`` and compared lexicographically on (error, number of elements); among exact
-ties the first query index wins.  Queries are independent, so the CPU overlaps them (the bucket
-indices are computed in a separate vectorised pass).
+the sorted-half sums on either side of r = t - x (the last <= r and the first > r), scored by
+``|(x + s) - t|``.  The search keeps only a running minimum E (the queries are independent, so the
+CPU overlaps them) and each query's error; ties are resolved afterwards, only among the pairs whose
+error is exactly E: fewest elements, then the first query index, then the lower candidate.  The
+fewest-element mask of a sorted-half sum is looked up by value among the 2^b doubling sums.
 
-``solve_sparsest`` sorts both halves, groups the sorted-half sums by cardinality (each group sorted,
-with its own sweeping pointer) and, for each query-half sum in ascending order, tries the groups in
-increasing cardinality only as far as a strictly better total cardinality is possible.
+``solve_sparsest`` enumerates pairs of subsets by increasing total cardinality up to a small K (the
+candidate answers of real use: eps ~ 0.01 needs 2-3 elements), stopping at the first feasible
+cardinality; rows not settled there get the minimal-error search (infeasible rows keep its subset),
+and only the rest run the general search (both halves sorted, the sorted half grouped by
+cardinality, for each query sum the groups in increasing cardinality).
 
 All kernels work on chunks of rows in ``prange`` so that scratch buffers are allocated once per chunk,
 never per row.
@@ -86,7 +89,9 @@ def _popcount(x):
 
 @njit(cache=True, inline="always")
 def _sorted_sums(vals, start, count, s, m, tm, key, tkey, shifted):
-    """Sorted distinct subset sums of ``vals[start:start+count]`` with their fewest-element masks.
+    """Sorted distinct subset sums of ``vals[start:start+count]`` with their fewest-element masks
+    (shared values, the general sparsest search, rows with many exact ties; the fast path is
+    :func:`_sorted_values`).
 
     Buffers have length >= 2^count + 2.  Returns ``(size, masks)``: ``s[1:size+1]`` holds the sums in
     ascending order, ``s[0] = -inf`` and ``s[size+1] = +inf`` are sentinels, ``masks`` (``m`` or ``tm``)
@@ -162,30 +167,189 @@ def _sorted_sums(vals, start, count, s, m, tm, key, tkey, shifted):
 
 
 @njit(cache=True, inline="always")
-def _bucket(x, lo, scale, top):
-    """Monotone bucket index of x in [0, top]; the same function builds and queries the table."""
-    return np.int64(min(max((x - lo) * scale, 0.0), top))
+def _split(key, shifted, size):
+    """Merge path: how many of key[1..size] are among the first ``size`` outputs of the merge."""
+    lo = 0
+    hi = size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if key[mid + 1] <= shifted[size - mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @njit(cache=True, inline="always")
-def _build_table(s, size, table):
-    """table[k] = first position p in s[1:size+1] with bucket(s[p]) >= k (size + 1 if none)."""
-    nbuckets = table.shape[0] - 1
+def _merge4(key, shifted, out, size):
+    """out[1..2size] = merge of key[1..size] and shifted[1..size] (sentinels at 0 and size+1), as four
+    independent branch-free chains: forward from the start, backward from the middle (split by merge
+    path), forward from the middle, backward from the end.  Only the index into ``key`` is carried per
+    chain; the index into ``shifted`` follows from the output position.  Values only (no masks), so
+    ties need no order: equal keys are equal outputs."""
+    one = np.uint64(1)
+    n = np.uint64(size)
+    isp = np.uint64(_split(key, shifted, size))
+    ia = one
+    ib = isp
+    ic = isp + one
+    idd = n
+    k = np.uint64(0)
+    h = n >> one
+    while k < h:
+        pa = one + k
+        pb = n - k
+        pc = n + one + k
+        pd = n + n - k
+        x = key[ia]
+        y = shifted[pa + one - ia]
+        t = np.uint64(x <= y)
+        out[pa] = y ^ ((x ^ y) & -np.int64(t))
+        ia += t
+        x = key[ib]
+        y = shifted[pb - ib]
+        t = np.uint64(y >= x)
+        out[pb] = x ^ ((x ^ y) & -np.int64(t))
+        ib -= one - t
+        x = key[ic]
+        y = shifted[pc + one - ic]
+        t = np.uint64(x <= y)
+        out[pc] = y ^ ((x ^ y) & -np.int64(t))
+        ic += t
+        x = key[idd]
+        y = shifted[pd - idd]
+        t = np.uint64(y >= x)
+        out[pd] = x ^ ((x ^ y) & -np.int64(t))
+        idd -= one - t
+        k += one
+
+
+@njit(cache=True, inline="always")
+def _merge2(key, shifted, out, size):
+    """As :func:`_merge4` with two chains (front and back), for short lists."""
+    one = np.uint64(1)
+    n = np.uint64(size)
+    ia = one
+    idd = n
+    k = np.uint64(0)
+    while k < n:
+        pa = one + k
+        pd = n + n - k
+        x = key[ia]
+        y = shifted[pa + one - ia]
+        t = np.uint64(x <= y)
+        out[pa] = y ^ ((x ^ y) & -np.int64(t))
+        ia += t
+        x = key[idd]
+        y = shifted[pd - idd]
+        t = np.uint64(y >= x)
+        out[pd] = x ^ ((x ^ y) & -np.int64(t))
+        idd -= one - t
+        k += one
+
+
+@njit(cache=True, inline="always")
+def _sorted_values(vals, start, count, key, tkey, shifted, s):
+    """Sorted *distinct* subset sums of ``vals[start:start+count]``, without masks.
+
+    Buffers have length >= 2^count + 4.  Returns ``size``: ``s[1:size+1]`` ascending, ``s[0] = -inf``,
+    ``s[size+1:size+4] = +inf``.  The same floats, in the same positions, as :func:`_sorted_sums`.
+    """
+    key[0] = _IMIN
+    key[1] = 0  # _key(+0.0)
+    key[2] = _IMAX
+    size = 1
+    for e in range(count):
+        v = vals[start + e]
+        shifted[0] = _IMIN
+        for k in range(1, size + 1):  # vectorised
+            shifted[k] = _key(_unkey(key[k]) + v)
+        shifted[size + 1] = _IMAX
+        if size >= 16:
+            _merge4(key, shifted, tkey, size)
+        else:
+            _merge2(key, shifted, tkey, size)
+        size *= 2
+        tkey[0] = _IMIN
+        tkey[size + 1] = _IMAX
+        key, tkey = tkey, key
+    s[0] = -np.inf
+    dups = 0
+    for k in range(1, size + 1):  # vectorised
+        s[k] = _unkey(key[k])
+        dups += key[k] == key[k - 1]
+    if dups:  # rare with real data: collapse runs of equal sums (keeps the queries' scans short)
+        out = 1
+        for k in range(2, size + 1):
+            out += s[k] != s[out]
+            s[out] = s[k]
+        size = out
+    s[size + 1] = np.inf
+    s[size + 2] = np.inf
+    s[size + 3] = np.inf
+    return size
+
+
+# buckets per sorted sum in the lookup table
+_BUCKETS_PER_SUM = 1
+
+
+@njit(cache=True, inline="always")
+def _bucket(x, lo, scale, top):
+    """Monotone bucket index of x in [0, top]; the same function builds and queries the table."""
+    return np.int32(min(max((x - lo) * scale, 0.0), top))
+
+
+@njit(cache=True, inline="always")
+def _imin(a, b):
+    return b ^ ((a ^ b) & -np.int64(a < b))
+
+
+@njit(cache=True, inline="always")
+def _build_table(s, size, table, kb):
+    """table[k] = first position p in s[1:size+1] with bucket(s[p]) >= k (size + 1 if none).
+
+    ``table`` has nb + 1 entries with nb a multiple of 4.  Buckets of the sorted sums in a vectorised
+    pass, a scatter (descending, so the first position of each bucket wins), then empty buckets take
+    the next non-empty one's position: a suffix minimum run as four interleaved branch-free chains
+    over the four quarters, then each quarter is capped by the minimum of the quarters above it.
+    """
+    nb = table.shape[0] - 1
     lo = s[1]
     span = s[size] - lo
-    scale = nbuckets / span if span > 0.0 else 0.0
+    scale = nb / span if span > 0.0 else 0.0
     if not scale < 1e300:  # a subnormal span
         scale = 0.0
-    top = nbuckets - 1.0
+    top = nb - 1.0
     past = size + 1
-    for k in range(nbuckets + 1):
+    for p in range(1, size + 1):  # vectorised
+        kb[p] = _bucket(s[p], lo, scale, top)
+    for k in range(nb + 1):
         table[k] = past
-    for p in range(size, 0, -1):  # descending, so the first position of each bucket wins
-        table[_bucket(s[p], lo, scale, top)] = p
-    cur = past
-    for k in range(nbuckets - 1, -1, -1):  # empty buckets point at the next non-empty one
-        cur = min(cur, table[k])
-        table[k] = cur
+    for p in range(size, 0, -1):
+        table[kb[p]] = p
+    q = nb >> 2
+    c0 = past
+    c1 = past
+    c2 = past
+    c3 = past
+    for k in range(q - 1, -1, -1):
+        c0 = _imin(c0, np.int64(table[k]))
+        table[k] = c0
+        c1 = _imin(c1, np.int64(table[k + q]))
+        table[k + q] = c1
+        c2 = _imin(c2, np.int64(table[k + 2 * q]))
+        table[k + 2 * q] = c2
+        c3 = _imin(c3, np.int64(table[k + 3 * q]))
+        table[k + 3 * q] = c3
+    c2 = _imin(c2, c3)
+    c1 = _imin(c1, c2)
+    for k in range(2 * q, 3 * q):
+        table[k] = _imin(np.int64(table[k]), c3)
+    for k in range(q, 2 * q):
+        table[k] = _imin(np.int64(table[k]), c2)
+    for k in range(q):
+        table[k] = _imin(np.int64(table[k]), c1)
     return lo, scale, top
 
 
@@ -202,41 +366,111 @@ def _query_sums(vals, start, count, q):
 
 
 @njit(cache=True, inline="always")
-def _search_table(q, nq, s, ms, table, lo, scale, top, t, kq):
-    """Lexicographic minimum of (|q_i + s_j - t|, |mask|) over all pairs; returns (err, mask_q, mask_s)."""
-    for i in range(nq):  # bucket of r = t - q_i: a separate pass, vectorised
-        kq[i] = _bucket(t - q[i], lo, scale, top)
-    best_e = abs(t)  # the empty subset
-    best_c = 0
-    best_q = 0
-    best_s = 0
+def _fill_rank(count, rank):
+    """rank[mask] = popcount(mask) * 2^count + mask: (fewest elements, then smallest mask) as one integer."""
+    for m in range(1 << count):
+        rank[m] = (_popcount(np.int64(m)) << count) + m
+
+
+@njit(cache=True, inline="always")
+def _fewest_mask(d, rank, count, value):
+    """Fewest-element mask (then the smallest) among the masks whose sum d[mask] is exactly ``value``."""
+    best = _IMAX
+    for m in range(1 << count):  # vectorised: compare, select, integer min
+        r = rank[m] if d[m] == value else _IMAX
+        best = min(best, r)
+    return best & ((np.int64(1) << count) - 1)
+
+
+@njit(cache=True, inline="always")
+def _first_above(s, table, k, r):
+    """First position p with s[p] > r, from p0 = table[k] (a lower bound; s[p0 - 1] <= r)."""
     one = np.uint64(1)
-    for i in range(nq):
-        x = q[i]
-        r = t - x
-        # first position with s > r: the table gives a lower bound, the scan is exact; s[size+1] = inf
-        p = np.uint64(table[kq[i]])
-        p += np.uint64(s[p] <= r)
-        p += np.uint64(s[p] <= r)
+    p0 = np.uint64(table[k])
+    # three independent loads instead of a chain; s is sorted, so the count is the offset
+    c = np.uint64(s[p0] <= r) + np.uint64(s[p0 + one] <= r) + np.uint64(s[p0 + np.uint64(2)] <= r)
+    p = p0 + c
+    if c == np.uint64(3):  # rare: a crowded bucket
         while s[p] <= r:
             p += one
-        e1 = abs((x + s[p - one]) - t)  # s[0] = -inf gives inf, never chosen
-        e2 = abs((x + s[p]) - t)
-        if min(e1, e2) <= best_e:  # rare: the running minimum improves or ties
+    return p
+
+
+@njit(cache=True, inline="always")
+def _search_min(q, nq, s, table, lo, scale, top, t, kq, eb, bmin, blk):
+    """Minimal error E over all pairs (and the empty subset); eb[i] = query i's best error, bmin its
+    block minimum.  Queries are independent: no best-so-far comparison in the loop, only a running min."""
+    for i in range(nq):  # bucket of r = t - q_i: a separate pass, vectorised
+        kq[i] = _bucket(t - q[i], lo, scale, top)
+    E = abs(t)  # the empty subset
+    one = np.uint64(1)
+    for j in range(nq // blk):
+        bm = np.inf
+        for i in range(j * blk, j * blk + blk):
+            x = q[i]
+            r = t - x
+            p = _first_above(s, table, kq[i], r)
+            # s[0] = -inf gives inf, never chosen; so does s[size+1] = inf
+            e = min(abs((x + s[p - one]) - t), abs((x + s[p]) - t))
+            eb[i] = e
+            bm = min(bm, e)
+        bmin[j] = bm
+        E = min(E, bm)
+    return E
+
+
+# per row, at most this many fewest-mask look-ups (each O(2^b)); beyond, the masked merge is run once
+_MAX_LOOKUPS = 8
+
+
+@njit(cache=True, inline="always")
+def _resolve(vals, b, q, nq, s, table, lo, scale, top, t, E, eb, bmin, blk, d, rank, ms, has_ms,
+             s2, m, tm, key, tkey, shifted):
+    """Among the pairs with error exactly E: fewest elements, then the first query index, then the
+    lower candidate -- the order of a sequential scan.  Returns (mask_q, mask_s).
+
+    Masks of sorted-half sums are found only here: by value among the 2^b doubling sums (``d``;
+    ``rank`` from :func:`_fill_rank`), or, on rows with many exact ties, from one masked merge (:func:`_sorted_sums`, same
+    positions as ``s``)."""
+    if not E < abs(t):  # the empty subset has error |t| and no elements: no tie beats it
+        return np.int64(0), np.int64(0)
+    best_c = 1 << 30
+    best_q = np.int64(0)
+    best_s = np.int64(0)
+    filled = False
+    lookups = 0
+    one = np.uint64(1)
+    for j in range(nq // blk):
+        if bmin[j] != E:
+            continue
+        for i in range(j * blk, j * blk + blk):
+            if eb[i] != E:
+                continue
+            x = q[i]
+            r = t - x
+            p = _first_above(s, table, _bucket(r, lo, scale, top), r)
             cq = _popcount(np.int64(i))
-            c1 = cq + _popcount(ms[p - one])
-            if e1 < best_e or (e1 == best_e and c1 < best_c):
-                best_e = e1
-                best_c = c1
-                best_q = i
-                best_s = ms[p - one]
-            c2 = cq + _popcount(ms[p])
-            if e2 < best_e or (e2 == best_e and c2 < best_c):
-                best_e = e2
-                best_c = c2
-                best_q = i
-                best_s = ms[p]
-    return best_e, best_q, best_s
+            for w in range(2):
+                cand = p - one + np.uint64(w)
+                if abs((x + s[cand]) - t) != E:
+                    continue
+                if not has_ms and lookups >= _MAX_LOOKUPS:
+                    _, ms = _sorted_sums(vals, 0, b, s2, m, tm, key, tkey, shifted)
+                    has_ms = True
+                if has_ms:
+                    mask = ms[cand]
+                else:
+                    if not filled:
+                        _query_sums(vals, 0, b, d)
+                        filled = True
+                    mask = _fewest_mask(d, rank, b, s[cand])
+                    lookups += 1
+                c = cq + _popcount(mask)
+                if c < best_c:
+                    best_c = c
+                    best_q = np.int64(i)
+                    best_s = mask
+    return best_q, best_s
 
 
 @njit(cache=True, inline="always")
@@ -267,8 +501,10 @@ def solve_rows(values, targets, chunks, out_mask, out_err, out_sum):
     rows, n = values.shape
     b = n // 2
     a = n - b
-    cap = (1 << b) + 2
+    cap = (1 << b) + 4
     nq = 1 << a
+    blk = min(32, nq)
+    ntab = max(4, _BUCKETS_PER_SUM << b) + 1
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
@@ -276,21 +512,31 @@ def solve_rows(values, targets, chunks, out_mask, out_err, out_sum):
         if lo >= hi:
             continue
         s = np.empty(cap)
-        m = np.empty(cap, np.int64)
-        tm = np.empty(cap, np.int64)
         key = np.empty(cap, np.int64)
         tkey = np.empty(cap, np.int64)
         shifted = np.empty(cap, np.int64)
-        table = np.empty(2 * (1 << b) + 1, np.int64)
+        kb = np.empty(cap, np.int32)
+        table = np.empty(ntab, np.int32)
         q = np.empty(nq)
-        kq = np.empty(nq, np.int64)
+        kq = np.empty(nq, np.int32)
+        eb = np.empty(nq)
+        bmin = np.empty(nq // blk)
+        d = np.empty(1 << b)
+        rank = np.empty(1 << b, np.int64)
+        _fill_rank(b, rank)
+        s2 = np.empty(cap)
+        m = np.empty(cap, np.int64)
+        tm = np.empty(cap, np.int64)
         for row in range(lo, hi):
             v = values[row]
-            size, ms = _sorted_sums(v, 0, b, s, m, tm, key, tkey, shifted)
-            t_lo, scale, top = _build_table(s, size, table)
+            t = targets[row]
+            size = _sorted_values(v, 0, b, key, tkey, shifted, s)
+            t_lo, scale, top = _build_table(s, size, table, kb)
             _query_sums(v, b, a, q)
-            err, mq, mss = _search_table(q, nq, s, ms, table, t_lo, scale, top, targets[row], kq)
-            _write_row(out_mask, out_err, out_sum, row, v, b, n, err, mss, mq)
+            E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+            mq, mss = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, d, rank, m, False,
+                               s2, m, tm, key, tkey, shifted)
+            _write_row(out_mask, out_err, out_sum, row, v, b, n, E, mss, mq)
 
 
 @njit(cache=True, parallel=True)
@@ -300,13 +546,16 @@ def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
     rows = targets.shape[0]
     b = n // 2
     a = n - b
-    cap = (1 << b) + 2
+    cap = (1 << b) + 4
     nq = 1 << a
+    blk = min(32, nq)
     s = np.empty(cap)
     size, ms = _sorted_sums(values, 0, b, s, np.empty(cap, np.int64), np.empty(cap, np.int64),
                            np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
-    table = np.empty(2 * (1 << b) + 1, np.int64)
-    t_lo, scale, top = _build_table(s, size, table)
+    for k in range(size + 1, size + 4):
+        s[k] = np.inf
+    table = np.empty(max(4, _BUCKETS_PER_SUM << b) + 1, np.int32)
+    t_lo, scale, top = _build_table(s, size, table, np.empty(cap, np.int32))
     q = np.empty(nq)
     _query_sums(values, b, a, q)
     per = (rows + chunks - 1) // chunks
@@ -315,10 +564,102 @@ def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
         hi = min(rows, lo + per)
         if lo >= hi:
             continue
-        kq = np.empty(nq, np.int64)
+        kq = np.empty(nq, np.int32)
+        eb = np.empty(nq)
+        bmin = np.empty(nq // blk)
+        dummy = np.empty(1)
+        idummy = np.empty(1, np.int64)
         for row in range(lo, hi):
-            err, mq, mss = _search_table(q, nq, s, ms, table, t_lo, scale, top, targets[row], kq)
-            _write_row(out_mask, out_err, out_sum, row, values, b, n, err, mss, mq)
+            t = targets[row]
+            E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+            mq, mss = _resolve(values, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, dummy, idummy,
+                               ms, True, dummy, idummy, idummy, idummy, idummy, idummy)
+            _write_row(out_mask, out_err, out_sum, row, values, b, n, E, mss, mq)
+
+
+@njit(cache=True)
+def _popcount_order(count):
+    """The masks 0 .. 2^count - 1 grouped by popcount (ascending within a group) and group offsets."""
+    nm = 1 << count
+    off = np.zeros(count + 2, np.int64)
+    for mm in range(nm):
+        off[_popcount(mm) + 1] += 1
+    for c in range(count + 1):
+        off[c + 1] += off[c]
+    order = np.empty(nm, np.int64)
+    fill = off.copy()
+    for mm in range(nm):
+        c = _popcount(mm)
+        order[fill[c]] = mm
+        fill[c] += 1
+    return order, off
+
+
+@njit(cache=True)
+def _direct_max_count(n, b):
+    """Largest K with sum_{k <= K} C(n, k) <= 16 * 2^b: subsets up to K elements are enumerated directly."""
+    budget = 16 << b
+    total = 0
+    binom = 1
+    for k in range(n + 1):
+        total += binom
+        if total > budget:
+            return k - 1
+        binom = binom * (n - k) // (k + 1)
+    return n
+
+
+@njit(cache=True, inline="always")
+def _min_err_run(x, gs, lo, hi, t):
+    """min over j in [lo, hi) of |(x + gs[j]) - t|, with four independent accumulators."""
+    m0 = np.inf
+    m1 = np.inf
+    m2 = np.inf
+    m3 = np.inf
+    j = lo
+    while j + 4 <= hi:
+        m0 = min(m0, abs((x + gs[j]) - t))
+        m1 = min(m1, abs((x + gs[j + 1]) - t))
+        m2 = min(m2, abs((x + gs[j + 2]) - t))
+        m3 = min(m3, abs((x + gs[j + 3]) - t))
+        j += 4
+    while j < hi:
+        m0 = min(m0, abs((x + gs[j]) - t))
+        j += 1
+    return min(min(m0, m1), min(m2, m3))
+
+
+@njit(cache=True, inline="always")
+def _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, eps):
+    """Fewest elements with error <= eps among subsets of at most ``kmax`` elements, by enumerating
+    every pair (query-half subset with c_q elements, sorted-half subset with k - c_q) for k = 0, 1, ...
+    and stopping at the first k with a feasible pair; among those the smallest error (ties: first in
+    enumeration order).  Returns (found, err, mask_q, mask_s)."""
+    nsb = off_b[min(kmax, b) + 1]
+    for j in range(nsb):
+        gsb[j] = d[ord_b[j]]
+    for k in range(kmax + 1):
+        best_e = np.inf
+        best_q = np.int64(0)
+        best_s = np.int64(0)
+        for cq in range(max(0, k - b), min(k, a) + 1):
+            cs = k - cq
+            s_lo = off_b[cs]
+            s_hi = off_b[cs + 1]
+            for ii in range(off_a[cq], off_a[cq + 1]):
+                mq = ord_a[ii]
+                x = q[mq]
+                e = _min_err_run(x, gsb, s_lo, s_hi, t)
+                if e <= eps and e < best_e:
+                    for j in range(s_lo, s_hi):
+                        if abs((x + gsb[j]) - t) == e:
+                            best_s = ord_b[j]
+                            break
+                    best_e = e
+                    best_q = mq
+        if best_e <= eps:
+            return True, best_e, best_q, best_s
+    return False, np.inf, np.int64(0), np.int64(0)
 
 
 @njit(cache=True, inline="always")
@@ -384,45 +725,74 @@ def _search_sparsest(sq, mq, nq, gs, gm, offsets, b, ptr, t, eps):
 
 @njit(cache=True, parallel=True)
 def solve_sparsest_rows(values, targets, eps, chunks, out_mask, out_err, out_sum, out_feasible):
-    """Per row: fewest elements with error <= eps[row]; infeasible rows get :func:`solve_rows`' subset."""
+    """Per row: fewest elements with error <= eps[row]; infeasible rows get :func:`solve_rows`' subset.
+
+    1. Subsets of at most K elements (K from :func:`_direct_max_count`; 4 at n = 12 .. 20) are
+       enumerated directly by increasing cardinality, stopping at the first feasible one.
+    2. Otherwise the minimal error (as :func:`solve_rows`): rows where it exceeds eps are infeasible
+       and carry that subset; the rest (answers with more than K elements) run the general search
+       (:func:`_search_sparsest` over both halves sorted, the sorted half grouped by cardinality).
+    """
     rows, n = values.shape
     b = n // 2
     a = n - b
-    cap_s = (1 << b) + 2
-    cap_q = (1 << a) + 2
+    cap_s = (1 << b) + 4
+    cap_q = (1 << a) + 4
     nq = 1 << a
+    blk = min(32, nq)
+    ntab = max(4, _BUCKETS_PER_SUM << b) + 1
+    kmax = _direct_max_count(n, b)
+    ord_a, off_a = _popcount_order(a)
+    ord_b, off_b = _popcount_order(b)
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
         hi = min(rows, lo + per)
         if lo >= hi:
             continue
+        q = np.empty(nq)
+        d = np.empty(1 << b)
+        rank = np.empty(1 << b, np.int64)
+        _fill_rank(b, rank)
+        gsb = np.empty(1 << b)
         s = np.empty(cap_s)
+        kb = np.empty(cap_s, np.int32)
+        table = np.empty(ntab, np.int32)
+        kq = np.empty(nq, np.int32)
+        eb = np.empty(nq)
+        bmin = np.empty(nq // blk)
+        key = np.empty(cap_q, np.int64)
+        tkey = np.empty(cap_q, np.int64)
+        shifted = np.empty(cap_q, np.int64)
+        s2 = np.empty(cap_s)
         m = np.empty(cap_s, np.int64)
         tm_s = np.empty(cap_s, np.int64)
         sq = np.empty(cap_q)
         m2 = np.empty(cap_q, np.int64)
         tm = np.empty(cap_q, np.int64)
-        key = np.empty(cap_q, np.int64)
-        tkey = np.empty(cap_q, np.int64)
-        shifted = np.empty(cap_q, np.int64)
         gs = np.empty(cap_s)
         gm = np.empty(cap_s, np.int64)
         offsets = np.empty(b + 2, np.int64)
         ptr = np.empty(b + 1, np.int64)
-        table = np.empty(2 * (1 << b) + 1, np.int64)
-        q = np.empty(nq)
-        kq = np.empty(nq, np.int64)
         for row in range(lo, hi):
             v = values[row]
-            size_s, ms = _sorted_sums(v, 0, b, s, m, tm_s, key, tkey, shifted)
-            _group_by_count(s, ms, size_s, b, gs, gm, offsets)
-            size_q, mq = _sorted_sums(v, b, a, sq, m2, tm, key, tkey, shifted)
-            ok, err, bq, bs = _search_sparsest(sq, mq, size_q, gs, gm, offsets, b, ptr, targets[row], eps[row])
+            t = targets[row]
+            ep = eps[row]
+            _query_sums(v, b, a, q)
+            _query_sums(v, 0, b, d)
+            ok, err, bq, bs = _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, ep)
             if not ok:
-                # the minimal-error subset exactly as solve() finds it (same search, same tie order)
-                t_lo, scale, top = _build_table(s, size_s, table)
-                _query_sums(v, b, a, q)
-                err, bq, bs = _search_table(q, nq, s, ms, table, t_lo, scale, top, targets[row], kq)
+                size = _sorted_values(v, 0, b, key, tkey, shifted, s)
+                t_lo, scale, top = _build_table(s, size, table, kb)
+                err = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+                if err <= ep:
+                    # an answer with more than kmax elements: the general search
+                    size_s, ms = _sorted_sums(v, 0, b, s2, m, tm_s, key, tkey, shifted)
+                    _group_by_count(s2, ms, size_s, b, gs, gm, offsets)
+                    size_q, mq = _sorted_sums(v, b, a, sq, m2, tm, key, tkey, shifted)
+                    ok, err, bq, bs = _search_sparsest(sq, mq, size_q, gs, gm, offsets, b, ptr, t, ep)
+                else:
+                    bq, bs = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, err, eb, bmin, blk, d, rank, m,
+                                      False, s2, m, tm_s, key, tkey, shifted)
             out_feasible[row] = ok
             _write_row(out_mask, out_err, out_sum, row, v, b, n, err, bs, bq)
