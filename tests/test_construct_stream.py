@@ -115,3 +115,15 @@ def test_bad_backend_and_workers():
         construct(net, 0.05, workers=0)
     with pytest.raises(ValueError, match="chunk_instances"):
         construct(net, 0.05, chunk_instances=0)
+
+
+def test_torch_search_path_gives_the_same_ticket():
+    # the path a GPU runs (device="cuda"), exercised on the CPU: bit-identical to the numba kernel
+    net = conv_net(4)
+    numba_ticket = construct(net, 0.01, seed=0, sparse=False)
+    torch_ticket = construct(net, 0.01, seed=0, sparse=False, device="cpu")
+    assert torch_ticket.digest() == numba_ticket.digest()
+    with pytest.raises(ValueError, match="sparse=False"):
+        construct(net, 0.01, device="cpu")
+    module = torch_ticket.to_module(device="cpu")
+    assert all(p.device.type == "cpu" for p in module.parameters())
