@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.001])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
+    ap.add_argument("--target-file", default=None, help="a trained state_dict of --model to use instead of training")
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-dir", default=None, help="also save the target state_dict and the tickets here")
     args = ap.parse_args(argv)
@@ -68,20 +70,26 @@ def main(argv=None) -> int:
     model = build_target(args.model, data.input_shape, data.num_classes, width=args.width)
     t0 = time.perf_counter()
     limit = args.train_limit or len(data.x_train)
-    target = train(model, data.x_train[:limit], data.y_train[:limit], args.epochs, args.lr, args.seed)
+    if args.target_file:
+        model.load_state_dict(torch.load(args.target_file, map_location="cpu", weights_only=True))
+        target = model.eval()
+    else:
+        target = train(model, data.x_train[:limit], data.y_train[:limit], args.epochs, args.lr, args.seed)
     train_seconds = time.perf_counter() - t0
+    tests = args.test_limit or len(data.x_test)
     save_dir = Path(args.save_dir) if args.save_dir else None
-    if save_dir:
+    if save_dir and not args.target_file:
         save_dir.mkdir(parents=True, exist_ok=True)
         torch.save(target.state_dict(), save_dir / f"{args.model}-{args.data}.pt")
     record = {"command": "python " + " ".join(sys.argv), "model": args.model, "data": args.data,
-              "epochs": args.epochs, "train_images": limit, "train_seconds": round(train_seconds, 1),
+              "epochs": args.epochs, "train_images": limit, "test_images": tests, "target_file": args.target_file,
+              "train_seconds": round(train_seconds, 1),
               "target_params": sum(p.numel() for p in target.parameters()), "tickets": []}
     for eps in args.eps:
         ticket = construct(target, eps, seed=args.seed, nonnegative_input=True, workers=args.workers)
         t1 = time.perf_counter()
         module = ticket.to_module()
-        result = measure(module, target, data.x_test, data.y_test, batch_size=500)
+        result = measure(module, target, data.x_test[:tests], data.y_test[:tests], batch_size=250)
         s = ticket.stats
         entry = {
             "eps": eps, "construct_seconds": round(s["seconds"], 1), "eval_seconds": round(time.perf_counter() - t1, 1),
