@@ -53,6 +53,8 @@ def width_curves_command(
     threads: Optional[int] = typer.Option(None),
 ) -> None:
     """Pensia (log width) vs Malach (poly width): error and accuracy vs width factor; SubsetSum error vs n."""
+    import hashlib
+
     from rich.console import Console
 
     from ..construct.demo import train_target
@@ -83,6 +85,7 @@ def width_curves_command(
                       seed=seed, max_values=max_values, quiet=False)
     settings = {"eps": eps_v, "pensia_n": pn, "malach_n": mn, "law_n": ln, "law_instances": law_instances,
                 "seed": seed, "digits_epochs": epochs if digits else None, "target": None if target is None else str(target),
+                "target_sha256": None if target is None else hashlib.sha256(target.read_bytes()).hexdigest(),
                 "arch": arch, "data": data, "max_values": max_values, "quick": quick}
     record = {**header("width-curves", settings), **body, "wall_seconds": sw.wall}
     write_record(record, out)

@@ -285,6 +285,7 @@ def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n
     total = sum(m.numel() for m in planted.values())
     kept = sum(int(m.sum()) for m in planted.values())
     var = None if kind == "classification" else float(((y_te - y_te.mean(0)) ** 2).mean())
+    mean_square = None if kind == "classification" else float((y_te**2).mean())  # the MSE of a zero output
     planted_metric = evaluate(with_masks(net, planted), x_te, y_te, kind)
     rows = [{"method": "planted ticket", "metric": planted_metric, "density": kept / total, "kept": kept,
              "random_params": total, "overlap": 1.0, "seconds": 0.0}]
@@ -308,5 +309,6 @@ def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n
             "target_nonzeros": int(sum(int((w != 0).sum()) for w in ws)),
             "source_widths": [ws[0].shape[1], *hidden, ws[-1].shape[0]], "planted_density": kept / total,
             "planted_density_per_layer": layer_density, "plant_scales": scales, "epochs": epochs,
-            "n_train": int(len(x_tr)), "n_test": int(len(x_te)), "target_variance": var, "mnist_target": info or None,
+            "n_train": int(len(x_tr)), "n_test": int(len(x_te)), "target_variance": var, "target_mean_square": mean_square,
+            "mnist_target": info or None,
             "rows": rows}

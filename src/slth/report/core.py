@@ -105,7 +105,10 @@ def render(records: list[Record], ctx: Context, *, results_label: str = "docs/re
              "Every number below comes from a committed record in `docs/results/` (JSON: settings, machine, date, "
              "command, git commit) and is rendered by `slth report`; plots are written next to the records. "
              "The papers' numbers stand beside ours; where a paper makes a qualitative claim only, it is "
-             "quoted. Wall times were measured on a shared, noisy 2-core VM unless a record says otherwise.\n"]
+             "quoted. Wall times were measured on a shared, noisy 2-core VM unless a record says otherwise. "
+             "Regenerate this file with `slth report`; re-run a section with the command printed under it "
+             "(each default setting is sized for 2 CPU cores and about 30 minutes or less; larger settings are "
+             "noted per section).\n"]
     sections = []
     for record in sorted(records, key=lambda r: (KINDS[r.kind][0], r.path.name)):
         try:

@@ -90,7 +90,8 @@ def width_curves(record: Record, ctx: Context) -> str:
             rows.append(cells)
         out.append("Width factor needed for eps. *Sweep*: smallest swept width with 99th-percentile weight error "
                    "<= eps (no redraws). *Constructed*: `slth.construct` with its defaults (n per layer chosen for "
-                   "P(error <= eps) >= 0.99, failing blocks redrawn), which certifies max weight error <= eps.\n")
+                   "P(error <= eps) >= 0.99, failing blocks redrawn), which aims at max weight error <= eps; cells marked "
+                   "'> eps' did not reach it (`eps_met` false in the record).\n")
         out.append(table(["eps", "Pensia, sweep", "Malach, sweep", "Pensia, constructed", "Malach, constructed"], rows))
         if t.get("skipped"):
             out.append("\nNot run (memory): " + ", ".join(f"{s['method']} n = {s['n']}" for s in t["skipped"]) + ".")
@@ -256,7 +257,12 @@ def planted(record: Record, ctx: Context) -> str:
         out.append(table(["method", "test MSE" if reg else "test accuracy", "density", "kept", "random params",
                           "overlap", "seconds"], rows))
         if reg:
-            out.append(f"\nTarget variance on the test set: {t['target_variance']:.4g} (MSE of the best constant).")
+            ms = t.get("target_mean_square")
+            out.append(f"\nTarget variance on the test set: {t['target_variance']:.4g} (MSE of the best constant)"
+                       + (f"; mean square {ms:.4g} (MSE of the zero output)." if ms is not None else ".")
+                       + " A method whose MSE equals the targets' mean square outputs 0 on every test point: its "
+                       "final mask leaves no active input-to-output path (with none at initialisation, no "
+                       "gradient reaches the scores either).")
         out.append("")
     out.append(f"Paper: *{d['paper']}* Constructed tickets live in a different random network (Pensia's "
                "block-structured one, signed inputs), so overlap does not apply; their density is kept / random.\n")
@@ -325,7 +331,9 @@ def pensia_exp2(record: Record, ctx: Context) -> str:
                                     " / ".join(f"{v}" for v in paper_rows[10]) + " %",
                                     " / ".join(pct(ten[k], 1) for k in ("structure-linear", "structure-relu", "wide"))
                                     + " % (reduced setting)"))
-    out = ["## Pensia et al. Exp. 2: the RedLayer structure vs a wide network, by edge-popup\n",
+    nets = ", ".join(r["net"] for r in d["results"])
+    out = [f"## Pensia et al. Exp. 2: the RedLayer structure vs a wide network, by edge-popup ({nets}; "
+           f"{s['train_size']:,} examples, {s['epochs']} epochs)\n",
            f"RedLayer(in, out, r = {s['r']}) as in their `red_fc.py` (r scalars per input, ReLU or linear, then a dense "
            "mix), and a wide FC net with about the same number of weights, all pruned by edge-popup to the same "
            "density per tensor. **Reduced setting** (what differs from the paper): "
