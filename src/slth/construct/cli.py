@@ -14,9 +14,9 @@ DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"
 
 @app.command("construct")
 def construct_cmd(
-    model: Path = typer.Argument(..., help="target: a state_dict file (with --arch) or a TorchScript file"),
+    model: Path = typer.Argument(..., help="target: a state_dict file (with --arch) or a TorchScript file (nn.Sequential)"),
     out: Path = typer.Option(..., "-o", "--out", help="ticket file to write (.slth)"),
-    arch: Optional[str] = typer.Option(None, help="MLP widths of a state_dict target, e.g. 784-500-10"),
+    arch: Optional[str] = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, conv2, conv4, conv6, resnet20, resnet18"),
     eps: float = typer.Option(0.01, help="per-weight tolerance"),
     seed: int = typer.Option(0, help="seed of the random network"),
     method: str = typer.Option("pensia", help="pensia (SubsetSum, log width) or malach (single pick, poly width)"),
