@@ -29,8 +29,12 @@ def _register() -> None:
 
 
 def main() -> None:
-    _register()
-    app()
+    # register on, and run, the app of the importable module ``slth.cli``: under ``python -m slth.cli``
+    # this file is also ``__main__``, whose ``app`` the feature modules never see
+    from slth import cli
+
+    cli._register()
+    cli.app()
 
 
 if __name__ == "__main__":  # pragma: no cover
