@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from slth._io import atomic_write_json
+
 
 def train(model, x, y, epochs: int, lr: float, seed: int, batch: int = 128):
     import torch
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         record["tickets"].append(entry)
         print(json.dumps(entry), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(args.out, record)
     return 0
 
 

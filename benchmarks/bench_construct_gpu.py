@@ -16,7 +16,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
+
+from slth._io import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     record["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     print(json.dumps(record, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(args.out, record)
     return 0
 
 

@@ -19,7 +19,8 @@ import platform
 import resource
 import sys
 import time
-from pathlib import Path
+
+from slth._io import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     target = ResNet18((3, args.image, args.image), 1000, width=args.width).eval()
-    start, cpu0 = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     ticket = construct(target, args.eps, seed=args.seed, n=args.n, workers=args.workers, backend=args.backend,
                        address=args.address, workdir=args.workdir, progress=sys.stderr.isatty())
     wall = time.perf_counter() - start
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(record, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(args.out, record)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from ..subsetsum import Solution, required_n, solve, solve_sparsest
 from ..subsetsum.core import MAX_N
 from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
-from .target import LinearSpec, parse_target
+from .target import LinearSpec
 
 METHODS = ("pensia", "malach")
 # Largest |target| (after rescaling) a block is asked to reach. n products of U[0,1]·U[-1,1] reach

@@ -77,7 +77,6 @@ def evaluate_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
     """Accuracy of a ticket on a test set; with --target also logit difference, top-1 agreement, certified bound."""
-    import torch
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table

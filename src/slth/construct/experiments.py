@@ -5,13 +5,11 @@ Run in its own process so that the reported peak memory is that of construction 
 
 from __future__ import annotations
 
-import platform
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 PAPER_EXP1 = {
     "target_accuracy": 0.9719,
@@ -23,18 +21,6 @@ PAPER_EXP1 = {
 }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -43,6 +29,7 @@ def exp1_tickets(target_path: str | Path, data_dir: str | Path, *, eps_values=(0
                  arch: str = "784-500-10", out_dir: str | Path | None = None) -> dict[str, Any]:
     """Construct and evaluate tickets of the saved target at each eps; returns one record per eps."""
     from ..data import load_dataset
+    from ..experiments.record import machine
     from .api import construct
     from .report import measure
     from .target import load_target
