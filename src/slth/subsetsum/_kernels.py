@@ -326,27 +326,36 @@ def _build_table(s, size, table, kb):
         kb[p] = _bucket(s[p], lo, scale, top)
     for k in range(nb + 1):
         table[k] = past
-    for p in range(size, 0, -1):
-        table[kb[p]] = p
-    q = nb >> 2
+    # unsigned indices: numba adds a negative-index wrap-around select to every signed one, which
+    # here costs more than the store itself
+    one = np.uint64(1)
+    p = np.uint64(size)
+    while p > 0:
+        table[np.uint64(kb[p])] = np.int32(p)
+        p -= one
+    q = np.uint64(nb >> 2)
+    q2 = q + q
+    q3 = q2 + q
     c0 = past
     c1 = past
     c2 = past
     c3 = past
-    for k in range(q - 1, -1, -1):
+    k = q
+    while k > 0:
+        k -= one
         c0 = _imin(c0, np.int64(table[k]))
         table[k] = c0
         c1 = _imin(c1, np.int64(table[k + q]))
         table[k + q] = c1
-        c2 = _imin(c2, np.int64(table[k + 2 * q]))
-        table[k + 2 * q] = c2
-        c3 = _imin(c3, np.int64(table[k + 3 * q]))
-        table[k + 3 * q] = c3
+        c2 = _imin(c2, np.int64(table[k + q2]))
+        table[k + q2] = c2
+        c3 = _imin(c3, np.int64(table[k + q3]))
+        table[k + q3] = c3
     c2 = _imin(c2, c3)
     c1 = _imin(c1, c2)
-    for k in range(2 * q, 3 * q):
+    for k in range(q2, q3):
         table[k] = _imin(np.int64(table[k]), c3)
-    for k in range(q, 2 * q):
+    for k in range(q, q2):
         table[k] = _imin(np.int64(table[k]), c2)
     for k in range(q):
         table[k] = _imin(np.int64(table[k]), c1)
@@ -386,7 +395,7 @@ def _fewest_mask(d, rank, count, value):
 def _first_above(s, table, k, r):
     """First position p with s[p] > r, from p0 = table[k] (a lower bound; s[p0 - 1] <= r)."""
     one = np.uint64(1)
-    p0 = np.uint64(table[k])
+    p0 = np.uint64(table[np.uint64(k)])
     # three independent loads instead of a chain; s is sorted, so the count is the offset
     c = np.uint64(s[p0] <= r) + np.uint64(s[p0 + one] <= r) + np.uint64(s[p0 + np.uint64(2)] <= r)
     p = p0 + c
@@ -404,9 +413,12 @@ def _search_min(q, nq, s, table, lo, scale, top, t, kq, eb, bmin, blk):
         kq[i] = _bucket(t - q[i], lo, scale, top)
     E = abs(t)  # the empty subset
     one = np.uint64(1)
+    ublk = np.uint64(blk)
     for j in range(nq // blk):
         bm = np.inf
-        for i in range(j * blk, j * blk + blk):
+        i = np.uint64(j) * ublk  # unsigned: no wrap-around select per index (about 12% here)
+        end = i + ublk
+        while i < end:
             x = q[i]
             r = t - x
             p = _first_above(s, table, kq[i], r)
@@ -414,6 +426,7 @@ def _search_min(q, nq, s, table, lo, scale, top, t, kq, eb, bmin, blk):
             e = min(abs((x + s[p - one]) - t), abs((x + s[p]) - t))
             eb[i] = e
             bm = min(bm, e)
+            i += one
         bmin[j] = bm
         E = min(E, bm)
     return E
