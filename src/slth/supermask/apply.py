@@ -88,19 +88,24 @@ def build(model: str, input_shape, num_classes: int, *, seed: int, width: float 
 def supermask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, Supermask]]:
     """(layer name, layer, its supermask) for every masked layer of ``model``."""
     for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
+        # == parametrize.is_parametrized(module, "weight"), without nn.Module.__getattr__'s failed lookup
+        # on every plain module (the trainer walks the layers twice per step)
+        plist = module._modules.get("parametrizations")
+        if plist is not None and "weight" in plist:
+            for p in plist["weight"]:
                 if isinstance(p, Supermask):
                     yield name, module, p
 
 
 def regularization(model: nn.Module) -> torch.Tensor | float:
-    return sum((p.regularization() for _, _, p in supermask_layers(model)), 0.0)
+    return sum((p.regularization() for _, _, p in supermask_layers(model)
+                if type(p).regularization is not Supermask.regularization), 0.0)
 
 
 def after_step(model: nn.Module, step: int) -> None:
     for _, module, p in supermask_layers(model):
-        p.after_step(step, module.parametrizations.weight.original)
+        if type(p).after_step is not Supermask.after_step:  # skip the no-op hook (most methods)
+            p.after_step(step, module.parametrizations.weight.original)
 
 
 def after_epoch(model: nn.Module, epoch: int, epochs: int) -> None:

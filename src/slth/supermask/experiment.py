@@ -59,7 +59,7 @@ def table(result: dict) -> str:
     runs = result["runs"]
     dense = next(r for r in runs if r["method"] == "dense")
     ks = result["multiples"]
-    lines = [f"| method | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    lines = ["| method | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
     lines.append(f"| dense (width {dense['width']:g}, {dense['params']:,} weights) | "
                  + " | ".join(f"{100 * dense['test_accuracy']:.2f}" if k == 1 else "" for k in ks) + " |")
     for method in result["methods"]:

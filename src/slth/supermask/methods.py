@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import GetSubnet, MaskedWeight, StraightThroughBernoulli, StraightThroughRound, kept_count, topk_mask
+from .core import (BinarizedWeight, GetSubnet, MaskedWeight, StraightThroughBernoulli, StraightThroughRound,
+                   ThresholdTracker, _numba_ok, kept_count, topk_mask)
 from .init import DISTRIBUTIONS, check_init
 
 
@@ -63,13 +64,14 @@ class Supermask(nn.Module):
         self.density = float(density)
         self.k = kept_count(math.prod(shape), density)
         self.scores = nn.Parameter(scores.reshape(shape).clone())
+        self.tracker = ThresholdTracker()  # speed only: where the last top-k threshold was
 
     def final_mask(self) -> torch.Tensor:
         """The deterministic boolean mask with exactly ``k`` kept weights."""
-        return topk_mask(self.scores.detach().abs(), self.k)
+        return topk_mask(self.scores.detach().abs(), self.k, tracker=self.tracker)
 
     def training_mask(self) -> torch.Tensor:
-        return GetSubnet.apply(self.scores.abs(), self.k)
+        return GetSubnet.apply(self.scores.abs(), self.k, self.tracker)
 
     def effective_weight(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return weight * mask
@@ -86,9 +88,9 @@ class Supermask(nn.Module):
     def regularization(self) -> torch.Tensor | float:
         return 0.0
 
-    @torch.no_grad()
     def after_step(self, step: int, weight: torch.Tensor) -> None:
-        """Called after optimizer step ``step`` (1-based) with the layer's frozen weight tensor."""
+        """Called after optimizer step ``step`` (1-based) with the layer's frozen weight tensor (methods
+        that change tensors here run under ``torch.no_grad``; the no-op skips that context's cost)."""
 
     @torch.no_grad()
     def after_epoch(self, epoch: int, epochs: int) -> None:
@@ -98,7 +100,7 @@ class Supermask(nn.Module):
 class EdgePopup(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         # == weight * GetSubnet.apply(scores.abs(), k), fused (tests/test_supermask.py checks they agree)
-        return MaskedWeight.apply(weight, self.scores, self.k)
+        return MaskedWeight.apply(weight, self.scores, self.k, self.tracker)
 
 
 def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
@@ -110,6 +112,12 @@ def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> tor
 class BiProp(Supermask):
     def effective_weight(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return binarized_weight(weight, mask, self.k)
+
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if _numba_ok(weight, self.scores) and self.k < weight.numel():
+            # == binarized_weight(weight, GetSubnet.apply(scores.abs(), k), k), fused (tested against it)
+            return BinarizedWeight.apply(weight, self.scores, self.k, self.tracker)
+        return super().training_weight(weight)
 
 
 class _Sampling(Supermask):
