@@ -1,0 +1,114 @@
+"""The supermask CPU kernels against brute-force references: the banded exact top-k threshold (over
+sequences of moving scores, so the band both hits and misses), the fused masked weight with ties, and the
+straight-through gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slth.supermask import core
+
+torch.set_num_threads(1)
+
+
+def _reference_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """Top-k of ``values``, ties kept in index order: a stable sort by (-value, index)."""
+    order = sorted(range(len(values)), key=lambda i: (-float(values[i]), i))
+    mask = np.zeros(len(values), dtype=bool)
+    mask[order[:k]] = True
+    return mask
+
+
+@st.composite
+def score_sequences(draw):
+    n = draw(st.integers(1, 300))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    grid = draw(st.sampled_from([0, 4, 64]))  # 0: continuous; otherwise values on a coarse grid (many ties)
+    seed = draw(st.integers(0, 2**32 - 1))
+    steps = draw(st.integers(1, 6))
+    moves = draw(st.lists(st.sampled_from([0.0, 1e-6, 1e-3, 0.1, 3.0]), min_size=steps, max_size=steps))
+    k = draw(st.integers(1, n))
+    return n, dtype, grid, seed, moves, k
+
+
+def _sequence(n, dtype, grid, seed, moves):
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal(n)
+    for move in moves:
+        scores = scores + move * rng.standard_normal(n)
+        values = np.round(scores * grid) / grid if grid else scores
+        yield values.astype(dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(score_sequences())
+def test_tracked_topk_and_masked_weight_equal_brute_force(case):
+    n, dtype, grid, seed, moves, k = case
+    weight = np.random.default_rng(seed + 1).standard_normal(n).astype(dtype)
+    w = torch.from_numpy(weight)
+    tracker_mask, tracker_weight = core.ThresholdTracker(), core.ThresholdTracker()
+    for values in _sequence(n, dtype, grid, seed, moves):
+        s = torch.from_numpy(values)
+        expected = _reference_mask(values, k)
+        got = core.topk_mask(s, k, tracker=tracker_mask).numpy()
+        assert np.array_equal(got, expected)
+        expected_abs = _reference_mask(np.abs(values), k)
+        fused = core.MaskedWeight.apply(w, s, k, tracker_weight).numpy()
+        assert np.array_equal(fused, weight * expected_abs)
+        assert np.count_nonzero(fused != 0) <= k
+
+
+def test_tracker_threshold_is_the_kth_largest_while_the_band_adapts():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal(50_000).astype(np.float32)
+    tracker = core.ThresholdTracker()
+    hits = 0
+    for step in range(40):
+        scores += (0.3 if step % 13 == 12 else 1e-4) * rng.standard_normal(scores.shape).astype(np.float32)
+        center_before = tracker.center
+        thr = tracker.threshold(scores, 20_000, absolute=True)
+        assert thr == np.sort(np.abs(scores))[-20_000]
+        hits += center_before is not None and abs(thr - center_before) <= tracker.width
+    assert hits >= 25  # the band is doing its job: most steps select within it
+
+
+def test_nan_scores_are_refused_on_every_path():
+    tracker = core.ThresholdTracker()
+    s = torch.tensor([0.5, -1.0, 2.0, 0.1])
+    w = torch.ones(4)
+    core.MaskedWeight.apply(w, s, 2, tracker)  # sets a band
+    bad = torch.tensor([0.5, float("nan"), 2.0, 0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        core.MaskedWeight.apply(w, bad, 2, tracker)
+    with pytest.raises(ValueError, match="NaN"):
+        core.topk_mask(bad, 2, tracker=core.ThresholdTracker())
+    with pytest.raises(ValueError, match="NaN"):
+        core.MaskedWeight.apply(w, bad, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 200), st.integers(0, 2**32 - 1), st.sampled_from([torch.float32, torch.float64]))
+def test_fused_gradients_match_autograd_of_the_unfused_reference(n, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, generator=gen, dtype=dtype)
+    grad = torch.randn(n, generator=gen, dtype=dtype)
+    scores = torch.randn(n, generator=gen, dtype=dtype)
+    scores[0] = 0.0  # sign(0) = 0 on both paths
+    k = 1 + seed % n
+    ref_s = scores.clone().requires_grad_(True)
+    (weight * core.GetSubnet.apply(ref_s.abs(), k) * grad).sum().backward()
+    fused_s = scores.clone().requires_grad_(True)
+    (core.MaskedWeight.apply(weight, fused_s, k) * grad).sum().backward()
+    assert torch.equal(ref_s.grad, fused_s.grad)
+    from slth.supermask.methods import binarized_weight
+
+    ref_b = scores.clone().requires_grad_(True)
+    (binarized_weight(weight, core.GetSubnet.apply(ref_b.abs(), k), k) * grad).sum().backward()
+    fused_b = scores.clone().requires_grad_(True)
+    (core.BinarizedWeight.apply(weight, fused_b, k) * grad).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(ref_b.grad, fused_b.grad, rtol=tol, atol=tol)
