@@ -34,6 +34,16 @@ def machine() -> str:
             f"{platform.system()}")
 
 
+def load_note() -> str:
+    """The machine's measured load when the record is written (the VMs here are shared)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load average unavailable; wall times on a shared machine are upper bounds"
+    return (f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on {os.cpu_count()} cores when "
+            "written; the VM is shared, so wall times are upper bounds")
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -52,7 +62,7 @@ def header(experiment: str, settings: dict[str, Any], *, command: str | None = N
         "experiment": experiment,
         "settings": settings,
         "machine": machine(),
-        "machine_note": "shared VM: other jobs ran concurrently, so wall times are noisy upper bounds",
+        "machine_note": load_note(),
         "date": time.strftime("%Y-%m-%d"),
         "command": command if command is not None else command_line(),
         "git_commit": git_commit(),
