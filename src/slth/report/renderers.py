@@ -13,6 +13,8 @@ def provenance(data: dict[str, Any]) -> str:
     if data.get("machine_note"):
         bits.append(data["machine_note"])
     bits.append(f"date: {data.get('date', 'not recorded')}")
+    if isinstance(data.get("wall_seconds"), (int, float)):
+        bits.append(f"whole run {data['wall_seconds'] / 60:.1f} min wall")
     if data.get("git_commit"):
         bits.append(f"commit {data['git_commit']}")
     cmd = data.get("command")
