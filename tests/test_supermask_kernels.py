@@ -112,3 +112,11 @@ def test_fused_gradients_match_autograd_of_the_unfused_reference(n, seed, dtype)
     (core.BinarizedWeight.apply(weight, fused_b, k) * grad).sum().backward()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert torch.allclose(ref_b.grad, fused_b.grad, rtol=tol, atol=tol)
+
+
+def test_tracker_survives_infinite_thresholds():
+    tracker = core.ThresholdTracker()
+    values = torch.tensor([0.5, -float("inf"), 0.2, -float("inf")])
+    for _ in range(3):  # the k-th largest is -inf: no band is kept, every call is exact
+        assert core.topk_mask(values, 3, tracker=tracker).tolist() == [True, True, True, False]
+    assert core.topk_mask(torch.tensor([0.5, 0.1, 0.2, 0.3]), 2, tracker=tracker).tolist() == [True, False, False, True]

@@ -37,9 +37,9 @@ class ThresholdTracker:
         from ._kernels import band_count
 
         n = values.shape[0]
-        if self._band is None or self._band.shape[0] < n or self._band.dtype != values.dtype:
-            self._band = np.empty(n, dtype=values.dtype)
         if self.center is not None:
+            if self._band is None or self._band.shape[0] < n or self._band.dtype != values.dtype:
+                self._band = np.empty(n, dtype=values.dtype)
             above, in_band, nan = band_count(values, absolute, self.center - self.width, self.center + self.width,
                                              self._band)
             if nan:
@@ -95,6 +95,9 @@ class ThresholdTracker:
         if np.isnan(full).any():
             raise ValueError("cannot rank scores that contain NaN")
         thr = np.partition(full, n - k)[n - k]
+        if not math.isfinite(thr):  # e.g. -inf (Gem-Miner's removed weights): no band to keep
+            self.center = None
+            return thr
         if self.center is None:
             self.width = abs(float(thr)) * 1e-3
         else:  # a miss: at least twice the move that missed it
