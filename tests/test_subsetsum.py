@@ -245,3 +245,23 @@ def test_sparsest_matches_plain_search_when_eps_is_the_minimal_error():
     assert sp.feasible.all()
     assert (sp.count <= dense.count).all()
     assert (sp.error <= dense.error).all()
+
+
+def test_a_solve_keeps_torch_thread_setting():
+    """numba's OpenMP pool shares libgomp with torch; starting it must not undo torch.set_num_threads."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = ("import numpy as np, torch\n"
+            "torch.set_num_threads(1)\n"
+            "from slth.data import load_dataset\n"
+            "load_dataset('digits', None)  # with this first (sklearn), the unguarded solve gave torch 2 threads\n"
+            "from slth.subsetsum import solve, solve_sparsest\n"
+            "v = np.random.default_rng(0).uniform(-1, 1, (64, 10))\n"
+            "solve(v, v[:, 0]); solve_sparsest(v, v[:, 1], 0.01)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "NUMBA_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,20 @@ def _validate(values: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     return values, targets
 
 
+@contextmanager
+def _keep_torch_threads():
+    """numba's OpenMP threading layer shares libgomp with PyTorch's CPU build: starting numba's thread pool
+    resets the OpenMP thread count PyTorch reads, so a ``torch.set_num_threads(1)`` made before a solve was
+    silently undone after it (found through an experiment's records). Restore it around every kernel call."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _chunks(rows: int) -> int:
     import numba
 
@@ -103,10 +119,11 @@ def solve(values: Any, targets: Any, *, device: Any = None) -> Solution:
     out = _empty(rows, n)
     if rows == 0:
         return out
-    if values.ndim == 1:
-        _kernels.solve_shared(values, targets, _chunks(rows), out.mask, out.error, out.sum)
-    else:
-        _kernels.solve_rows(values, targets, _chunks(rows), out.mask, out.error, out.sum)
+    with _keep_torch_threads():
+        if values.ndim == 1:
+            _kernels.solve_shared(values, targets, _chunks(rows), out.mask, out.error, out.sum)
+        else:
+            _kernels.solve_rows(values, targets, _chunks(rows), out.mask, out.error, out.sum)
     return out
 
 
@@ -133,5 +150,7 @@ def solve_sparsest(values: Any, targets: Any, eps: Any) -> Solution:
         return out
     from . import _kernels
 
-    _kernels.solve_sparsest_rows(values, targets, eps_arr, _chunks(rows), out.mask, out.error, out.sum, out.feasible)
+    with _keep_torch_threads():
+        _kernels.solve_sparsest_rows(values, targets, eps_arr, _chunks(rows), out.mask, out.error, out.sum,
+                                     out.feasible)
     return out
