@@ -333,7 +333,8 @@ def pensia_exp2(record: Record, ctx: Context) -> str:
                 ctx.summary.append(("Exp. 2 (FC2, 10 % kept): structure linear / ReLU / wide",
                                     " / ".join(f"{v}" for v in paper_rows[10]) + " %",
                                     " / ".join(pct(ten[k], 1) for k in ("structure-linear", "structure-relu", "wide"))
-                                    + " % (reduced setting)"))
+                                    + f" % (reduced setting: {s['train_size']:,} examples, {s['epochs']} "
+                                    f"epoch(s), one run)"))
     nets = ", ".join(r["net"] for r in d["results"])
     out = [f"## Pensia et al. Exp. 2: the RedLayer structure vs a wide network, by edge-popup ({nets}; "
            f"{s['train_size']:,} examples, {s['epochs']} epochs)\n",
