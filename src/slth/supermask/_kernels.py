@@ -14,8 +14,10 @@ make it cheap:
   are single loops writing one output, where the tensor ops need an allocation and a pass per
   elementwise op.
 
-Every function takes flat (1-D, contiguous) arrays of one float dtype (float32 or float64) and returns
-exactly what the torch/numpy reference computes (same operations in the same order, same rounding).
+Every function takes flat (1-D, contiguous) arrays of one float dtype (float32 or float64). The
+top-k and edge-popup kernels return exactly what the torch/numpy reference computes (same operations in
+the same order, same rounding); biprop's two kernels sum in float64 and agree with the reference to
+float32 rounding.
 """
 
 from __future__ import annotations
