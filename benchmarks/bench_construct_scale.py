@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
 
 from slth._io import atomic_write_json
+from slth.experiments.record import machine
 
 
 def main(argv=None) -> int:
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         "max_weight_error": s["max_weight_error"], "failures": s["failures"], "redraws": s["redraws"],
         "ticket_digest": ticket.digest(), "ticket_file_bytes": save_bytes,
         "numba_threads": numba.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "machine": machine(),
     }
     print(json.dumps(record, indent=2))
     if args.out:

@@ -215,18 +215,3 @@ def test_ticket_keeps_batchnorm_statistics(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
 
-
-def test_fused_binarized_weight_matches_the_unfused_biprop_reference():
-    gen = torch.Generator().manual_seed(2)
-    weight = torch.randn(40, 30, generator=gen)
-    grad_out = torch.randn(40, 30, generator=gen)
-    scores_ref = torch.randn(40, 30, generator=gen, requires_grad=True)
-    scores_fused = scores_ref.detach().clone().requires_grad_(True)
-    from slth.supermask.methods import binarized_weight
-    reference = binarized_weight(weight, sm.GetSubnet.apply(scores_ref.abs(), 500), 500)
-    fused = sm_core.BinarizedWeight.apply(weight, scores_fused, 500)
-    assert torch.allclose(reference, fused, rtol=1e-6, atol=0)
-    assert torch.equal(reference != 0, fused != 0)
-    (reference * grad_out).sum().backward()
-    (fused * grad_out).sum().backward()
-    assert torch.allclose(scores_ref.grad, scores_fused.grad, rtol=1e-5, atol=1e-7)

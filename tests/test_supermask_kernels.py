@@ -107,10 +107,14 @@ def test_fused_gradients_match_autograd_of_the_unfused_reference(n, seed, dtype)
     from slth.supermask.methods import binarized_weight
 
     ref_b = scores.clone().requires_grad_(True)
-    (binarized_weight(weight, core.GetSubnet.apply(ref_b.abs(), k), k) * grad).sum().backward()
+    reference = binarized_weight(weight, core.GetSubnet.apply(ref_b.abs(), k), k)
     fused_b = scores.clone().requires_grad_(True)
-    (core.BinarizedWeight.apply(weight, fused_b, k) * grad).sum().backward()
+    fused = core.BinarizedWeight.apply(weight, fused_b, k)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.equal(reference != 0, fused != 0)  # the same kept weights
+    assert torch.allclose(reference, fused, rtol=tol, atol=0)
+    (reference * grad).sum().backward()
+    (fused * grad).sum().backward()
     assert torch.allclose(ref_b.grad, fused_b.grad, rtol=tol, atol=tol)
 
 
