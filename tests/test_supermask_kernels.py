@@ -50,14 +50,14 @@ def test_tracked_topk_and_masked_weight_equal_brute_force(case):
     n, dtype, grid, seed, moves, k = case
     weight = np.random.default_rng(seed + 1).standard_normal(n).astype(dtype)
     w = torch.from_numpy(weight)
-    tracker_mask, tracker_weight = core.ThresholdTracker(), core.ThresholdTracker()
+    tracker_mask, state = core.ThresholdTracker(), core.KernelState()
     for values in _sequence(n, dtype, grid, seed, moves):
         s = torch.from_numpy(values)
         expected = _reference_mask(values, k)
         got = core.topk_mask(s, k, tracker=tracker_mask).numpy()
         assert np.array_equal(got, expected)
         expected_abs = _reference_mask(np.abs(values), k)
-        fused = core.MaskedWeight.apply(w, s, k, tracker_weight).numpy()
+        fused = core.MaskedWeight.apply(w, s, k, state).numpy()
         assert np.array_equal(fused, weight * expected_abs)
         assert np.count_nonzero(fused != 0) <= k
 
@@ -77,13 +77,13 @@ def test_tracker_threshold_is_the_kth_largest_while_the_band_adapts():
 
 
 def test_nan_scores_are_refused_on_every_path():
-    tracker = core.ThresholdTracker()
+    state = core.KernelState()
     s = torch.tensor([0.5, -1.0, 2.0, 0.1])
     w = torch.ones(4)
-    core.MaskedWeight.apply(w, s, 2, tracker)  # sets a band
+    core.MaskedWeight.apply(w, s, 2, state)  # sets a band
     bad = torch.tensor([0.5, float("nan"), 2.0, 0.1])
     with pytest.raises(ValueError, match="NaN"):
-        core.MaskedWeight.apply(w, bad, 2, tracker)
+        core.MaskedWeight.apply(w, bad, 2, state)
     with pytest.raises(ValueError, match="NaN"):
         core.topk_mask(bad, 2, tracker=core.ThresholdTracker())
     with pytest.raises(ValueError, match="NaN"):
@@ -124,3 +124,94 @@ def test_tracker_survives_infinite_thresholds():
     for _ in range(3):  # the k-th largest is -inf: no band is kept, every call is exact
         assert core.topk_mask(values, 3, tracker=tracker).tolist() == [True, True, True, False]
     assert core.topk_mask(torch.tensor([0.5, 0.1, 0.2, 0.3]), 2, tracker=tracker).tolist() == [True, False, False, True]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 200), st.integers(0, 2**32 - 1), st.sampled_from([torch.float32, torch.float64]))
+def test_biprop_on_a_signed_constant_weight_matches_the_unfused_reference(n, seed, dtype):
+    """Every |w| = c: the fused forward is edge-popup's W * m (alpha = c exactly) and the backward pass
+    reads sign(w) and m from that output; both agree with autograd of the unfused formula."""
+    from slth.supermask.methods import binarized_weight
+
+    gen = torch.Generator().manual_seed(seed)
+    c = float(torch.rand((), generator=gen)) + 0.01
+    weight = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype) * c
+    grad = torch.randn(n, generator=gen, dtype=dtype)
+    scores = torch.randn(n, generator=gen, dtype=dtype)
+    scores[0] = 0.0
+    k = 1 + seed % n
+    state = core.KernelState()
+    assert state.magnitude(weight) == abs(float(weight[0]))
+    ref_s = scores.clone().requires_grad_(True)
+    reference = binarized_weight(weight, core.GetSubnet.apply(ref_s.abs(), k), k)
+    fused_s = scores.clone().requires_grad_(True)
+    fused = core.BinarizedWeight.apply(weight, fused_s, k, state)
+    assert torch.equal(fused, weight * core.topk_mask(scores.abs(), k, dtype=dtype))  # edge-popup's W * m
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(reference, fused, rtol=tol, atol=0)
+    (reference * grad).sum().backward()
+    (fused * grad).sum().backward()
+    assert torch.allclose(ref_s.grad, fused_s.grad, rtol=tol, atol=tol)
+
+
+def test_signed_constant_detection_follows_in_place_changes():
+    weight = torch.tensor([0.5, -0.5, 0.5, -0.5])
+    scores = torch.tensor([0.4, -0.3, 0.2, 0.1], requires_grad=True)
+    state = core.KernelState()
+    core.BinarizedWeight.apply(weight, scores, 2, state)
+    assert state.magnitude(weight) == 0.5
+    with torch.no_grad():
+        weight[3] = -2.0  # bumps the version counter: the cache must notice
+    assert state.magnitude(weight) == 0.0
+    from slth.supermask.methods import binarized_weight
+
+    fused = core.BinarizedWeight.apply(weight, scores, 2, state)
+    assert torch.allclose(fused, binarized_weight(weight, core.topk_mask(scores.detach().abs(), 2, dtype=weight.dtype), 2))
+    assert state.magnitude(torch.zeros(3)) == 0.0 and state.magnitude(torch.tensor([1.0, float("inf")])) == 0.0
+
+
+@pytest.mark.parametrize("fn", [core.MaskedWeight, core.BinarizedWeight])
+def test_reused_buffers_never_overwrite_an_output_still_held(fn):
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 30, generator=gen)
+    scores = torch.randn(40, 30, generator=gen, requires_grad=True)
+    state = core.KernelState()
+    first = fn.apply(weight, scores, 600, state)
+    kept_first = first.clone()
+    first.sum().backward()
+    grad_first = scores.grad
+    kept_grad = grad_first.clone()
+    with torch.no_grad():
+        scores.mul_(-1.0).add_(torch.randn(40, 30, generator=gen))
+    scores.grad = None
+    second = fn.apply(weight, scores, 600, state)
+    (second * 2).sum().backward()
+    assert torch.equal(first, kept_first) and torch.equal(grad_first, kept_grad)  # still what they were
+    assert first.data_ptr() != second.data_ptr() and grad_first.data_ptr() != scores.grad.data_ptr()
+    del first, grad_first, second
+    scores.grad = None
+    third = fn.apply(weight, scores, 600, state)  # the released arrays are handed out again
+    assert third.data_ptr() in {a.ctypes.data for a in state.pool._arrays["weight"]}
+
+
+@pytest.mark.parametrize("fn", [core.MaskedWeight, core.BinarizedWeight])
+def test_a_retained_graph_gives_correct_gradients_twice_and_in_place_edits_are_caught(fn):
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(50, generator=gen)
+    scores = torch.randn(50, generator=gen, requires_grad=True)
+    g1, g2 = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+    expected = []
+    for g in (g1, g2):
+        s = scores.detach().clone().requires_grad_(True)
+        fn.apply(weight, s, 20, core.KernelState()).backward(g)
+        expected.append(s.grad)
+    out = fn.apply(weight, scores, 20, core.KernelState())
+    out.backward(g1, retain_graph=True)
+    assert torch.allclose(scores.grad, expected[0])
+    out.backward(g2)  # through the retained graph: must not overwrite the first gradient's array
+    assert torch.allclose(scores.grad, expected[0] + expected[1], rtol=1e-6, atol=1e-7)
+    out = fn.apply(weight, scores, 20, core.KernelState())
+    with torch.no_grad():
+        scores.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

@@ -197,3 +197,36 @@ def binarized_grad(grad, weight, scores, mask, alpha, k, out):
     for i in range(grad.shape[0]):
         w = np.float64(weight[i])
         out[i] = (grad[i] * alpha * _sign(w) + d_alpha * abs(w)) * _sign(scores[i])
+
+
+@njit(cache=True, fastmath=_SUM_FLAGS)
+def constant_binarized_grad(grad, effective, scores, alpha, k, out):
+    """:func:`binarized_grad` for a weight of entries +-alpha (a signed-constant weight; then biprop's
+    alpha is exactly that magnitude and its effective weight is edge-popup's ``W * m``), read from the
+    forward pass's ``effective`` weight instead of the weight and the mask: ``effective[i]`` is
+    +-alpha where kept and a zero carrying the weight's sign where pruned, so sign(w) is its sign bit and
+    m is ``effective != 0``.  The same arithmetic as :func:`binarized_grad`."""
+    total = 0.0
+    for i in range(grad.shape[0]):
+        e = np.float64(effective[i])
+        total += np.float64(grad[i]) * np.copysign(1.0, e) * np.float64(e != 0)
+    d_alpha = total / k
+    for i in range(grad.shape[0]):
+        sign_w = np.copysign(1.0, np.float64(effective[i]))
+        out[i] = (grad[i] * alpha * sign_w + d_alpha * alpha) * _sign(scores[i])
+
+
+@njit(cache=True)
+def constant_magnitude(weight):
+    """|weight[0]| if every |weight| equals it and it is positive and finite (a signed-constant weight),
+    else 0."""
+    n = weight.shape[0]
+    if n == 0:
+        return 0.0
+    c = abs(weight[0])
+    if not (c > 0 and c < np.inf):
+        return 0.0
+    same = True
+    for i in range(n):
+        same &= abs(weight[i]) == c
+    return c if same else 0.0

@@ -4,6 +4,7 @@ pass, passed straight through in the backward pass (Ramanujan et al. 2020, ``Get
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -109,13 +110,87 @@ class ThresholdTracker:
 
 def _numba_ok(*tensors: torch.Tensor) -> bool:
     """The CPU kernels apply: every tensor on CPU and of the same float32/float64 dtype."""
-    first = tensors[0]
-    return all(t.device.type == "cpu" and t.dtype == first.dtype for t in tensors) and first.dtype in (
-        torch.float32, torch.float64)
+    dtype = tensors[0].dtype
+    return (dtype == torch.float32 or dtype == torch.float64) and all(t.dtype == dtype and t.is_cpu for t in tensors)
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().view(-1).numpy()
+    t = t.detach()
+    return (t if t.is_contiguous() else t.contiguous()).numpy().reshape(-1)
+
+
+class BufferPool:
+    """Arrays a layer's kernels write their outputs into, reused from step to step.
+
+    A fresh array of a layer's size comes from ``mmap``: every 4 KiB page of it faults on first touch
+    (230 faults for the first FC layer's 235,200 floats, several microseconds each on a VM). An array is
+    handed out again only when no tensor refers to it any more -- a tensor made by ``torch.from_numpy``
+    (and its views, and the autograd graph that saves it) holds a reference to the array -- so an output
+    a caller still holds is never overwritten.
+    """
+
+    _SLOTS = 3  # per name: this step's array, last step's (a graph not yet freed), one a caller holds
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, list[np.ndarray]] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype`` (contents undefined) that nothing else refers to."""
+        arrays = self._arrays.setdefault(name, [])
+        for i in range(len(arrays)):
+            # references: the list and getrefcount's argument; any more and a tensor still uses it
+            if sys.getrefcount(arrays[i]) == 2 and arrays[i].shape == shape and arrays[i].dtype == dtype:
+                return arrays[i]
+        fresh = np.empty(shape, dtype=dtype)
+        arrays.insert(0, fresh)
+        del arrays[self._SLOTS:]
+        return fresh
+
+
+class KernelState:
+    """What a layer's fused kernels keep from step to step; only speed depends on it.
+
+    * where the last top-k threshold was (:class:`ThresholdTracker`);
+    * reusable output arrays (:class:`BufferPool`);
+    * the numpy views of the layer's weight and scores, and whether the weight is signed-constant (every
+      entry +-c), cached per tensor and version: a supermask layer's fixed cost per call is a few dozen
+      Python operations, and inside a training step, after the matrix products have evicted the caches,
+      each costs several microseconds -- on a small network a visible part of the step.
+
+    The weight's cache follows the tensor's version counter (in-place changes such as IteRand's redraws or
+    ``load_state_dict`` bump it); writes that bypass it (``weight.data[...] = ``, numpy views) must be
+    followed by :meth:`clear`.
+    """
+
+    def __init__(self) -> None:
+        self.tracker = ThresholdTracker()
+        self.pool = BufferPool()
+        self.clear()
+
+    def clear(self) -> None:
+        self._views: dict[str, tuple] = {}
+
+    def view(self, name: str, t: torch.Tensor) -> np.ndarray:
+        """Flat numpy view of tensor ``t`` (CPU), cached while ``t`` keeps its storage."""
+        cached = self._views.get(name)
+        if cached is not None and cached[0] is t and cached[1] == t.data_ptr():
+            return cached[2]
+        flat = _flat(t)
+        self._views[name] = (t, t.data_ptr(), flat) if t.is_contiguous() else None
+        return flat
+
+    def magnitude(self, weight: torch.Tensor) -> float:
+        """c if every entry of ``weight`` is +-c (signed-constant), else 0; recomputed when it changes."""
+        from ._kernels import constant_magnitude
+
+        try:
+            key = (weight.data_ptr(), weight._version)
+        except RuntimeError:  # an inference-mode tensor has no version counter: no caching
+            return float(constant_magnitude(_flat(weight)))
+        cached = self._views.get("magnitude")
+        if cached is None or cached[0] is not weight or cached[1] != key:
+            cached = self._views["magnitude"] = (weight, key, float(constant_magnitude(self.view("weight", weight))))
+        return cached[2]
 
 
 def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
@@ -170,30 +245,37 @@ class MaskedWeight(torch.autograd.Function):
     """``weight * GetSubnet(|scores|, k)`` fused: the same values and score gradients in fewer passes.
 
     Forward keeps the top-``k`` |scores|; backward is straight-through, dL/ds = dL/dW_eff * W * sign(s)
-    (the sign from |s|). On CPU both directions are single numba loops (:mod:`slth.supermask._kernels`).
-    The composition of :class:`GetSubnet` and ``abs`` is the reference it is tested against, bit for bit.
+    (the sign from |s|). On CPU both directions are single numba loops (:mod:`slth.supermask._kernels`)
+    that keep their state in a :class:`KernelState`. The composition of :class:`GetSubnet` and ``abs`` is
+    the reference it is tested against, bit for bit.
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int,
-                tracker: ThresholdTracker | None = None) -> torch.Tensor:
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
         ctx.save_for_backward(weight, scores)
-        if not _numba_ok(weight, scores) or k >= weight.numel():
-            return weight * topk_mask(scores.abs(), k, dtype=weight.dtype, tracker=tracker)
-        out = torch.empty(weight.shape, dtype=weight.dtype)
-        (tracker or ThresholdTracker()).masked_weight(_flat(weight), _flat(scores), k, out.view(-1).numpy())
-        return out
+        if k >= weight.numel() or not _numba_ok(weight, scores):
+            ctx.fused = None
+            return weight * topk_mask(scores.abs(), k, dtype=weight.dtype, tracker=state and state.tracker)
+        state = state or KernelState()
+        w, s = state.view("weight", weight), state.view("scores", scores)
+        out = state.pool.take("weight", weight.shape, w.dtype)
+        state.tracker.masked_weight(w, s, k, out.reshape(-1))
+        # the backward pass's arrays, prepared here: after the forward pass each Python step costs more
+        grad = state.pool.take("grad", weight.shape, w.dtype)
+        ctx.fused = (w, s, grad, torch.from_numpy(grad))
+        return torch.from_numpy(out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weight, scores = ctx.saved_tensors
-        if not _numba_ok(grad, weight, scores):
+        weight, scores = ctx.saved_tensors  # (also autograd's check that neither changed in place since)
+        fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the array back
+        if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
             return None, grad * weight * scores.sign(), None, None
         from ._kernels import abs_straight_through_grad
 
-        out = torch.empty(grad.shape, dtype=grad.dtype)
-        abs_straight_through_grad(_flat(grad), _flat(weight), _flat(scores), out.view(-1).numpy())
-        return None, out, None, None
+        w, s, out, out_tensor = fused
+        abs_straight_through_grad(_flat(grad), w, s, out.reshape(-1))
+        return None, out_tensor, None, None
 
 
 class BinarizedWeight(torch.autograd.Function):
@@ -201,31 +283,56 @@ class BinarizedWeight(torch.autograd.Function):
     (:func:`slth.supermask._kernels.binarized_weight`; sums in float64, so it agrees with the unfused
     reference to float32 rounding, not bit for bit). The gradient reaches the scores through the mask
     and through alpha; straight-through, with the sign from |s|.
+
+    For a signed-constant weight (every entry +-c) alpha is c exactly, so the effective weight is
+    edge-popup's ``W * m`` (the same kernel, bit for bit what the general formula gives), and the backward
+    pass reads sign(w) and m from it (:func:`slth.supermask._kernels.constant_binarized_grad`).
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int,
-                tracker: ThresholdTracker | None = None) -> torch.Tensor:
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
         from ._kernels import binarized_weight
 
-        w = _flat(weight)
-        mask = np.empty_like(w)
-        (tracker or ThresholdTracker()).mask(_flat(scores), k, mask)
-        out = torch.empty(weight.shape, dtype=weight.dtype)
-        alpha = binarized_weight(w, mask, k, out.view(-1).numpy())
-        ctx.save_for_backward(weight, scores)
-        ctx.mask, ctx.alpha, ctx.k = mask, alpha, k
-        return out
+        state = state or KernelState()
+        w, s = state.view("weight", weight), state.view("scores", scores)
+        out = state.pool.take("weight", weight.shape, w.dtype)
+        flat_out = out.reshape(-1)
+        c = state.magnitude(weight)
+        if c:  # alpha = sum(c * m) / k = c exactly (float64 sums of k copies of a float32 are exact)
+            state.tracker.masked_weight(w, s, k, flat_out)
+            ctx.alpha, ctx.mask = c, None
+        else:
+            ctx.mask = state.pool.take("mask", s.shape, w.dtype)
+            state.tracker.mask(s, k, ctx.mask)
+            ctx.alpha = binarized_weight(w, ctx.mask, k, flat_out)
+        grad = state.pool.take("grad", weight.shape, w.dtype)
+        ctx.fused, ctx.k = (w, s, flat_out, grad, torch.from_numpy(grad), k), k
+        result = torch.from_numpy(out)
+        # the output too: the signed-constant backward reads it, and autograd then checks it is unchanged
+        ctx.save_for_backward(weight, scores, result)
+        return result
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        from ._kernels import binarized_grad
+        from ._kernels import binarized_grad, constant_binarized_grad
 
-        weight, scores = ctx.saved_tensors
-        out = torch.empty(grad.shape, dtype=grad.dtype)
-        binarized_grad(_flat(grad.to(weight.dtype)), _flat(weight), _flat(scores), ctx.mask, ctx.alpha, ctx.k,
-                       out.view(-1).numpy())
-        return None, out, None, None
+        weight, scores, _ = ctx.saved_tensors  # (also autograd's check that none changed in place since)
+        fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the arrays back
+        mask, ctx.mask = ctx.mask, None
+        if fused is None or not grad.is_cpu:  # a second backward pass through a retained graph
+            with torch.enable_grad():
+                from .methods import binarized_weight
+
+                s = scores.detach().requires_grad_(True)
+                reference = binarized_weight(weight, GetSubnet.apply(s.abs(), ctx.k), ctx.k)
+                return None, torch.autograd.grad(reference, s, grad)[0], None, None
+        w, s, effective, out, out_tensor, k = fused
+        g = _flat(grad.to(weight.dtype))
+        if mask is None:
+            constant_binarized_grad(g, effective, s, ctx.alpha, k, out.reshape(-1))
+        else:
+            binarized_grad(g, w, s, mask, ctx.alpha, k, out.reshape(-1))
+        return None, out_tensor, None, None
 
 
 class StraightThroughBernoulli(torch.autograd.Function):

@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import (BinarizedWeight, GetSubnet, MaskedWeight, StraightThroughBernoulli, StraightThroughRound,
-                   ThresholdTracker, _numba_ok, kept_count, topk_mask)
+from .core import (BinarizedWeight, GetSubnet, KernelState, MaskedWeight, StraightThroughBernoulli,
+                   StraightThroughRound, _numba_ok, kept_count, topk_mask)
 from .init import DISTRIBUTIONS, check_init
 
 
@@ -64,7 +64,8 @@ class Supermask(nn.Module):
         self.density = float(density)
         self.k = kept_count(math.prod(shape), density)
         self.scores = nn.Parameter(scores.reshape(shape).clone())
-        self.tracker = ThresholdTracker()  # speed only: where the last top-k threshold was
+        self.kernels = KernelState()  # speed only: last threshold, reusable buffers, cached views
+        self.tracker = self.kernels.tracker
 
     def final_mask(self) -> torch.Tensor:
         """The deterministic boolean mask with exactly ``k`` kept weights."""
@@ -100,7 +101,7 @@ class Supermask(nn.Module):
 class EdgePopup(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         # == weight * GetSubnet.apply(scores.abs(), k), fused (tests/test_supermask.py checks they agree)
-        return MaskedWeight.apply(weight, self.scores, self.k, self.tracker)
+        return MaskedWeight.apply(weight, self.scores, self.k, self.kernels)
 
 
 def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
@@ -116,7 +117,7 @@ class BiProp(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         if _numba_ok(weight, self.scores) and self.k < weight.numel():
             # == binarized_weight(weight, GetSubnet.apply(scores.abs(), k), k), fused (tested against it)
-            return BinarizedWeight.apply(weight, self.scores, self.k, self.tracker)
+            return BinarizedWeight.apply(weight, self.scores, self.k, self.kernels)
         return super().training_weight(weight)
 
 
