@@ -215,3 +215,46 @@ def test_a_retained_graph_gives_correct_gradients_twice_and_in_place_edits_are_c
         scores.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 200), st.integers(0, 2**32 - 1), st.sampled_from([torch.float32, torch.float64]))
+def test_gem_miner_fused_weight_and_regulariser_match_the_unfused_reference(n, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, generator=gen, dtype=dtype)
+    scores = torch.rand(n, generator=gen, dtype=dtype)
+    scores[0] = 0.5  # exactly at the rounding threshold: off on both paths
+    alive = torch.rand(n, generator=gen) < 0.7
+    grad = torch.randn(n, generator=gen, dtype=dtype)
+    ref_s = scores.clone().requires_grad_(True)
+    reference = weight * (core.StraightThroughRound.apply(ref_s) * alive)
+    state = core.KernelState()
+    fused_s = scores.clone().requires_grad_(True)
+    fused = core.RoundedMaskedWeight.apply(weight, fused_s, alive, state)
+    assert torch.equal(reference, fused) and torch.equal(reference.signbit(), fused.signbit())
+    assert state.last_count[1] == int(((scores > 0.5) & alive).sum())
+    (reference * grad).sum().backward()
+    (fused * grad).sum().backward()
+    assert torch.equal(ref_s.grad, fused_s.grad)
+    ref_s.grad = fused_s.grad = None
+    ref_l2 = 1e-3 * (ref_s * alive).pow(2).sum()
+    fused_l2 = core.AliveSquareSum.apply(fused_s, alive, 1e-3, state)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(ref_l2, fused_l2, rtol=tol)
+    (3.0 * ref_l2).backward()
+    (3.0 * fused_l2).backward()
+    assert torch.allclose(ref_s.grad, fused_s.grad, rtol=tol, atol=1e-12)
+
+
+def test_gem_miner_regulariser_switches_off_at_the_target_and_counts_fresh_after_a_step():
+    from slth.supermask.methods import GemMiner
+
+    gm = GemMiner(torch.Size([10, 10]), 0.5, torch.linspace(0.0, 1.0, 100), score_l2=1e-2).train()
+    weight = torch.ones(10, 10)
+    gm(weight)  # forward: 50 of the 100 linspace scores are above 0.5, k = 50
+    assert gm.regularization() == 0.0
+    with torch.no_grad():
+        gm.scores.add_(0.2)  # an optimizer step between forward and regularization: the count is redone
+    reg = gm.regularization()
+    assert isinstance(reg, torch.Tensor)
+    assert torch.allclose(reg, 1e-2 * gm.scores.detach().pow(2).sum())

@@ -230,3 +230,43 @@ def constant_magnitude(weight):
     for i in range(n):
         same &= abs(weight[i]) == c
     return c if same else 0.0
+
+
+@njit(cache=True)
+def rounded_masked_weight(weight, scores, alive, out):
+    """Gem-Miner's effective weight: out = weight * (1[scores > 0.5] * alive), in torch's order (bit for
+    bit ``weight * (StraightThroughRound(s) * alive)``).  Returns how many weights are on."""
+    on = 0
+    for i in range(weight.shape[0]):
+        m = np.float32(scores[i] > 0.5) * np.float32(alive[i])
+        out[i] = weight[i] * m
+        on += np.int64(m)
+    return on
+
+
+@njit(cache=True)
+def alive_straight_through_grad(grad, weight, alive, out):
+    """Its score gradient: out = (grad * weight) * alive (the rounding passes the gradient straight
+    through), in torch's order."""
+    for i in range(grad.shape[0]):
+        out[i] = (grad[i] * weight[i]) * np.float32(alive[i])
+
+
+@njit(cache=True, fastmath=_SUM_FLAGS)
+def alive_square_sum(scores, alive):
+    """sum((scores * alive)^2) in float64, and how many scores are above 0.5 and alive."""
+    total = 0.0
+    on = 0
+    for i in range(scores.shape[0]):
+        v = np.float64(scores[i]) * np.float64(alive[i])
+        total += v * v
+        on += np.int64(scores[i] > 0.5) & np.int64(alive[i])
+    return total, on
+
+
+@njit(cache=True)
+def alive_square_grad(scale, scores, alive, out):
+    """Gradient of scale * sum((scores * alive)^2): out = (2 * scale) * scores * alive."""
+    two_scale = 2.0 * scale
+    for i in range(scores.shape[0]):
+        out[i] = (two_scale * scores[i]) * np.float32(alive[i])

@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import (BinarizedWeight, GetSubnet, KernelState, MaskedWeight, StraightThroughBernoulli,
-                   StraightThroughRound, _numba_ok, kept_count, topk_mask)
+from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
+                   StraightThroughBernoulli, StraightThroughRound, _numba_ok, kept_count, topk_mask)
 from .init import DISTRIBUTIONS, check_init
 
 
@@ -235,13 +235,24 @@ class GemMiner(Supermask):
     def training_mask(self) -> torch.Tensor:
         return StraightThroughRound.apply(self.scores) * self.alive
 
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if _numba_ok(weight, self.scores):  # == weight * training_mask(), fused (tested bit for bit)
+            return RoundedMaskedWeight.apply(weight, self.scores, self.alive, self.kernels)
+        return super().training_weight(weight)
+
     def regularization(self) -> torch.Tensor | float:
         # The pull toward pruning stops once the rounded mask is down to the target: Gem-Miner reaches its
         # sparsity through lambda, but a fixed lambda overshoots (MNIST FC, lr 3: 1.2 % of the first layer
         # left on at a 50 % target) and the final top-k then switches on weights that were never trained on.
-        on = int(torch.count_nonzero((self.scores.detach() > 0.5) & self.alive))
+        counted = self.kernels.last_count  # this step's forward pass counted them
+        if counted is not None and counted[0] == (self.scores._version, self.alive._version):
+            on = counted[1]
+        else:
+            on = int(torch.count_nonzero((self.scores.detach() > 0.5) & self.alive))
         if on <= self.k:
             return 0.0
+        if _numba_ok(self.scores):
+            return AliveSquareSum.apply(self.scores, self.alive, self.score_l2, self.kernels)
         return self.score_l2 * (self.scores * self.alive).pow(2).sum()
 
     @torch.no_grad()
