@@ -170,9 +170,11 @@ class Bernoulli(_Sampling):
         """Safeguarded Newton on b: sum(sigmoid((s + b) / T)) = k, to within half a weight."""
         scores, b, t = self.scores.detach(), float(self.shift), float(self.temperature)
         lo, hi = -math.inf, math.inf  # bracket: expected count < k at lo, > k at hi
+        p = torch.empty_like(scores).view(-1)
         for _ in range(max_iter):
-            p = torch.sigmoid((scores + b) / t)
-            excess = float(p.sum()) - self.k
+            torch.add(scores.view(-1), b, out=p).div_(t).sigmoid_()  # one buffer, no temporaries
+            total = float(p.sum())
+            excess = total - self.k
             if abs(excess) < tolerance:
                 break
             if excess > 0:
