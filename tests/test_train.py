@@ -100,6 +100,14 @@ def test_cli_train_writes_metrics_and_ticket(tmp_path):
     assert from_ticket(out / "ticket.slth")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_cli_train_logs_one_line_per_epoch_when_not_on_a_terminal(tmp_path):
+    result = _cli(["train", "--method", "edge-popup", "--model", "fc", "--data", "digits", "--hidden", "16",
+                   "--epochs", "2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "train loss" in line]
+    assert [line.split(":")[0] for line in lines] == ["edge-popup fc epoch 1/2", "edge-popup fc epoch 2/2"]
+
+
 def test_random_crop_flip_is_a_crop_of_the_padded_image():
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
     y = random_crop_flip(x, torch.Generator().manual_seed(0), pad=2)

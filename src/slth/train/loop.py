@@ -166,6 +166,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
             state["history"].append({"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                                      "test_accuracy": test_accuracy, "seconds": seconds})
             progress.update(task, status=f"loss {loss_sum / n:.4f}  test acc {test_accuracy:.4f}")
+            if not quiet and not progress.console.is_terminal:  # a log file gets no live bar: one line per epoch
+                progress.console.print(f"{cfg.method} {cfg.model} epoch {epoch}/{cfg.epochs}: train loss "
+                                       f"{loss_sum / n:.4f}, test accuracy {test_accuracy:.4f}, {seconds:.0f} s")
             atomic_torch_save(ckpt_path, {"config": cfg.to_dict(), "model": model.state_dict(),
                                           "optimizer": optimizer.state_dict(), "state": state})
             finished = epoch == cfg.epochs
