@@ -266,7 +266,10 @@ def alive_square_sum(scores, alive):
 
 @njit(cache=True)
 def alive_square_grad(scale, scores, alive, out):
-    """Gradient of scale * sum((scores * alive)^2): out = (2 * scale) * scores * alive."""
-    two_scale = 2.0 * scale
+    """Gradient of sum((scores * alive)^2) times ``scale`` (the upstream gradient times lambda, in the
+    scores' dtype): out = (scale * (2 * x)) * alive with x = scores * alive -- autograd's order and
+    dtype for ``lambda * (s * alive).pow(2).sum()``, so bit for bit its result."""
+    two = scale * 0 + 2  # 2 in scale's dtype
     for i in range(scores.shape[0]):
-        out[i] = (two_scale * scores[i]) * np.float32(alive[i])
+        a = np.float32(alive[i])
+        out[i] = (scale * (two * (scores[i] * a))) * a

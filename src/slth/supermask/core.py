@@ -368,8 +368,8 @@ class RoundedMaskedWeight(torch.autograd.Function):
 
 
 class AliveSquareSum(torch.autograd.Function):
-    """``scale * sum((scores * alive)^2)`` (Gem-Miner's regulariser), one pass each way on CPU (the sum
-    in float64)."""
+    """``scale * sum((scores * alive)^2)`` (Gem-Miner's regulariser), one pass each way on CPU: the value
+    summed in float64, the gradient bit for bit autograd's of ``scale * (scores * alive).pow(2).sum()``."""
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, alive: torch.Tensor, scale: float, state: KernelState):
@@ -386,9 +386,10 @@ class AliveSquareSum(torch.autograd.Function):
 
         scores, alive = ctx.saved_tensors
         state = ctx.state
-        out = state.pool.take("l2-grad", scores.shape, state.view("scores", scores).dtype)
-        alive_square_grad(float(grad) * ctx.scale, state.view("scores", scores), state.view("alive", alive),
-                          out.reshape(-1))
+        s = state.view("scores", scores)
+        out = state.pool.take("l2-grad", scores.shape, s.dtype)
+        scale = s.dtype.type(float(grad)) * s.dtype.type(ctx.scale)  # rounded as autograd's grad * lambda
+        alive_square_grad(scale, s, state.view("alive", alive), out.reshape(-1))
         return torch.from_numpy(out), None, None, None
 
 
