@@ -254,14 +254,12 @@ def alive_straight_through_grad(grad, weight, alive, out):
 
 @njit(cache=True, fastmath=_SUM_FLAGS)
 def alive_square_sum(scores, alive):
-    """sum((scores * alive)^2) in float64, and how many scores are above 0.5 and alive."""
+    """sum((scores * alive)^2) in float64."""
     total = 0.0
-    on = 0
     for i in range(scores.shape[0]):
         v = np.float64(scores[i]) * np.float64(alive[i])
         total += v * v
-        on += np.int64(scores[i] > 0.5) & np.int64(alive[i])
-    return total, on
+    return total
 
 
 @njit(cache=True)

@@ -337,10 +337,15 @@ class BinarizedWeight(torch.autograd.Function):
         return None, out_tensor, None, None
 
 
+def _identity(*tensors: torch.Tensor) -> tuple:
+    """Which tensors, in which state: changes when one is replaced or changed in place."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+
 class RoundedMaskedWeight(torch.autograd.Function):
     """Gem-Miner's ``weight * (StraightThroughRound(scores) * alive)`` fused on CPU, bit for bit: one pass
     each way instead of four. The forward pass also counts the weights that are on and leaves
-    ``((scores version, alive version), count)`` in ``state.last_count`` for the regulariser's switch."""
+    ``(identity of scores and alive, count)`` in ``state.last_count`` for the regulariser's switch."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor, state: KernelState):
@@ -349,7 +354,7 @@ class RoundedMaskedWeight(torch.autograd.Function):
         ctx.save_for_backward(weight, scores, alive)
         w, s, a = state.view("weight", weight), state.view("scores", scores), state.view("alive", alive)
         out = state.pool.take("weight", weight.shape, w.dtype)
-        state.last_count = ((scores._version, alive._version), rounded_masked_weight(w, s, a, out.reshape(-1)))
+        state.last_count = (_identity(scores, alive), rounded_masked_weight(w, s, a, out.reshape(-1)))
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused = (w, a, grad, torch.from_numpy(grad))
         return torch.from_numpy(out)
@@ -377,7 +382,7 @@ class AliveSquareSum(torch.autograd.Function):
 
         ctx.save_for_backward(scores, alive)
         ctx.scale, ctx.state = scale, state
-        total, _ = alive_square_sum(state.view("scores", scores), state.view("alive", alive))
+        total = alive_square_sum(state.view("scores", scores), state.view("alive", alive))
         return torch.tensor(scale * total, dtype=scores.dtype)
 
     @staticmethod

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
-                   StraightThroughBernoulli, StraightThroughRound, _numba_ok, kept_count, topk_mask)
+                   StraightThroughBernoulli, StraightThroughRound, _identity, _numba_ok, kept_count, topk_mask)
 from .init import DISTRIBUTIONS, check_init
 
 
@@ -247,7 +247,7 @@ class GemMiner(Supermask):
         # sparsity through lambda, but a fixed lambda overshoots (MNIST FC, lr 3: 1.2 % of the first layer
         # left on at a 50 % target) and the final top-k then switches on weights that were never trained on.
         counted = self.kernels.last_count  # this step's forward pass counted them
-        if counted is not None and counted[0] == (self.scores._version, self.alive._version):
+        if counted is not None and counted[0] == _identity(self.scores, self.alive):
             on = counted[1]
         else:
             on = int(torch.count_nonzero((self.scores.detach() > 0.5) & self.alive))
