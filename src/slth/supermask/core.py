@@ -134,13 +134,17 @@ class BufferPool:
 
     def __init__(self) -> None:
         self._arrays: dict[str, list[np.ndarray]] = {}
+        # what getrefcount reports for an array held by a list alone, measured the way take() asks (the
+        # interpreter decides whether its own argument counts)
+        probe = [np.empty(1)]
+        self._free = sys.getrefcount(probe[0])
 
     def take(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A C-contiguous array of ``shape`` and ``dtype`` (contents undefined) that nothing else refers to."""
         arrays = self._arrays.setdefault(name, [])
         for i in range(len(arrays)):
-            # references: the list and getrefcount's argument; any more and a tensor still uses it
-            if sys.getrefcount(arrays[i]) == 2 and arrays[i].shape == shape and arrays[i].dtype == dtype:
+            # any reference beyond the list's and a tensor (or a caller) still uses it
+            if sys.getrefcount(arrays[i]) == self._free and arrays[i].shape == shape and arrays[i].dtype == dtype:
                 return arrays[i]
         fresh = np.empty(shape, dtype=dtype)
         arrays.insert(0, fresh)
