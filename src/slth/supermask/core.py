@@ -170,7 +170,7 @@ class KernelState:
     def __init__(self) -> None:
         self.tracker = ThresholdTracker()
         self.pool = BufferPool()
-        self.last_count: tuple | None = None  # Gem-Miner: (versions, weights on) from the last forward pass
+        self.last_count: tuple | None = None  # Gem-Miner: (tensor identities, weights on) of the last forward
         self.clear()
 
     def clear(self) -> None:
