@@ -258,12 +258,3 @@ def test_gem_miner_regulariser_switches_off_at_the_target_and_counts_fresh_after
     reg = gm.regularization()
     assert isinstance(reg, torch.Tensor)
     assert torch.allclose(reg, 1e-2 * gm.scores.detach().pow(2).sum())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bernoulli_sampler_draws_what_torch_bernoulli_draws(dtype):
-    probs = torch.rand(300, 784, generator=torch.Generator().manual_seed(3), dtype=dtype)
-    probs[0, :4] = torch.tensor([0.0, 1.0, 0.5, 1e-9], dtype=dtype)
-    ours = core.StraightThroughBernoulli.apply(probs, torch.Generator().manual_seed(7))
-    theirs = torch.bernoulli(probs, generator=torch.Generator().manual_seed(7))
-    assert ours.dtype == dtype and torch.equal(ours, theirs)

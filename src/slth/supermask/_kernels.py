@@ -1,4 +1,5 @@
-"""Numba kernels of a supermask step on CPU: the exact top-k threshold and the fused masked weight.
+"""Numba kernels of a supermask step on CPU: the exact top-k threshold, the fused masked weights, and the
+Bernoulli draw.
 
 A supermask step ranks every score of a layer (235,200 first-layer scores for FC 784-300-100-10) and
 builds ``W * m``; against a dense step of a small MLP that is most of the extra work. Two observations
@@ -22,8 +23,14 @@ float32 rounding.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvmlite_ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from ._philox import stream_words, tie_words
 
 _BLOCK = 64
 
@@ -271,3 +278,194 @@ def alive_square_grad(scale, scores, alive, out):
     for i in range(scores.shape[0]):
         a = np.float32(alive[i])
         out[i] = (scale * (two * (scores[i] * a))) * a
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bernoulli supermasks: p = sigmoid((s + b) / T), m ~ Bernoulli(p), drawn from Philox in the same call
+#
+# The loops must vectorise (8 float32 lanes with AVX2): the per-element helpers below are separate
+# functions that LLVM inlines (numba-level ``inline="always"`` stopped the vectoriser), and
+# ``error_model="numpy"`` drops the division-by-zero checks that would add a branch per element.
+# ---------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the int32 ``bits`` (an LLVM bitcast; vectorises)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvmlite_ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+_F = np.float32
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _exp32(x):
+    """exp(x) in float32 to 1-2 ulp over the normal range (Cody-Waite reduction by ln 2 and the
+    Cephes ``expf`` polynomial), branch-free so that loops calling it vectorise; the argument is clamped
+    to [-87, 88] (results below 1.6e-38 are not needed here) and NaN propagates."""
+    x = x if not x < _F(-87.0) else _F(-87.0)  # written so that NaN fails both tests and stays NaN
+    x = x if not x > _F(88.0) else _F(88.0)
+    n = np.rint(x * _F(1.44269504088896341))
+    r = x - n * _F(0.693359375) - n * _F(-2.12194440e-4)
+    p = _F(1.9875691500e-4)
+    p = p * r + _F(1.3981999507e-3)
+    p = p * r + _F(8.3334519073e-3)
+    p = p * r + _F(4.1665795894e-2)
+    p = p * r + _F(1.6666665459e-1)
+    p = p * r + _F(5.0000001201e-1)
+    y = p * (r * r) + r + _F(1.0)
+    return y * _float32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+
+def sigmoid(z):
+    """1 / (1 + exp(-z)) in ``z``'s float type (numba only; float32 through :func:`_exp32`)."""
+    raise NotImplementedError("sigmoid is a numba function")
+
+
+@overload(sigmoid, jit_options={"cache": True, "error_model": "numpy"})
+def _sigmoid_impl(z):
+    if z == types.float32:
+        return lambda z: _F(1.0) / (_F(1.0) + _exp32(-z))
+    if z == types.float64:
+        return lambda z: 1.0 / (1.0 + math.exp(-z))
+    return None
+
+
+@njit(cache=True, error_model="numpy")
+def sigmoid_array(z, out):
+    """out = sigmoid(z) elementwise (the kernels' sigmoid, for tests and the reference path)."""
+    for i in range(z.shape[0]):
+        out[i] = sigmoid(z[i])
+
+
+@njit(cache=True, error_model="numpy")
+def _probability(scores, i, shift, inv_t):
+    """p_i = sigmoid((s_i + b) * (1/T)) -- how every Bernoulli kernel computes it, so all agree."""
+    return sigmoid((scores[i] + shift) * inv_t)
+
+
+_CHUNK = 64  # values summed in the scores' dtype before adding to a float64 total
+
+
+@njit(cache=True, fastmath=_SUM_FLAGS, error_model="numpy")
+def probability_sums(scores, shift, inv_t):
+    """(sum p, sum p (1 - p)) over a layer, p as :func:`_probability`: the expected kept count and its
+    derivative times T, for the Newton solve of the shift.  Summed in the dtype over chunks of 64 values
+    (the float32 lanes vectorise) and in float64 across chunks."""
+    n = scores.shape[0]
+    one = scores.dtype.type(1.0)
+    total = 0.0
+    slope = 0.0
+    for start in range(0, n, _CHUNK):
+        t = scores.dtype.type(0.0)
+        v = scores.dtype.type(0.0)
+        for i in range(start, min(n, start + _CHUNK)):
+            p = _probability(scores, i, shift, inv_t)
+            t += p
+            v += p * (one - p)
+        total += t
+        slope += v
+    return total, slope
+
+
+@njit(cache=True, error_model="numpy")
+def _sample(weight, scores, i, shift, inv_t, u, out_factor, n):
+    """Element i of :func:`bernoulli_masked_weight`'s first pass: out_i, factor_i, and ``u[i]`` = 1 if the
+    byte ties (``u_i = floor(256 p_i)``; out_i then holds frac(256 p_i) until the tie is decided), else 0.
+    Returns (p_i, p_i (1 - p_i))."""
+    real = scores.dtype.type
+    p = _probability(scores, i, shift, inv_t)
+    w = weight[i]
+    a = p * real(256.0)
+    whole = np.floor(a)
+    b = real(u[i])
+    out_factor[i] = w if b < whole else (w * real(0.0) if b > whole else a - whole)  # exact: same binade
+    u[i] = np.uint8(b == whole)
+    q = p * (real(1.0) - p)
+    out_factor[n + i] = w * q * inv_t
+    return p, q
+
+
+@njit(cache=True, error_model="numpy")
+def _ties(u, n, index):
+    """Where ``u[:n]`` is nonzero, into ``index``; returns how many. Eight bytes at a time: ties are one
+    byte in 256."""
+    eight = u[: (u.shape[0] // 8) * 8].view(np.uint64)
+    count = 0
+    for j in range(eight.shape[0]):
+        if eight[j]:
+            for i in range(8 * j, min(n, 8 * j + 8)):
+                if u[i]:
+                    index[count] = i
+                    count += 1
+    for i in range(8 * eight.shape[0], n):
+        if u[i]:
+            index[count] = i
+            count += 1
+    return count
+
+
+@njit(cache=True, fastmath=_SUM_FLAGS, error_model="numpy")
+def bernoulli_masked_weight(weight, scores, shift, inv_t, center, k0, k1, d0, d1, words, index, out_factor):
+    """A Bernoulli supermask's forward step; for every weight i:
+
+    * p_i = sigmoid((s_i + b) / T), as :func:`_probability`;
+    * m_i = 1[U_i < p_i] with U_i = (u_i + r_i 2^-24) / 256 uniform on a 2^-32 grid, u_i byte i of the
+      layer's Philox stream for draw ``(d0, d1)`` and r_i drawn only where u_i = floor(256 p_i) (one
+      weight in 256; :mod:`slth.supermask._philox` defines both), so P(m_i = 1) = ceil(2^32 p_i) / 2^32;
+    * ``out_factor[i]`` = w_i m_i (a pruned weight gives a zero of w_i's sign, as ``w * 0.0`` does);
+    * ``out_factor[n + i]`` = w_i p_i (1 - p_i) / T, the score gradient's factor (straight-through in p:
+      dL/ds_i = dL/dout_i * factor_i).
+
+    Scratch space: ``words`` of at least ceil(n / 4) uint32, ``index`` of n int64. Three loops: the
+    words (:func:`slth.supermask._philox.stream_words`, vectorised, one Philox block per 16 weights), the
+    elements (vectorised; each tie flagged in its own random byte), then the ties (one weight in 256,
+    each with its own Philox block). Output and factor share one array, and the flags the bytes: the
+    vectoriser checks at run time that the arrays a loop writes do not overlap the others, and with one
+    array more it gave up.
+
+    Returns (sum (p_i - center), sum p_i (1 - p_i)), summed in the scores' dtype so that the loop
+    vectorises at full width (float64 totals halve it; chunked totals stop the vectoriser). With
+    ``center`` the target density the terms of the first sum average about zero, its partial sums stay
+    small and so do their rounding errors; :func:`probability_sums` is the exact check.
+    """
+    n = scores.shape[0]
+    real = scores.dtype.type
+    stream_words(k0, k1, d0, d1, words[: (n + 3) // 4])
+    u = words.view(np.uint8)  # byte i = bits 8 (i mod 4) .. 8 (i mod 4) + 7 of word i div 4 (little-endian)
+    t = real(0.0)
+    v = real(0.0)
+    for i in range(n):
+        p, q = _sample(weight, scores, i, shift, inv_t, u, out_factor, n)
+        t += p - center
+        v += q
+    ties = _ties(u, n, index)
+    r = words if ties <= words.shape[0] else np.empty(ties, dtype=np.uint32)  # (the words are used up)
+    tie_words(k0, k1, d0, d1, index[:ties], r)
+    for j in range(ties):  # few instructions a tie, so that the cache misses of many overlap
+        i = index[j]
+        w = weight[i]
+        out_factor[i] = w if real(np.int32(r[j] >> np.uint32(8))) < out_factor[i] * real(16777216.0) else w * real(0.0)
+    return t, v
+
+
+@njit(cache=True, error_model="numpy")
+def bernoulli_factor(weight, scores, shift, inv_t, out):
+    """out_i = w_i p_i (1 - p_i) / T: the factor :func:`bernoulli_masked_weight` writes, alone."""
+    real = scores.dtype.type
+    for i in range(scores.shape[0]):
+        p = _probability(scores, i, shift, inv_t)
+        out[i] = weight[i] * (p * (real(1.0) - p)) * inv_t
+
+
+@njit(cache=True)
+def product(a, b, out):
+    """out = a * b elementwise (the Bernoulli score gradient: upstream gradient times the factor)."""
+    for i in range(a.shape[0]):
+        out[i] = a[i] * b[i]

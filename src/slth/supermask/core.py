@@ -108,6 +108,20 @@ class ThresholdTracker:
         return thr
 
 
+def _kernels():
+    """:mod:`slth.supermask._kernels`, imported on first use (numba's import and the kernels' cache load
+    cost a second; an import statement in a per-step function costs microseconds)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _kernels as kernels
+
+        _KERNELS = kernels
+    return _KERNELS
+
+
+_KERNELS = None
+
+
 def _numba_ok(*tensors: torch.Tensor) -> bool:
     """The CPU kernels apply: every tensor on CPU and of the same float32/float64 dtype."""
     dtype = tensors[0].dtype
@@ -171,10 +185,18 @@ class KernelState:
         self.tracker = ThresholdTracker()
         self.pool = BufferPool()
         self.last_count: tuple | None = None  # Gem-Miner: (tensor identities, weights on) of the last forward
+        self._scratch: dict[str, np.ndarray] = {}
         self.clear()
 
     def clear(self) -> None:
         self._views: dict[str, tuple] = {}
+
+    def scratch(self, name: str, size: int, dtype) -> np.ndarray:
+        """A 1-D array of at least ``size`` elements that only a kernel call uses (contents undefined)."""
+        array = self._scratch.get(name)
+        if array is None or array.shape[0] < size or array.dtype != dtype:
+            array = self._scratch[name] = np.empty(size, dtype=dtype)
+        return array
 
     def view(self, name: str, t: torch.Tensor) -> np.ndarray:
         """Flat numpy view of tensor ``t`` (CPU), cached while ``t`` keeps its storage."""
@@ -403,21 +425,50 @@ class AliveSquareSum(torch.autograd.Function):
 
 
 class StraightThroughBernoulli(torch.autograd.Function):
-    """Forward: a sample m ~ Bernoulli(p). Backward: identity in p (Zhou et al. 2019).
-
-    Sampled as ``uniform < p`` from ``torch.rand``: on CPU the same draws and the same masks as
-    ``torch.bernoulli(p, generator=...)`` (a test checks it), in about half the time.
-    """
+    """Forward: a Bernoulli mask drawn from ``probs`` (given, as a bool tensor). Backward: identity in p
+    (Zhou et al. 2019). The reference path of :class:`SampledMaskedWeight`."""
 
     @staticmethod
-    def forward(ctx, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if probs.is_cpu:
-            return (torch.rand(probs.shape, generator=generator, dtype=probs.dtype) < probs).to(probs.dtype)
-        return torch.bernoulli(probs, generator=generator)
+    def forward(ctx, probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(probs.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None
+
+
+class SampledMaskedWeight(torch.autograd.Function):
+    """A Bernoulli supermask's ``weight * m``, m ~ Bernoulli(p) with straight-through gradients in p,
+    fused on CPU: ``draw(w, s, out_factor)`` (:meth:`slth.supermask.methods.Bernoulli._fused_draw`) fills
+    ``out = w * m`` and ``factor = dout/dp * dp/ds`` (the halves of ``out_factor``) in one kernel call
+    (:func:`slth.supermask._kernels.bernoulli_masked_weight`) and returns the shift and 1/T it drew at.
+    The backward pass is one product, dL/ds = dL/dout * factor, written over the factor; a second pass
+    through a retained graph recomputes the factor (the same kernel arithmetic, so the same values)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, draw, state: KernelState):
+        ctx.save_for_backward(weight, scores)  # (autograd's check that neither changed in place since)
+        w, s = state.view("weight", weight), state.view("scores", scores)
+        out_factor = state.pool.take("weight", (2,) + tuple(weight.shape), w.dtype)
+        ctx.drawn = (w, s) + draw(w, s, out_factor.reshape(-1))
+        ctx.factor = out_factor[1]  # held by the graph: the pool leaves the array alone until then
+        return torch.from_numpy(out_factor[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, _ = ctx.saved_tensors  # (raises if weight or scores changed in place since the forward)
+        factor, ctx.factor = ctx.factor, None  # the graph may outlive the step: let the pool have the array back
+        kernels = _kernels()
+        if factor is None:  # a second backward pass: the first wrote its gradient over the factor
+            w, s, shift, inv_t = ctx.drawn
+            factor = np.empty(s.shape[0], dtype=s.dtype)
+            kernels.bernoulli_factor(w, s, shift, inv_t, factor)
+            return None, grad * torch.from_numpy(factor).view(grad.shape).to(grad.device), None, None
+        if grad.dtype != weight.dtype or not grad.is_cpu:
+            return None, grad * torch.from_numpy(factor).to(grad.device), None, None
+        flat = factor.reshape(-1)
+        kernels.product(_flat(grad), flat, flat)
+        return None, torch.from_numpy(factor), None, None
 
 
 class StraightThroughRound(torch.autograd.Function):

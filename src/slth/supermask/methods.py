@@ -8,7 +8,7 @@ keeps exactly ``kept_count(numel, density)`` weights -- the mask a ticket stores
 method      training mask / effective weight                                     final mask
 ==========  ===================================================================  ====================
 edge-popup  top-k of |s|, straight-through; W * m  (Ramanujan et al. 2020)      top-k of |s|
-bernoulli   m ~ Bernoulli(sigmoid((s + b) / T)), E|m| = k, T: 1 -> 1/E (Zhou)  top-k of s
+bernoulli   m ~ Bernoulli(sigmoid((s + b) / T)), E|m| ~ k, T: 1 -> 1/E (Zhou)  top-k of s
 biprop      top-k of |s|; alpha * sign(W) * m, alpha = mean |W| over kept      top-k of |s|
 iterand     edge-popup; every ``rerand_period`` steps each pruned weight is      top-k of |s|
             re-drawn from the init with probability ``rerand_prob`` (Chijiwa)
@@ -21,15 +21,22 @@ gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda    
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from ._philox import PhiloxStream, tie_words
 from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
-                   StraightThroughBernoulli, StraightThroughRound, _identity, _numba_ok, kept_count, topk_mask)
+                   SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, _flat, _identity, _numba_ok,
+                   kept_count, topk_mask)
 from .init import DISTRIBUTIONS, check_init
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the Bernoulli kernel reads its random bytes from uint32 words
 
 
 @dataclass(frozen=True)
@@ -135,53 +142,152 @@ class _Sampling(Supermask):
         self.generator.set_state(state["generator"])
 
 
-class Bernoulli(_Sampling):
+class Bernoulli(Supermask):
     """m ~ Bernoulli(sigmoid((s + b) / T)) with straight-through gradients (Zhou et al. 2019).
 
-    Two additions make the deterministic final mask (top-k of s) the mask that was trained: the per-layer
-    shift b is re-solved each step so the *expected* kept fraction is the layer's density, and the
-    temperature T anneals from 1 to 1/E over E epochs so the samples harden toward that top-k. Without
-    them (MNIST FC, 3 epochs) 77 % of first-layer probabilities stayed in (0.1, 0.9) and the final mask
-    scored 65 % against 96 % for sampled masks.
+    Two additions make the deterministic final mask (top-k of s) the mask that was trained: a per-layer
+    shift b keeps the *expected* kept fraction at the layer's density, and the temperature T anneals
+    from 1 to 1/E over E epochs so the samples harden toward that top-k. Without them (MNIST FC,
+    3 epochs) 77 % of first-layer probabilities stayed in (0.1, 0.9) and the final mask scored 65 %
+    against 96 % for sampled masks.
+
+    **The shift.** Each draw samples at the current b and sums p over the layer in the same pass; b then
+    takes one Newton step toward sum(p) = k for the next draw. When the expected count at the b a draw
+    used is off by more than a quarter of the sampled count's standard deviation sqrt(sum p (1 - p))
+    (and more than half a weight), b is solved to within half a weight and the mask drawn again -- at
+    the first draw and after the temperature changes, rarely otherwise: the scores move little per step.
+
+    **The draws.** Mask number d of a layer is drawn from the Philox4x32-10 stream keyed by the layer's
+    sample seed, at counter d (:mod:`slth.supermask._philox`): ``m_i = 1[u_i < p_i 2^24]`` with u_i
+    the top 24 bits of element i's word. A draw needs no generator state, so on CPU the forward step is
+    one vectorised pass (:func:`slth.supermask._kernels.bernoulli_masked_weight`); the draw count
+    travels in ``state_dict`` (resume is exact).
     """
 
     def __init__(self, shape, density, scores, sample_seed: int):
-        super().__init__(shape, density, scores, sample_seed)
+        super().__init__(shape, density, scores)
         # buffers, so they travel in state_dict and a resumed run continues identically
         self.register_buffer("shift", torch.zeros(()))
         self.register_buffer("temperature", torch.ones(()))
+        self.stream = PhiloxStream(sample_seed)
+        self._plan: tuple | None = None  # speed only: see _make_plan
+
+    def get_extra_state(self):
+        return {"draws": self.stream.draws}
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, dict) or "draws" not in state:
+            raise ValueError("this checkpoint's Bernoulli supermask state was written by an older slth, which "
+                             "drew masks with a torch.Generator; masks are now drawn from a Philox stream, so "
+                             "the run cannot resume exactly -- start it again")
+        self.stream.draws = int(state["draws"])
 
     def final_mask(self) -> torch.Tensor:
         return topk_mask(self.scores.detach(), self.k)  # the k most probable weights
 
-    def probabilities(self) -> torch.Tensor:
-        self._calibrate()
-        return torch.sigmoid((self.scores + self.shift) / self.temperature)
+    def probabilities(self, shift: float | None = None) -> torch.Tensor:
+        """sigmoid((s + b) / T), b the current shift unless given (computed as (s + b) * (1/T), as the
+        kernels do)."""
+        b = float(self.shift) if shift is None else shift
+        return torch.sigmoid((self.scores + b) * (1.0 / float(self.temperature)))
+
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if _numba_ok(weight, self.scores) and _LITTLE_ENDIAN:  # == weight * training_mask(), fused (tested)
+            return SampledMaskedWeight.apply(weight, self.scores, self._fused_draw, self.kernels)
+        return super().training_weight(weight)
 
     def training_mask(self) -> torch.Tensor:
-        return StraightThroughBernoulli.apply(self.probabilities(), self.generator)
+        """The next mask, straight-through in p: the reference of the fused CPU path, and the path for
+        tensors its kernel does not take (a GPU, half precision)."""
+        counter = self.stream.take()
+        u = torch.from_numpy(self.stream.bytes(self.scores.numel(), counter).astype(np.int32))
+        probs = {}
 
-    @torch.no_grad()
-    def after_epoch(self, epoch: int, epochs: int) -> None:
-        self.temperature.fill_(max(1.0 - epoch / epochs, 1.0 / epochs))
+        def sample(b: float) -> tuple[float, float]:
+            probs["p"] = self.probabilities(b)
+            return _sums(probs["p"])
 
-    @torch.no_grad()
-    def _calibrate(self, tolerance: float = 0.5, max_iter: int = 60) -> None:
-        """Safeguarded Newton on b: sum(sigmoid((s + b) / T)) = k, to within half a weight."""
-        scores, b, t = self.scores.detach(), float(self.shift), float(self.temperature)
-        lo, hi = -math.inf, math.inf  # bracket: expected count < k at lo, > k at hi
-        p = torch.empty_like(scores).view(-1)
-        for _ in range(max_iter):
-            torch.add(scores.view(-1), b, out=p).div_(t).sigmoid_()  # one buffer, no temporaries
-            total = float(p.sum())
+        def evaluate(b: float) -> tuple[float, float]:
+            with torch.no_grad():
+                return _sums(self.probabilities(b))
+
+        self.shift.fill_(self._control(sample, evaluate, float(self.shift), 1.0 / float(self.temperature))[1])
+        p = probs["p"]
+        real = torch.float64 if p.dtype == torch.float64 else torch.float32  # the kernel's arithmetic; fp16 -> fp32
+        a = (p.detach().reshape(-1).to(real) * 256.0).cpu()  # exact: a power of two
+        floor = a.floor()
+        u = u.to(real)
+        keep = u < floor
+        ties = torch.nonzero(u == floor).squeeze(1)
+        if len(ties):
+            r = np.empty(len(ties), dtype=np.uint32)
+            tie_words(*counter, ties.numpy().astype(np.int64), r)
+            r24 = torch.from_numpy((r >> 8).astype(np.int32)).to(real)
+            keep[ties] = r24 < (a[ties] - floor[ties]) * 16777216.0
+        return StraightThroughBernoulli.apply(p, keep.view(p.shape).to(p.device))
+
+    def _fused_draw(self, w: np.ndarray, s: np.ndarray, out_factor: np.ndarray) -> tuple:
+        """:meth:`_control` with the fused kernel; returns the shift and 1/T of the draw that stands."""
+        plan = self._plan
+        buffers = self._buffers
+        if plan is None or plan[0] is not s or plan[1] is not buffers["shift"] or plan[2] is not buffers["temperature"]:
+            plan = self._plan = self._make_plan(s)
+        _, _, _, shift, temperature, real, center, words, index, kernel, sums = plan
+        inv_t = 1.0 / float(temperature[0])
+        r_inv_t = real(inv_t)
+        k0, k1, d0, d1 = self.stream.take()
+        n = s.shape[0]
+
+        def sample(b: float) -> tuple[float, float]:
+            total, var = kernel(w, s, real(b), r_inv_t, center, k0, k1, d0, d1, words, index, out_factor)
+            return float(total) + n * float(center), float(var)
+
+        # the shift through a numpy view: float() and fill_ cost microseconds each, every step (nothing
+        # differentiates through the shift, so bypassing its version counter is harmless)
+        b, shift[0] = self._control(sample, lambda b: sums(s, real(b), r_inv_t), float(shift[0]), inv_t)
+        return real(b), r_inv_t
+
+    def _make_plan(self, s: np.ndarray) -> tuple:
+        """What :meth:`_fused_draw` needs besides the step's values, for the scores' numpy view ``s``:
+        looked up once, not on every training step."""
+        from ._kernels import bernoulli_masked_weight, probability_sums
+
+        n, real = s.shape[0], s.dtype.type
+        shift, temperature = self._buffers["shift"], self._buffers["temperature"]
+        return (s, shift, temperature, _flat(shift), _flat(temperature), real, real(self.k / n),
+                np.empty((n + 7) // 8 * 2, dtype=np.uint32), np.empty(n, dtype=np.int64),
+                bernoulli_masked_weight, probability_sums)
+
+    def _control(self, sample: Callable, evaluate: Callable, b: float, inv_t: float) -> tuple[float, float]:
+        """Draw at shift ``b`` (``sample(b)`` draws and returns (sum p, sum p (1 - p))); if the expected
+        count is too far off, solve for the shift and draw again. Returns (the shift of the draw that
+        stands, the shift for the next draw: one Newton step toward sum(p) = k)."""
+        total, var = sample(b)
+        excess = total - self.k
+        if not (abs(excess) <= 0.5 or abs(excess) <= 0.25 * math.sqrt(var)):  # (NaN fails both)
+            if not math.isfinite(total):
+                raise ValueError("Bernoulli supermask scores contain NaN")
+            b = self._solve(evaluate, b, inv_t)
+            total, var = sample(b)
             excess = total - self.k
+        slope = var * inv_t
+        return b, (b - excess / slope if slope > 0 else b)
+
+    def _solve(self, evaluate: Callable, b: float, inv_t: float, tolerance: float = 0.5, max_iter: int = 60) -> float:
+        """Safeguarded Newton on b: sum(sigmoid((s + b) / T)) = k to within ``tolerance`` weights."""
+        lo, hi = -math.inf, math.inf  # bracket: expected count < k at lo, > k at hi
+        for _ in range(max_iter):
+            total, var = evaluate(b)
+            excess = total - self.k
+            if not math.isfinite(excess):
+                raise ValueError("Bernoulli supermask scores contain NaN")
             if abs(excess) < tolerance:
                 break
             if excess > 0:
                 hi = b
             else:
                 lo = b
-            slope = float((p * (1 - p)).sum()) / t
+            slope = var * inv_t
             step = b - excess / slope if slope > 0 else math.nan
             if lo < step < hi:
                 b = step
@@ -189,7 +295,16 @@ class Bernoulli(_Sampling):
                 b = 0.5 * (lo + hi)
             else:  # no bracket on one side yet: move outward geometrically
                 b = b + (1.0 + abs(b)) * (1.0 if excess < 0 else -1.0)
-        self.shift.fill_(b)
+        return b
+
+    @torch.no_grad()
+    def after_epoch(self, epoch: int, epochs: int) -> None:
+        self.temperature.fill_(max(1.0 - epoch / epochs, 1.0 / epochs))
+
+
+def _sums(probs: torch.Tensor) -> tuple[float, float]:
+    p = probs.detach().double()
+    return float(p.sum()), float((p * (1.0 - p)).sum())
 
 
 class IteRand(_Sampling):
