@@ -355,18 +355,20 @@ _CHUNK = 64  # values summed in the scores' dtype before adding to a float64 tot
 
 @njit(cache=True, fastmath=_SUM_FLAGS, error_model="numpy")
 def probability_sums(scores, shift, inv_t):
-    """(sum p, sum p (1 - p)) over a layer, p as :func:`_probability`: the expected kept count and its
-    derivative times T, for the Newton solve of the shift.  Summed in the dtype over chunks of 64 values
-    (the float32 lanes vectorise) and in float64 across chunks."""
+    """(sum p, sum p (1 - p)) over a layer, p as :func:`_probability` with ``shift`` and ``inv_t`` rounded
+    to the scores' dtype: the expected kept count and its derivative times T, for the Newton solve of the
+    shift.  Summed in the dtype over chunks of 64 values (the float32 lanes vectorise) and in float64
+    across chunks."""
     n = scores.shape[0]
     one = scores.dtype.type(1.0)
+    b, it = scores.dtype.type(shift), scores.dtype.type(inv_t)
     total = 0.0
     slope = 0.0
     for start in range(0, n, _CHUNK):
         t = scores.dtype.type(0.0)
         v = scores.dtype.type(0.0)
         for i in range(start, min(n, start + _CHUNK)):
-            p = _probability(scores, i, shift, inv_t)
+            p = _probability(scores, i, b, it)
             t += p
             v += p * (one - p)
         total += t
@@ -412,12 +414,12 @@ def _ties(u, n, index):
 
 
 @njit(cache=True, fastmath=_SUM_FLAGS, error_model="numpy")
-def bernoulli_masked_weight(weight, scores, shift, inv_t, center, k0, k1, d0, d1, words, index, out_factor):
+def bernoulli_masked_weight(weight, scores, shift, inv_t, center, seed, draw, words, index, out_factor):
     """A Bernoulli supermask's forward step; for every weight i:
 
     * p_i = sigmoid((s_i + b) / T), as :func:`_probability`;
     * m_i = 1[U_i < p_i] with U_i = (u_i + r_i 2^-24) / 256 uniform on a 2^-32 grid, u_i byte i of the
-      layer's Philox stream for draw ``(d0, d1)`` and r_i drawn only where u_i = floor(256 p_i) (one
+      layer's Philox stream (key ``seed``) for draw number ``draw`` and r_i drawn only where u_i = floor(256 p_i) (one
       weight in 256; :mod:`slth.supermask._philox` defines both), so P(m_i = 1) = ceil(2^32 p_i) / 2^32;
     * ``out_factor[i]`` = w_i m_i (a pruned weight gives a zero of w_i's sign, as ``w * 0.0`` does);
     * ``out_factor[n + i]`` = w_i p_i (1 - p_i) / T, the score gradient's factor (straight-through in p:
@@ -437,13 +439,16 @@ def bernoulli_masked_weight(weight, scores, shift, inv_t, center, k0, k1, d0, d1
     """
     n = scores.shape[0]
     real = scores.dtype.type
+    b, it, c = real(shift), real(inv_t), real(center)  # (Python floats in: each numpy scalar costs a step time)
+    k0, k1 = np.uint32(seed & 0xFFFFFFFF), np.uint32((seed >> 32) & 0xFFFFFFFF)
+    d0, d1 = np.uint32(draw & 0xFFFFFFFF), np.uint32((draw >> 32) & 0xFFFFFFFF)
     stream_words(k0, k1, d0, d1, words[: (n + 3) // 4])
     u = words.view(np.uint8)  # byte i = bits 8 (i mod 4) .. 8 (i mod 4) + 7 of word i div 4 (little-endian)
     t = real(0.0)
     v = real(0.0)
     for i in range(n):
-        p, q = _sample(weight, scores, i, shift, inv_t, u, out_factor, n)
-        t += p - center
+        p, q = _sample(weight, scores, i, b, it, u, out_factor, n)
+        t += p - c
         v += q
     ties = _ties(u, n, index)
     r = words if ties <= words.shape[0] else np.empty(ties, dtype=np.uint32)  # (the words are used up)
@@ -459,9 +464,10 @@ def bernoulli_masked_weight(weight, scores, shift, inv_t, center, k0, k1, d0, d1
 def bernoulli_factor(weight, scores, shift, inv_t, out):
     """out_i = w_i p_i (1 - p_i) / T: the factor :func:`bernoulli_masked_weight` writes, alone."""
     real = scores.dtype.type
+    b, it = real(shift), real(inv_t)
     for i in range(scores.shape[0]):
-        p = _probability(scores, i, shift, inv_t)
-        out[i] = weight[i] * (p * (real(1.0) - p)) * inv_t
+        p = _probability(scores, i, b, it)
+        out[i] = weight[i] * (p * (real(1.0) - p)) * it
 
 
 @njit(cache=True)

@@ -74,26 +74,31 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
 
 
 class PhiloxStream:
-    """A layer's stream: the key (from a seed below 2^64) and how many draws were taken from it.
+    """A layer's stream: its seed (below 2^64) and how many draws were taken from it.
 
     A plain object, not module state: the draw count is read and bumped on every training forward pass,
     and ``nn.Module`` attribute access costs microseconds each time."""
 
-    __slots__ = ("key", "draws")
+    __slots__ = ("seed", "key", "draws")
 
     def __init__(self, seed: int):
         self.key = key_words(seed)
+        self.seed = int(seed)
         self.draws = 0
 
-    def take(self) -> tuple[np.uint32, np.uint32, np.uint32, np.uint32]:
-        """(k0, k1, d0, d1) of the next draw, and count it."""
+    def next_draw(self) -> int:
+        """The number of the next draw, counted as taken."""
         d = self.draws
         self.draws = d + 1
-        return self.key[0], self.key[1], np.uint32(d & 0xFFFFFFFF), np.uint32(d >> 32)
+        return d
+
+    def counter(self, draw: int) -> tuple[np.uint32, np.uint32, np.uint32, np.uint32]:
+        """(k0, k1, d0, d1) of draw number ``draw``: the key words and the draw's two counter words."""
+        return self.key[0], self.key[1], np.uint32(draw & 0xFFFFFFFF), np.uint32(draw >> 32)
 
     @staticmethod
     def bytes(n: int, counter: tuple) -> np.ndarray:
-        """The bytes ``u_0 .. u_{n-1}`` of a draw (``counter`` from :meth:`take`; module docstring), as uint8,
+        """The bytes ``u_0 .. u_{n-1}`` of a draw (``counter`` from :meth:`counter`; module docstring), as uint8,
         computed by shifts (independent of the machine's byte order)."""
         words = np.empty((n + 3) // 4, dtype=np.uint32)
         stream_words(*counter, words)

@@ -199,7 +199,7 @@ class Bernoulli(Supermask):
     def training_mask(self) -> torch.Tensor:
         """The next mask, straight-through in p: the reference of the fused CPU path, and the path for
         tensors its kernel does not take (a GPU, half precision)."""
-        counter = self.stream.take()
+        counter = self.stream.counter(self.stream.next_draw())
         u = torch.from_numpy(self.stream.bytes(self.scores.numel(), counter).astype(np.int32))
         probs = {}
 
@@ -232,29 +232,28 @@ class Bernoulli(Supermask):
         buffers = self._buffers
         if plan is None or plan[0] is not s or plan[1] is not buffers["shift"] or plan[2] is not buffers["temperature"]:
             plan = self._plan = self._make_plan(s)
-        _, _, _, shift, temperature, real, center, words, index, kernel, sums = plan
+        _, _, _, shift, temperature, center, words, index, kernel, sums = plan
         inv_t = 1.0 / float(temperature[0])
-        r_inv_t = real(inv_t)
-        k0, k1, d0, d1 = self.stream.take()
-        n = s.shape[0]
+        seed, draw, n = self.stream.seed, self.stream.next_draw(), s.shape[0]
 
         def sample(b: float) -> tuple[float, float]:
-            total, var = kernel(w, s, real(b), r_inv_t, center, k0, k1, d0, d1, words, index, out_factor)
-            return float(total) + n * float(center), float(var)
+            total, var = kernel(w, s, b, inv_t, center, seed, draw, words, index, out_factor)
+            return total + n * center, var
 
         # the shift through a numpy view: float() and fill_ cost microseconds each, every step (nothing
         # differentiates through the shift, so bypassing its version counter is harmless)
-        b, shift[0] = self._control(sample, lambda b: sums(s, real(b), r_inv_t), float(shift[0]), inv_t)
-        return real(b), r_inv_t
+        b, shift[0] = self._control(sample, lambda b: sums(s, b, inv_t), float(shift[0]), inv_t)
+        return b, inv_t
 
     def _make_plan(self, s: np.ndarray) -> tuple:
         """What :meth:`_fused_draw` needs besides the step's values, for the scores' numpy view ``s``:
         looked up once, not on every training step."""
         from ._kernels import bernoulli_masked_weight, probability_sums
 
-        n, real = s.shape[0], s.dtype.type
+        n = s.shape[0]
         shift, temperature = self._buffers["shift"], self._buffers["temperature"]
-        return (s, shift, temperature, _flat(shift), _flat(temperature), real, real(self.k / n),
+        center = float(s.dtype.type(self.k / n))  # the kernel sums p - center in the scores' dtype
+        return (s, shift, temperature, _flat(shift), _flat(temperature), center,
                 np.empty((n + 7) // 8 * 2, dtype=np.uint32), np.empty(n, dtype=np.int64),
                 bernoulli_masked_weight, probability_sums)
 
