@@ -241,3 +241,20 @@ def test_resume_continues_the_stream():
     b, _ = _layer(400, torch.float32, 4)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.training_weight(weight), b.training_weight(weight)) and b.stream.draws == 4
+
+
+def test_half_precision_takes_the_reference_path_with_the_same_definition():
+    layer, weight = _layer(333, torch.float32, 6)
+    layer, weight = layer.half(), weight.half()
+    drawn = []
+    control = layer._control
+    layer._control = lambda *args: (lambda r: drawn.append(r[0]) or r)(control(*args))
+    for step in range(2):
+        counter = (*layer.stream.key, U32(step), U32(0))
+        out = layer.training_weight(weight)
+        assert out.dtype == torch.float16 and out.grad_fn is not None
+        p = layer.probabilities(drawn[-1]).detach().float().numpy()  # p in half precision, compared in float32
+        expected, _ = _definition(weight.float().numpy(), p, 1.0, counter)
+        assert np.array_equal(out.detach().float().numpy(), expected)
+        (grad,) = torch.autograd.grad(out.float().sum(), layer.scores)
+        assert grad.dtype == torch.float16 and torch.isfinite(grad).all()

@@ -158,10 +158,11 @@ class Bernoulli(Supermask):
     the first draw and after the temperature changes, rarely otherwise: the scores move little per step.
 
     **The draws.** Mask number d of a layer is drawn from the Philox4x32-10 stream keyed by the layer's
-    sample seed, at counter d (:mod:`slth.supermask._philox`): ``m_i = 1[u_i < p_i 2^24]`` with u_i
-    the top 24 bits of element i's word. A draw needs no generator state, so on CPU the forward step is
-    one vectorised pass (:func:`slth.supermask._kernels.bernoulli_masked_weight`); the draw count
-    travels in ``state_dict`` (resume is exact).
+    sample seed, at draw counter d (:mod:`slth.supermask._philox` defines the mask exactly): weight i is
+    kept if a uniform on a 2^-32 grid -- its random byte, refined by a second draw in the one case in 256
+    where the byte ties with floor(256 p_i) -- lies below p_i. A draw needs no generator state, so on CPU
+    the forward step is one vectorised kernel call (:func:`slth.supermask._kernels.bernoulli_masked_weight`);
+    the draw count travels in ``state_dict`` (resume is exact).
     """
 
     def __init__(self, shape, density, scores, sample_seed: int):
