@@ -258,3 +258,15 @@ def test_half_precision_takes_the_reference_path_with_the_same_definition():
         assert np.array_equal(out.detach().float().numpy(), expected)
         (grad,) = torch.autograd.grad(out.float().sum(), layer.scores)
         assert grad.dtype == torch.float16 and torch.isfinite(grad).all()
+
+
+def test_a_seed_above_2_63_draws_from_its_own_key():
+    n = 64
+    weight = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    seed = 2**64 - 12345
+    layer = Bernoulli((n,), 0.5, torch.zeros(n), sample_seed=seed)
+    out = layer.training_weight(weight)
+    _, s, shift, inv_t = out.grad_fn.drawn
+    counter = (U32(seed & 0xFFFFFFFF), U32(seed >> 32), U32(0), U32(0))
+    expected, _ = _definition(weight.numpy(), _kernel_probabilities(s, shift, inv_t), inv_t, counter)
+    assert np.array_equal(out.detach().numpy(), expected)

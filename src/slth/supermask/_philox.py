@@ -22,7 +22,7 @@ weight ``i`` takes byte ``u_i`` = bits ``8 (i mod 4)`` to ``8 (i mod 4) + 7`` of
 mask compares ``p_i`` with a uniform on a 2^-32 grid and ``P(m_i = 1) = ceil(2^32 p_i) / 2^32``, with one
 Philox block per 16 weights.
 
-Known-answer vectors of Random123's ``tests/kat_vectors`` are checked in ``tests/test_supermask_kernels.py``.
+Known-answer vectors of Random123's ``tests/kat_vectors`` are checked in ``tests/test_bernoulli_sampler.py``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class PhiloxStream:
 
     def __init__(self, seed: int):
         self.key = key_words(seed)
-        self.seed = int(seed)
+        self.seed = int(seed) - (1 << 64 if seed >= 1 << 63 else 0)  # as an int64 for the kernels (same bits)
         self.draws = 0
 
     def next_draw(self) -> int:
@@ -116,8 +116,8 @@ def key_words(seed: int) -> tuple[np.uint32, np.uint32]:
 
 @njit(cache=True)
 def stream_words(k0, k1, d0, d1, out):
-    """``out[i]`` = the word of element ``i`` in the layer stream described in the module docstring
-    (``out`` a 1-D uint32 array of the layer's length; ``d0, d1`` the draw number's low and high word)."""
+    """``out[j]`` = word j of the ``m = len(out)`` words of a draw, laid out as the module docstring says
+    (``d0, d1``: the draw number's low and high word)."""
     n = out.shape[0]
     q = n // 4
     zero = np.uint32(0)

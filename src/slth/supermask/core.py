@@ -185,18 +185,10 @@ class KernelState:
         self.tracker = ThresholdTracker()
         self.pool = BufferPool()
         self.last_count: tuple | None = None  # Gem-Miner: (tensor identities, weights on) of the last forward
-        self._scratch: dict[str, np.ndarray] = {}
         self.clear()
 
     def clear(self) -> None:
         self._views: dict[str, tuple] = {}
-
-    def scratch(self, name: str, size: int, dtype) -> np.ndarray:
-        """A 1-D array of at least ``size`` elements that only a kernel call uses (contents undefined)."""
-        array = self._scratch.get(name)
-        if array is None or array.shape[0] < size or array.dtype != dtype:
-            array = self._scratch[name] = np.empty(size, dtype=dtype)
-        return array
 
     def view(self, name: str, t: torch.Tensor) -> np.ndarray:
         """Flat numpy view of tensor ``t`` (CPU), cached while ``t`` keeps its storage."""
