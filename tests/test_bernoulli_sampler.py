@@ -158,12 +158,12 @@ def test_every_weight_a_tie_is_decided_by_its_own_draw(dtype):
     with torch.no_grad():
         layer.scores.copy_(torch.from_numpy(np.log(p / (1.0 - p)).astype(real)))
         layer.shift.zero_()
-    assert np.array_equal(np.floor(_kernel_probabilities(layer.scores.detach().numpy(), real(0.0), real(1.0)) * 256.0), u)
+    p_kernel = _kernel_probabilities(layer.scores.detach().numpy(), real(0.0), real(1.0))
+    assert np.array_equal(np.floor(p_kernel * 256.0), u)
     layer._control = lambda sample, evaluate, b, inv_t: (b, sample(b) and b)  # draw at b = 0, no redraw
     weight = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=dtype)
     out = layer.training_weight(weight).detach().numpy()
-    expected, _ = _definition(weight.numpy(), _kernel_probabilities(layer.scores.detach().numpy(), real(0.0), real(1.0)),
-                              1.0, counter)
+    expected, _ = _definition(weight.numpy(), p_kernel, 1.0, counter)
     assert np.array_equal(out, expected)
     kept = np.count_nonzero(out)
     assert abs(kept - frac.sum()) < 5 * math.sqrt(n / 4)  # kept with probability frac: about half

@@ -339,7 +339,7 @@ def _sigmoid_impl(z):
 
 @njit(cache=True, error_model="numpy")
 def sigmoid_array(z, out):
-    """out = sigmoid(z) elementwise (the kernels' sigmoid, for tests and the reference path)."""
+    """out = sigmoid(z) elementwise: the kernels' sigmoid, for tests."""
     for i in range(z.shape[0]):
         out[i] = sigmoid(z[i])
 

@@ -35,14 +35,14 @@ class ThresholdTracker:
 
     def threshold(self, values: np.ndarray, k: int, absolute: bool = False) -> float:
         """The k-th largest of ``values`` (1-D float32/float64; of ``|values|`` if ``absolute``)."""
-        from ._kernels import band_count
+        kernels = _kernels()
 
         n = values.shape[0]
         if self.center is not None:
             if self._band is None or self._band.shape[0] < n or self._band.dtype != values.dtype:
                 self._band = np.empty(n, dtype=values.dtype)
-            above, in_band, nan = band_count(values, absolute, self.center - self.width, self.center + self.width,
-                                             self._band)
+            above, in_band, nan = kernels.band_count(values, absolute, self.center - self.width,
+                                                     self.center + self.width, self._band)
             if nan:
                 raise ValueError("cannot rank scores that contain NaN")
             if above < k <= above + in_band:
@@ -55,21 +55,21 @@ class ThresholdTracker:
     def masked_weight(self, weight: np.ndarray, scores: np.ndarray, k: int, out: np.ndarray) -> None:
         """out = weight * (top-k mask of |scores|), exactly k kept (ties: the first in index order); in one
         pass over the band around the last threshold when it holds the new one."""
-        from ._kernels import masked_weight, masked_weight_banded
+        kernels = _kernels()
 
         n = scores.shape[0]
         if self.center is not None:
             if self._index is None or self._index.shape[0] < n:
                 self._index = np.empty(n, dtype=np.int64)
-            status, thr, in_band = masked_weight_banded(weight, scores, k, self.center - self.width,
-                                                        self.center + self.width, self._index, out)
+            status, thr, in_band = kernels.masked_weight_banded(weight, scores, k, self.center - self.width,
+                                                                self.center + self.width, self._index, out)
             if status == 2:
                 raise ValueError("cannot rank scores that contain NaN")
             if status == 0:
                 self._adapt(float(thr), in_band, n)
                 return
         thr = self._full(scores, k, absolute=True)
-        masked_weight(weight, scores, scores.dtype.type(thr), k, out)
+        kernels.masked_weight(weight, scores, scores.dtype.type(thr), k, out)
 
     def mask(self, scores: np.ndarray, k: int, out: np.ndarray) -> None:
         """out = 0/1 top-k mask of |scores| (out's dtype), as :meth:`masked_weight` of a weight of ones."""
@@ -110,7 +110,8 @@ class ThresholdTracker:
 
 def _kernels():
     """:mod:`slth.supermask._kernels`, imported on first use (numba's import and the kernels' cache load
-    cost a second; an import statement in a per-step function costs microseconds)."""
+    cost a second; an import statement in a per-step function costs microseconds). Every kernel call here
+    goes through it."""
     global _KERNELS
     if _KERNELS is None:
         from . import _kernels as kernels
@@ -201,15 +202,16 @@ class KernelState:
 
     def magnitude(self, weight: torch.Tensor) -> float:
         """c if every entry of ``weight`` is +-c (signed-constant), else 0; recomputed when it changes."""
-        from ._kernels import constant_magnitude
+        kernels = _kernels()
 
         try:
             key = (weight.data_ptr(), weight._version)
         except RuntimeError:  # an inference-mode tensor has no version counter: no caching
-            return float(constant_magnitude(_flat(weight)))
+            return float(kernels.constant_magnitude(_flat(weight)))
         cached = self._views.get("magnitude")
         if cached is None or cached[0] is not weight or cached[1] != key:
-            cached = self._views["magnitude"] = (weight, key, float(constant_magnitude(self.view("weight", weight))))
+            magnitude = float(kernels.constant_magnitude(self.view("weight", weight)))
+            cached = self._views["magnitude"] = (weight, key, magnitude)
         return cached[2]
 
 
@@ -291,10 +293,10 @@ class MaskedWeight(torch.autograd.Function):
         fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the array back
         if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
             return None, grad * weight * scores.sign(), None, None
-        from ._kernels import abs_straight_through_grad
+        kernels = _kernels()
 
         w, s, out, out_tensor = fused
-        abs_straight_through_grad(_flat(grad), w, s, out.reshape(-1))
+        kernels.abs_straight_through_grad(_flat(grad), w, s, out.reshape(-1))
         return None, out_tensor, None, None
 
 
@@ -311,7 +313,7 @@ class BinarizedWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
-        from ._kernels import binarized_weight
+        kernels = _kernels()
 
         state = state or KernelState()
         w, s = state.view("weight", weight), state.view("scores", scores)
@@ -324,7 +326,7 @@ class BinarizedWeight(torch.autograd.Function):
         else:
             ctx.mask = state.pool.take("mask", s.shape, w.dtype)
             state.tracker.mask(s, k, ctx.mask)
-            ctx.alpha = binarized_weight(w, ctx.mask, k, flat_out)
+            ctx.alpha = kernels.binarized_weight(w, ctx.mask, k, flat_out)
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused, ctx.k = (w, s, flat_out, grad, torch.from_numpy(grad)), k
         result = torch.from_numpy(out)
@@ -334,7 +336,7 @@ class BinarizedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        from ._kernels import binarized_grad, constant_binarized_grad
+        kernels = _kernels()
 
         weight, scores, _ = ctx.saved_tensors  # (also autograd's check that none changed in place since)
         fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the arrays back
@@ -349,9 +351,9 @@ class BinarizedWeight(torch.autograd.Function):
         w, s, effective, out, out_tensor = fused
         g = _flat(grad.to(weight.dtype))
         if mask is None:
-            constant_binarized_grad(g, effective, s, ctx.alpha, ctx.k, out.reshape(-1))
+            kernels.constant_binarized_grad(g, effective, s, ctx.alpha, ctx.k, out.reshape(-1))
         else:
-            binarized_grad(g, w, s, mask, ctx.alpha, ctx.k, out.reshape(-1))
+            kernels.binarized_grad(g, w, s, mask, ctx.alpha, ctx.k, out.reshape(-1))
         return None, out_tensor, None, None
 
 
@@ -367,26 +369,26 @@ class RoundedMaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor, state: KernelState):
-        from ._kernels import rounded_masked_weight
+        kernels = _kernels()
 
         ctx.save_for_backward(weight, scores, alive)
         w, s, a = state.view("weight", weight), state.view("scores", scores), state.view("alive", alive)
         out = state.pool.take("weight", weight.shape, w.dtype)
-        state.last_count = (_identity(scores, alive), rounded_masked_weight(w, s, a, out.reshape(-1)))
+        state.last_count = (_identity(scores, alive), kernels.rounded_masked_weight(w, s, a, out.reshape(-1)))
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused = (w, a, grad, torch.from_numpy(grad))
         return torch.from_numpy(out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        from ._kernels import alive_straight_through_grad
+        kernels = _kernels()
 
         weight, scores, alive = ctx.saved_tensors
         fused, ctx.fused = ctx.fused, None
         if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
             return None, grad * weight * alive, None, None
         w, a, out, out_tensor = fused
-        alive_straight_through_grad(_flat(grad), w, a, out.reshape(-1))
+        kernels.alive_straight_through_grad(_flat(grad), w, a, out.reshape(-1))
         return None, out_tensor, None, None
 
 
@@ -396,23 +398,23 @@ class AliveSquareSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, alive: torch.Tensor, scale: float, state: KernelState):
-        from ._kernels import alive_square_sum
+        kernels = _kernels()
 
         ctx.save_for_backward(scores, alive)
         ctx.scale, ctx.state = scale, state
-        total = alive_square_sum(state.view("scores", scores), state.view("alive", alive))
+        total = kernels.alive_square_sum(state.view("scores", scores), state.view("alive", alive))
         return torch.tensor(scale * total, dtype=scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        from ._kernels import alive_square_grad
+        kernels = _kernels()
 
         scores, alive = ctx.saved_tensors
         state = ctx.state
         s = state.view("scores", scores)
         out = state.pool.take("l2-grad", scores.shape, s.dtype)
         scale = s.dtype.type(float(grad)) * s.dtype.type(ctx.scale)  # rounded as autograd's grad * lambda
-        alive_square_grad(scale, s, state.view("alive", alive), out.reshape(-1))
+        kernels.alive_square_grad(scale, s, state.view("alive", alive), out.reshape(-1))
         return torch.from_numpy(out), None, None, None
 
 
