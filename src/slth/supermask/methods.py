@@ -31,8 +31,8 @@ from torch import nn
 
 from ._philox import PhiloxStream, tie_words
 from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
-                   SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, _flat, _identity, _numba_ok,
-                   kept_count, topk_mask)
+                   SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, _flat, _identity, _kernels,
+                   _numba_ok, kept_count, topk_mask)
 from .init import DISTRIBUTIONS, check_init
 
 
@@ -249,14 +249,13 @@ class Bernoulli(Supermask):
     def _make_plan(self, s: np.ndarray) -> tuple:
         """What :meth:`_fused_draw` needs besides the step's values, for the scores' numpy view ``s``:
         looked up once, not on every training step."""
-        from ._kernels import bernoulli_masked_weight, probability_sums
-
+        kernels = _kernels()
         n = s.shape[0]
         shift, temperature = self._buffers["shift"], self._buffers["temperature"]
         center = float(s.dtype.type(self.k / n))  # the kernel sums p - center in the scores' dtype
         return (s, shift, temperature, _flat(shift), _flat(temperature), center,
                 np.empty((n + 7) // 8 * 2, dtype=np.uint32), np.empty(n, dtype=np.int64),
-                bernoulli_masked_weight, probability_sums)
+                kernels.bernoulli_masked_weight, kernels.probability_sums)
 
     def _control(self, sample: Callable, evaluate: Callable, b: float, inv_t: float) -> tuple[float, float]:
         """Draw at shift ``b`` (``sample(b)`` draws and returns (sum p, sum p (1 - p))); if the expected
