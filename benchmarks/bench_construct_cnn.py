@@ -62,9 +62,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from slth.construct import construct
-    from slth.construct.report import measure
-    from slth.construct.zoo import build_target
+    from slth.construction import construct
+    from slth.construction.report import measure
+    from slth.construction.zoo import build_target
     from slth.data import load_dataset
 
     data = load_dataset(args.data, args.data_dir)

@@ -33,8 +33,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from slth.construct import construct
-    from slth.construct.zoo import build_target
+    from slth.construction import construct
+    from slth.construction.zoo import build_target
 
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (run this on a machine with a GPU)")

@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     import numba
     import torch
 
-    from slth.construct import construct
-    from slth.construct.zoo import ResNet18
+    from slth.construction import construct
+    from slth.construction.zoo import ResNet18
 
     torch.manual_seed(args.seed)
     target = ResNet18((3, args.image, args.image), 1000, width=args.width).eval()

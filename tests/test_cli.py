@@ -12,3 +12,78 @@ def test_python_dash_m_lists_all_commands(module):
                          env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
     for command in ("construct", "evaluate", "train-dense", "demo", "train", "bench", "experiment", "report"):
         assert f" {command} " in out, (command, out)
+
+
+def _help(*args):
+    return subprocess.run([sys.executable, "-m", "slth", *args, "--help"], capture_output=True, text=True,
+                          env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+
+
+def test_experiment_help_lists_every_registered_experiment():
+    from slth.experiments import EXPERIMENTS
+
+    out = _help("experiment")
+    commands = [e.name for e in EXPERIMENTS.values() if e.command]
+    assert len(commands) >= 6
+    for name in commands:
+        assert f" {name} " in out, (name, out)
+
+
+def test_bench_help_lists_every_benchmark():
+    out = _help("bench")
+    for name in ("subsetsum", "supermask-step"):
+        assert f" {name} " in out, (name, out)
+
+
+def _slth(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "slth", *map(str, args)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+
+
+def test_user_mistakes_are_one_line_and_fail_before_the_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = tmp_path / "fc2.pt"
+    target.write_bytes(b"not a model")
+    cases = [
+        (["experiment", "pensia-exp1", "--target", "missing.pt", "--data-dir", tmp_path], "no such --target file"),
+        (["experiment", "pensia-exp1", "--target", target, "--data-dir", tmp_path, "--tickets-dir", blocker / "exp1"],
+         "--tickets-dir"),
+        (["experiment", "pensia-exp2", "--nets", "fc3"], "unknown --nets fc3"),
+        (["experiment", "planted", "--tasks", "mnist"], "needs --data-dir"),
+        (["train", "--method", "bogus", "--out", "run"], "unknown method"),
+        (["train", "--epochs", "1", "--out", blocker], "not a directory"),
+        (["construct", "missing.pt", "-o", "t.slth"], "no such model file"),
+        (["bench", "subsetsum", "--n", "12", "--batch", "0"], "must be positive"),
+        (["report", "--results", tmp_path / "none"], "no such --results directory"),
+    ]
+    for args, message in cases:
+        r = _slth(tmp_path, *args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_output_folders_are_created_up_front(tmp_path):
+    from pathlib import Path
+
+    from slth.cli._common import CommandError, output_dir, output_file
+
+    nested = Path(tmp_path) / "a" / "b"
+    assert output_dir(nested, "--out").is_dir()
+    output_file(Path(tmp_path) / "c" / "d" / "r.json", "--out")
+    assert (Path(tmp_path) / "c" / "d").is_dir()
+    blocker = Path(tmp_path) / "file"
+    blocker.write_text("x")
+    with pytest.raises(CommandError, match="not a directory"):
+        output_dir(blocker, "--out")
+    with pytest.raises(CommandError, match="cannot create"):
+        output_dir(blocker / "sub", "--out")
+
+
+def test_debug_variable_shows_the_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "slth", "train", "--method", "bogus", "--out", "run"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={"SLTH_DEBUG": "1", "PATH": ""})
+    assert r.returncode != 0 and "Traceback" in r.stderr

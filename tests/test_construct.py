@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from slth.construct import Ticket, construct, mlp
-from slth.construct.report import certified_bound, measure, realised_weights, weight_errors
+from slth.construction import Ticket, construct, mlp
+from slth.construction.bound import certified_bound, realised_kernels
+from slth.construction.report import measure, weight_errors
 from slth.ticketfile import TicketFileError
 
 
@@ -193,7 +194,7 @@ def test_nested_sequential_dropout_identity_and_measure():
     y = torch.randint(0, 2, (32,))
     m = measure(ticket.to_module(), net, x, y)
     assert m["top1_agreement"] >= 0.9 and 0 <= m["ticket_accuracy"] <= 1
-    assert len(realised_weights(ticket)) == 2
+    assert len(realised_kernels(ticket)) == 2
 
 
 @pytest.mark.parametrize(

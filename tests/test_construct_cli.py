@@ -6,10 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from slth.cli import _register, app
-from slth.construct import Ticket, mlp
+from slth.cli import app
+from slth.construction import Ticket, mlp
 
-_register()
 runner = CliRunner()
 
 
@@ -77,7 +76,7 @@ def test_state_dict_of_wrong_shape_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     torch.save(mlp([64, 8, 10], bias=False).state_dict(), path)
     r = invoke("construct", path, "--arch", "64-9-10", "-o", tmp_path / "t.slth")
-    assert r.exit_code != 0 and "does not match --arch" in str(r.exception)
+    assert r.exit_code == 2 and "does not match --arch" in r.output
     r = invoke("construct", path, "-o", tmp_path / "t.slth")  # no --arch: must be TorchScript
-    assert r.exit_code != 0 and "not a TorchScript module" in str(r.exception)
+    assert r.exit_code == 2 and "not a TorchScript module" in r.output
     assert not (tmp_path / "t.slth").exists()

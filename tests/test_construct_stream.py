@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from slth.construct import Ticket, construct, mlp
+from slth.construction import Ticket, construct, mlp
 
 
 def conv_net(seed=0):

@@ -10,10 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from slth.cli import _register, app
+from slth.cli import app
 
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
-_register()
 
 
 def _run(args: list[str], out: Path) -> dict:
@@ -78,7 +77,7 @@ def test_pensia_exp2_quick(res, tmp_path):
 
 def test_plant_reproduces_target_and_redlayer_counts():
     from slth.experiments import planted as P
-    from slth.experiments import redlayer as R
+    from slth.experiments import pensia_exp2 as R
 
     ws, kind = P.toy_target("helix", depth=3)
     net, masks, _ = P.plant(ws, [40, 40], seed=3)

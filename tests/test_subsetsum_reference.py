@@ -63,9 +63,8 @@ def test_required_n_rejects_bad_arguments(kwargs, message):
 def test_bench_command_runs(monkeypatch):
     from typer.testing import CliRunner
 
-    from slth.cli import _register, app
+    from slth.cli import app
 
-    _register()
     out = CliRunner().invoke(app, ["bench", "subsetsum", "--n", "4", "6", "--batch", "50", "--threads", "1",
                                    "--repeats", "1", "--markdown"])
     assert out.exit_code == 0, out.output

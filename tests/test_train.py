@@ -16,7 +16,6 @@ TINY = dict(model="fc", data="digits", hidden=(16,), epochs=2, batch_size=128, d
 
 def _cli(args):
     from slth.cli import app
-    from slth.supermask import cli  # noqa: F401  (registers the commands)
 
     return CliRunner().invoke(app, args)
 
@@ -120,7 +119,7 @@ def test_random_crop_flip_is_a_crop_of_the_padded_image():
 
 
 def test_width_sweep_writes_table_and_plot(tmp_path):
-    from slth.supermask.experiment import width_sweep
+    from slth.experiments.width_sweep import width_sweep
 
     base = TrainConfig(method="dense", **{**TINY, "epochs": 1, "hidden": (8,)})
     result = width_sweep(base, ["edge-popup"], [1, 2], tmp_path, quiet=True, command="slth experiment width-sweep")

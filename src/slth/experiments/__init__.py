@@ -2,8 +2,53 @@
 
 =====================  ==========================================================================
 width-curves           Pensia vs Malach width factor, error and accuracy; SubsetSum error vs n
+pensia-exp1            Pensia et al. Exp. 1: SubsetSum tickets of a 784-500-10 MNIST target
+pensia-exp2            RedLayer structure (r copies) vs a parameter-matched wide net, edge-popup
 planted                Plant 'n' Seek: known sparse targets hidden in random nets; every method
 construct-vs-learn     constructed ticket vs learned supermask vs dense training, same target
-pensia-exp2            RedLayer structure (r copies) vs a parameter-matched wide net, edge-popup
+width-sweep            dense at width w vs each supermask method at width k*w
 =====================  ==========================================================================
+
+:data:`EXPERIMENTS` is the one registry: the record kind (the record's ``"experiment"`` key), the module
+holding the experiment's code and its report section (``render(record, ctx)``), the section's place in
+docs/results.md, and the source paths whose change makes a record stale (``slth report`` marks it).
+Records of ``slth train`` runs (kind ``train-run``) are listed too: the trainer writes them, their
+section lives in :mod:`slth.experiments.train_runs`. Adding an experiment: its module here, one entry
+below, one command in :mod:`slth.cli.experiment`.
 """
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # record kind, and the ``slth experiment`` command where ``command`` is true
+    module: str  # module under slth.experiments with the experiment's code and ``render``
+    order: int  # section order in docs/results.md
+    depends_on: tuple[str, ...]  # paths under src/slth/ (a trailing / is a package) that produce the numbers
+    command: bool = True
+
+    def renderer(self) -> Callable:
+        return importlib.import_module(f"{__name__}.{self.module}").render
+
+
+_CONSTRUCTION = ("construction/", "subsetsum/")
+_LEARNING = ("supermask/", "train/", "models/")
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("width-curves", "width_curves", 10,
+               _CONSTRUCTION + ("train/", "models/", "data/", "experiments/width_curves.py")),
+    Experiment("pensia-exp1", "pensia_exp1", 20, _CONSTRUCTION + ("data/", "experiments/pensia_exp1.py")),
+    Experiment("pensia-exp2", "pensia_exp2", 30,
+               ("supermask/", "data/", "experiments/pensia_exp2.py", "experiments/masking.py")),
+    Experiment("planted", "planted", 40,
+               _CONSTRUCTION + _LEARNING + ("data/", "experiments/planted.py", "experiments/masking.py")),
+    Experiment("construct-vs-learn", "construct_vs_learn", 50,
+               _CONSTRUCTION + _LEARNING + ("data/", "experiments/construct_vs_learn.py")),
+    Experiment("width-sweep", "width_sweep", 60, _LEARNING + ("data/", "experiments/width_sweep.py")),
+    Experiment("train-run", "train_runs", 70, _LEARNING + ("data/",), command=False),
+)}

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 import tempfile
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ..report.core import Context, Record
 
 PAPER = ("Pensia et al. Exp. 1 (MNIST 784-500-10, eps 0.01): constructed ticket with 8,337,000 random / 3,725,871 "
          "kept params in 21.5 h on 36 cores, reported at the target's 97.19 %. Ramanujan et al. (edge-popup): a "
@@ -24,9 +27,9 @@ PAPER = ("Pensia et al. Exp. 1 (MNIST 784-500-10, eps 0.01): constructed ticket 
 def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, mask_epochs: int, eps: float,
         methods: Sequence[str], density: float, seed: int, max_width: float = 64.0, construct_n: int | None = None,
         log=print) -> dict[str, Any]:
-    from ..construct import construct
-    from ..construct.demo import train_target
-    from ..construct.report import measure
+    from ..construction import construct
+    from ..construction.demo import train_target
+    from ..construction.report import measure
     from ..data import load_dataset
     from ..train import TrainConfig, train
     from .record import Stopwatch
@@ -79,3 +82,51 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
             log(f"{method} width {k:g}: {r['test_accuracy']:.4f} in {sw.wall:.0f} s")
     return {"data": data_name, "arch": "-".join(map(str, widths)), "target_params": target_params, "rows": rows,
             "matched_width": matched, "paper": PAPER}
+
+
+# --------------------------------------------------------------------------- report section
+def render(record: Record, ctx: Context) -> str:
+    """The docs/results.md section of one record (called by ``slth report``)."""
+    from ..report import plots
+    from ..report.format import table, pct, provenance
+
+    d = record.data
+    s = d["settings"]
+    ctx.summary.append((f"construction vs learning, {d['data']} {d['arch']}", "not compared in the papers",
+                        "; ".join(f"{r['row'].split(' (')[0]} {pct(r['accuracy'])} %" for r in d["rows"])))
+    rows = []
+    for r in d["rows"]:
+        wall = f"{r['wall_seconds']:.1f}"
+        if "cpu_seconds" in r:
+            wall += f" / {r['cpu_seconds']:.1f}"
+        if "wall_seconds_with_target_training" in r:
+            wall += f" ({r['wall_seconds_with_target_training']:.1f} wall with target training)"
+        rows.append([r["row"], f"{pct(r['accuracy'])} %", f"{r['random_params']:,}" if r["random_params"] else "-",
+                     f"{r['kept_params']:,}", f"{r['trained_params']:,}", wall])
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, r in enumerate(d["rows"]):
+        x = max(r["random_params"], r["kept_params"])
+        ax.scatter(x, 100 * r["accuracy"], s=40, color=f"C{i}", label=r["row"])
+    ax.set_xscale("log")
+    ax.set(xlabel="network size (random params; dense: trained params)", ylabel="test accuracy (%)",
+           title=f"{d['data']} {d['arch']}: construction vs learning")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = plots.save(fig, ctx.plot_path(record))
+    return "\n".join([
+        f"## Construction vs learning ({d['data']}, target {d['arch']})\n",
+        f"The same target architecture and data: dense training ({s['dense_epochs']} epochs), the ticket "
+        f"`slth.construct` builds from that trained target (eps {s['eps']:g}), and supermasks learned by "
+        f"`slth.train` ({s['mask_epochs']} epochs, density {s['density']:g}) at the same width and at the width "
+        f"whose random network matches the constructed ticket's random-parameter count (x{d['matched_width']:g}). "
+        "*Random params*: the frozen random network the ticket is cut from; *trained*: parameters optimised "
+        "(scores for supermasks, weights for dense; construction optimises none).\n",
+        ctx.image(path, "construction vs learning") + "\n",
+        table(["", "test accuracy", "random params", "kept params", "trained params", "wall / CPU seconds"], rows), "",
+        f"Papers: *{d['paper']}*\n",
+        ("*Larger setting*: `slth experiment construct-vs-learn --data mnist --data-dir DIR --hidden 500 "
+         "--dense-epochs 10 --mask-epochs 10` (Exp. 1's target; the matched-width supermask is then about a "
+         "784-5500-10 net; its record is rendered in its own section when present).\n" if d["data"] == "digits" else ""),
+        provenance(d)])

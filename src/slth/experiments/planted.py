@@ -28,11 +28,14 @@ exactly (ReLU positive homogeneity).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..report.core import Context, Record
 
 TASKS = ("relu", "circle", "helix", "mnist")
 
@@ -263,7 +266,7 @@ def _seek(net: Planted, planted: dict[str, torch.Tensor], method: str, multiple:
 def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n_train: int, n_test: int,
              depth: int = 2, data=None, mnist_settings: dict | None = None, construct_eps: float = 0.01,
              construct_n: int | None = None, density_multiples=(1.0,), log=print) -> dict[str, Any]:
-    from ..construct import construct
+    from ..construction import construct
     from .masking import evaluate
 
     info: dict[str, Any] = {}
@@ -312,3 +315,85 @@ def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n
             "n_train": int(len(x_tr)), "n_test": int(len(x_te)), "target_variance": var, "target_mean_square": mean_square,
             "mnist_target": info or None,
             "rows": rows}
+
+
+# --------------------------------------------------------------------------- report section
+def _label(row: dict) -> str:
+    m = row.get("density_multiple", 1)
+    return row["method"] if m == 1 else f"{row['method']} x{m:g}"
+
+
+def render(record: Record, ctx: Context) -> str:
+    """The docs/results.md section of one record (called by ``slth report``)."""
+    from ..report import plots
+    from ..report.format import table, pct, provenance
+
+    d = record.data
+    s = d["settings"]
+    out = ["## Planted tickets (Plant 'n' Seek)\n",
+           "A known sparse target is planted in a random He-initialised network of the same depth (target neurons at "
+           "random distinct source neurons, weights rescaled to the source's scale, fixed output rescaling); each "
+           "supermask method then searches the source network keeping exactly the planted number of weights per "
+           "layer (an oracle density; rows marked x10 keep ten times as many), and `slth.construct` builds a "
+           "ticket of the same target in its own random network. *Overlap* = |found ∩ planted| / |planted| over "
+           "all layers (a random mask expects overlap = its density). Regression tasks report test MSE (target variance beside it), "
+           "classification tasks test accuracy. The planted ticket itself reproduces the target exactly.\n",
+           f"Settings: toy tasks {s['n_train']:,} training / {s['n_test']:,} test points, {s['epochs']} epochs per method, "
+           f"source hidden widths {s['hidden']}, target depth {s['depth']}; MNIST: {s['mnist_train_size']:,} training "
+           f"examples, {s['mnist_epochs']} epochs, source hidden {s['mnist_hidden']}; {s['lr']}.\n"]
+    plt = plots.pyplot()
+    tasks = d["tasks"]
+    at1 = [r for t in tasks for r in t["rows"] if r.get("overlap") is not None and r["method"] != "planted ticket"
+           and r.get("density_multiple", 1) == 1]
+    if at1:
+        ctx.summary.append(("Plant 'n' Seek: supermask methods recover planted tickets?", "no (qualitative)",
+                            f"overlap at the planted density {min(r['overlap'] for r in at1):.2f}-"
+                            f"{max(r['overlap'] for r in at1):.2f} over {len(tasks)} tasks and "
+                            f"{len({r['method'] for r in at1})} methods"))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        rows = [r for r in t["rows"] if r.get("overlap") is not None and r["method"] != "planted ticket"]
+        ax.bar([_label(r) for r in rows], [r["overlap"] for r in rows],
+               color=["C0" if r.get("density_multiple", 1) == 1 else "C1" for r in rows])
+        ax.axhline(t["planted_density"], color="k", ls=":", lw=1, label="random mask")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{t['task']}: planted density {t['planted_density']:.4f}", fontsize=9)
+        ax.set_ylabel("overlap with planted mask")
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plots.save(fig, ctx.plot_path(record))
+    out.append(ctx.image(path, "overlap of found and planted masks") + "\n")
+    for t in tasks:
+        reg = t["kind"] == "regression"
+        head = f"### {t['task']}: target {'-'.join(map(str, t['target_widths']))} ({t['target_nonzeros']:,} nonzero weights) " \
+               f"in source {'-'.join(map(str, t['source_widths']))}"
+        out.append(head + "\n")
+        if t.get("mnist_target"):
+            m = t["mnist_target"]
+            out.append(f"MNIST target: dense {pct(m['dense_accuracy'])} % after {m['epochs']} epochs on "
+                       f"{m['train_size']:,} examples, magnitude-pruned to {m['density']:g} per layer "
+                       f"({pct(m['pruned_accuracy_before_finetune'])} %), fine-tuned {m['finetune_epochs']} epoch: "
+                       f"{pct(m['accuracy'])} %.\n")
+        rows = []
+        for r in t["rows"]:
+            metric = f"{r['metric']:.4g}" if reg else f"{pct(r['metric'])} %"
+            rows.append([_label(r), metric, f"{r['density']:.4f}", f"{r['kept']:,}",
+                         f"{r['random_params']:,}" if r["random_params"] else "-",
+                         "-" if r.get("overlap") is None else f"{r['overlap']:.3f}", f"{r['seconds']:.0f}"])
+        out.append(table(["method", "test MSE" if reg else "test accuracy", "density", "kept", "random params",
+                          "overlap", "seconds"], rows))
+        if reg:
+            ms = t.get("target_mean_square")
+            out.append(f"\nTarget variance on the test set: {t['target_variance']:.4g} (MSE of the best constant)"
+                       + (f"; mean square {ms:.4g} (MSE of the zero output)." if ms is not None else ".")
+                       + " A method whose MSE equals the targets' mean square outputs 0 on every test point: its "
+                       "final mask leaves no active input-to-output path (with none at initialisation, no "
+                       "gradient reaches the scores either).")
+        out.append("")
+    out.append(f"Paper: *{d['paper']}* Constructed tickets live in a different random network (Pensia's "
+               "block-structured one, signed inputs), so overlap does not apply; their density is kept / random.\n")
+    out.append("*Bigger machines*: `--epochs 100 --n-train 20000 --hidden 1000,1000 --mnist-train-size 60000 "
+               "--mnist-epochs 20 --mnist-hidden 1000,1000` (wider sources make the planted ticket sparser).\n")
+    out.append(provenance(d))
+    return "\n".join(out)

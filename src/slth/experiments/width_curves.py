@@ -17,9 +17,12 @@ error ~ C·2^(-c·n), beside the single pick's error ~ 1/n.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..report.core import Context, Record
 
 PAPER = {
     "pensia": "Pensia et al. 2020: width factor O(log(d·l/eps)); their Exp. 1 used n = 21 products per weight "
@@ -60,9 +63,9 @@ def fit_exponent(rows: list[dict[str, Any]], key: str = "median_error", min_n: i
 
 def sweep_target(name: str, target, x_test, y_test, *, pensia_ns: Sequence[int], malach_ns: Sequence[int],
                  seed: int, max_values: int, progress=None) -> dict[str, Any]:
-    from ..construct import construct
-    from ..construct.report import measure
-    from ..construct.target import parse_target
+    from ..construction import construct
+    from ..construction.report import measure
+    from ..construction.target import parse_target
 
     _, linears = parse_target(target, nonnegative_input=True)
     target_params = sum(s.params for s in linears)
@@ -100,8 +103,8 @@ def width_at_eps(points: list[dict[str, Any]], eps: float, key: str = "weight_er
 
 def planned_n(target, eps: float, method: str, p: float = 0.99) -> list[int]:
     """The n per layer that ``construct`` would choose (to skip constructions too large for this machine)."""
-    from ..construct.build import choose_n, plan_scales
-    from ..construct.target import parse_target
+    from ..construction.build import choose_n, plan_scales
+    from ..construction.target import parse_target
 
     _, linears = parse_target(target, nonnegative_input=True)
     scales, _ = plan_scales(linears)
@@ -110,9 +113,9 @@ def planned_n(target, eps: float, method: str, p: float = 0.99) -> list[int]:
 
 def construct_at_eps(target, x_test, y_test, eps: float, method: str, *, seed: int, max_values: int) -> dict[str, Any]:
     """``construct`` with its defaults (n from eps, redraws): the width that certifies max weight error <= eps."""
-    from ..construct import construct
-    from ..construct.report import measure
-    from ..construct.target import parse_target
+    from ..construction import construct
+    from ..construction.report import measure
+    from ..construction.target import parse_target
 
     _, linears = parse_target(target, nonnegative_input=True)
     ns = planned_n(target, eps, method)
@@ -158,3 +161,114 @@ def run(targets: Sequence[tuple[str, Any, Any, Any]], *, eps_values: Sequence[fl
                             "values": "U[0,1]*U[-1,1] (the construction's products)", "targets": "U[-1/2,1/2]"}
     out["paper"] = PAPER
     return out
+
+
+# --------------------------------------------------------------------------- report section
+def render(record: Record, ctx: Context) -> str:
+    """The docs/results.md section of one record (called by ``slth report``)."""
+    from ..report import plots
+    from ..report.format import table, pct, provenance
+
+    d = record.data
+    plt = plots.pyplot()
+    out = ["## Width: logarithmic (Pensia) vs polynomial (Malach)\n",
+           "Tickets of the same trained targets over the same seeded random tensors, at fixed n random products "
+           "per target weight, no redraws: Pensia = minimal-error SubsetSum of the n products, Malach = the single "
+           "nearest product (or none). Width factor = random params / target params (block-structured count, "
+           "about n). Curves: 99th-percentile and median |realised - target weight|, the largest logit "
+           "difference on the test set, and ticket accuracy.\n"]
+    for t in d["targets"]:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for method, color in (("pensia", "C0"), ("malach", "C1")):
+            pts = t["points"][method]
+            if not pts:
+                continue
+            w = [p["width_factor"] for p in pts]
+            axes[0].loglog(w, [max(p["weight_error_p99"], 1e-12) for p in pts], "o-", color=color,
+                           label=f"{method}: 99th pct")
+            axes[0].loglog(w, [max(p["weight_error_median"], 1e-12) for p in pts], "s--", color=color,
+                           label=f"{method}: median")
+            axes[1].loglog(w, [max(p["max_logit_diff"], 1e-12) for p in pts], "o-", color=color, label=method)
+            axes[2].semilogx(w, [100 * p["ticket_accuracy"] for p in pts], "o-", color=color, label=method)
+        for eps in [r["eps"] for r in t["at_eps"]]:
+            axes[0].axhline(eps, color="gray", lw=0.6, ls=":")
+        axes[2].axhline(100 * t["target_accuracy"], color="k", ls="--", label="target")
+        axes[0].set(xlabel="width factor (random / target params)", ylabel="weight error",
+                    title=f"{t['name']} {t['arch']}: weight error (dotted: eps values)")
+        axes[1].set(xlabel="width factor", ylabel="max |ticket - target| logit (test set)", title="output error")
+        axes[2].set(xlabel="width factor", ylabel="test accuracy (%)", title="ticket accuracy")
+        for ax in axes:
+            plots.plain_log_ticks(ax.xaxis)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plots.save(fig, ctx.plot_path(record, f"-{t['name']}"))
+        out.append(f"### Target: {t['name']} ({t['arch']}, {t['target_params']:,} weights, "
+                   f"test accuracy {pct(t['target_accuracy'])} %)\n")
+        out.append(ctx.image(path, f"width curves, {t['name']}") + "\n")
+        rows = []
+        for r in t["at_eps"]:
+            cells = [f"{r['eps']:g}"]
+            for method in ("pensia", "malach"):
+                sw = r.get(f"{method}_sweep_p99")
+                cells.append("not reached in sweep" if sw is None else
+                             f"{sw['width_factor']:.1f}x (n = {sw['n']}; acc. {pct(sw['ticket_accuracy'])} %)")
+            for method in ("pensia", "malach"):
+                c = r.get(f"{method}_constructed")
+                if c is None:
+                    cells.append("-")
+                elif "skipped" in c:
+                    cells.append(f"needs ~{c['width_factor']:.0f}x (n = {c['n_per_layer']}); not built: too large here")
+                else:
+                    cells.append(f"{c['width_factor']:.1f}x (n = {c['n_per_layer']}, {c['redraws']:,} redraws; "
+                                 f"max err {c['max_weight_error']:.1e}{'' if c['eps_met'] else ' > eps'}; "
+                                 f"acc. {pct(c['ticket_accuracy'])} %)")
+            rows.append(cells)
+        out.append("Width factor needed for eps. *Sweep*: smallest swept width with 99th-percentile weight error "
+                   "<= eps (no redraws). *Constructed*: `slth.construct` with its defaults (n per layer chosen for "
+                   "P(error <= eps) >= 0.99, failing blocks redrawn), which aims at max weight error <= eps; cells marked "
+                   "'> eps' did not reach it (`eps_met` false in the record).\n")
+        out.append(table(["eps", "Pensia, sweep", "Malach, sweep", "Pensia, constructed", "Malach, constructed"], rows))
+        if t.get("skipped"):
+            out.append("\nNot run (memory): " + ", ".join(f"{s['method']} n = {s['n']}" for s in t["skipped"]) + ".")
+        out.append("")
+    for t in d["targets"]:
+        for r in t["at_eps"]:
+            p, m = r.get("pensia_constructed") or {}, r.get("malach_constructed") or {}
+            if r["eps"] == 0.01 and "width_factor" in p and "width_factor" in m:
+                ctx.summary.append((
+                    f"width needed for eps = 0.01, {t['name']} {t['arch']}",
+                    "Pensia: O(log 1/eps) (n = 21 in Exp. 1); Malach: polynomial",
+                    f"Pensia {p['width_factor']:.1f}x vs Malach {m['width_factor']:.0f}x"
+                    + (" (Malach not built: memory)" if "skipped" in m else "")))
+    law = d["subsetsum_law"]
+    ctx.summary.append(("SubsetSum error vs n", "2^(-Theta(n)) (Lueker)",
+                        f"median error ~ 2^(-{law['fit']['c']:.2f} n); single pick ~ 1/n"))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ns = [r["n"] for r in law["rows"]]
+    ax.semilogy(ns, [r["median_error"] for r in law["rows"]], "o-", label="SubsetSum (exact): median")
+    ax.semilogy(ns, [r["p90_error"] for r in law["rows"]], "s--", label="SubsetSum (exact): 90th pct")
+    ax.semilogy(ns, [r["single_pick_median_error"] for r in law["rows"]], "^-", label="single pick: median")
+    fit = law["fit"]
+    ax.semilogy(ns, [2.0 ** (fit["log2_C"] - fit["c"] * n) for n in ns], "k:", label=f"fit 2^({fit['log2_C']:.2f} - {fit['c']:.2f} n)")
+    ax.semilogy(ns, [2.0 ** -n for n in ns], color="gray", lw=0.8, label="2^-n")
+    ax.set(xlabel="n random values", ylabel="|best subset sum - target|",
+           title=f"SubsetSum error vs n ({law['instances']:,} instances per n)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plots.save(fig, ctx.plot_path(record, "-subsetsum"))
+    out.append("### SubsetSum error vs n against the 2^-n law\n")
+    out.append(f"Values {law['values']}, targets {law['targets']}; exact minimal error (`slth.subsetsum.solve`). "
+               f"Least-squares fit of log2(median error) over n >= {fit.get('min_n', '?')}: "
+               f"**error ~ 2^({fit['log2_C']:.2f} - {fit['c']:.3f} n)** (90th percentile: slope "
+               f"{law['fit_p90']['c']:.3f}); the single pick's error falls only like 1/n.\n")
+    out.append(ctx.image(path, "SubsetSum error vs n") + "\n")
+    out.append(table(["n", "median error", "90th pct", "single pick median"],
+                     [[r["n"], f"{r['median_error']:.2e}", f"{r['p90_error']:.2e}",
+                       f"{r['single_pick_median_error']:.2e}"] for r in law["rows"]]))
+    out.append("\nPapers: " + " ".join(f"*{v}*." for v in d["paper"].values()) + " Measured: the exponent "
+               f"c = {fit['c']:.2f} per value (2^(-c n)), i.e. each extra random value about halves the error, "
+               "while a single pick needs about 2x the values to halve it.\n")
+    out.append(provenance(d))
+    return "\n".join(out)

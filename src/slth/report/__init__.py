@@ -7,6 +7,6 @@ records and return markdown that puts each reproduced number beside the paper's.
 is a pure function of the records (no timestamps of its own), and every image it links must exist.
 """
 
-from .core import KINDS, Record, ReportError, generate, load_records, render
+from .core import Record, ReportError, generate, kinds, load_records, render
 
-__all__ = ["KINDS", "Record", "ReportError", "generate", "load_records", "render"]
+__all__ = ["kinds", "Record", "ReportError", "generate", "load_records", "render"]

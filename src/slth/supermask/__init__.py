@@ -7,7 +7,7 @@ are trainable. ``to_ticket`` / ``from_ticket`` write and rebuild the learned tic
 
 ``density`` is always the kept fraction.
 
-Names are imported lazily, so that ``slth.supermask.cli`` (and ``slth --help``) does not import torch.
+Names are imported lazily, so that ``slth --help`` does not import torch.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import atomic_torch_save, atomic_write_json
+from ..provenance import git_commit
 from .config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -115,6 +116,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
     kept, total = mask_counts(model)
     trainable_count = sum(p.numel() for p in trainable)
 
+    commit = git_commit()
+
     def metrics(finished: bool) -> dict:
         history = state["history"]
         kept_now, _ = mask_counts(model)
@@ -131,6 +134,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
             "finished": finished, "config": cfg.to_dict(),
             "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads",
+            "git_commit": commit,
         }
 
     with _progress(quiet) as progress:

@@ -303,7 +303,7 @@ def load_target(path, arch: str | None = None, *, input_shape=None, num_classes:
     """A target from a file: a state_dict (``torch.save``) of :func:`mlp` ``(arch)`` -- biases are
     inferred from its keys, a ``layers.`` prefix (slth's FC model) is accepted --, a state_dict of a named
     architecture (``arch`` = ``lenet5``, ``conv4``, ``resnet20``, ``resnet18``, ... with ``input_shape``
-    and ``num_classes``; see :mod:`slth.construct.zoo`) or, without ``arch``, a TorchScript module
+    and ``num_classes``; see :mod:`slth.construction.zoo`) or, without ``arch``, a TorchScript module
     (``torch.jit.save``)."""
     from pathlib import Path
 

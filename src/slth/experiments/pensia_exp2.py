@@ -14,12 +14,17 @@ the FC part 400-120-84-10 is replaced by RedLayers or by a wide FC net (THEORY.m
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from .masking import normal_weight
+
+if TYPE_CHECKING:
+    from ..report.core import Context, Record
+
+KINDS = ("structure-linear", "structure-relu", "wide")  # the compared networks
 
 # best final accuracy over epoch budgets, from their committed result files (THEORY.md 2.9); keyed by kept %
 PAPER_FC2 = {
@@ -157,3 +162,83 @@ def run(net: str, data, *, densities: Sequence[float], kinds: Sequence[str], epo
             log(f"{net} {kind} density {density:g}: {100 * res['test_metric']:.2f} % ({total:,} params) "
                 f"in {res['seconds']:.0f} s")
     return {"net": net, "rows": rows}
+
+
+# --------------------------------------------------------------------------- report section
+def render(record: Record, ctx: Context) -> str:
+    """The docs/results.md section of one record (called by ``slth report``)."""
+    from ..report import plots
+    from ..report.format import table, pct, provenance
+
+    d = record.data
+    s = d["settings"]
+    paper = d["paper"]
+    paper_rows = {int(k): v for k, v in paper["fc2"]["rows"].items()}  # JSON keys are strings
+    for res in d["results"]:
+        if res["net"] == "fc2":
+            ten = {r["kind"]: r["accuracy"] for r in res["rows"] if abs(r["density"] - 0.1) < 1e-9}
+            if len(ten) == 3:
+                ctx.summary.append(("Exp. 2 (FC2, 10 % kept): structure linear / ReLU / wide",
+                                    " / ".join(f"{v}" for v in paper_rows[10]) + " %",
+                                    " / ".join(pct(ten[k], 1) for k in KINDS)
+                                    + f" % (reduced setting: {s['train_size']:,} examples, {s['epochs']} "
+                                    f"epoch(s), one run)"))
+    nets = ", ".join(r["net"] for r in d["results"])
+    out = [f"## Pensia et al. Exp. 2: the RedLayer structure vs a wide network, by edge-popup ({nets}; "
+           f"{s['train_size']:,} examples, {s['epochs']} epochs)\n",
+           f"RedLayer(in, out, r = {s['r']}) as in their `red_fc.py` (r scalars per input, ReLU or linear, then a dense "
+           "mix), and a wide FC net with about the same number of weights, all pruned by edge-popup to the same "
+           "density per tensor. **Reduced setting** (what differs from the paper): "
+           f"{s['train_size']:,} of 60,000 MNIST training examples, {s['epochs']} epoch(s) instead of the best over "
+           f"30-150, densities {s['densities']} only; same lr ({s['lr_fc']} FC, {s['lr_lenet5']} LeNet5), momentum, "
+           f"wd {s['weight_decay']}, cosine, batch {s['batch_size']}, normalisation {s['normalisation']}. LeNet5: "
+           "random frozen convolutions, their features computed once (the same function).\n"]
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1, len(d["results"]), figsize=(5.5 * len(d["results"]), 4), squeeze=False)
+    for ax, res in zip(axes[0], d["results"]):
+        for i, kind in enumerate(KINDS):
+            rs = sorted((r for r in res["rows"] if r["kind"] == kind), key=lambda r: r["density"])
+            if rs:
+                ax.semilogx([100 * r["density"] for r in rs], [100 * r["accuracy"] for r in rs], "o-", color=f"C{i}",
+                            label=f"{kind} (slth)")
+        if res["net"] == "fc2":
+            ks = sorted(paper_rows)
+            for i, kind in enumerate(KINDS):
+                ax.semilogx(ks, [paper_rows[k][i] for k in ks], "s--", color=f"C{i}", alpha=0.5,
+                            label=f"{kind} (paper)")
+        ax.set(xlabel="kept weights (%)", ylabel="test accuracy (%)", title=f"{res['net']} on MNIST")
+        plots.plain_log_ticks(ax.xaxis)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plots.save(fig, ctx.plot_path(record))
+    out.append(ctx.image(path, "Exp. 2 accuracy vs kept fraction") + "\n")
+    for res in d["results"]:
+        by = {(r["kind"], round(100 * r["density"], 6)): r for r in res["rows"]}
+        dens = sorted({round(100 * r["density"], 6) for r in res["rows"]}, reverse=True)
+        rows = []
+        for k in dens:
+            cells = [f"{k:g} %"]
+            for i, kind in enumerate(KINDS):
+                r = by.get((kind, k))
+                ours = "-" if r is None else f"{pct(r['accuracy'])} ({r['kept_params']:,} kept)"
+                theirs = paper_rows.get(int(k)) if res["net"] == "fc2" and float(k).is_integer() else None
+                cells.append(ours + (f" / paper {theirs[i]}" if theirs else ""))
+            rows.append(cells)
+        totals = {r["kind"]: r["total_params"] for r in res["rows"]}
+        out.append(f"### {res['net']} (slth totals: " + ", ".join(f"{k} {v:,}" for k, v in totals.items())
+                   + (f"; paper: structure {paper['fc2']['total_params']['structure']:,}, wide "
+                      f"{paper['fc2']['total_params']['wide']:,}, dense FC2 {paper['fc2']['dense_accuracy']} %"
+                      if res["net"] == "fc2" else f"; paper total {paper['lenet5']['total_params']:,} incl. "
+                      f"2,550 frozen conv weights, dense {paper['lenet5']['dense_accuracy']} %; {paper['lenet5']['note']}")
+                   + ")\n")
+        out.append(table(["kept", "structure, linear: ours / paper", "structure, ReLU: ours / paper",
+                          "wide net: ours / paper"], rows))
+        out.append("")
+    out.append(f"Paper settings: {paper['fc2']['settings']}. Ours are single short runs, so they sit below the "
+               "paper's best-over-budgets numbers; compare the ordering of the three curves, not the levels.\n")
+    out.append("*Bigger machines*: `slth experiment pensia-exp2 --data-dir DIR --train-size 60000 --epochs 30 "
+               "--densities 0.5,0.25,0.1,0.05,0.01` is the paper's setting at one epoch budget (about 9,000 "
+               "edge-popup steps of the 2M-weight structure per run, x15 runs per net; hours on 2 cores).\n")
+    out.append(provenance(d))
+    return "\n".join(out)

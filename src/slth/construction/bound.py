@@ -1,6 +1,6 @@
-"""Certified output bound for any constructed ticket: convolutions, pooling and residual joins.
+"""Certified output bound for any constructed ticket: MLPs, convolutions, pooling and residual joins.
 
-The MLP bound of :mod:`slth.construct.report` carried over to tensors. For a layer (Linear or Conv2d,
+The one implementation of the bound (derivation in docs/construction.md). For a layer (Linear or Conv2d,
 written ``L_K(x)`` for "apply kernel K to x") with target kernel W, bias b and the ticket's realised
 kernels P (on relu(x)), Q (on relu(-x), ≈ -W) and bias b^,
 
@@ -17,6 +17,8 @@ exact arithmetic (float32 evaluation adds a relative ~1e-6).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -72,6 +74,37 @@ def realised_kernels(ticket, module=None) -> list[dict]:
             bias = bb.reshape(layout.d_out, -1).sum(dim=1) * bias_scale
         out.append({"pos": prod[:, :, 0], "neg": prod[:, :, 1] if g == 2 else None, "bias": bias})
     return out
+
+
+def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=None, input_shape=None) -> np.ndarray:
+    """Elementwise bound on |ticket(x) - target(x)| over every x in the box [lo, hi], or in the L-inf / L2
+    ball of ``radius`` around ``center`` (both inside the box center ± radius). ``lo``, ``hi``, ``center``
+    are numbers or arrays broadcast to one input's shape: ``input_shape`` (C, H, W) for a ticket whose
+    first layer is a convolution, else the flat input (d,). Default box: [0, 1] for a ticket built with
+    ``nonnegative_input``, else [-1, 1]. Returns the bound per output (flattened)."""
+    first = ticket.layouts[0]
+    if input_shape is None:
+        if first.conv:
+            raise ValueError("a ticket whose first layer is a convolution needs input_shape (C, H, W) for its bound")
+        input_shape = (first.d_in,)
+    shape = tuple(int(s) for s in input_shape)
+    if center is not None or radius is not None:
+        if center is None or radius is None or radius < 0:
+            raise ValueError("a ball needs a center and a radius >= 0")
+        c = torch.as_tensor(np.asarray(center, dtype=np.float64)).reshape(shape)
+        lo, hi = c - radius, c + radius
+    elif lo is None and hi is None:
+        lo, hi = (0.0, 1.0) if ticket.config["nonnegative_input"] else (-1.0, 1.0)
+    elif lo is None or hi is None:
+        raise ValueError("give both lo and hi of the input box")
+    lo = torch.as_tensor(np.asarray(lo, dtype=np.float64))
+    hi = torch.as_tensor(np.asarray(hi, dtype=np.float64))
+    try:
+        lo = torch.broadcast_to(lo.reshape(shape) if lo.numel() == math.prod(shape) else lo, shape)
+        hi = torch.broadcast_to(hi.reshape(shape) if hi.numel() == math.prod(shape) else hi, shape)
+    except RuntimeError:
+        raise ValueError(f"the input box does not fit the input shape {shape}") from None
+    return certified_bound_nd(ticket, target, lo, hi)
 
 
 @torch.no_grad()

@@ -1,39 +1,90 @@
-"""``slth experiment width-curves | planted | construct-vs-learn | pensia-exp2``; each writes one record."""
+"""``slth experiment <name>``: one command per experiment of :data:`slth.experiments.EXPERIMENTS`.
+
+Each command checks its arguments and creates its output folders before the work starts, runs the
+experiment's module in :mod:`slth.experiments`, and writes one record that ``slth report`` renders.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..cli import experiment_app
+from ._common import (CommandError, existing_dir, existing_file, floats, ints, names, output_dir, output_file,
+                      threads as set_threads)
+
+app = typer.Typer(help="Experiments reproducing the papers' claims (records for slth report).", no_args_is_help=True)
 
 RESULTS = Path("docs/results")
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+@app.command("pensia-exp1")
+def pensia_exp1_cmd(
+    target: Path = typer.Option(..., help="784-500-10 bias-free MNIST target (state_dict, e.g. from slth train-dense)"),
+    data_dir: Path = typer.Option(..., help="directory with the MNIST idx(.gz) files"),
+    eps: list[float] = typer.Option([0.01, 0.001], help="per-weight tolerances"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("docs/results/pensia_exp1.json"), help="run record (JSON) to write"),
+    tickets_dir: Optional[Path] = typer.Option(None, help="also save the tickets here"),
+) -> None:
+    """Pensia et al. Exp. 1: construct and evaluate tickets of a 784-500-10 MNIST target, beside the paper."""
+    import shlex
+    import sys
+
+    from rich.console import Console
+
+    from .._io import atomic_write_json
+    from ..experiments.pensia_exp1 import exp1_markdown, exp1_tickets
+
+    existing_file(target, "--target")
+    existing_dir(data_dir, "--data-dir")
+    output_file(out, "--out")
+    output_dir(tickets_dir, "--tickets-dir")
+    record = exp1_tickets(target, data_dir, eps_values=tuple(eps), seed=seed, out_dir=tickets_dir)
+    record["command"] = "slth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    atomic_write_json(out, record)
+    Console().print(exp1_markdown(record))
+    Console().print(f"wrote {out}")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+@app.command("width-sweep")
+def width_sweep_command(
+    model: str = typer.Option("fc"),
+    data: str = typer.Option("digits"),
+    data_dir: Optional[Path] = typer.Option(None),
+    width: float = typer.Option(1.0, help="width w of the dense network"),
+    multiples: str = typer.Option("1,2,4,8", help="supermask networks have width k*w for these k"),
+    methods: str = typer.Option("edge-popup,bernoulli,biprop,iterand,gem-miner"),
+    density: float = typer.Option(0.5, help="kept fraction of the supermask networks"),
+    epochs: int = typer.Option(10),
+    seed: int = typer.Option(0),
+    hidden: Optional[str] = typer.Option(None, help="fc hidden sizes, e.g. 300,100"),
+    out: Path = typer.Option(..., help="directory for the runs, width_sweep.{json,md,png}"),
+    threads: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False),
+) -> None:
+    """Dense at width w against each supermask method on random networks of width k*w, same data."""
+    from ..experiments.width_sweep import table, width_sweep
+    from ..train import TrainConfig
+
+    base = TrainConfig(method="dense", model=model, data=data, data_dir=None if data_dir is None else str(data_dir),
+                       density=density, width=width, epochs=epochs, seed=seed, hidden=ints(hidden, "--hidden"))
+    method_list = names(methods, "--methods")
+    for m in method_list:
+        TrainConfig(method=m, model=model, data=data, density=density)  # validates the names early
+    set_threads(threads)
+    output_dir(out, "--out")
+    command = "slth " + " ".join(sys.argv[1:])
+    result = width_sweep(base, method_list, ints(multiples, "--multiples") or (1,), out, quiet=quiet,
+                         command=command)
+
+    typer.echo(table(result))
+    typer.echo(f"-> {out / 'width_sweep.png'}")
 
 
-def _threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-@experiment_app.command("width-curves")
+@app.command("width-curves")
 def width_curves_command(
     target: Optional[Path] = typer.Option(None, help="also a saved bias-free MLP target (state_dict, e.g. from "
                                                      "slth train-dense), evaluated on --data"),
@@ -57,14 +108,19 @@ def width_curves_command(
 
     from rich.console import Console
 
-    from ..construct.demo import train_target
+    from ..construction.demo import train_target
     from ..data import load_dataset
-    from . import width_curves as wc
-    from .record import Stopwatch, header, write_record
+    from ..experiments import width_curves as wc
+    from ..experiments.record import Stopwatch, header, write_record
 
-    _threads(threads)
+    eps_v, pn, mn = floats(eps, "--eps"), ints(pensia_n, "--pensia-n"), ints(malach_n, "--malach-n")
+    ln = ints(law_n, "--law-n")
+    if target is None and not digits:
+        raise CommandError("nothing to do: pass --target or keep --digits")
+    existing_file(target, "--target")
+    output_file(out, "--out")
+    set_threads(threads)
     console = Console()
-    eps_v, pn, mn, ln = _floats(eps), _ints(pensia_n), _ints(malach_n), _ints(law_n)
     epochs = 40
     if quick:
         eps_v, pn, mn, ln, law_instances, epochs = [0.1], [4, 8], [4], [4, 8], 100, 1
@@ -75,12 +131,10 @@ def width_curves_command(
             ds = load_dataset("digits")
             targets.append(("digits", net, ds.x_test, ds.y_test))
         if target is not None:
-            from ..construct.target import load_target
+            from ..construction.target import load_target
 
             ds = load_dataset(data, data_dir)
             targets.append((data, load_target(target, arch), ds.x_test, ds.y_test))
-        if not targets:
-            raise typer.BadParameter("nothing to do: pass --target or keep --digits")
         body = wc.run(targets, eps_values=eps_v, pensia_ns=pn, malach_ns=mn, law_ns=ln, law_instances=law_instances,
                       seed=seed, max_values=max_values, quiet=False)
     settings = {"eps": eps_v, "pensia_n": pn, "malach_n": mn, "law_n": ln, "law_instances": law_instances,
@@ -93,7 +147,7 @@ def width_curves_command(
                   f" -> {out}")
 
 
-@experiment_app.command("planted")
+@app.command("planted")
 def planted_command(
     tasks: str = typer.Option("relu,circle,helix,mnist", help="relu, circle, helix (toy) and mnist"),
     methods: str = typer.Option("edge-popup,bernoulli,biprop,iterand,gem-miner", help="supermask methods to run"),
@@ -114,21 +168,24 @@ def planted_command(
     """Plant 'n' Seek: hide known sparse targets in random nets; run every supermask method and slth.construct."""
     from rich.console import Console
 
-    from . import planted as P
-    from .record import Stopwatch, header, write_record
+    from ..experiments import planted as P
+    from ..experiments.record import Stopwatch, header, write_record
 
-    _threads(threads)
-    console = Console()
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    from ..supermask.methods import METHODS
+
+    task_list = names(tasks, "--tasks", P.TASKS)
+    method_list = names(methods, "--methods", tuple(METHODS))
     construct_n = None
-    multiples = _floats(density_multiples)
+    multiples = floats(density_multiples, "--density-multiples")
     if quick:
         task_list, method_list, epochs, n_train, n_test = ["relu", "circle"], ["edge-popup", "gem-miner"], 1, 256, 256
         construct_n, multiples = 10, [1.0, 10.0]
-    bad = [t for t in task_list if t not in P.TASKS]
-    if bad:
-        raise typer.BadParameter(f"unknown task(s) {bad}; valid: {', '.join(P.TASKS)}")
+    if "mnist" in task_list and data_dir is None:
+        raise CommandError("the mnist task needs --data-dir (a folder with the MNIST idx files)")
+    existing_dir(data_dir, "--data-dir")
+    output_file(out, "--out")
+    set_threads(threads)
+    console = Console()
     results = []
     with Stopwatch() as sw:
         for task in task_list:
@@ -136,19 +193,19 @@ def planted_command(
                 from ..data import load_dataset
 
                 data = load_dataset("mnist", data_dir)
-                results.append(P.run_task("mnist", methods=method_list, hidden=_ints(mnist_hidden), epochs=mnist_epochs,
+                results.append(P.run_task("mnist", methods=method_list, hidden=ints(mnist_hidden, "--mnist-hidden"), epochs=mnist_epochs,
                                           seed=seed, n_train=0, n_test=0, data=data, density_multiples=multiples,
                                           mnist_settings={"train_size": mnist_train_size, "epochs": 3,
                                                           "finetune_epochs": 2},
                                           log=console.print))
             else:
-                results.append(P.run_task(task, methods=method_list, hidden=_ints(hidden), epochs=epochs, seed=seed,
+                results.append(P.run_task(task, methods=method_list, hidden=ints(hidden, "--hidden"), epochs=epochs, seed=seed,
                                           n_train=n_train, n_test=n_test, depth=depth, construct_n=construct_n,
                                           density_multiples=multiples,
                                           log=console.print))
-    settings = {"tasks": task_list, "methods": method_list, "hidden": _ints(hidden), "depth": depth, "epochs": epochs,
+    settings = {"tasks": task_list, "methods": method_list, "hidden": ints(hidden, "--hidden"), "depth": depth, "epochs": epochs,
                 "density_multiples": multiples,
-                "n_train": n_train, "n_test": n_test, "mnist_hidden": _ints(mnist_hidden), "mnist_epochs": mnist_epochs,
+                "n_train": n_train, "n_test": n_test, "mnist_hidden": ints(mnist_hidden, "--mnist-hidden"), "mnist_epochs": mnist_epochs,
                 "mnist_train_size": mnist_train_size, "seed": seed, "quick": quick, "threads": threads,
                 "lr": "slth.train defaults per method (DEFAULT_LR), SGD momentum 0.9, cosine, batch 128",
                 "densities": "each layer keeps its planted count times the density multiple (oracle per-layer density)"}
@@ -157,7 +214,7 @@ def planted_command(
     console.print(f"planted tickets in {sw.wall:.0f} s -> {out}")
 
 
-@experiment_app.command("construct-vs-learn")
+@app.command("construct-vs-learn")
 def construct_vs_learn_command(
     data: str = typer.Option("digits", help="digits (embedded) or mnist / fashion-mnist with --data-dir"),
     data_dir: Optional[Path] = typer.Option(None),
@@ -173,20 +230,24 @@ def construct_vs_learn_command(
     """The constructed ticket of a trained target vs learned supermasks vs dense training, same data."""
     from rich.console import Console
 
-    from . import construct_vs_learn as cvl
-    from .record import Stopwatch, header, write_record
+    from ..experiments import construct_vs_learn as cvl
+    from ..experiments.record import Stopwatch, header, write_record
 
-    _threads(threads)
+    from ..supermask.methods import METHODS
+
+    method_list = names(methods, "--methods", tuple(METHODS))
+    existing_dir(data_dir, "--data-dir")
+    output_file(out, "--out")
+    set_threads(threads)
     console = Console()
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
     construct_n = None
     if quick:
         data, dense_epochs, mask_epochs, method_list, hidden, construct_n = "digits", 1, 1, ["edge-popup"], "16", 8
     with Stopwatch() as sw:
-        body = cvl.run(data, data_dir, hidden=_ints(hidden), dense_epochs=dense_epochs, mask_epochs=mask_epochs,
+        body = cvl.run(data, data_dir, hidden=ints(hidden, "--hidden"), dense_epochs=dense_epochs, mask_epochs=mask_epochs,
                        eps=eps, methods=method_list, density=density, seed=seed, construct_n=construct_n,
                        log=console.print)
-    settings = {"data": data, "hidden": _ints(hidden), "dense_epochs": dense_epochs, "mask_epochs": mask_epochs,
+    settings = {"data": data, "hidden": ints(hidden, "--hidden"), "dense_epochs": dense_epochs, "mask_epochs": mask_epochs,
                 "eps": eps, "density": density, "methods": method_list, "seed": seed, "quick": quick,
                 "dense": "slth train-dense setting: bias-free, inputs in [0, 1], SGD lr 0.05 momentum 0.9, cosine",
                 "learned": "slth.train defaults per method (inputs normalised), signed-constant init"}
@@ -194,7 +255,7 @@ def construct_vs_learn_command(
     console.print(f"construct vs learn in {sw.wall:.0f} s -> {out}")
 
 
-@experiment_app.command("pensia-exp2")
+@app.command("pensia-exp2")
 def pensia_exp2_command(
     data_dir: Optional[Path] = typer.Option(None, help="MNIST directory"),
     nets: str = typer.Option("fc2,lenet5", help="fc2 (784-500-10) and/or lenet5 (random frozen convs, FC 400-120-84-10)"),
@@ -215,14 +276,18 @@ def pensia_exp2_command(
     from rich.console import Console
 
     from ..data import load_dataset
-    from . import redlayer as R
-    from .record import Stopwatch, header, write_record
+    from ..experiments import pensia_exp2 as R
+    from ..experiments.record import Stopwatch, header, write_record
 
-    _threads(threads)
+    net_list = names(nets, "--nets", ("fc2", "lenet5"))
+    kind_list = names(kinds, "--kinds", R.KINDS)
+    dens = floats(densities, "--densities")
+    if data_dir is None:
+        raise CommandError("pensia-exp2 needs --data-dir (a folder with the MNIST idx files)")
+    existing_dir(data_dir, "--data-dir")
+    output_file(out, "--out")
+    set_threads(threads)
     console = Console()
-    net_list = [n.strip() for n in nets.split(",") if n.strip()]
-    kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
-    dens = _floats(densities)
     if quick:
         net_list, dens, epochs, train_size = ["fc2"], [0.1], 1, 512
     data = load_dataset("mnist", data_dir)
@@ -231,8 +296,6 @@ def pensia_exp2_command(
     results = []
     with Stopwatch() as sw:
         for net in net_list:
-            if net not in ("fc2", "lenet5"):
-                raise typer.BadParameter(f"unknown net {net!r}; valid: fc2, lenet5")
             results.append(R.run(net, data, densities=dens, kinds=kind_list, epochs=epochs, r=r, seed=seed,
                                  lr=lr if net == "fc2" else lenet_lr, batch_size=batch_size, train_size=train_size,
                                  log=console.print))

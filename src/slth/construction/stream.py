@@ -1,7 +1,7 @@
 """Streaming construction: bounded chunks, checkpoints, worker processes and Ray.
 
 A *chunk* is one block of output rows (units or channels) of one target layer. Its result
-(:class:`~slth.construct.build.ChunkResult`) depends only on the seed, the layer's layout and the
+(:class:`~slth.construction.build.ChunkResult`) depends only on the seed, the layer's layout and the
 target's rows -- every random value it uses is drawn for that block alone (``b_rows`` advances the
 generator, redraws are keyed by their block) -- so chunks can run in any order, on any worker or
 machine, and be merged into the same ticket. Memory per chunk is bounded by ``chunk_instances``

@@ -1,20 +1,23 @@
-"""``slth bench subsetsum``: the engine's speed and error, optionally against the MIP baseline.
+"""``slth bench subsetsum`` and ``slth bench supermask-step`` (results go to docs/benchmarks.md).
 
-numba, numpy and the solvers are imported inside the command so that ``slth --help`` stays fast.
+numba, numpy, torch and the solvers are imported inside the commands so that ``slth --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import json
 from typing import List, Optional
 
 import typer
 
-from ..cli import bench_app
+from ._common import CommandError, ints, threads as set_threads
+
+app = typer.Typer(help="Benchmarks (results go to docs/benchmarks.md).", no_args_is_help=True)
 
 
 # ``--n 12 16 20`` (several values after one flag) is not a click idiom: the values after the first
 # arrive as extra arguments and are parsed here.
-@bench_app.command("subsetsum", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command("subsetsum", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def bench_subsetsum(
     ctx: typer.Context,
     n: List[int] = typer.Option([12, 16, 20, 24], "--n", help="values per instance: --n 12 16 20 24"),
@@ -37,14 +40,14 @@ def bench_subsetsum(
     from rich.console import Console
     from rich.table import Table
 
-    from . import bench
+    from ..subsetsum import bench
 
     try:
         n = list(n) + [int(extra) for extra in ctx.args]
     except ValueError:
-        raise typer.BadParameter(f"unexpected arguments {ctx.args}; --n takes integers") from None
+        raise CommandError(f"unexpected arguments {ctx.args}; --n takes integers") from None
     if batch < 1 or any(k < 1 for k in n):
-        raise typer.BadParameter("--batch and --n must be positive")
+        raise CommandError("--batch and --n must be positive")
     rows = bench.run(n, batch, threads=threads, seed=seed, repeats=repeats, mip=mip, mip_batch=mip_batch,
                      mip_solvers=mip_solver, mip_time_limit=mip_time_limit, sparsest_eps=sparsest_eps)
     if markdown:
@@ -69,3 +72,24 @@ def bench_subsetsum(
                 mt.add_row(str(r.n), m.solver, str(m.instances), f"{m.seconds_per_instance:.3g}", f"{m.median_error:.2e}",
                            f"{m.engine_not_worse}/{m.instances}", f"{m.speed_ratio:,.0f}×")
         console.print(mt)
+
+
+@app.command("supermask-step")
+def bench_supermask_step_command(
+    model: str = typer.Option("fc"),
+    method: str = typer.Option("edge-popup"),
+    width: float = typer.Option(1.0),
+    density: float = typer.Option(0.5),
+    batch_size: int = typer.Option(128),
+    steps: int = typer.Option(50),
+    input_shape: str = typer.Option("1,28,28"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Time a supermask training step against the dense step at the same width (one process)."""
+    from ..supermask.bench import step_times
+
+    set_threads(threads)
+    result = step_times(model, method, width=width, density=density, batch_size=batch_size, steps=steps,
+                        input_shape=tuple(ints(input_shape, "--input-shape")))
+    result.pop("samples")
+    typer.echo(json.dumps(result, indent=2))

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .build import METHODS, REACH, LayerJob, choose_n, merge_layer, plan_graph_scales
+from .build import (MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer,
+                    plan_graph_scales)
 from .network import LayerLayout, layer_prefixes
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, layer_chunks, plan_chunks, run_chunks
 from .target import parse_target
@@ -32,7 +33,7 @@ def construct(
     sparse: bool = True,
     n: int | list[int] | None = None,
     p: float = 0.99,
-    max_redraw_rounds: int = 8,
+    max_redraw_rounds: int = MAX_REDRAW_ROUNDS,
     progress: bool = False,
     workers: int = 1,
     backend: str = "local",
@@ -81,7 +82,7 @@ def construct(
         ns = [int(x) for x in n]
         if len(ns) != len(linears):
             raise ValueError(f"n has {len(ns)} entries but the target has {len(linears)} Linear/Conv2d layers")
-    max_n = 40 if method == "pensia" else 100_000
+    max_n = MAX_N_PER_METHOD[method]
     if any(x is not None and not (1 <= x <= max_n) for x in ns):
         raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
     if not (isinstance(p, (int, float)) and 0 < p < 1):

@@ -31,7 +31,8 @@ def run_demo(out: str | Path = "slth-demo", *, eps: float = 0.01, seed: int = 0,
 
     from ..data import load_dataset
     from .api import construct
-    from .report import certified_bound, measure
+    from .bound import certified_bound
+    from .report import measure
 
     console = Console(quiet=quiet)
     out = Path(out)

@@ -1,4 +1,4 @@
-"""CLI: ``slth construct``, ``slth evaluate``, ``slth train-dense``, ``slth demo``."""
+"""``slth construct``, ``slth evaluate``, ``slth demo``: trained network -> ticket, and its measurements."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, experiment_app
+from ._common import CommandError, existing_file, output_dir, output_file
 
 DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"
 
 
-@app.command("construct")
+def register(app: typer.Typer) -> None:
+    app.command("construct")(construct_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("demo")(demo_cmd)
+
+
 def construct_cmd(
     model: Path = typer.Argument(..., help="target: a state_dict file (with --arch) or a TorchScript file (nn.Sequential)"),
     out: Path = typer.Option(..., "-o", "--out", help="ticket file to write (.slth)"),
@@ -37,8 +42,8 @@ def construct_cmd(
     """Turn a trained ReLU network (MLP, CNN, ResNet) into a ticket: seed + masks over a random network."""
     from rich.console import Console
 
-    from . import construct
-    from .target import load_target
+    from ..construction import construct
+    from ..construction.target import load_target
 
     console = Console()
     shape = None
@@ -46,9 +51,12 @@ def construct_cmd(
         try:
             shape = tuple(int(v) for v in input_shape.replace("x", ",").split(","))
         except ValueError:
-            raise typer.BadParameter(f"--input-shape must look like 1,28,28, got {input_shape!r}") from None
+            raise CommandError(f"--input-shape must look like 1,28,28, got {input_shape!r}") from None
     if resume and workdir is None:
-        raise typer.BadParameter("--resume needs --workdir")
+        raise CommandError("--resume needs --workdir")
+    existing_file(model, "model")
+    output_file(out, "--out")
+    output_dir(workdir, "--workdir")
     target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
                        sparse=not dense_subsets, progress=True, workers=workers, backend=backend,
@@ -64,7 +72,6 @@ def construct_cmd(
     console.print(f"wrote {path} ({size:,} bytes, {8 * size / ticket.stats['target_params']:.2f} bits per target weight)")
 
 
-@app.command("evaluate")
 def evaluate_cmd(
     ticket_path: Path = typer.Argument(..., metavar="TICKET", help="a constructed ticket (.slth)"),
     data: str = typer.Option("digits", help=DATA_HELP),
@@ -83,10 +90,14 @@ def evaluate_cmd(
 
     from .._io import atomic_write_json
     from ..data import load_dataset
-    from .report import certified_bound, measure, weight_errors
-    from .target import load_target
-    from .ticket import Ticket
+    from ..construction.bound import certified_bound
+    from ..construction.report import measure, weight_errors
+    from ..construction.target import load_target
+    from ..construction.ticket import Ticket
 
+    existing_file(ticket_path, "ticket")
+    existing_file(target, "--target")
+    output_file(json_out, "--json")
     console = Console()
     ticket = Ticket.load(ticket_path)
     dataset = load_dataset(data, data_dir)
@@ -123,41 +134,6 @@ def evaluate_cmd(
         atomic_write_json(json_out, report)
 
 
-@app.command("train-dense")
-def train_dense_cmd(
-    arch: str = typer.Option(..., help="MLP widths, e.g. 784-500-10 (input and output must match the data)"),
-    data: str = typer.Option("digits", help=DATA_HELP),
-    data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
-    epochs: int = typer.Option(10),
-    seed: int = typer.Option(0),
-    lr: float = typer.Option(0.05),
-    out: Path = typer.Option(..., "-o", "--out", help="state_dict file to write (e.g. model.pt)"),
-) -> None:
-    """Train a bias-free ReLU MLP target on unnormalised [0, 1] inputs (Pensia et al.'s Exp. 1 setting)."""
-    import math
-
-    from rich.console import Console
-
-    from .._io import atomic_torch_save
-    from ..data import load_dataset
-    from .demo import train_target
-    from .target import mlp
-
-    widths = [int(x) for x in arch.split("-")] if all(p.isdigit() for p in arch.split("-")) else None
-    if widths is None or len(widths) < 2:
-        raise typer.BadParameter(f"--arch must look like 784-500-10, got {arch!r}")
-    dataset = load_dataset(data, data_dir)
-    if widths[0] != math.prod(dataset.input_shape) or widths[-1] != dataset.num_classes:
-        raise typer.BadParameter(
-            f"--arch {arch} does not fit {data}: inputs {math.prod(dataset.input_shape)}, classes {dataset.num_classes}")
-    target, metrics = train_target(data, data_dir, hidden=widths[1:-1], epochs=epochs, seed=seed, lr=lr, quiet=False)
-    mlp(widths, bias=False).load_state_dict(target.state_dict())  # the file loads with --arch
-    atomic_torch_save(out, target.state_dict())
-    Console().print(f"test accuracy {metrics['test_accuracy']:.2%} after {epochs} epochs "
-                    f"({metrics['seconds']:.1f} s); wrote {out}")
-
-
-@app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("slth-demo"), "-o", "--out", help="directory for the ticket, JSON and plot"),
     eps: float = typer.Option(0.01, help="per-weight tolerance"),
@@ -165,32 +141,8 @@ def demo_cmd(
     epochs: int = typer.Option(40, help="target training epochs"),
 ) -> None:
     """The main job on embedded digits: train a target MLP, construct its ticket, compare, plot error vs n."""
-    from .demo import run_demo
+    from ..construction.demo import run_demo
 
-    run_demo(out, eps=eps, seed=seed, epochs=epochs)
-
-
-@experiment_app.command("pensia-exp1")
-def pensia_exp1_cmd(
-    target: Path = typer.Option(..., help="784-500-10 bias-free MNIST target (state_dict, e.g. from slth train-dense)"),
-    data_dir: Path = typer.Option(..., help="directory with the MNIST idx(.gz) files"),
-    eps: list[float] = typer.Option([0.01, 0.001], help="per-weight tolerances"),
-    seed: int = typer.Option(0),
-    out: Path = typer.Option(Path("docs/results/pensia_exp1.json"), help="run record (JSON) to write"),
-    tickets_dir: Optional[Path] = typer.Option(None, help="also save the tickets here"),
-) -> None:
-    """Pensia et al. Exp. 1: construct and evaluate tickets of a 784-500-10 MNIST target, beside the paper."""
-    import shlex
-    import sys
-
-    from rich.console import Console
-
-    from .._io import atomic_write_json
-    from .experiments import exp1_markdown, exp1_tickets
-
-    record = exp1_tickets(target, data_dir, eps_values=tuple(eps), seed=seed, out_dir=tickets_dir)
-    record["command"] = "slth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, record)
-    Console().print(exp1_markdown(record))
-    Console().print(f"wrote {out}")
+    if epochs < 1:
+        raise CommandError(f"--epochs must be >= 1, got {epochs}")
+    run_demo(output_dir(out, "--out"), eps=eps, seed=seed, epochs=epochs)

@@ -15,7 +15,10 @@ METHODS = ("pensia", "malach")
 # Largest |target| (after rescaling) a block is asked to reach. n products of U[0,1]·U[-1,1] reach
 # about ±n/8 on average, so 1 is comfortably inside for the n we use; rare misses are redrawn.
 REACH = 1.0
-MAX_REDRAW_ROUNDS = 8
+MAX_REDRAW_ROUNDS = 8  # default bound on redraw rounds of the blocks that miss eps
+# largest n (random values per weight) each method accepts: the exact SubsetSum engine's limit for
+# Pensia's construction; Malach's single pick only needs memory for its n candidates
+MAX_N_PER_METHOD = {"pensia": MAX_N, "malach": 100_000}
 
 
 @dataclass

@@ -8,7 +8,10 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..report.core import Context, Record
 
 
 PAPER_EXP1 = {
@@ -29,10 +32,10 @@ def exp1_tickets(target_path: str | Path, data_dir: str | Path, *, eps_values=(0
                  arch: str = "784-500-10", out_dir: str | Path | None = None) -> dict[str, Any]:
     """Construct and evaluate tickets of the saved target at each eps; returns one record per eps."""
     from ..data import load_dataset
-    from ..experiments.record import machine
-    from .api import construct
-    from .report import measure
-    from .target import load_target
+    from ..provenance import git_commit, machine
+    from ..construction.api import construct
+    from ..construction.report import measure
+    from ..construction.target import load_target
 
     target = load_target(target_path, arch)
     data = load_dataset("mnist", data_dir)
@@ -50,7 +53,7 @@ def exp1_tickets(target_path: str | Path, data_dir: str | Path, *, eps_values=(0
         runs.append({"eps": eps, "construct_wall_seconds": wall, "construct_cpu_seconds": cpu, "stats": ticket.stats,
                      "measured": m, "file_bytes": size,
                      "bits_per_target_weight": None if size is None else 8 * size / ticket.stats["target_params"]})
-    return {"experiment": "pensia-exp1", "arch": arch, "seed": seed, "machine": machine(),
+    return {"experiment": "pensia-exp1", "arch": arch, "seed": seed, "machine": machine(), "git_commit": git_commit(),
             "peak_rss_mb": peak_rss_mb(), "date": time.strftime("%Y-%m-%d"), "runs": runs, "paper": PAPER_EXP1}
 
 
@@ -80,3 +83,22 @@ def exp1_markdown(record: dict[str, Any]) -> str:
     lines.append(f"*{paper['note']}. Machine (slth): {record['machine']}; peak RSS {record['peak_rss_mb']:.0f} MB; "
                  f"{record['date']}; `{record.get('command', '')}`.")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report section
+def render(record: Record, ctx: Context) -> str:
+    """The docs/results.md section of one record (called by ``slth report``)."""
+    from ..report.format import provenance
+
+    d = record.data
+    for run in d["runs"]:
+        if run["eps"] == 0.01:
+            ctx.summary.append(("Exp. 1: MNIST 784-500-10 ticket at eps 0.01",
+                                f"{d['paper']['kept_params']:,} kept of {d['paper']['random_params']:,}, "
+                                f"{d['paper']['target_accuracy']:.2%} (target's), {d['paper']['seconds'] / 3600:.1f} h",
+                                f"{run['stats']['kept_params']:,} kept of {run['stats']['random_params']:,}, "
+                                f"{run['measured']['ticket_accuracy']:.2%} (pruned net), "
+                                f"{run['construct_wall_seconds']:.1f} s"))
+    return "\n".join(["## Pensia et al. Exp. 1: SubsetSum tickets of a 784-500-10 MNIST target\n",
+                      "Ours (`slth experiment pensia-exp1`) beside the paper's committed output (THEORY.md 2.8).\n",
+                      exp1_markdown(d), "", provenance(d)])

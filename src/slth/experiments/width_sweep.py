@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 from .._io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
+    from ..report.core import Context, Record
     from ..train import TrainConfig
 
 
@@ -96,3 +97,20 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- report section
+def render(record: Record, ctx: Context) -> str:
+    """The docs/results.md section of one record (called by ``slth report``)."""
+    from ..report.format import provenance
+
+    d = record.data
+    path = ctx.plot_path(record)
+    plot(d, path)
+    cfg = d["config"]
+    return "\n".join([f"## Learning by pruning: width sweep ({cfg['model']} on {cfg['data']}, "
+                      f"{cfg['epochs']} epochs, density {cfg['density']:g})\n",
+                      "Dense at width w against each supermask method on a random network of width k·w "
+                      f"(`slth experiment width-sweep`; record `{record.path.name}`).\n",
+                      ctx.image(path, "width sweep"), "", table(d),
+                      provenance(d) if "machine" in d else f"*machine: {d['runs'][0].get('machine', 'see runs')}*"])

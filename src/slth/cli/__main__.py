@@ -1,0 +1,5 @@
+"""``python -m slth.cli`` runs the ``slth`` command line."""
+
+from slth.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""Measured error of a ticket: agreement with the target on data, per-layer weight errors.
+
+The certified bound lives in :mod:`slth.construction.bound` (one implementation for every ticket).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bound import realised_kernels
+from .target import parse_target
+from .ticket import Ticket
+
+
+@torch.no_grad()
+def measure(ticket_module: torch.nn.Module, target: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+            *, batch_size: int = 1000, progress=None) -> dict[str, Any]:
+    """Measured agreement of the ticket with the target on data: max logit difference, accuracies, top-1 agreement."""
+    target = target.eval()
+    ticket_module = ticket_module.eval()
+    max_diff = 0.0
+    agree = correct_t = correct_k = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        ft = target(xb).double()
+        fk = ticket_module(xb).double()
+        max_diff = max(max_diff, float((ft - fk).abs().max()))
+        pt, pk = ft.argmax(1), fk.argmax(1)
+        agree += int((pt == pk).sum())
+        if y is not None:
+            yb = y[start : start + batch_size]
+            correct_t += int((pt == yb).sum())
+            correct_k += int((pk == yb).sum())
+        if progress is not None:
+            progress(len(xb))
+    out = {"max_logit_diff": max_diff, "top1_agreement": agree / len(x), "examples": int(len(x))}
+    if y is not None:
+        out["target_accuracy"] = correct_t / len(x)
+        out["ticket_accuracy"] = correct_k / len(x)
+    return out
+
+
+def weight_errors(ticket: Ticket, target) -> list[float]:
+    """Per-layer max |realised - target| over weights and biases, recomputed from the ticket's module."""
+    _, linears = parse_target(target, nonnegative_input=ticket.config["nonnegative_input"])
+    errs = []
+    realised = [{k: None if v is None else v.numpy() for k, v in r.items()} for r in realised_kernels(ticket)]
+    for spec, real in zip(linears, realised):
+        e = np.abs(real["pos"] - spec.weight).max()
+        if real["neg"] is not None:
+            e = max(e, np.abs(real["neg"] + spec.weight).max())
+        if real["bias"] is not None:
+            e = max(e, np.abs(real["bias"] - spec.bias).max())
+        errs.append(float(e))
+    return errs
