@@ -39,10 +39,6 @@ OUTPUTS = {
     "slth train": ["runs/ep/metrics.json", "runs/ep/ticket.slth"],
     "slth report": ["docs/results.md"],
 }
-# The top-level API (slth.construct(...), slth.Ticket) currently collides with the subpackage slth.construct
-# (a RecursionError, or the module itself once slth.construct.report is imported); blocks that use it are
-# expected to fail that way until the fix lands, and pass afterwards (xfail is not strict).
-COLLISION = re.compile(r"\bslth\.(construct\(|Ticket\b)")
 
 
 def _fences(path: Path, lang: str) -> list[tuple[int, str]]:
@@ -130,9 +126,6 @@ def test_python_example_runs(path, line, code, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     result = _run([sys.executable, str(script)], work)
-    collided = "RecursionError" in result.stderr or "TypeError: 'module' object is not callable" in result.stderr
-    if result.returncode != 0 and collided and COLLISION.search(code):
-        pytest.xfail("slth.construct / slth.Ticket collide with the subpackage slth.construct (fix under way)")
     assert result.returncode == 0, f"{path.name}:{line} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
 
 

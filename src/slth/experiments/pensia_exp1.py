@@ -20,7 +20,7 @@ PAPER_EXP1 = {
     "kept_params": 3_725_871,
     "seconds": 77_266,
     "machine": "AWS c5.18xlarge, 36 cores, Gurobi",
-    "note": "their pruned-net accuracy was most likely measured on the target (see THEORY.md 2.8)",
+    "note": "their pruned-net accuracy was most likely measured on the target (see docs/theory.md §2.8)",
 }
 
 
@@ -100,5 +100,5 @@ def render(record: Record, ctx: Context) -> str:
                                 f"{run['measured']['ticket_accuracy']:.2%} (pruned net), "
                                 f"{run['construct_wall_seconds']:.1f} s"))
     return "\n".join(["## Pensia et al. Exp. 1: SubsetSum tickets of a 784-500-10 MNIST target\n",
-                      "Ours (`slth experiment pensia-exp1`) beside the paper's committed output (THEORY.md 2.8).\n",
+                      "Ours (`slth experiment pensia-exp1`) beside the paper's committed output (docs/theory.md §2.8).\n",
                       exp1_markdown(d), "", provenance(d)])

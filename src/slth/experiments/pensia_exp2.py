@@ -8,7 +8,7 @@ j·r + k), optional ReLU (the paper's structure; without it the "linear" variant
 by edge-popup. The baseline is a wide FC net of about the same size, pruned by edge-popup.
 
 LeNet-5: the convolutions are random and frozen (never trained or pruned, shared by every model); only
-the FC part 400-120-84-10 is replaced by RedLayers or by a wide FC net (THEORY.md 2.9).
+the FC part 400-120-84-10 is replaced by RedLayers or by a wide FC net (docs/theory.md §2.9).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 KINDS = ("structure-linear", "structure-relu", "wide")  # the compared networks
 
-# best final accuracy over epoch budgets, from their committed result files (THEORY.md 2.9); keyed by kept %
+# best final accuracy over epoch budgets, from their committed result files (docs/theory.md §2.9); keyed by kept %
 PAPER_FC2 = {
     "total_params": {"structure": 1_991_420, "wide": 1_991_352}, "dense_accuracy": 98.5,
     "rows": {50: (97.2, 94.0, 98.0), 25: (96.7, 90.2, 98.1), 10: (93.7, 74.6, 97.2), 5: (86.7, 53.9, 95.7),
@@ -35,7 +35,7 @@ PAPER_FC2 = {
                 "{30, 50, 100, 125, 150} (best over budgets), full MNIST normalised (0.1307, 0.3081), r = 5",
 }
 PAPER_LENET5 = {"total_params": 300_170, "dense_accuracy": 98.4,
-                "note": "their LeNet5 curves behave like FC2's (THEORY.md 2.9); per-sparsity numbers not in our copy"}
+                "note": "their LeNet5 curves behave like FC2's (docs/theory.md §2.9); per-sparsity numbers not in our copy"}
 
 
 class Expand(nn.Module):

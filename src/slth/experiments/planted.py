@@ -5,7 +5,7 @@ the planted mask is then the ground truth, and we ask whether each supermask met
 per-layer densities: an oracle density) and the constructive method recover it.
 
 Targets (bias-free ReLU nets; a bias is the weight from a constant input 1 appended to the data, carried
-through hidden layers by a constant neuron relu(1) = 1, THEORY.md 2.7):
+through hidden layers by a constant neuron relu(1) = 1, docs/theory.md §2.7):
 
 * ``relu``   1 -> 1 regression: a piecewise-linear function with 8 knots, Σ a_i relu(±(x - k_i)).
 * ``circle`` 2 -> 4 classes by squared radius x1² + x2² with thresholds 0.2 / 0.5 / 0.7: x_i² is
@@ -42,7 +42,7 @@ TASKS = ("relu", "circle", "helix", "mnist")
 PAPER = ("Fischer & Burkholz (Plant 'n' Seek): planted tickets of known, extreme sparsity are *not* recovered "
          "by current pruning algorithms, which reach worse accuracy than the planted ticket at the same "
          "sparsity; they conclude the sparsity limits are algorithmic. (Their exact numbers are not "
-         "verified in our copy of the paper, THEORY.md 8; only the qualitative claim is quoted.)")
+         "verified in our copy of the paper, docs/theory.md §8.6; only the qualitative claim is quoted.)")
 
 
 class Planted(nn.Module):
