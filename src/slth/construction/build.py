@@ -27,9 +27,6 @@ class LayerResult:
     scale: float  # this layer's weights were divided by `scale`
     bias_scale: float  # its bias was divided by the product of scales up to here
     masks: dict[str, np.ndarray]
-    effective_pos: np.ndarray  # (d_out, d_in): realised weight on relu(x), target scale
-    effective_neg: np.ndarray | None  # (d_out, d_in): realised weight on relu(-x) (≈ -W), target scale
-    effective_bias: np.ndarray | None
     max_weight_error: float
     errors: np.ndarray  # every weight's (and bias's) |realised - target|, target scale
     failures: int
@@ -206,15 +203,8 @@ def merge_layer(job: LayerJob, chunks: list[ChunkResult]) -> LayerResult:
     errors = np.concatenate([c.weight_errors for c in chunks] + [c.bias_errors for c in chunks])
     redraws = np.concatenate([c.redraws for c in chunks]) if chunks else np.zeros((0, 4), np.int64)
     max_err = float(errors.max()) if errors.size else 0.0
-    return LayerResult(layout, job.scale, job.bias_scale, masks, None, None, None, max_err, errors,
+    return LayerResult(layout, job.scale, job.bias_scale, masks, max_err, errors,
                        int(sum(c.failures for c in chunks)), [tuple(int(v) for v in r) for r in redraws])
-
-
-def build_layer(index: int, spec: LinearSpec, layout: LayerLayout, seed: int, scale: float, bias_scale: float,
-                eps: float, method: str, sparse: bool, max_redraw_rounds: int = MAX_REDRAW_ROUNDS) -> LayerResult:
-    """Solve every block of one target layer in one chunk and return masks and errors."""
-    job = LayerJob(index, layout, seed, scale, bias_scale, eps, method, sparse, max_redraw_rounds)
-    return merge_layer(job, [solve_chunk(job, 0, layout.d_out, spec.weight, spec.bias)])
 
 
 def plan_graph_scales(ops: list[dict], specs: list[LinearSpec]) -> tuple[list[float], list[float], float]:

@@ -44,12 +44,6 @@ class Ticket:
             apply_redraws(self.seed, index, layout, tensors["b.weight"], self.redraws)
             yield {f"{prefix}.{name}": torch.from_numpy(arr) for name, arr in tensors.items()}
 
-    def _random_state(self) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {}
-        for layer in self._layer_states():
-            state.update(layer)
-        return state
-
     def _skeleton(self) -> nn.Sequential:
         return build_module(self.config["ops"], self.layouts, self.config["output_scale"])
 

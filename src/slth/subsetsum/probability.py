@@ -44,15 +44,6 @@ def _sample_targets(rng: np.random.Generator, size: int, distribution) -> np.nda
     return rng.choice(samples, size=size, replace=True)
 
 
-def success_probability(eps: float, n: int, distribution="uniform", *, values: str = "product",
-                        trials: int = 20_000, seed: int = 0) -> float:
-    """Monte-Carlo estimate of P(min error <= eps) for n random values and one random target."""
-    rng = np.random.default_rng(seed)
-    targets = _sample_targets(rng, trials, distribution)
-    vals = sample_values(rng, (trials, MAX_N), values)[:, :n]
-    return float((solve(vals, targets).error <= eps).mean())
-
-
 def required_n(eps: float, p: float = 0.99, distribution="uniform", *, values: str = "product",
                trials: int = 20_000, seed: int = 0, n_max: int = 32) -> int:
     """Smallest n with P(error <= eps) >= p, for targets from ``distribution``.
