@@ -108,3 +108,23 @@ def test_report_marks_stale_and_unchecked_records(tmp_path, monkeypatch):
     plain = core.generate(results, tmp_path / "r2.md", check_freshness=False).read_text()
     assert "Stale" not in plain and "Freshness" not in plain
     assert Path(tmp_path / "r2.md").exists()
+
+
+def test_a_folder_of_training_runs_is_one_table_with_freshness(tmp_path):
+    from slth.report import core
+
+    results = tmp_path / "results"
+    runs = results / "runs"
+    runs.mkdir(parents=True)
+    run = {"method": "edge-popup", "model": "fc", "data": "digits", "width": 1.0, "density": 0.5,
+           "target_density": 0.5, "kept_params": 5, "params": 10, "epochs_done": 1, "test_accuracy": 0.9,
+           "best_test_accuracy": 0.9, "seconds": 1.0, "finished": True, "config": {},
+           "epochs": [{"train_accuracy": 0.8}]}
+    (runs / "a.json").write_text(json.dumps(run))
+    (runs / "b.json").write_text(json.dumps({**run, "method": "dense", "target_density": 1.0}))
+    text = core.generate(results, tmp_path / "r.md").read_text()
+    assert text.count("## Training runs") == 1 and "| `a` | edge-popup" in text and "| `b` | dense" in text
+    assert "**Not current** (`b`, `a`)" in text or "**Not current** (`a`, `b`)" in text
+    (runs / "c.json").write_text(json.dumps({"experiment": "planted"}))
+    with pytest.raises(core.ReportError, match="only slth train metrics"):
+        core.generate(results, tmp_path / "r.md")

@@ -12,8 +12,9 @@ width-sweep            dense at width w vs each supermask method at width k*w
 :data:`EXPERIMENTS` is the one registry: the record kind (the record's ``"experiment"`` key), the module
 holding the experiment's code and its report section (``render(record, ctx)``), the section's place in
 docs/results.md, and the source paths whose change makes a record stale (``slth report`` marks it).
-Records of ``slth train`` runs (kind ``train-run``) are listed too: the trainer writes them, their
-section lives in :mod:`slth.experiments.train_runs`. Adding an experiment: its module here, one entry
+Records of ``slth train`` runs are listed too (kind ``train-run`` for one ``metrics.json``, ``train-runs``
+for a sub-folder of them, rendered as one table): the trainer writes them, their section lives in
+:mod:`slth.experiments.train_runs`. Adding an experiment: its module here, one entry
 below, one command in :mod:`slth.cli.experiment`.
 """
 
@@ -31,9 +32,10 @@ class Experiment:
     order: int  # section order in docs/results.md
     depends_on: tuple[str, ...]  # paths under src/slth/ (a trailing / is a package) that produce the numbers
     command: bool = True
+    render: str = "render"  # name of the module's report-section function
 
     def renderer(self) -> Callable:
-        return importlib.import_module(f"{__name__}.{self.module}").render
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.render)
 
 
 _CONSTRUCTION = ("construction/", "subsetsum/")
@@ -51,4 +53,5 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                _CONSTRUCTION + _LEARNING + ("data/", "experiments/construct_vs_learn.py")),
     Experiment("width-sweep", "width_sweep", 60, _LEARNING + ("data/", "experiments/width_sweep.py")),
     Experiment("train-run", "train_runs", 70, _LEARNING + ("data/",), command=False),
+    Experiment("train-runs", "train_runs", 95, _LEARNING + ("data/",), command=False, render="render_set"),
 )}

@@ -36,7 +36,7 @@ class Context:
     check_freshness: bool = True  # mark records whose code changed since their commit (needs git)
     checkout: tuple[Path, str] | None = None  # (repository root, package path in it); None: not a checkout
     preserving: dict[str, str] = field(default_factory=dict)  # behaviour-preserving commits -> why
-    freshness: list = field(default_factory=list)  # one Freshness per checked record, in report order
+    checked: list = field(default_factory=list)  # one Freshness per checked record, in report order
     summary: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, paper, ours) for the top table
 
     def plot_path(self, record: Record, suffix: str = "") -> Path:
@@ -49,6 +49,16 @@ class Context:
 
     def image(self, path: Path, alt: str) -> str:
         return f"![{alt}]({self.link(path)})"
+
+    def freshness(self, data: dict, depends_on: tuple[str, ...]):
+        """Check one record's commit against the code it depends on (:mod:`.freshness`); None when off."""
+        from .freshness import check
+
+        if not self.check_freshness:
+            return None
+        result = check(data.get("git_commit"), depends_on, checkout=self.checkout, preserving=self.preserving)
+        self.checked.append(result)
+        return result
 
 
 def detect_kind(path: Path, data: Any) -> str:
@@ -64,12 +74,33 @@ def detect_kind(path: Path, data: Any) -> str:
     raise ReportError(f"{path}: not a record (no 'experiment' key and not a width-sweep or train metrics file)")
 
 
+def _run_set(directory: Path) -> Record:
+    """A folder of ``slth train`` metrics files: one record (kind ``train-runs``), one table in the report."""
+    runs = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: invalid JSON ({exc})") from None
+        if detect_kind(path, data) != "train-run":
+            raise ReportError(f"{path}: a results sub-folder holds only slth train metrics files")
+        runs.append((path.stem, data))
+    if not runs:
+        raise ReportError(f"{directory}: an empty results sub-folder")
+    return Record(directory, "train-runs", runs)
+
+
 def load_records(results_dir: str | os.PathLike) -> list[Record]:
+    """Every record of ``results_dir``: JSON records, markdown fragments, and each sub-folder of training
+    runs as one record."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise ReportError(f"results directory does not exist: {results_dir}")
     records = []
     for path in sorted(results_dir.iterdir()):
+        if path.is_dir() and not path.name.startswith((".", "_")):
+            records.append(_run_set(path))
+            continue
         if path.name.startswith(".") or path.suffix not in (".json", ".md"):
             continue
         if path.suffix == ".md":
@@ -104,14 +135,11 @@ def kinds() -> dict[str, tuple[int, Callable[[Record, Context], str]]]:
 def _freshness_note(record: Record, ctx: Context) -> str:
     """A line under a record's section when its numbers may not be what the current code gives."""
     from ..experiments import EXPERIMENTS
-    from .freshness import check
 
-    if not ctx.check_freshness or record.kind not in EXPERIMENTS or not isinstance(record.data, dict):
-        return ""
-    result = check(record.data.get("git_commit"), EXPERIMENTS[record.kind].depends_on,
-                   checkout=ctx.checkout, preserving=ctx.preserving)
-    ctx.freshness.append(result)
-    if result.status == "current":
+    if record.kind not in EXPERIMENTS or not isinstance(record.data, dict):
+        return ""  # fragments; run sets mark each run in their own table
+    result = ctx.freshness(record.data, EXPERIMENTS[record.kind].depends_on)
+    if result is None or result.status == "current":
         return ""
     if result.status == "stale":
         shown = "; ".join(f"`{c}`" for c in result.changes[:5])
@@ -147,8 +175,8 @@ def render(records: list[Record], ctx: Context, *, results_label: str = "docs/re
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ReportError(f"{record.path}: cannot render as {record.kind!r}: {type(exc).__name__}: {exc}") from exc
         sections.append(text.rstrip() + "\n" + _freshness_note(record, ctx))
-    if ctx.freshness:
-        counts = {s: sum(1 for f in ctx.freshness if f.status == s) for s in ("current", "stale", "unknown")}
+    if ctx.checked:
+        counts = {s: sum(1 for f in ctx.checked if f.status == s) for s in ("current", "stale", "unknown")}
         parts.append(f"**Freshness** (checked by `slth report` against git history): {counts['current']} record(s) "
                      f"match the current code, {counts['stale']} are stale (the code they depend on changed since "
                      f"their commit; each is marked), {counts['unknown']} cannot be checked (no commit recorded).\n")
