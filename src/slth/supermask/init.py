@@ -1,32 +1,22 @@
 """Seeded weight initialisation and per-layer densities.
 
-Every random draw comes from its own ``torch.Generator`` seeded by :func:`derive_seed` from the run seed
+Every random draw comes from its own ``torch.Generator`` (:func:`slth.seeding.generator`) seeded from the run seed
 and a key naming what is drawn (``"weight"``, layer name, generation), so a layer's frozen weights do not
 depend on global RNG state, on the order of construction, or on any other layer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..seeding import derive_seed, generator
 from .core import kept_count
 
 GAIN = math.sqrt(2.0)  # ReLU gain, as torch.nn.init.calculate_gain("relu")
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed from ``seed`` and ``keys``: stable across runs, platforms and Python versions."""
-    text = "/".join([str(int(seed)), *(str(k) for k in keys)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def generator(seed: int, *keys: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
 
 
 def _kaiming_normal(shape, fan_in, density, gen):
