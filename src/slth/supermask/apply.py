@@ -5,50 +5,55 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from functools import partial
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .init import derive_seed, draw_weight, fan_in, generator, init_weights, layer_densities, prunable_layers
-from .methods import BiProp, Bernoulli, EdgePopup, GemMiner, IteRand, Supermask, SupermaskConfig
+from ..seeding import derive_seed, generator
+from .init import draw_weight, init_weights, layer_densities, prunable_layers
+from .methods import METHODS, Supermask, SupermaskConfig
 
 DENSE_INIT = "kaiming-normal"
 
 
-def _scores(method: str, module: nn.Module, name: str, seed: int, density: float) -> torch.Tensor:
-    shape = module.weight.shape
-    gen = generator(seed, "scores", name)
-    u = torch.rand(shape, generator=gen)
-    if method == "gem-miner":
-        return u  # U[0, 1]
-    bound = 1.0 / math.sqrt(fan_in(module))  # kaiming_uniform_(a=sqrt(5)), as hidden-networks
-    scores = (2.0 * u - 1.0) * bound
-    if method == "bernoulli":  # start with sigmoid(s) ~ density so the sampled masks start at the target
-        d = min(max(density, 1e-3), 1 - 1e-3)
-        scores = scores + math.log(d / (1.0 - d))
-    return scores
+def _target(modules: dict[str, nn.Module], key: str) -> tuple[nn.Module, str]:
+    """(module, tensor name) of ``key``: a module name (its ``weight``) or ``<module>.<tensor>``."""
+    if key in modules:
+        return modules[key], "weight"
+    parent, _, tensor = key.rpartition(".")
+    if parent in modules and tensor:
+        return modules[parent], tensor
+    raise KeyError(f"{key!r} names neither a module nor a module's tensor")
 
 
-def _parametrization(config: SupermaskConfig, module: nn.Module, name: str, seed: int, density: float) -> Supermask:
-    shape, scores = module.weight.shape, _scores(config.method, module, name, seed, density)
-    method = config.method
-    if method == "edge-popup":
-        return EdgePopup(shape, density, scores)
-    if method == "biprop":
-        return BiProp(shape, density, scores)
-    sample_seed = derive_seed(seed, "sample", name)
-    if method == "bernoulli":
-        return Bernoulli(shape, density, scores, sample_seed)
-    if method == "iterand":
-        # generation g of this layer's weights: the same seeded draw from_ticket repeats
-        redraw = partial(draw_weight, module, name, seed, config.init, density)
-        return IteRand(shape, density, scores, sample_seed, redraw=lambda g: redraw(generation=g),
-                       period=config.rerand_period, prob=config.rerand_prob)
-    if method == "gem-miner":
-        return GemMiner(shape, density, scores, score_l2=config.score_l2)
-    raise AssertionError(method)  # SupermaskConfig validated the name
+def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str, float], seed: int, *,
+                 redraw: Callable[[str, int], torch.Tensor] | None = None, fan_in: dict[str, int] | None = None,
+                 divide_scores: bool = False) -> nn.Module:
+    """Freeze every parameter of ``model`` and mask the tensor each key of ``densities`` names (a module
+    name for its ``weight``) with ``config.method``'s parametrization at that density, leaving the
+    weights as they are. Its scores are drawn from ``(seed, "scores", key)`` as :data:`METHODS` says;
+    sampled masks from ``(seed, "sample", key)``. ``redraw(key, generation)`` gives re-drawn weights
+    (IteRand); ``fan_in`` overrides the fan of a key's score scale (default: the product of the tensor's
+    trailing dimensions); ``divide_scores`` see :func:`slth.supermask.methods.uniform_scores`.
+    ``config.density``, ``init`` and ``distribution`` are not read here."""
+    method = METHODS[config.method]
+    if method.redraws and redraw is None:
+        raise ValueError(f"{config.method} re-draws pruned weights: it needs redraw(name, generation)")
+    modules = dict(model.named_modules())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for key, density in densities.items():
+        module, tensor = _target(modules, key)
+        shape = getattr(module, tensor).shape
+        fan = (fan_in or {}).get(key, math.prod(shape[1:]))
+        u = torch.rand(shape, generator=generator(seed, "scores", key))
+        scores = method.scores(u, fan, density, divide=divide_scores)
+        p = method.make(shape, density, scores, config=config, sample_seed=derive_seed(seed, "sample", key),
+                        redraw=None if redraw is None else partial(redraw, key))
+        parametrize.register_parametrization(module, tensor, p, unsafe=True)
+    return model
 
 
 def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.Module:
@@ -56,12 +61,12 @@ def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.
     weight with a ``config.method`` parametrization whose ``scores`` are the only trainable parameters."""
     densities = layer_densities(model, config.density, config.distribution)
     init_weights(model, seed, config.init, densities)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, module in prunable_layers(model):
-        parametrize.register_parametrization(
-            module, "weight", _parametrization(config, module, name, seed, densities[name]), unsafe=True)
-    return model
+    modules = dict(model.named_modules())
+
+    def redraw(name: str, generation: int) -> torch.Tensor:  # the same seeded draw from_ticket repeats
+        return draw_weight(modules[name], name, seed, config.init, densities[name], generation=generation)
+
+    return mask_tensors(model, config, densities, seed, redraw=redraw)
 
 
 def build(model: str, input_shape, num_classes: int, *, seed: int, width: float = 1.0,

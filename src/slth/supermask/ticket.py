@@ -19,7 +19,7 @@ from torch import nn
 from .. import ticketfile
 from .apply import supermask_layers
 from .init import draw_weight, init_weights, layer_densities, prunable_layers
-from .methods import SupermaskConfig, binarized_weight
+from .methods import METHODS, SupermaskConfig
 
 KIND = "learned-supermask"
 
@@ -117,7 +117,7 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile) -> nn.Module:
             weight[mask] = kept
         maskf = mask.to(weight.dtype)
         # the same arithmetic as the parametrization in eval mode, hence bit-identical
-        module.weight.copy_(binarized_weight(weight, maskf, int(mask.sum())) if sm.method == "biprop" else weight * maskf)
+        module.weight.copy_(METHODS[sm.method].final_weight(weight, maskf, int(mask.sum())))
     buffers = dict(model.named_buffers())
     for key, value in ticket.extras.items():
         kind, _, name = key.partition("/")
