@@ -187,3 +187,44 @@ def test_every_method_has_one_registry_entry_and_the_trainer_defaults_come_from_
         assert (DEFAULT_LR[name], DEFAULT_WEIGHT_DECAY[name], DEFAULT_INIT[name]) == (m.lr, m.weight_decay, m.init)
         assert sm.SupermaskConfig(method=name).init == m.init
     assert set(DEFAULT_LR) == set(DEFAULT_WEIGHT_DECAY) == set(DEFAULT_INIT) == {"dense", *sm.METHODS}
+
+
+def test_vit_conv6_conv8_shapes_and_width():
+    from slth.models import build_model
+
+    vit = build_model("vit", (3, 32, 32), 10)
+    assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert vit.pos_embed.shape == (1, 65, 64) and vit.encoder.layers[0].linear1.weight.shape == (128, 64)
+    assert build_model("vit", (1, 8, 8), 10, width=0.5).pos_embed.shape == (1, 5, 32)
+    assert build_model("vit", (1, 28, 28), 10, patch=7).pos_embed.shape == (1, 17, 64)
+    with pytest.raises(ValueError, match="patch size 3 must divide"):
+        build_model("vit", (1, 8, 8), 10, patch=3)
+    conv6 = [m.out_channels for m in build_model("conv6", (3, 32, 32), 10).modules() if isinstance(m, nn.Conv2d)]
+    conv8 = build_model("conv8", (3, 32, 32), 10, width=0.5)
+    assert conv6 == [64, 64, 128, 128, 256, 256]
+    assert [m.out_channels for m in conv8.modules() if isinstance(m, nn.Conv2d)] == [32, 32, 64, 64, 128, 128, 256, 256]
+    assert [m.in_features for m in conv8.modules() if isinstance(m, nn.Linear)] == [256 * 2 * 2, 128, 128]
+
+
+def test_registry_vit_takes_a_supermask_and_its_ticket_rebuilds(tmp_path):
+    model = sm.build("vit", (1, 8, 8), 10, seed=5, width=0.25, supermask=sm.SupermaskConfig(method="bernoulli"))
+    x, y = _data(8)
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    rebuilt = sm.from_ticket(sm.to_ticket(model))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+
+
+def test_slth_train_vit_on_digits(tmp_path):
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--model", "vit", "--data", "digits", "--epochs", "1", "--width", "0.5",
+                                 "--out", str(tmp_path / "vit")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "vit" / "ticket.slth").exists()
+    rebuilt = sm.from_ticket(tmp_path / "vit" / "ticket.slth")
+    assert isinstance(rebuilt.encoder, nn.TransformerEncoder)
