@@ -180,10 +180,11 @@ def freeze_plan(model: nn.Module) -> list[tuple[str, nn.Module, str, str]]:
             elif isinstance(module, NORMS):
                 value = "one" if tensor == "weight" else "zero"
             elif type(module).__module__.split(".")[0] == "torch":
-                raise TypeError(f"{type(module).__name__} at {name!r} holds parameters ({', '.join(module._parameters)}) "
-                                f"that slth can neither mask nor freeze: supermasks go on "
-                                f"{', '.join(t.__name__ for t in MASKABLE)} weights; normalisation layers "
-                                f"({', '.join(t.__name__ for t in NORMS)}) are frozen at weight 1, bias 0")
+                raise TypeError(f"{type(module).__name__} at {name!r} holds parameters "
+                                f"({', '.join(module._parameters)}) that slth can neither mask nor freeze: "
+                                f"supermasks go on {', '.join(t.__name__ for t in MASKABLE)} weights; normalisation "
+                                "layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) are frozen at weight "
+                                "1, bias 0")
             elif tensor == "weight" or tensor.endswith("_weight"):
                 raise TypeError(f"{type(module).__name__} at {name!r} holds a weight {tensor!r} that slth cannot "
                                 f"mask: put it in one of {', '.join(t.__name__ for t in MASKABLE)} (other free "

@@ -70,8 +70,9 @@ def materialize(model: nn.Module, into: nn.Module | None = None) -> nn.Module:
     registry model, or ``into`` (a fresh instance of the user's class, for a model of
     :func:`slth.supermask.apply_supermask`).
 
-    Its parameters are frozen, as :func:`from_ticket`'s. Built afresh rather than by ``copy.deepcopy`` + ``remove_parametrizations``: copies of a parametrized
-    module share its generated class, and removing the parametrization from one breaks the other.
+    Its parameters are frozen, as :func:`from_ticket`'s. Built afresh rather than by ``copy.deepcopy`` +
+    ``remove_parametrizations``: copies of a parametrized module share its generated class, and removing
+    the parametrization from one breaks the other.
     """
     spec = getattr(model, "slth_spec", None)
     if not spec:
@@ -168,7 +169,8 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
     init_weights(model, ticket.seed, sm.init, densities)
     targets = {t.name: t for t in prunable_tensors(model)}
     if set(ticket.masks) != set(targets):
-        raise ticketfile.TicketFileError(f"ticket masks {sorted(ticket.masks)} do not match the model's layers {sorted(targets)}")
+        raise ticketfile.TicketFileError(f"ticket masks {sorted(ticket.masks)} do not match the model's layers "
+                                         f"{sorted(targets)}")
     final_weight = METHODS[sm.method].final_weight
     for key, mask_np in ticket.masks.items():
         target = targets[key]
