@@ -9,7 +9,7 @@ from torch import nn
 from slth.models import MODELS, build_model
 
 SHAPES = {"fc": (1, 28, 28), "conv2": (1, 28, 28), "conv4": (1, 28, 28), "conv6": (3, 32, 32),
-          "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+          "lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "conv8": (3, 32, 32), "vit": (1, 8, 8)}
 
 
 def _weights(model: nn.Module) -> int:

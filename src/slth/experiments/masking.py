@@ -2,10 +2,11 @@
 
 :func:`slth.supermask.apply_supermask` gives every layer a density from a rule (uniform, ERK) and
 re-seeds the weights. The experiments here need to keep weights they planted or initialised their own way
-(Plant 'n' Seek, Pensia's RedLayer) and to give each tensor its own density, so :func:`attach` registers
-the same parametrization classes (``slth.supermask.methods``) on the ``weight`` of every module listed,
-leaving the weights as they are. The trainer hooks (``after_step``, ``after_epoch``, ``regularization``,
-``final_masks``) are slth.supermask's own, so every method behaves as in ``slth train``.
+(Plant 'n' Seek, Pensia's RedLayer) and to give each tensor its own density, so :func:`attach` masks the
+``weight`` of every module listed through the same machinery (:func:`slth.supermask.apply.mask_tensors`,
+which reads each method's :data:`slth.supermask.METHODS` entry), leaving the weights as they are. The
+trainer hooks (``after_step``, ``after_epoch``, ``regularization``, ``final_masks``) are slth.supermask's
+own, so every method behaves as in ``slth train``.
 """
 
 from __future__ import annotations
@@ -17,63 +18,31 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ..supermask import after_epoch, after_step, derive_seed, final_masks, regularization
-from ..supermask.methods import METHODS, Bernoulli, BiProp, EdgePopup, GemMiner, IteRand
-
-
-def scores_like(method: str, weight: torch.Tensor, fan_in: int, density: float, gen: torch.Generator) -> torch.Tensor:
-    """Initial scores as slth.supermask draws them: kaiming-uniform (a = sqrt 5), U[0, 1] for Gem-Miner,
-    shifted by logit(density) for Bernoulli so the sampled masks start near the target density."""
-    u = torch.rand(weight.shape, generator=gen)
-    if method == "gem-miner":
-        return u
-    scores = (2.0 * u - 1.0) / math.sqrt(fan_in)
-    if method == "bernoulli":
-        d = min(max(density, 1e-3), 1 - 1e-3)
-        scores = scores + math.log(d / (1.0 - d))
-    return scores
+from ..seeding import generator
+from ..supermask import after_epoch, after_step, final_masks, regularization
+from ..supermask.apply import mask_tensors
+from ..supermask.methods import METHODS, SupermaskConfig
 
 
 def attach(model: nn.Module, method: str, densities: dict[str, float], seed: int, *,
            redraw: Callable[[str, int], torch.Tensor] | None = None, fan_in: dict[str, int] | None = None,
            rerand_period: int = 300, rerand_prob: float = 0.1, score_l2: float = 1e-4) -> nn.Module:
     """Freeze every parameter of ``model`` and mask ``weight`` of each module named in ``densities``
-    (kept fraction per module) with ``method``'s parametrization. ``redraw(name, generation)`` gives
-    IteRand's re-draws of that module's weights; ``fan_in`` overrides the fan used for the score scale."""
+    (kept fraction per module) with ``method``'s parametrization (:func:`slth.supermask.apply.mask_tensors`,
+    as ``apply_supermask``). ``redraw(name, generation)`` gives IteRand's re-draws of that module's
+    weights; ``fan_in`` overrides the fan used for the score scale."""
     if method not in METHODS:
         raise ValueError(f"unknown supermask method {method!r}; valid: {', '.join(METHODS)}")
-    if method == "iterand" and redraw is None:
-        raise ValueError("iterand needs redraw(name, generation)")
-    modules = dict(model.named_modules())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, density in densities.items():
-        module = modules[name]
-        w = module.weight
-        fan = (fan_in or {}).get(name, math.prod(w.shape[1:]))
-        scores = scores_like(method, w, fan, density, torch.Generator().manual_seed(derive_seed(seed, "scores", name)))
-        sample_seed = derive_seed(seed, "sample", name)
-        if method == "edge-popup":
-            p = EdgePopup(w.shape, density, scores)
-        elif method == "biprop":
-            p = BiProp(w.shape, density, scores)
-        elif method == "bernoulli":
-            p = Bernoulli(w.shape, density, scores, sample_seed)
-        elif method == "iterand":
-            p = IteRand(w.shape, density, scores, sample_seed, redraw=lambda g, name=name: redraw(name, g),
-                        period=rerand_period, prob=rerand_prob)
-        else:
-            p = GemMiner(w.shape, density, scores, score_l2=score_l2)
-        parametrize.register_parametrization(module, "weight", p, unsafe=True)
-    return model
+    config = SupermaskConfig(method=method, rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2)
+    # divide_scores: these experiments' records were computed with (2u - 1) / sqrt(fan), which differs from
+    # slth train's (2u - 1) * (1 / sqrt(fan)) in the last bit
+    return mask_tensors(model, config, densities, seed, redraw=redraw, fan_in=fan_in, divide_scores=True)
 
 
 def normal_weight(shape, fan_in: int, seed: int, *keys) -> torch.Tensor:
     """He-normal N(0, 2/fan_in), seeded by (seed, keys)."""
-    gen = torch.Generator().manual_seed(derive_seed(seed, *keys))
-    return torch.randn(tuple(shape), generator=gen) * math.sqrt(2.0 / fan_in)
+    return torch.randn(tuple(shape), generator=generator(seed, *keys)) * math.sqrt(2.0 / fan_in)
 
 
 @torch.no_grad()
@@ -104,7 +73,7 @@ def fit(model: nn.Module, data: tuple[torch.Tensor, ...], *, task: str, epochs: 
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "data-order", epoch)))
+        order = torch.randperm(n, generator=generator(seed, "data-order", epoch))
         for b in range(0, n, batch_size):
             idx = order[b : b + batch_size]
             for g in opt.param_groups:

@@ -239,7 +239,7 @@ def _seek(net: Planted, planted: dict[str, torch.Tensor], method: str, multiple:
     """Train ``method``'s supermask over the source net, each layer keeping ``multiple`` x its planted count."""
     import copy
 
-    from ..train.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+    from ..supermask.methods import METHODS
     from .masking import attach, fit, masks_of, normal_weight
 
     model = copy.deepcopy(net)
@@ -248,8 +248,8 @@ def _seek(net: Planted, planted: dict[str, torch.Tensor], method: str, multiple:
     attach(model, method, density, seed,
            redraw=lambda name, g: normal_weight(mods[name].parametrizations.weight.original.shape,
                                                 mods[name].in_features, seed, "redraw", name, g))
-    r = fit(model, d, task=kind, epochs=epochs, lr=DEFAULT_LR[method], seed=seed,
-            weight_decay=DEFAULT_WEIGHT_DECAY[method])
+    r = fit(model, d, task=kind, epochs=epochs, lr=METHODS[method].lr, seed=seed,
+            weight_decay=METHODS[method].weight_decay)
     found = masks_of(model)
     planted_count = sum(int(m.sum()) for m in planted.values())
     hit = sum(int((found[n] & planted[n]).sum()) for n in planted)

@@ -12,7 +12,8 @@ def _flat_size(features: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 class ConvNet(nn.Module):
-    """VGG-like Conv2/4/6 (Frankle & Carbin; Ramanujan et al.): 3x3 convs, max-pools, FC 256-256-classes."""
+    """VGG-like Conv2/4/6/8 (Frankle & Carbin, arXiv 1803.03635; Ramanujan et al., arXiv 1911.13299): 3x3
+    convs, max-pools, FC 256-256-classes."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, plan: Sequence[int | str],
                  width: float = 1.0, fc: Sequence[int] = (256, 256)):

@@ -1,9 +1,11 @@
 """Learning by pruning: train only masks over frozen random weights.
 
 ``build(model, input_shape, num_classes, seed=..., supermask=SupermaskConfig(method, density, ...))``
-gives a registry model whose Linear/Conv2d weights are frozen seeded draws, each masked by a
+gives a registry model whose weights are frozen seeded draws, each masked by a
 ``torch.nn.utils.parametrize`` parametrization (see :mod:`slth.supermask.methods`). Only the ``scores``
-are trainable. ``to_ticket`` / ``from_ticket`` write and rebuild the learned ticket (seed + masks).
+are trainable. ``apply_supermask(model, config, seed)`` does the same to the user's own module (weights
+in Linear, Conv1d, Conv2d, Embedding, MultiheadAttention; ``supermask_report`` says what it masked and
+what it froze). ``to_ticket`` / ``from_ticket`` write and rebuild the learned ticket (seed + masks).
 
 ``density`` is always the kept fraction.
 
@@ -15,11 +17,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "apply": ("after_epoch", "after_step", "apply_supermask", "build", "final_masks", "mask_counts",
-              "regularization", "supermask_layers"),
+    "apply": ("FrozenTensor", "MaskedTensor", "SupermaskReport", "after_epoch", "after_step", "apply_supermask",
+              "build", "final_masks", "mask_counts", "regularization", "supermask_layers", "supermask_report"),
     "core": ("GetSubnet", "kept_count", "topk_mask"),
-    "init": ("INITS", "derive_seed", "init_weights", "layer_densities", "prunable_layers"),
-    "methods": ("METHODS", "SupermaskConfig"),
+    "init": ("INITS", "MASKABLE", "derive_seed", "freeze_plan", "init_weights", "layer_densities", "prunable_layers",
+             "prunable_tensors"),
+    "methods": ("METHODS", "Method", "SupermaskConfig"),
     "ticket": ("from_ticket", "load_ticket", "materialize", "to_ticket"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -1,32 +1,23 @@
 """Seeded weight initialisation and per-layer densities.
 
-Every random draw comes from its own ``torch.Generator`` seeded by :func:`derive_seed` from the run seed
+Every random draw comes from its own ``torch.Generator`` (:func:`slth.seeding.generator`) seeded from the run seed
 and a key naming what is drawn (``"weight"``, layer name, generation), so a layer's frozen weights do not
 depend on global RNG state, on the order of construction, or on any other layer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..seeding import derive_seed, generator
 from .core import kept_count
 
 GAIN = math.sqrt(2.0)  # ReLU gain, as torch.nn.init.calculate_gain("relu")
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed from ``seed`` and ``keys``: stable across runs, platforms and Python versions."""
-    text = "/".join([str(int(seed)), *(str(k) for k in keys)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def generator(seed: int, *keys: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
 
 
 def _kaiming_normal(shape, fan_in, density, gen):
@@ -62,45 +53,172 @@ def check_init(init: str) -> None:
         raise ValueError(f"unknown init {init!r}; valid names: {', '.join(sorted(INITS))}")
 
 
+MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)
+"""The module types whose weights a supermask masks (``MultiheadAttention``: ``in_proj_weight``, or
+``q/k/v_proj_weight`` when the key and value sizes differ; its ``out_proj`` is a Linear)."""
+
+NORMS = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None))
+              if t is not None)
+"""Normalisation layers: their affine weight and bias are frozen at 1 and 0 (``reset_parameters``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One masked tensor: ``tensor`` (``"weight"``, ``"in_proj_weight"``, ...) of the module ``module_name``.
+
+    ``key`` names it in densities and seeds: the module's name for a ``weight``, else
+    ``<module>.<tensor>``; ``name`` is its parameter name in the model's ``state_dict`` (and a ticket).
+    """
+
+    module_name: str
+    tensor: str
+    module: nn.Module
+    shape: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        if self.tensor == "weight":
+            return self.module_name
+        return f"{self.module_name}.{self.tensor}" if self.module_name else self.tensor
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.tensor}"
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.shape[1:])
+
+    def raw(self) -> torch.Tensor:
+        """The stored tensor (under a parametrization: its ``original``)."""
+        return raw_tensor(self.module, self.tensor)
+
+
+def raw_tensor(module: nn.Module, tensor: str) -> torch.Tensor:
+    plist = module._modules.get("parametrizations")
+    if plist is not None and tensor in plist:
+        return plist[tensor].original
+    return getattr(module, tensor)
+
+
+def _maskable_tensors(module: nn.Module) -> tuple[str, ...]:
+    if isinstance(module, nn.MultiheadAttention):
+        if module._qkv_same_embed_dim:
+            return ("in_proj_weight",)
+        return ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+    if isinstance(module, MASKABLE):
+        return ("weight",)
+    return ()
+
+
+def prunable_tensors(model: nn.Module) -> list[Target]:
+    """The tensors a supermask masks, in module order: the weight of every Linear, Conv1d, Conv2d and
+    Embedding, and MultiheadAttention's input projection (:data:`MASKABLE`)."""
+    targets = []
+    for name, module in _own_modules(model):
+        for tensor in _maskable_tensors(module):
+            targets.append(Target(name, tensor, module, tuple(raw_tensor(module, tensor).shape)))
+    return targets
+
+
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers whose ``weight`` a supermask prunes: every Linear and Conv2d, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    """(name, module) of the layers whose ``weight`` a supermask masks (:func:`prunable_tensors` also lists
+    MultiheadAttention's input projections)."""
+    return [(t.key, t.module) for t in prunable_tensors(model) if t.tensor == "weight"]
 
 
-def fan_in(module: nn.Module) -> int:
-    shape = _weight_shape(module)
-    return math.prod(shape[1:])
+def _own_modules(model: nn.Module):
+    """``model.named_modules()`` without the modules of parametrizations (a supermask's own tensors)."""
+    for name, module in model.named_modules():
+        if ".parametrizations." in f".{name}.":
+            continue
+        yield name, module
 
 
-def _weight_shape(module: nn.Module) -> tuple[int, ...]:
-    if isinstance(module, nn.Linear):
-        return (module.out_features, module.in_features)
-    return (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
-
-
-def draw_weight(module: nn.Module, name: str, seed: int, init: str, density: float = 1.0,
-                generation: int = 0) -> torch.Tensor:
-    """The frozen weight of layer ``name``: generation 0 at build, IteRand re-draws are 1, 2, ..."""
+def draw_weight(target: Target, seed: int, init: str, density: float = 1.0, generation: int = 0) -> torch.Tensor:
+    """The frozen value of ``target``: generation 0 at build, IteRand re-draws are 1, 2, ..."""
     check_init(init)
-    gen = generator(seed, "weight", name, generation)
-    return INITS[init](_weight_shape(module), fan_in(module), density, gen)
+    gen = generator(seed, "weight", target.key, generation)
+    w = INITS[init](target.shape, target.fan_in, density, gen)
+    if isinstance(target.module, nn.Embedding) and target.module.padding_idx is not None:
+        w[target.module.padding_idx] = 0.0  # as nn.Embedding: the padding row is zero
+    return w
+
+
+FREE_STD = 1.0  # a free parameter (positional embedding, class token) ~ N(0, 1), as nn.Embedding's default
+
+
+def freeze_plan(model: nn.Module) -> list[tuple[str, nn.Module, str, str]]:
+    """How :func:`init_weights` sets every parameter of ``model``: (parameter name, module, tensor, value)
+    with value one of ``"masked"`` (a :func:`prunable_tensors` entry: drawn from ``init``), ``"zero"``
+    (biases), ``"one"`` (normalisation weights), ``"normal"`` (free parameters of the user's own modules,
+    such as a positional embedding or class token: seeded N(0, 1), keyed by the parameter's name).
+
+    Raises ``TypeError`` for a parameter it cannot place: one of a torch.nn module other than
+    :data:`MASKABLE` and :data:`NORMS` (an LSTM, Conv3d, ...), or a ``weight`` of the user's own module
+    (a layer holding weights that slth cannot mask). Tied (shared) parameters are refused too.
+    """
+    plan, seen = [], {}
+    for name, module in _own_modules(model):
+        maskable = set(_maskable_tensors(module))
+        for tensor in maskable:
+            plan.append((f"{name}.{tensor}", module, tensor, "masked"))
+        for tensor, param in module._parameters.items():
+            if param is None or tensor in maskable:
+                continue
+            full = f"{name}.{tensor}" if name else tensor
+            if id(param) in seen:
+                raise TypeError(f"{full!r} is the same tensor as {seen[id(param)]!r}: slth cannot mask or "
+                                "freeze tied parameters; untie them")
+            seen[id(param)] = full
+            if isinstance(module, MASKABLE):
+                if tensor.endswith("bias") or tensor in ("bias_k", "bias_v"):
+                    value = "zero"
+                else:
+                    raise TypeError(f"{type(module).__name__} at {name!r} has a parameter {tensor!r} slth does "
+                                    "not know")
+            elif isinstance(module, NORMS):
+                value = "one" if tensor == "weight" else "zero"
+            elif type(module).__module__.split(".")[0] == "torch":
+                raise TypeError(f"{type(module).__name__} at {name!r} holds parameters "
+                                f"({', '.join(module._parameters)}) that slth can neither mask nor freeze: "
+                                f"supermasks go on {', '.join(t.__name__ for t in MASKABLE)} weights; normalisation "
+                                "layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) are frozen at weight "
+                                "1, bias 0")
+            elif tensor == "weight" or tensor.endswith("_weight"):
+                raise TypeError(f"{type(module).__name__} at {name!r} holds a weight {tensor!r} that slth cannot "
+                                f"mask: put it in one of {', '.join(t.__name__ for t in MASKABLE)} (other free "
+                                "parameters, such as a positional embedding, are frozen at a seeded N(0, 1) draw)")
+            else:
+                value = "normal"
+            plan.append((full, module, tensor, value))
+    return plan
 
 
 @torch.no_grad()
 def init_weights(model: nn.Module, seed: int, init: str = "kaiming-normal",
                  densities: dict[str, float] | None = None) -> nn.Module:
-    """Seed every parameter of ``model`` deterministically; refuses parameters it does not know how to seed."""
+    """Set every parameter of ``model`` from ``seed`` alone, as :func:`freeze_plan` says: maskable weights
+    from ``init`` (at their density of ``densities``, for the scaled inits), biases 0, normalisation layers
+    weight 1 and bias 0 (running statistics reset), free parameters seeded N(0, 1). Torch's global RNG is
+    not used. Buffers other than normalisation statistics are left as constructed."""
     check_init(init)
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            density = 1.0 if densities is None else densities[name]
-            module.weight.copy_(draw_weight(module, name, seed, init, density))
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.modules.batchnorm._NormBase):
-            module.reset_parameters()  # deterministic: weight 1, bias 0, running statistics reset
-        elif any(True for _ in module.parameters(recurse=False)):
-            raise TypeError(f"init_weights does not know how to seed {type(module).__name__} at {name!r}")
+    plan = freeze_plan(model)
+    targets = {t.name: t for t in prunable_tensors(model)}
+    for module in {id(m): m for _, m, _, v in plan if isinstance(m, NORMS)}.values():
+        module.reset_parameters()  # deterministic: weight 1, bias 0, running statistics reset
+    for full, module, tensor, value in plan:
+        target = raw_tensor(module, tensor)
+        if value == "masked":
+            t = targets[full]
+            density = 1.0 if densities is None else densities[t.key]
+            target.copy_(draw_weight(t, seed, init, density))
+        elif value == "zero":
+            target.zero_()
+        elif value == "one":
+            target.fill_(1.0)
+        else:
+            target.copy_(torch.randn(target.shape, generator=generator(seed, "free", full)) * FREE_STD)
     return model
 
 
@@ -108,19 +226,20 @@ DISTRIBUTIONS = ("uniform", "erk")
 
 
 def layer_densities(model: nn.Module, density: float, distribution: str = "uniform") -> dict[str, float]:
-    """Per-layer density (kept fraction) for an overall ``density`` over all prunable weights.
+    """Per-tensor density (kept fraction), keyed by :attr:`Target.key`, for an overall ``density`` over all
+    prunable weights (:func:`prunable_tensors`).
 
     ``uniform``: every layer keeps ``density``. ``erk`` (Erdos-Renyi-Kernel, Evci et al. 2020): layer l
     keeps a fraction proportional to sum(shape_l) / prod(shape_l), scaled so the total kept count equals
     ``density`` times the total; layers that would exceed 1 are kept dense and the rest re-scaled.
     """
     kept_count(1, density)  # validates the range
-    layers = prunable_layers(model)
+    targets = prunable_tensors(model)
     if distribution == "uniform":
-        return {name: float(density) for name, _ in layers}
+        return {t.key: float(density) for t in targets}
     if distribution != "erk":
         raise ValueError(f"unknown density distribution {distribution!r}; valid names: {', '.join(DISTRIBUTIONS)}")
-    shapes = {name: _weight_shape(m) for name, m in layers}
+    shapes = {t.key: t.shape for t in targets}
     numel = {name: math.prod(s) for name, s in shapes.items()}
     raw = {name: sum(s) / math.prod(s) for name, s in shapes.items()}
     budget = density * sum(numel.values())

@@ -1,8 +1,9 @@
-"""Supermask methods as ``torch.nn.utils.parametrize`` parametrizations of a layer's frozen ``weight``.
+"""Supermask methods: one :class:`Method` entry per method in :data:`METHODS`, and the parametrizations.
 
-Each method is a module ``P`` with ``P(weight) -> effective weight``. In training mode the mask may be
-stochastic (Bernoulli) or thresholded (Gem-Miner); in eval mode every method uses its *final mask*, which
-keeps exactly ``kept_count(numel, density)`` weights -- the mask a ticket stores.
+Each method's parametrization is a ``torch.nn.utils.parametrize`` module ``P`` of a layer's frozen
+weight, ``P(weight) -> effective weight``. In training mode the mask may be stochastic (Bernoulli) or
+thresholded (Gem-Miner); in eval mode every method uses its *final mask*, which keeps exactly
+``kept_count(numel, density)`` weights -- the mask a ticket stores.
 
 ==========  ===================================================================  ====================
 method      training mask / effective weight                                     final mask
@@ -16,6 +17,12 @@ gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda    
             * sum s^2; the removable set shrinks to ``density`` on a geometric    remaining set
             per-epoch schedule over the first 3/4 of training (Sreenivasan et al. 2022)
 ==========  ===================================================================  ====================
+
+**Adding a method** touches this file only: its parametrization class (a :class:`Supermask`) and one
+:class:`Method` entry in :data:`METHODS` -- how its parametrization is made, how its scores start, its
+default learning rate, weight decay and init (``slth train`` reads them), and the weight a ticket
+rebuilds from a mask. :func:`slth.supermask.apply_supermask`, the trainer's config, tickets and the
+experiments all read the entry.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class SupermaskConfig:
 
     method: str = "edge-popup"
     density: float = 0.5
-    init: str = "signed-constant"
+    init: str | None = None  # None: the method's default init (its METHODS entry)
     distribution: str = "uniform"  # per-layer densities: "uniform" or "erk"
     rerand_period: int = 300  # IteRand: optimizer steps between re-randomisations (K_per)
     rerand_prob: float = 0.1  # IteRand: probability that a pruned weight is re-drawn
@@ -54,6 +61,8 @@ class SupermaskConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown supermask method {self.method!r}; valid names: {', '.join(sorted(METHODS))}")
+        if self.init is None:
+            object.__setattr__(self, "init", METHODS[self.method].init)
         if not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0:
             raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
         check_init(self.init)
@@ -390,4 +399,86 @@ class GemMiner(Supermask):
         self.alive.copy_(topk_mask(self._ranked_scores(), keep))
 
 
-METHODS = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")
+def masked_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
+    """The effective weight W * m under a (float) mask; ``kept`` = m.sum(), unused."""
+    return weight * mask
+
+
+def uniform_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+    """Scores ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``u`` ~ U[0, 1): kaiming_uniform_(a=sqrt(5)), as
+    hidden-networks (Ramanujan et al.). ``divide`` computes (2u - 1) / sqrt(fan_in) rather than
+    (2u - 1) * (1 / sqrt(fan_in)): the two differ in the last bit, and the planted and pensia-exp2 records
+    (:mod:`slth.experiments.masking`) were computed dividing."""
+    centred = 2.0 * u - 1.0
+    return centred / math.sqrt(fan_in) if divide else centred * (1.0 / math.sqrt(fan_in))
+
+
+def logit_shifted_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+    """:func:`uniform_scores` + logit(density), so that sigmoid(s) ~ density and the sampled masks start at
+    the target density (Bernoulli)."""
+    d = min(max(density, 1e-3), 1 - 1e-3)
+    return uniform_scores(u, fan_in, density, divide=divide) + math.log(d / (1.0 - d))
+
+
+def unit_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+    """Scores ~ U[0, 1] (Gem-Miner's relaxed mask)."""
+    return u
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything slth knows about one supermask method; :data:`METHODS` holds one per method.
+
+    ``make(shape, density, scores, *, config, sample_seed, redraw)`` returns the parametrization of one
+    tensor (``config`` the :class:`SupermaskConfig`, ``sample_seed`` the tensor's own seed for sampled
+    masks, ``redraw(generation)`` the tensor's re-drawn weights where ``redraws``). ``scores(u, fan_in,
+    density, divide=False)`` gives the initial scores from ``u`` ~ U[0, 1) of the tensor's shape.
+    ``final_weight(weight, float mask, kept)`` is the weight a ticket rebuilds: the parametrization's
+    eval-mode output, with the same arithmetic, so a rebuilt ticket is bit-identical.
+    ``lr``, ``weight_decay`` and ``init`` are ``slth train``'s defaults (:mod:`slth.train.config`).
+    """
+
+    name: str
+    make: Callable[..., Supermask]
+    scores: Callable[..., torch.Tensor]
+    lr: float
+    weight_decay: float
+    init: str = "signed-constant"  # Ramanujan et al.'s best init for every method here
+    redraws: bool = False  # the parametrization re-draws pruned weights (needs ``redraw``)
+    final_weight: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = masked_weight
+    paper: str = ""
+    doc: str = ""
+
+
+# Learning rates: score learning in the papers uses 0.1 for ~100 epochs; for the short CPU budgets here
+# 1.0 is better (MNIST FC, density 0.5, 3 epochs: 95.59 % at 0.1, 97.44 % at 0.5, 97.38 % at 1.0, 97.17 %
+# at 2.0). Bernoulli's sigmoid gradients are small (Zhou et al. also used very large rates) and
+# Gem-Miner's scores live in [0, 1]: their rates are the best of {1, 10, 50, 100, 200, 500} and
+# {0.01, 0.1, 1, 3} on digits (FC 64-300-100-10, density 0.5, 10 epochs).
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("edge-popup", lambda shape, density, scores, **_: EdgePopup(shape, density, scores),
+           uniform_scores, lr=1.0, weight_decay=1e-4,
+           paper="Ramanujan et al. 2020, What's Hidden in a Randomly Weighted Neural Network?, arXiv 1911.13299",
+           doc="top-k of |scores|, straight-through gradients"),
+    Method("bernoulli", lambda shape, density, scores, *, sample_seed, **_: Bernoulli(shape, density, scores,
+                                                                                       sample_seed),
+           logit_shifted_scores, lr=500.0, weight_decay=0.0,
+           paper="Zhou et al. 2019, Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask, arXiv 1905.01067",
+           doc="masks sampled from sigmoid(scores), expected density held at the target, annealed temperature"),
+    Method("biprop", lambda shape, density, scores, **_: BiProp(shape, density, scores),
+           uniform_scores, lr=1.0, weight_decay=1e-4, final_weight=binarized_weight,
+           paper="Diffenderfer & Kailkhura 2021, Multi-Prize Lottery Ticket Hypothesis, arXiv 2103.09377",
+           doc="edge-popup's mask over binarised weights alpha * sign(W), alpha = mean |W| over the kept"),
+    Method("iterand", lambda shape, density, scores, *, config, sample_seed, redraw, **_: IteRand(
+               shape, density, scores, sample_seed, redraw=redraw, period=config.rerand_period,
+               prob=config.rerand_prob),
+           uniform_scores, lr=1.0, weight_decay=1e-4, redraws=True,
+           paper="Chijiwa et al. 2021, Pruning Randomly Initialized Neural Networks with Iterative "
+                 "Randomization, arXiv 2106.09269",
+           doc="edge-popup that periodically re-draws pruned weights from the init"),
+    Method("gem-miner", lambda shape, density, scores, *, config, **_: GemMiner(shape, density, scores,
+                                                                               score_l2=config.score_l2),
+           unit_scores, lr=3.0, weight_decay=0.0,  # its own regulariser instead (score_l2)
+           paper="Sreenivasan et al. 2022, Rare Gems: Finding Lottery Tickets at Initialization, arXiv 2202.12002",
+           doc="scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, a shrinking removable set"),
+)}

@@ -5,6 +5,11 @@ generators as at build time) and applies the masks, so the result is bit-identic
 ``materialize(trained_model)``. For IteRand the generation of each *kept* weight (which re-draw it holds)
 is stored as ``extras["generation/<name>"]`` (int16, in mask order); buffers that training changes
 (BatchNorm running statistics) as ``extras["buffer/<name>"]``.
+
+A ticket of a registry model (:func:`slth.supermask.build`) names the model and its arguments, so
+``from_ticket(path)`` rebuilds it. A ticket of the user's own model (:func:`slth.supermask.apply_supermask`)
+names the model's class and lists its parameter and buffer names and shapes; ``from_ticket(path,
+model=fresh_instance)`` rebuilds it into a fresh instance after checking that they match.
 """
 
 from __future__ import annotations
@@ -17,34 +22,79 @@ import torch
 from torch import nn
 
 from .. import ticketfile
-from .apply import supermask_layers
-from .init import draw_weight, init_weights, layer_densities, prunable_layers
-from .methods import SupermaskConfig, binarized_weight
+from .apply import _supermasks
+from .init import draw_weight, init_weights, layer_densities, prunable_tensors
+from .methods import METHODS, SupermaskConfig
 
 KIND = "learned-supermask"
 
 
-@torch.no_grad()
-def materialize(model: nn.Module) -> nn.Module:
-    """A plain registry model whose weights are ``model``'s effective weights under the final masks.
+def _plain_layout(model: nn.Module) -> dict[str, list[int]]:
+    """Name -> shape of every parameter and buffer of ``model`` as a plain (unparametrized) module."""
+    layout = {}
+    for name, module in model.named_modules():
+        if ".parametrizations." in f".{name}.":
+            continue
+        prefix = f"{name}." if name else ""
+        plist = module._modules.get("parametrizations")
+        if plist is not None:
+            for tensor, chain in plist._modules.items():
+                layout[prefix + tensor] = list(chain.original.shape)
+        for kind in (module._parameters, module._buffers):
+            for tensor, value in kind.items():
+                if value is not None:
+                    layout[prefix + tensor] = list(value.shape)
+    return layout
 
-    Built afresh rather than by ``copy.deepcopy`` + ``remove_parametrizations``: copies of a parametrized
-    module share its generated class, and removing the parametrization from one breaks the other.
+
+def _check_layout(expected: dict[str, list[int]], model: nn.Module, what: str) -> None:
+    """Raise a :class:`ticketfile.TicketFileError` naming the first difference between the two layouts."""
+    got = _plain_layout(model)
+    for name, shape in got.items():  # in the model's order
+        if name not in expected:
+            raise ticketfile.TicketFileError(f"{type(model).__name__} has {name!r} {tuple(shape)}, which the "
+                                             f"ticket ({what}) lacks: a ticket rebuilds into the architecture "
+                                             "it was learned on")
+        if list(expected[name]) != list(shape):
+            raise ticketfile.TicketFileError(f"{name!r} has shape {tuple(expected[name])} in the ticket ({what}), "
+                                             f"{tuple(shape)} in {type(model).__name__}")
+    for name, shape in expected.items():
+        if name not in got:
+            raise ticketfile.TicketFileError(f"the ticket ({what}) has {name!r} {tuple(shape)}, which "
+                                             f"{type(model).__name__} lacks")
+
+
+@torch.no_grad()
+def materialize(model: nn.Module, into: nn.Module | None = None) -> nn.Module:
+    """A plain model whose weights are ``model``'s effective weights under the final masks: a fresh
+    registry model, or ``into`` (a fresh instance of the user's class, for a model of
+    :func:`slth.supermask.apply_supermask`).
+
+    Its parameters are frozen, as :func:`from_ticket`'s. Built afresh rather than by ``copy.deepcopy`` +
+    ``remove_parametrizations``: copies of a parametrized module share its generated class, and removing
+    the parametrization from one breaks the other.
     """
     spec = getattr(model, "slth_spec", None)
     if not spec:
-        raise ValueError("materialize needs a model built by slth.supermask.build (it has no slth_spec)")
-    plain = _plain_model(spec)
+        raise ValueError("materialize needs a model of slth.supermask.build or apply_supermask (it has no slth_spec)")
+    if into is None:
+        if spec.get("model") is None:
+            raise ValueError(f"this is a user's model ({spec.get('class')}): pass materialize(model, into=a fresh "
+                             "instance of its class)")
+        plain = _plain_model(spec)
+    else:
+        _check_layout(_plain_layout(model), into, "the supermasked model")
+        plain = into
     was_training = model.training
     model.eval()
     try:
-        effective = {f"{name}.weight": module.weight for name, module, _ in supermask_layers(model)}
+        effective = {f"{name}.{tensor}": getattr(module, tensor) for name, module, tensor, _ in _supermasks(model)}
         source = model.state_dict()
         plain.load_state_dict({k: effective[k] if k in effective else source[k] for k in plain.state_dict()})
     finally:
         model.train(was_training)
     plain.slth_spec = dict(spec)
-    return plain.eval()
+    return plain.requires_grad_(False).eval()
 
 
 def _plain_model(spec: dict) -> nn.Module:
@@ -63,21 +113,27 @@ def _model_buffers(model: nn.Module):
 
 
 def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticketfile.TicketFile:
-    """The ticket of a supermasked model built by :func:`slth.supermask.build`; written to ``path`` if given."""
+    """The ticket of a supermasked model (:func:`slth.supermask.build` or ``apply_supermask``); written to
+    ``path`` if given."""
     spec = getattr(model, "slth_spec", None)
     if not spec or not spec.get("supermask"):
-        raise ValueError("to_ticket needs a supermask model built by slth.supermask.build (it has no slth_spec)")
+        raise ValueError("to_ticket needs a supermask model of slth.supermask.build or apply_supermask "
+                         "(it has no slth_spec)")
     masks, extras = {}, {}
-    for name, module, p in supermask_layers(model):
+    for name, module, tensor, p in _supermasks(model):
         mask = p.final_mask()
-        masks[f"{name}.weight"] = mask.cpu().numpy()
+        masks[f"{name}.{tensor}"] = mask.cpu().numpy()
         generation = getattr(p, "generation", None)
         if generation is not None and bool((generation[mask] != 0).any()):
-            extras[f"generation/{name}.weight"] = generation[mask].cpu().numpy().astype(np.int16)
+            extras[f"generation/{name}.{tensor}"] = generation[mask].cpu().numpy().astype(np.int16)
     for name, buffer in _model_buffers(model):
         extras[f"buffer/{name}"] = buffer.detach().cpu().numpy()
-    config = {"kind": KIND, "model": spec["model"], "model_kwargs": spec["model_kwargs"],
-              "init": spec["init"], "supermask": spec["supermask"]}
+    if spec.get("model") is None:  # the user's own model: its class and layout, checked when rebuilt
+        config = {"kind": KIND, "model": None, "class": spec["class"], "layout": _plain_layout(model),
+                  "init": spec["init"], "supermask": spec["supermask"]}
+    else:
+        config = {"kind": KIND, "model": spec["model"], "model_kwargs": spec["model_kwargs"],
+                  "init": spec["init"], "supermask": spec["supermask"]}
     ticket = ticketfile.TicketFile(seed=int(spec["seed"]), config=config, masks=masks, extras=extras)
     if path is not None:
         ticketfile.save(path, ticket)
@@ -85,39 +141,55 @@ def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticket
 
 
 @torch.no_grad()
-def from_ticket(source: str | os.PathLike | ticketfile.TicketFile) -> nn.Module:
-    """Rebuild the pruned network of a learned ticket: seeded frozen weights times the stored masks."""
+def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the pruned network of a learned ticket: seeded frozen weights times the stored masks.
+
+    ``model``: a fresh instance of the class the ticket was learned on (needed for a ticket of the user's
+    own model, optional for a registry model); its parameter and buffer names and shapes must match the
+    ticket's, else a :class:`slth.ticketfile.TicketFileError` names the first difference. It is rebuilt in
+    place and returned in eval mode with its parameters frozen (``requires_grad_(True)`` to fine-tune).
+    """
     ticket = source if isinstance(source, ticketfile.TicketFile) else ticketfile.load(Path(source))
     config = ticket.config
     if config.get("kind") != KIND:
         raise ticketfile.TicketFileError(f"not a learned supermask ticket (kind {config.get('kind')!r})")
     sm = SupermaskConfig(**config["supermask"])
-    model = _plain_model(config)
+    if model is None:
+        if config.get("model") is None:
+            raise ValueError(f"this ticket was learned on a user's model ({config.get('class')}): rebuild it with "
+                             "from_ticket(path, model=<a fresh instance of that class>)")
+        model = _plain_model(config)
+    else:
+        if any(True for _ in _supermasks(model)):
+            raise ValueError("from_ticket needs a fresh instance of the model, not one with supermasks")
+        what = config.get("class") or f"registry model {config['model']!r}"
+        _check_layout(config["layout"] if config.get("model") is None else _plain_layout(_plain_model(config)),
+                      model, what)
     densities = layer_densities(model, sm.density, sm.distribution)
     init_weights(model, ticket.seed, sm.init, densities)
-    layers = dict(prunable_layers(model))
-    expected = {f"{name}.weight" for name in layers}
-    if set(ticket.masks) != expected:
-        raise ticketfile.TicketFileError(f"ticket masks {sorted(ticket.masks)} do not match the model's layers {sorted(expected)}")
+    targets = {t.name: t for t in prunable_tensors(model)}
+    if set(ticket.masks) != set(targets):
+        raise ticketfile.TicketFileError(f"ticket masks {sorted(ticket.masks)} do not match the model's layers "
+                                         f"{sorted(targets)}")
+    final_weight = METHODS[sm.method].final_weight
     for key, mask_np in ticket.masks.items():
-        name = key[: -len(".weight")]
-        module = layers[name]
-        if tuple(mask_np.shape) != tuple(module.weight.shape):
-            raise ticketfile.TicketFileError(f"mask {key!r} has shape {mask_np.shape}, the layer {tuple(module.weight.shape)}")
+        target = targets[key]
+        raw = target.raw()
+        if tuple(mask_np.shape) != tuple(raw.shape):
+            raise ticketfile.TicketFileError(f"mask {key!r} has shape {mask_np.shape}, the layer {tuple(raw.shape)}")
         mask = torch.from_numpy(mask_np.copy())
-        weight = module.weight.detach().clone()
+        weight = raw.detach().clone()
         generations = ticket.extras.get(f"generation/{key}")
         if generations is not None:
             kept = weight[mask]
             for g in np.unique(generations):
                 if g:
-                    redraw = draw_weight(module, name, ticket.seed, sm.init, densities[name], generation=int(g))
+                    redraw = draw_weight(target, ticket.seed, sm.init, densities[target.key], generation=int(g))
                     sel = torch.from_numpy(generations == g)
                     kept[sel] = redraw[mask][sel]
             weight[mask] = kept
-        maskf = mask.to(weight.dtype)
         # the same arithmetic as the parametrization in eval mode, hence bit-identical
-        module.weight.copy_(binarized_weight(weight, maskf, int(mask.sum())) if sm.method == "biprop" else weight * maskf)
+        raw.copy_(final_weight(weight, mask.to(weight.dtype), int(mask.sum())))
     buffers = dict(model.named_buffers())
     for key, value in ticket.extras.items():
         kind, _, name = key.partition("/")
@@ -125,8 +197,14 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile) -> nn.Module:
             if name not in buffers or value.size != buffers[name].numel():
                 raise ticketfile.TicketFileError(f"ticket buffer {name!r} does not fit the model")
             buffers[name].copy_(torch.from_numpy(np.array(value)).reshape(buffers[name].shape))
-    model.slth_spec = {"model": config["model"], "model_kwargs": config["model_kwargs"], "seed": ticket.seed,
-                       "supermask": config["supermask"], "init": sm.init}
+    model.requires_grad_(False)  # frozen, as the supermasked model's weights (and torch takes the same
+    # inference fast paths -- nn.TransformerEncoder's -- in both, so their outputs agree bit for bit)
+    if config.get("model") is None:
+        model.slth_spec = {"model": None, "class": config["class"], "seed": ticket.seed,
+                           "supermask": config["supermask"], "init": sm.init}
+    else:
+        model.slth_spec = {"model": config["model"], "model_kwargs": config["model_kwargs"], "seed": ticket.seed,
+                           "supermask": config["supermask"], "init": sm.init}
     return model.eval()
 
 

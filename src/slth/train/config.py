@@ -6,16 +6,12 @@ from ..supermask.methods import METHODS, SupermaskConfig
 
 TRAIN_METHODS = ("dense", *METHODS)
 
-# Defaults per method where the papers differ (None in TrainConfig means "take this").
-# lr: dense weights train at 0.01 (SGD + momentum on bias-free nets). Score learning: the papers use 0.1
-# for ~100 epochs; for the short CPU budgets here 1.0 is better (MNIST FC, density 0.5, 3 epochs: 95.59 %
-# at 0.1, 97.44 % at 0.5, 97.38 % at 1.0, 97.17 % at 2.0). Bernoulli's sigmoid gradients are small (Zhou et
-# al. also used very large rates) and Gem-Miner's scores live in [0, 1]: their rates are the best of
-# {1, 10, 50, 100, 200, 500} and {0.01, 0.1, 1, 3} on digits (FC 64-300-100-10, density 0.5, 10 epochs).
-DEFAULT_LR = {"dense": 0.01, "edge-popup": 1.0, "bernoulli": 500.0, "biprop": 1.0, "iterand": 1.0, "gem-miner": 3.0}
-DEFAULT_WEIGHT_DECAY = {"dense": 5e-4, "edge-popup": 1e-4, "bernoulli": 0.0, "biprop": 1e-4, "iterand": 1e-4,
-                        "gem-miner": 0.0}  # Gem-Miner has its own regulariser (score_l2)
-DEFAULT_INIT = {"dense": "kaiming-normal"}  # supermask methods: signed-constant (Ramanujan et al.'s best)
+# Defaults per method (None in TrainConfig means "take this"). Supermask methods: their METHODS entry
+# (slth.supermask.methods, with the reasons for each rate). Dense weights train at 0.01 (SGD + momentum
+# on bias-free nets) with Kaiming-normal init.
+DEFAULT_LR = {"dense": 0.01, **{name: m.lr for name, m in METHODS.items()}}
+DEFAULT_WEIGHT_DECAY = {"dense": 5e-4, **{name: m.weight_decay for name, m in METHODS.items()}}
+DEFAULT_INIT = {"dense": "kaiming-normal", **{name: m.init for name, m in METHODS.items()}}
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ class TrainConfig:
             self,
             lr=DEFAULT_LR[self.method] if self.lr is None else float(self.lr),
             weight_decay=DEFAULT_WEIGHT_DECAY[self.method] if self.weight_decay is None else float(self.weight_decay),
-            init=DEFAULT_INIT.get(self.method, "signed-constant") if self.init is None else self.init,
+            init=DEFAULT_INIT[self.method] if self.init is None else self.init,
             augment=(self.data == "cifar10") if self.augment is None else self.augment,
             hidden=None if self.hidden is None else tuple(int(h) for h in self.hidden),
         )
@@ -83,7 +79,7 @@ class TrainConfig:
         if self.method == "dense":
             return None
         return SupermaskConfig(method=self.method, density=float(self.density),
-                               init=self.init or "signed-constant", distribution=self.distribution,
+                               init=self.init or DEFAULT_INIT[self.method], distribution=self.distribution,
                                rerand_period=self.rerand_period, rerand_prob=self.rerand_prob, score_l2=self.score_l2)
 
     def to_dict(self) -> dict:

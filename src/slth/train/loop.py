@@ -79,7 +79,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
     """
     from ..data import load_dataset
     from ..supermask import after_epoch, after_step, build, mask_counts, regularization, to_ticket
-    from ..supermask.init import generator
+    from ..seeding import generator
 
     cfg = config.resolved()
     out = Path(out)
