@@ -29,7 +29,10 @@ and only the rest run the general search (both halves sorted, the sorted half gr
 cardinality, for each query sum the groups in increasing cardinality).
 
 All kernels work on chunks of rows in ``prange`` so that scratch buffers are allocated once per chunk,
-never per row.
+never per row.  The ``prange`` loop only calls a per-chunk function compiled on its own (not inlined):
+numba's parfor passes (fusion, pre-lowering, gufunc lowering) grow much faster than linearly with the
+size of the loop body, and with every helper inlined into it they took most of a cold start (46 s of
+the first ``solve_sparsest`` on 2 cores; 14 s as a call).
 """
 
 from __future__ import annotations
@@ -508,60 +511,64 @@ def _write_row(out_mask, out_err, out_sum, row, vals_row, b, n, err, mask_s, mas
     out_sum[row] = ss + sq
 
 
-@njit(cache=True, parallel=True)
-def solve_rows(values, targets, chunks, out_mask, out_err, out_sum):
-    """Minimal-error subset for every row of ``values`` (B, n) with its own target."""
-    rows, n = values.shape
+@njit(cache=True)
+def _rows_chunk(values, targets, lo, hi, out_mask, out_err, out_sum):
+    """:func:`solve_rows` on rows ``lo:hi``: scratch buffers allocated once for the chunk."""
+    n = values.shape[1]
     b = n // 2
     a = n - b
     cap = (1 << b) + 4
     nq = 1 << a
     blk = min(32, nq)
     ntab = max(4, _BUCKETS_PER_SUM << b) + 1
+    s = np.empty(cap)
+    key = np.empty(cap, np.int64)
+    tkey = np.empty(cap, np.int64)
+    shifted = np.empty(cap, np.int64)
+    kb = np.empty(cap, np.int32)
+    table = np.empty(ntab, np.int32)
+    q = np.empty(nq)
+    kq = np.empty(nq, np.int32)
+    eb = np.empty(nq)
+    bmin = np.empty(nq // blk)
+    d = np.empty(1 << b)
+    rank = np.empty(1 << b, np.int64)
+    _fill_rank(b, rank)
+    s2 = np.empty(cap)
+    m = np.empty(cap, np.int64)
+    tm = np.empty(cap, np.int64)
+    for row in range(lo, hi):
+        v = values[row]
+        t = targets[row]
+        size = _sorted_values(v, 0, b, key, tkey, shifted, s)
+        t_lo, scale, top = _build_table(s, size, table, kb)
+        _query_sums(v, b, a, q)
+        E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+        mq, mss = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, d, rank, m, False,
+                           s2, m, tm, key, tkey, shifted)
+        _write_row(out_mask, out_err, out_sum, row, v, b, n, E, mss, mq)
+
+
+@njit(cache=True, parallel=True)
+def solve_rows(values, targets, chunks, out_mask, out_err, out_sum):
+    """Minimal-error subset for every row of ``values`` (B, n) with its own target."""
+    rows = values.shape[0]
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
         hi = min(rows, lo + per)
-        if lo >= hi:
-            continue
-        s = np.empty(cap)
-        key = np.empty(cap, np.int64)
-        tkey = np.empty(cap, np.int64)
-        shifted = np.empty(cap, np.int64)
-        kb = np.empty(cap, np.int32)
-        table = np.empty(ntab, np.int32)
-        q = np.empty(nq)
-        kq = np.empty(nq, np.int32)
-        eb = np.empty(nq)
-        bmin = np.empty(nq // blk)
-        d = np.empty(1 << b)
-        rank = np.empty(1 << b, np.int64)
-        _fill_rank(b, rank)
-        s2 = np.empty(cap)
-        m = np.empty(cap, np.int64)
-        tm = np.empty(cap, np.int64)
-        for row in range(lo, hi):
-            v = values[row]
-            t = targets[row]
-            size = _sorted_values(v, 0, b, key, tkey, shifted, s)
-            t_lo, scale, top = _build_table(s, size, table, kb)
-            _query_sums(v, b, a, q)
-            E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
-            mq, mss = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, d, rank, m, False,
-                               s2, m, tm, key, tkey, shifted)
-            _write_row(out_mask, out_err, out_sum, row, v, b, n, E, mss, mq)
+        if lo < hi:
+            _rows_chunk(values, targets, lo, hi, out_mask, out_err, out_sum)
 
 
-@njit(cache=True, parallel=True)
-def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
-    """Minimal-error subset of one shared value vector (n,) for every target."""
+@njit(cache=True)
+def _shared_setup(values):
+    """The target-independent half of :func:`solve_shared`: the sorted half's sums with their masks, its
+    bucket table and the query half's sums.  Returns ``(s, ms, table, t_lo, scale, top, q)``."""
     n = values.shape[0]
-    rows = targets.shape[0]
     b = n // 2
     a = n - b
     cap = (1 << b) + 4
-    nq = 1 << a
-    blk = min(32, nq)
     s = np.empty(cap)
     size, ms = _sorted_sums(values, 0, b, s, np.empty(cap, np.int64), np.empty(cap, np.int64),
                            np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
@@ -569,25 +576,42 @@ def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
         s[k] = np.inf
     table = np.empty(max(4, _BUCKETS_PER_SUM << b) + 1, np.int32)
     t_lo, scale, top = _build_table(s, size, table, np.empty(cap, np.int32))
-    q = np.empty(nq)
+    q = np.empty(1 << a)
     _query_sums(values, b, a, q)
+    return s, ms, table, t_lo, scale, top, q
+
+
+@njit(cache=True)
+def _shared_chunk(values, targets, lo, hi, s, ms, table, t_lo, scale, top, q, out_mask, out_err, out_sum):
+    """:func:`solve_shared` on targets ``lo:hi``."""
+    n = values.shape[0]
+    b = n // 2
+    nq = q.shape[0]
+    blk = min(32, nq)
+    kq = np.empty(nq, np.int32)
+    eb = np.empty(nq)
+    bmin = np.empty(nq // blk)
+    dummy = np.empty(1)
+    idummy = np.empty(1, np.int64)
+    for row in range(lo, hi):
+        t = targets[row]
+        E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+        mq, mss = _resolve(values, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, dummy, idummy,
+                           ms, True, dummy, idummy, idummy, idummy, idummy, idummy)
+        _write_row(out_mask, out_err, out_sum, row, values, b, n, E, mss, mq)
+
+
+@njit(cache=True, parallel=True)
+def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
+    """Minimal-error subset of one shared value vector (n,) for every target."""
+    rows = targets.shape[0]
+    s, ms, table, t_lo, scale, top, q = _shared_setup(values)
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
         hi = min(rows, lo + per)
-        if lo >= hi:
-            continue
-        kq = np.empty(nq, np.int32)
-        eb = np.empty(nq)
-        bmin = np.empty(nq // blk)
-        dummy = np.empty(1)
-        idummy = np.empty(1, np.int64)
-        for row in range(lo, hi):
-            t = targets[row]
-            E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
-            mq, mss = _resolve(values, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, dummy, idummy,
-                               ms, True, dummy, idummy, idummy, idummy, idummy, idummy)
-            _write_row(out_mask, out_err, out_sum, row, values, b, n, E, mss, mq)
+        if lo < hi:
+            _shared_chunk(values, targets, lo, hi, s, ms, table, t_lo, scale, top, q, out_mask, out_err, out_sum)
 
 
 @njit(cache=True)
@@ -736,17 +760,10 @@ def _search_sparsest(sq, mq, nq, gs, gm, offsets, b, ptr, t, eps):
     return best_c < (1 << 30), best_e, best_q, best_s
 
 
-@njit(cache=True, parallel=True)
-def solve_sparsest_rows(values, targets, eps, chunks, out_mask, out_err, out_sum, out_feasible):
-    """Per row: fewest elements with error <= eps[row]; infeasible rows get :func:`solve_rows`' subset.
-
-    1. Subsets of at most K elements (K from :func:`_direct_max_count`; 4 at n = 12 .. 20) are
-       enumerated directly by increasing cardinality, stopping at the first feasible one.
-    2. Otherwise the minimal error (as :func:`solve_rows`): rows where it exceeds eps are infeasible
-       and carry that subset; the rest (answers with more than K elements) run the general search
-       (:func:`_search_sparsest` over both halves sorted, the sorted half grouped by cardinality).
-    """
-    rows, n = values.shape
+@njit(cache=True)
+def _sparsest_chunk(values, targets, eps, lo, hi, out_mask, out_err, out_sum, out_feasible):
+    """:func:`solve_sparsest_rows` on rows ``lo:hi``: scratch buffers allocated once for the chunk."""
+    n = values.shape[1]
     b = n // 2
     a = n - b
     cap_s = (1 << b) + 4
@@ -757,55 +774,68 @@ def solve_sparsest_rows(values, targets, eps, chunks, out_mask, out_err, out_sum
     kmax = _direct_max_count(n, b)
     ord_a, off_a = _popcount_order(a)
     ord_b, off_b = _popcount_order(b)
+    q = np.empty(nq)
+    d = np.empty(1 << b)
+    rank = np.empty(1 << b, np.int64)
+    _fill_rank(b, rank)
+    gsb = np.empty(1 << b)
+    s = np.empty(cap_s)
+    kb = np.empty(cap_s, np.int32)
+    table = np.empty(ntab, np.int32)
+    kq = np.empty(nq, np.int32)
+    eb = np.empty(nq)
+    bmin = np.empty(nq // blk)
+    key = np.empty(cap_q, np.int64)
+    tkey = np.empty(cap_q, np.int64)
+    shifted = np.empty(cap_q, np.int64)
+    s2 = np.empty(cap_s)
+    m = np.empty(cap_s, np.int64)
+    tm_s = np.empty(cap_s, np.int64)
+    sq = np.empty(cap_q)
+    m2 = np.empty(cap_q, np.int64)
+    tm = np.empty(cap_q, np.int64)
+    gs = np.empty(cap_s)
+    gm = np.empty(cap_s, np.int64)
+    offsets = np.empty(b + 2, np.int64)
+    ptr = np.empty(b + 1, np.int64)
+    for row in range(lo, hi):
+        v = values[row]
+        t = targets[row]
+        ep = eps[row]
+        _query_sums(v, b, a, q)
+        _query_sums(v, 0, b, d)
+        ok, err, bq, bs = _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, ep)
+        if not ok:
+            size = _sorted_values(v, 0, b, key, tkey, shifted, s)
+            t_lo, scale, top = _build_table(s, size, table, kb)
+            err = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+            if err <= ep:
+                # an answer with more than kmax elements: the general search
+                size_s, ms = _sorted_sums(v, 0, b, s2, m, tm_s, key, tkey, shifted)
+                _group_by_count(s2, ms, size_s, b, gs, gm, offsets)
+                size_q, mq = _sorted_sums(v, b, a, sq, m2, tm, key, tkey, shifted)
+                ok, err, bq, bs = _search_sparsest(sq, mq, size_q, gs, gm, offsets, b, ptr, t, ep)
+            else:
+                bq, bs = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, err, eb, bmin, blk, d, rank, m,
+                                  False, s2, m, tm_s, key, tkey, shifted)
+        out_feasible[row] = ok
+        _write_row(out_mask, out_err, out_sum, row, v, b, n, err, bs, bq)
+
+
+@njit(cache=True, parallel=True)
+def solve_sparsest_rows(values, targets, eps, chunks, out_mask, out_err, out_sum, out_feasible):
+    """Per row: fewest elements with error <= eps[row]; infeasible rows get :func:`solve_rows`' subset.
+
+    1. Subsets of at most K elements (K from :func:`_direct_max_count`; 4 at n = 12 .. 20) are
+       enumerated directly by increasing cardinality, stopping at the first feasible one.
+    2. Otherwise the minimal error (as :func:`solve_rows`): rows where it exceeds eps are infeasible
+       and carry that subset; the rest (answers with more than K elements) run the general search
+       (:func:`_search_sparsest` over both halves sorted, the sorted half grouped by cardinality).
+    """
+    rows = values.shape[0]
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
         hi = min(rows, lo + per)
-        if lo >= hi:
-            continue
-        q = np.empty(nq)
-        d = np.empty(1 << b)
-        rank = np.empty(1 << b, np.int64)
-        _fill_rank(b, rank)
-        gsb = np.empty(1 << b)
-        s = np.empty(cap_s)
-        kb = np.empty(cap_s, np.int32)
-        table = np.empty(ntab, np.int32)
-        kq = np.empty(nq, np.int32)
-        eb = np.empty(nq)
-        bmin = np.empty(nq // blk)
-        key = np.empty(cap_q, np.int64)
-        tkey = np.empty(cap_q, np.int64)
-        shifted = np.empty(cap_q, np.int64)
-        s2 = np.empty(cap_s)
-        m = np.empty(cap_s, np.int64)
-        tm_s = np.empty(cap_s, np.int64)
-        sq = np.empty(cap_q)
-        m2 = np.empty(cap_q, np.int64)
-        tm = np.empty(cap_q, np.int64)
-        gs = np.empty(cap_s)
-        gm = np.empty(cap_s, np.int64)
-        offsets = np.empty(b + 2, np.int64)
-        ptr = np.empty(b + 1, np.int64)
-        for row in range(lo, hi):
-            v = values[row]
-            t = targets[row]
-            ep = eps[row]
-            _query_sums(v, b, a, q)
-            _query_sums(v, 0, b, d)
-            ok, err, bq, bs = _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, ep)
-            if not ok:
-                size = _sorted_values(v, 0, b, key, tkey, shifted, s)
-                t_lo, scale, top = _build_table(s, size, table, kb)
-                err = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
-                if err <= ep:
-                    # an answer with more than kmax elements: the general search
-                    size_s, ms = _sorted_sums(v, 0, b, s2, m, tm_s, key, tkey, shifted)
-                    _group_by_count(s2, ms, size_s, b, gs, gm, offsets)
-                    size_q, mq = _sorted_sums(v, b, a, sq, m2, tm, key, tkey, shifted)
-                    ok, err, bq, bs = _search_sparsest(sq, mq, size_q, gs, gm, offsets, b, ptr, t, ep)
-                else:
-                    bq, bs = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, err, eb, bmin, blk, d, rank, m,
-                                      False, s2, m, tm_s, key, tkey, shifted)
-            out_feasible[row] = ok
-            _write_row(out_mask, out_err, out_sum, row, v, b, n, err, bs, bq)
+        if lo < hi:
+            _sparsest_chunk(values, targets, eps, lo, hi, out_mask, out_err, out_sum, out_feasible)
