@@ -49,6 +49,10 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .._jit import ensure_cache
+
+ensure_cache(__file__)  # before any cache=True decorator: a read-only install must not fail here
+
 # A row's half holds at most 2^20 sums; with two halves n <= 40.
 MAX_N = 40
 
