@@ -17,6 +17,7 @@ from .. import ticketfile
 from .network import LayerLayout, apply_redraws, build_module, layer_prefixes, layer_tensors
 
 KIND = "constructed"
+TIMINGS = ("seconds", "compile_seconds")  # stats that differ between runs of the same ticket
 # random_module() refuses networks above this many parameters unless asked (max_params=None): the
 # random network of a large target is n times the target's size and is rarely needed densely.
 MAX_RANDOM_PARAMS = 100_000_000
@@ -78,9 +79,9 @@ class Ticket:
 
     def digest(self) -> str:
         """SHA-256 of everything that defines the ticket: seed, config, masks, redraws and the stats
-        except the wall-clock ``seconds``. Equal digests = the same ticket, bit for bit."""
+        except the wall-clock ``seconds`` and ``compile_seconds``. Equal digests = the same ticket, bit for bit."""
         h = hashlib.sha256()
-        stats = {k: v for k, v in self.stats.items() if k != "seconds"}
+        stats = {k: v for k, v in self.stats.items() if k not in TIMINGS}
         h.update(json.dumps([int(self.seed), self.config, stats], sort_keys=True).encode())
         for name in sorted(self.masks):
             m = self.masks[name].numpy()
@@ -133,6 +134,7 @@ class Ticket:
             f"random params {s['random_params']:,} ({s['random_params'] / s['target_params']:.1f}x target), "
             f"kept {s['kept_params']:,} ({s['kept_params'] / s['target_params']:.2f}x target), "
             f"max weight error {s['max_weight_error']:.3g}, failures {s['failures']}, {s['seconds']:.1f} s"
+            + (f" (+ {s['compile_seconds']:.1f} s compiling, once)" if s.get("compile_seconds", 0) >= 0.05 else "")
         )
 
 

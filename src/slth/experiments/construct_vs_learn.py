@@ -44,10 +44,10 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
              "cpu_seconds": sw.cpu,
              "epochs": dense_epochs}]
     log(f"dense {tm['test_accuracy']:.4f} in {sw.wall:.0f} s")
-    # warm-up: numba compiles (or loads) the SubsetSum kernels on first use; not part of a construction's cost
-    import torch
+    # numba compiles (or loads) the SubsetSum kernels on first use; not part of a construction's cost
+    from .._jit import warm_up
 
-    construct(torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False)), 0.1, n=4)
+    warm_up("subsetsum")
     with Stopwatch() as sw:
         ticket = construct(target, eps, seed=seed, nonnegative_input=True, n=construct_n)
     m = measure(ticket.to_module(), target, data.x_test, data.y_test)

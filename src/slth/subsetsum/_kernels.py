@@ -30,6 +30,16 @@ cardinality, for each query sum the groups in increasing cardinality).
 
 All kernels work on chunks of rows in ``prange`` so that scratch buffers are allocated once per chunk,
 never per row.
+
+Compile time (a cold start; numba caches the result on disk).  The ``prange`` loop only calls a
+per-chunk function compiled on its own: numba's parfor passes (fusion, pre-lowering, gufunc lowering)
+grow much faster than linearly with the loop body, and with every helper inlined into it they took
+most of a first run (46 s for the sparsest kernel, 15 s for the minimal-error one, on 2 cores).  One
+chunk function serves both searches (the minimal-error search is a part of the sparsest one), and the
+per-row helpers are calls, compiled once, instead of numba-level inlined copies (``_sorted_sums``
+alone was inlined three times): about 10 s for both.  Only the small per-element helpers stay
+``inline="always"``.  ``error_model="numpy"`` (no ZeroDivisionError branches) is what numba's parfor
+lowering gave the inlined bodies before, so the arithmetic is unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from .._jit import ensure_cache
+
+ensure_cache(__file__)  # before any cache=True decorator: a read-only install must not fail here
 
 # A row's half holds at most 2^20 sums; with two halves n <= 40.
 MAX_N = 40
@@ -67,19 +81,19 @@ def _i2f(typingctx, x):
     return types.float64(types.int64), codegen
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _key(f):
     """Order-preserving float64 -> int64 (for every pair of non-NaN floats except -0.0 vs +0.0)."""
     bits = _f2i(f)
     return bits ^ ((bits >> 63) & _LOW63)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _unkey(k):
     return _i2f(k ^ ((k >> 63) & _LOW63))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _popcount(x):
     x = x - ((x >> 1) & 0x5555555555555555)
     x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
@@ -87,7 +101,7 @@ def _popcount(x):
     return (x * 0x0101010101010101) >> 56
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _sorted_sums(vals, start, count, s, m, tm, key, tkey, shifted):
     """Sorted distinct subset sums of ``vals[start:start+count]`` with their fewest-element masks
     (shared values, the general sparsest search, rows with many exact ties; the fast path is
@@ -166,7 +180,7 @@ def _sorted_sums(vals, start, count, s, m, tm, key, tkey, shifted):
     return out, m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _split(key, shifted, size):
     """Merge path: how many of key[1..size] are among the first ``size`` outputs of the merge."""
     lo = 0
@@ -180,7 +194,7 @@ def _split(key, shifted, size):
     return lo
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _merge4(key, shifted, out, size):
     """out[1..2size] = merge of key[1..size] and shifted[1..size] (sentinels at 0 and size+1), as four
     independent branch-free chains: forward from the start, backward from the middle (split by merge
@@ -224,7 +238,7 @@ def _merge4(key, shifted, out, size):
         k += one
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _merge2(key, shifted, out, size):
     """As :func:`_merge4` with two chains (front and back), for short lists."""
     one = np.uint64(1)
@@ -248,7 +262,7 @@ def _merge2(key, shifted, out, size):
         k += one
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _sorted_values(vals, start, count, key, tkey, shifted, s):
     """Sorted *distinct* subset sums of ``vals[start:start+count]``, without masks.
 
@@ -294,18 +308,18 @@ def _sorted_values(vals, start, count, key, tkey, shifted, s):
 _BUCKETS_PER_SUM = 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _bucket(x, lo, scale, top):
     """Monotone bucket index of x in [0, top]; the same function builds and queries the table."""
     return np.int32(min(max((x - lo) * scale, 0.0), top))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _imin(a, b):
     return b ^ ((a ^ b) & -np.int64(a < b))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _build_table(s, size, table, kb):
     """table[k] = first position p in s[1:size+1] with bucket(s[p]) >= k (size + 1 if none).
 
@@ -362,7 +376,7 @@ def _build_table(s, size, table, kb):
     return lo, scale, top
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _query_sums(vals, start, count, q):
     """Unsorted subset sums of ``vals[start:start+count]`` by doubling: q[mask] = sum (left to right)."""
     q[0] = 0.0
@@ -374,14 +388,14 @@ def _query_sums(vals, start, count, q):
         size *= 2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _fill_rank(count, rank):
     """rank[mask] = popcount(mask) * 2^count + mask: (fewest elements, then smallest mask) as one integer."""
     for m in range(1 << count):
         rank[m] = (_popcount(np.int64(m)) << count) + m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _fewest_mask(d, rank, count, value):
     """Fewest-element mask (then the smallest) among the masks whose sum d[mask] is exactly ``value``."""
     best = _IMAX
@@ -391,7 +405,7 @@ def _fewest_mask(d, rank, count, value):
     return best & ((np.int64(1) << count) - 1)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _first_above(s, table, k, r):
     """First position p with s[p] > r, from p0 = table[k] (a lower bound; s[p0 - 1] <= r)."""
     one = np.uint64(1)
@@ -405,7 +419,7 @@ def _first_above(s, table, k, r):
     return p
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _search_min(q, nq, s, table, lo, scale, top, t, kq, eb, bmin, blk):
     """Minimal error E over all pairs (and the empty subset); eb[i] = query i's best error, bmin its
     block minimum.  Queries are independent: no best-so-far comparison in the loop, only a running min."""
@@ -436,7 +450,7 @@ def _search_min(q, nq, s, table, lo, scale, top, t, kq, eb, bmin, blk):
 _MAX_LOOKUPS = 8
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _resolve(vals, b, q, nq, s, table, lo, scale, top, t, E, eb, bmin, blk, d, rank, ms, has_ms,
              s2, m, tm, key, tkey, shifted):
     """Among the pairs with error exactly E: fewest elements, then the first query index, then the
@@ -486,7 +500,7 @@ def _resolve(vals, b, q, nq, s, table, lo, scale, top, t, E, eb, bmin, blk, d, r
     return best_q, best_s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _write_row(out_mask, out_err, out_sum, row, vals_row, b, n, err, mask_s, mask_q):
     """Store a row's subset; mask_s covers values[:b] (sorted half), mask_q values[b:] (query half)."""
     for e in range(n):
@@ -508,60 +522,14 @@ def _write_row(out_mask, out_err, out_sum, row, vals_row, b, n, err, mask_s, mas
     out_sum[row] = ss + sq
 
 
-@njit(cache=True, parallel=True)
-def solve_rows(values, targets, chunks, out_mask, out_err, out_sum):
-    """Minimal-error subset for every row of ``values`` (B, n) with its own target."""
-    rows, n = values.shape
-    b = n // 2
-    a = n - b
-    cap = (1 << b) + 4
-    nq = 1 << a
-    blk = min(32, nq)
-    ntab = max(4, _BUCKETS_PER_SUM << b) + 1
-    per = (rows + chunks - 1) // chunks
-    for c in prange(chunks):
-        lo = c * per
-        hi = min(rows, lo + per)
-        if lo >= hi:
-            continue
-        s = np.empty(cap)
-        key = np.empty(cap, np.int64)
-        tkey = np.empty(cap, np.int64)
-        shifted = np.empty(cap, np.int64)
-        kb = np.empty(cap, np.int32)
-        table = np.empty(ntab, np.int32)
-        q = np.empty(nq)
-        kq = np.empty(nq, np.int32)
-        eb = np.empty(nq)
-        bmin = np.empty(nq // blk)
-        d = np.empty(1 << b)
-        rank = np.empty(1 << b, np.int64)
-        _fill_rank(b, rank)
-        s2 = np.empty(cap)
-        m = np.empty(cap, np.int64)
-        tm = np.empty(cap, np.int64)
-        for row in range(lo, hi):
-            v = values[row]
-            t = targets[row]
-            size = _sorted_values(v, 0, b, key, tkey, shifted, s)
-            t_lo, scale, top = _build_table(s, size, table, kb)
-            _query_sums(v, b, a, q)
-            E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
-            mq, mss = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, d, rank, m, False,
-                               s2, m, tm, key, tkey, shifted)
-            _write_row(out_mask, out_err, out_sum, row, v, b, n, E, mss, mq)
-
-
-@njit(cache=True, parallel=True)
-def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
-    """Minimal-error subset of one shared value vector (n,) for every target."""
+@njit(cache=True, error_model="numpy")
+def _shared_setup(values):
+    """The target-independent half of :func:`solve_shared`: the sorted half's sums with their masks, its
+    bucket table and the query half's sums.  Returns ``(s, ms, table, t_lo, scale, top, q)``."""
     n = values.shape[0]
-    rows = targets.shape[0]
     b = n // 2
     a = n - b
     cap = (1 << b) + 4
-    nq = 1 << a
-    blk = min(32, nq)
     s = np.empty(cap)
     size, ms = _sorted_sums(values, 0, b, s, np.empty(cap, np.int64), np.empty(cap, np.int64),
                            np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
@@ -569,28 +537,45 @@ def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
         s[k] = np.inf
     table = np.empty(max(4, _BUCKETS_PER_SUM << b) + 1, np.int32)
     t_lo, scale, top = _build_table(s, size, table, np.empty(cap, np.int32))
-    q = np.empty(nq)
+    q = np.empty(1 << a)
     _query_sums(values, b, a, q)
+    return s, ms, table, t_lo, scale, top, q
+
+
+@njit(cache=True, error_model="numpy")
+def _shared_chunk(values, targets, lo, hi, s, ms, table, t_lo, scale, top, q, out_mask, out_err, out_sum):
+    """:func:`solve_shared` on targets ``lo:hi``."""
+    n = values.shape[0]
+    b = n // 2
+    nq = q.shape[0]
+    blk = min(32, nq)
+    kq = np.empty(nq, np.int32)
+    eb = np.empty(nq)
+    bmin = np.empty(nq // blk)
+    dummy = np.empty(1)
+    idummy = np.empty(1, np.int64)
+    for row in range(lo, hi):
+        t = targets[row]
+        E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+        mq, mss = _resolve(values, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, dummy, idummy,
+                           ms, True, dummy, idummy, idummy, idummy, idummy, idummy)
+        _write_row(out_mask, out_err, out_sum, row, values, b, n, E, mss, mq)
+
+
+@njit(cache=True, parallel=True)
+def solve_shared(values, targets, chunks, out_mask, out_err, out_sum):
+    """Minimal-error subset of one shared value vector (n,) for every target."""
+    rows = targets.shape[0]
+    s, ms, table, t_lo, scale, top, q = _shared_setup(values)
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
         hi = min(rows, lo + per)
-        if lo >= hi:
-            continue
-        kq = np.empty(nq, np.int32)
-        eb = np.empty(nq)
-        bmin = np.empty(nq // blk)
-        dummy = np.empty(1)
-        idummy = np.empty(1, np.int64)
-        for row in range(lo, hi):
-            t = targets[row]
-            E = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
-            mq, mss = _resolve(values, b, q, nq, s, table, t_lo, scale, top, t, E, eb, bmin, blk, dummy, idummy,
-                               ms, True, dummy, idummy, idummy, idummy, idummy, idummy)
-            _write_row(out_mask, out_err, out_sum, row, values, b, n, E, mss, mq)
+        if lo < hi:
+            _shared_chunk(values, targets, lo, hi, s, ms, table, t_lo, scale, top, q, out_mask, out_err, out_sum)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _popcount_order(count):
     """The masks 0 .. 2^count - 1 grouped by popcount (ascending within a group) and group offsets."""
     nm = 1 << count
@@ -608,7 +593,7 @@ def _popcount_order(count):
     return order, off
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _direct_max_count(n, b):
     """Largest K with sum_{k <= K} C(n, k) <= 16 * 2^b: subsets up to K elements are enumerated directly."""
     budget = 16 << b
@@ -622,7 +607,7 @@ def _direct_max_count(n, b):
     return n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _min_err_run(x, gs, lo, hi, t):
     """min over j in [lo, hi) of |(x + gs[j]) - t|, with four independent accumulators."""
     m0 = np.inf
@@ -642,7 +627,7 @@ def _min_err_run(x, gs, lo, hi, t):
     return min(min(m0, m1), min(m2, m3))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, eps):
     """Fewest elements with error <= eps among subsets of at most ``kmax`` elements, by enumerating
     every pair (query-half subset with c_q elements, sorted-half subset with k - c_q) for k = 0, 1, ...
@@ -675,7 +660,7 @@ def _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, eps):
     return False, np.inf, np.int64(0), np.int64(0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _group_by_count(s, ms, size, b, gs, gm, offsets):
     """Stable counting sort of s[1:size+1] by cardinality: group c is gs[offsets[c]:offsets[c+1]]."""
     for c in range(b + 2):
@@ -692,7 +677,7 @@ def _group_by_count(s, ms, size, b, gs, gm, offsets):
         fill[c] += 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _search_sparsest(sq, mq, nq, gs, gm, offsets, b, ptr, t, eps):
     """Fewest-element pair with error <= eps (ties -> smaller error); returns (found, err, mask_q, mask_s).
 
@@ -736,76 +721,99 @@ def _search_sparsest(sq, mq, nq, gs, gm, offsets, b, ptr, t, eps):
     return best_c < (1 << 30), best_e, best_q, best_s
 
 
-@njit(cache=True, parallel=True)
-def solve_sparsest_rows(values, targets, eps, chunks, out_mask, out_err, out_sum, out_feasible):
-    """Per row: fewest elements with error <= eps[row]; infeasible rows get :func:`solve_rows`' subset.
+@njit(cache=True, error_model="numpy")
+def _chunk(values, targets, eps, sparsest, lo, hi, out_mask, out_err, out_sum, out_feasible):
+    """Rows ``lo:hi`` of :func:`solve_batch`; scratch buffers allocated once for the chunk.
 
-    1. Subsets of at most K elements (K from :func:`_direct_max_count`; 4 at n = 12 .. 20) are
-       enumerated directly by increasing cardinality, stopping at the first feasible one.
-    2. Otherwise the minimal error (as :func:`solve_rows`): rows where it exceeds eps are infeasible
-       and carry that subset; the rest (answers with more than K elements) run the general search
-       (:func:`_search_sparsest` over both halves sorted, the sorted half grouped by cardinality).
-    """
-    rows, n = values.shape
+    One function serves both searches (the minimal-error one is a part of the sparsest one), so a
+    process that needs both compiles that part once."""
+    n = values.shape[1]
     b = n // 2
     a = n - b
     cap_s = (1 << b) + 4
     cap_q = (1 << a) + 4
+    cap_k = cap_q if sparsest else cap_s  # the merge buffers sort the query half only in the sparsest search
+    cap_x = cap_s if sparsest else 1  # buffers of the sparsest search alone
+    cap_y = cap_q if sparsest else 1
     nq = 1 << a
     blk = min(32, nq)
     ntab = max(4, _BUCKETS_PER_SUM << b) + 1
     kmax = _direct_max_count(n, b)
-    ord_a, off_a = _popcount_order(a)
-    ord_b, off_b = _popcount_order(b)
+    ord_a, off_a = _popcount_order(a if sparsest else 0)
+    ord_b, off_b = _popcount_order(b if sparsest else 0)
+    q = np.empty(nq)
+    d = np.empty(1 << b)
+    rank = np.empty(1 << b, np.int64)
+    _fill_rank(b, rank)
+    gsb = np.empty(cap_x)
+    s = np.empty(cap_s)
+    kb = np.empty(cap_s, np.int32)
+    table = np.empty(ntab, np.int32)
+    kq = np.empty(nq, np.int32)
+    eb = np.empty(nq)
+    bmin = np.empty(nq // blk)
+    key = np.empty(cap_k, np.int64)
+    tkey = np.empty(cap_k, np.int64)
+    shifted = np.empty(cap_k, np.int64)
+    s2 = np.empty(cap_s)
+    m = np.empty(cap_s, np.int64)
+    tm_s = np.empty(cap_s, np.int64)
+    sq = np.empty(cap_y)
+    m2 = np.empty(cap_y, np.int64)
+    tm = np.empty(cap_y, np.int64)
+    gs = np.empty(cap_x)
+    gm = np.empty(cap_x, np.int64)
+    offsets = np.empty(b + 2, np.int64)
+    ptr = np.empty(b + 1, np.int64)
+    for row in range(lo, hi):
+        v = values[row]
+        t = targets[row]
+        _query_sums(v, b, a, q)
+        ok = False
+        err = np.inf
+        ep = np.inf
+        bq = np.int64(0)
+        bs = np.int64(0)
+        if sparsest:
+            ep = eps[row]
+            _query_sums(v, 0, b, d)
+            ok, err, bq, bs = _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, ep)
+        if not ok:
+            size = _sorted_values(v, 0, b, key, tkey, shifted, s)
+            t_lo, scale, top = _build_table(s, size, table, kb)
+            err = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
+            if sparsest and err <= ep:
+                # an answer with more than kmax elements: the general search
+                size_s, ms = _sorted_sums(v, 0, b, s2, m, tm_s, key, tkey, shifted)
+                _group_by_count(s2, ms, size_s, b, gs, gm, offsets)
+                size_q, mq = _sorted_sums(v, b, a, sq, m2, tm, key, tkey, shifted)
+                ok, err, bq, bs = _search_sparsest(sq, mq, size_q, gs, gm, offsets, b, ptr, t, ep)
+            else:
+                bq, bs = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, err, eb, bmin, blk, d, rank, m,
+                                  False, s2, m, tm_s, key, tkey, shifted)
+        if sparsest:
+            out_feasible[row] = ok
+        _write_row(out_mask, out_err, out_sum, row, v, b, n, err, bs, bq)
+
+
+@njit(cache=True, parallel=True)
+def solve_batch(values, targets, eps, sparsest, chunks, out_mask, out_err, out_sum, out_feasible):
+    """Per row of ``values`` (B, n) with its own target: with ``sparsest`` False the minimal-error subset
+    (ties -> fewest elements; ``eps`` and ``out_feasible`` are not read or written), else the fewest
+    elements with error <= eps[row]; infeasible rows get the minimal-error subset.
+
+    Sparsest search:
+
+    1. Subsets of at most K elements (K from :func:`_direct_max_count`; 4 at n = 12 .. 20) are
+       enumerated directly by increasing cardinality, stopping at the first feasible one.
+    2. Otherwise the minimal error: rows where it exceeds eps are infeasible and carry that subset; the
+       rest (answers with more than K elements) run the general search (:func:`_search_sparsest` over
+       both halves sorted, the sorted half grouped by cardinality).
+    """
+    rows = values.shape[0]
     per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         lo = c * per
         hi = min(rows, lo + per)
-        if lo >= hi:
-            continue
-        q = np.empty(nq)
-        d = np.empty(1 << b)
-        rank = np.empty(1 << b, np.int64)
-        _fill_rank(b, rank)
-        gsb = np.empty(1 << b)
-        s = np.empty(cap_s)
-        kb = np.empty(cap_s, np.int32)
-        table = np.empty(ntab, np.int32)
-        kq = np.empty(nq, np.int32)
-        eb = np.empty(nq)
-        bmin = np.empty(nq // blk)
-        key = np.empty(cap_q, np.int64)
-        tkey = np.empty(cap_q, np.int64)
-        shifted = np.empty(cap_q, np.int64)
-        s2 = np.empty(cap_s)
-        m = np.empty(cap_s, np.int64)
-        tm_s = np.empty(cap_s, np.int64)
-        sq = np.empty(cap_q)
-        m2 = np.empty(cap_q, np.int64)
-        tm = np.empty(cap_q, np.int64)
-        gs = np.empty(cap_s)
-        gm = np.empty(cap_s, np.int64)
-        offsets = np.empty(b + 2, np.int64)
-        ptr = np.empty(b + 1, np.int64)
-        for row in range(lo, hi):
-            v = values[row]
-            t = targets[row]
-            ep = eps[row]
-            _query_sums(v, b, a, q)
-            _query_sums(v, 0, b, d)
-            ok, err, bq, bs = _sparsest_direct(q, d, gsb, ord_a, off_a, ord_b, off_b, a, b, kmax, t, ep)
-            if not ok:
-                size = _sorted_values(v, 0, b, key, tkey, shifted, s)
-                t_lo, scale, top = _build_table(s, size, table, kb)
-                err = _search_min(q, nq, s, table, t_lo, scale, top, t, kq, eb, bmin, blk)
-                if err <= ep:
-                    # an answer with more than kmax elements: the general search
-                    size_s, ms = _sorted_sums(v, 0, b, s2, m, tm_s, key, tkey, shifted)
-                    _group_by_count(s2, ms, size_s, b, gs, gm, offsets)
-                    size_q, mq = _sorted_sums(v, b, a, sq, m2, tm, key, tkey, shifted)
-                    ok, err, bq, bs = _search_sparsest(sq, mq, size_q, gs, gm, offsets, b, ptr, t, ep)
-                else:
-                    bq, bs = _resolve(v, b, q, nq, s, table, t_lo, scale, top, t, err, eb, bmin, blk, d, rank, m,
-                                      False, s2, m, tm_s, key, tkey, shifted)
-            out_feasible[row] = ok
-            _write_row(out_mask, out_err, out_sum, row, v, b, n, err, bs, bq)
+        if lo < hi:
+            _chunk(values, targets, eps, sparsest, lo, hi, out_mask, out_err, out_sum, out_feasible)

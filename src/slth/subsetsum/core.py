@@ -92,6 +92,9 @@ def _chunks(rows: int) -> int:
     return max(1, min(rows, 4 * numba.get_num_threads()))
 
 
+_NO_EPS = np.zeros(0)  # solve_batch's eps when it runs the minimal-error search (not read)
+
+
 def _empty(rows: int, n: int) -> Solution:
     return Solution(
         mask=np.zeros((rows, n), dtype=bool),
@@ -123,7 +126,8 @@ def solve(values: Any, targets: Any, *, device: Any = None) -> Solution:
         if values.ndim == 1:
             _kernels.solve_shared(values, targets, _chunks(rows), out.mask, out.error, out.sum)
         else:
-            _kernels.solve_rows(values, targets, _chunks(rows), out.mask, out.error, out.sum)
+            _kernels.solve_batch(values, targets, _NO_EPS, False, _chunks(rows), out.mask, out.error, out.sum,
+                                 out.feasible)
     return out
 
 
@@ -151,6 +155,6 @@ def solve_sparsest(values: Any, targets: Any, eps: Any) -> Solution:
     from . import _kernels
 
     with _keep_torch_threads():
-        _kernels.solve_sparsest_rows(values, targets, eps_arr, _chunks(rows), out.mask, out.error, out.sum,
-                                     out.feasible)
+        _kernels.solve_batch(values, targets, eps_arr, True, _chunks(rows), out.mask, out.error, out.sum,
+                             out.feasible)
     return out

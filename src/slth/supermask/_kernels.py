@@ -30,6 +30,10 @@ from llvmlite import ir as llvmlite_ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from .._jit import ensure_cache
+
+ensure_cache(__file__)  # before any cache=True decorator: a read-only install must not fail here
+
 from ._philox import stream_words, tie_words
 
 _BLOCK = 64

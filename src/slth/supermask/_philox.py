@@ -30,6 +30,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .._jit import ensure_cache
+
+ensure_cache(__file__)  # before any cache=True decorator: a read-only install must not fail here
+
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
 _W0 = np.uint32(0x9E3779B9)  # Weyl key increments (golden ratio, sqrt(3) - 1)
