@@ -105,3 +105,38 @@ def test_image_folder_errors(tmp_path):
         open_dataset("image-folder", tmp_path)
     with pytest.raises(ValueError, match="image-folder"):
         open_dataset("cifar100", tmp_path, image_size=32)
+
+
+def test_training_on_cifar100_does_not_depend_on_workers(tmp_path):
+    from slth.train import TrainConfig, train
+
+    make_cifar100(tmp_path / "data")
+    base = dict(method="edge-popup", model="fc", data="cifar100", data_dir=str(tmp_path / "data"), hidden=(16,),
+                epochs=2, batch_size=8, seed=1)
+    a = train(TrainConfig(**base, workers=0), tmp_path / "a", quiet=True)
+    b = train(TrainConfig(**base, workers=2), tmp_path / "b", quiet=True)
+    assert a.metrics["config"]["augment"] is True and a.metrics["finished"]
+    assert a.metrics["train_loss"] == b.metrics["train_loss"]
+    assert a.metrics["test_accuracy_per_epoch"] == b.metrics["test_accuracy_per_epoch"]
+    assert (tmp_path / "b" / "ticket.slth").exists()
+
+
+def test_cli_trains_on_an_image_folder(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    make_image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--method", "biprop", "--model", "conv2", "--width", "0.25",
+                                      "--data", "image-folder", "--data-dir", str(tmp_path / "data"),
+                                      "--image-size", "16", "--workers", "1", "--epochs", "2", "--batch-size", "6",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["image_size"] == 16 and metrics["finished"]
+    from slth.supermask import from_ticket
+
+    assert from_ticket(out / "ticket.slth")(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
