@@ -341,10 +341,15 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        # broadcast_buffers off: the supermask buffers (Bernoulli's shift, Gem-Miner's alive set) are the
-        # same on every process by construction; BatchNorm statistics are averaged once per epoch instead
-        net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+        # DDP leaves alone what it is told to ignore: the frozen weights and every buffer. Every process drew
+        # them identically from the seed (or loaded them from the same checkpoint); the supermask buffers
+        # (Bernoulli's shift, Gem-Miner's alive set, IteRand's generations) stay equal because they follow
+        # the scores, which are equal after every all-reduced step; BatchNorm statistics are averaged once
+        # per epoch. (Synchronising them would also fail: gloo cannot broadcast IteRand's int16 buffer.)
+        ignored = [name for name, p in model.named_parameters() if not p.requires_grad]
+        ignored += [name for name, _ in model.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+        net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     autocast = lambda: _runtime.autocast(rt.device, cfg.precision)  # noqa: E731
     steps_per_epoch = source.steps_per_epoch
