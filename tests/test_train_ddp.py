@@ -36,20 +36,21 @@ def test_two_processes_match_one_and_resume(tmp_path):
     one = train(TrainConfig(method="bernoulli", model="fc", data="digits", hidden=(64,), batch_size=64, seed=2,
                             epochs=3, device="cpu"), tmp_path / "one", quiet=True)
 
-    full = _torchrun(["-m", "slth", "train", "--method", "bernoulli", "--epochs", "3", *ARGS, "--out", str(tmp_path / "full")])
+    full = _torchrun(["-m", "slth", "train", "--method", "bernoulli", "--epochs", "3", *ARGS,
+                      "--out", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr[-3000:]
     assert full.stdout.count("test accuracy") == 1  # one summary line, from rank 0
     m = _metrics(tmp_path / "full")
     assert (m["world_size"], m["backend"], m["device"]) == (2, "gloo", "cpu") and m["finished"]
-    assert abs(m["test_accuracy"] - one.metrics["test_accuracy"]) <= 0.01, (m["test_accuracy"], one.metrics["test_accuracy"])
+    assert abs(m["test_accuracy"] - one.metrics["test_accuracy"]) <= 0.01, (m, one.metrics["test_accuracy"])
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["checkpoint.pt", "metrics.json", "ticket.slth"]
 
     # frozen weights never synchronised or changed: the checkpoint's equal the seeded draw
     ckpt = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     from slth.supermask import build
 
-    rebuilt = build("fc", (1, 8, 8), 10, seed=2, hidden=[64], supermask=TrainConfig(method="bernoulli").supermask_config(),
-                    init="signed-constant").state_dict()
+    supermask = TrainConfig(method="bernoulli").supermask_config()
+    rebuilt = build("fc", (1, 8, 8), 10, seed=2, hidden=[64], supermask=supermask, init="signed-constant").state_dict()
     originals = [k for k in rebuilt if k.endswith("original")]
     assert originals and all(torch.equal(ckpt["model"][k], rebuilt[k]) for k in originals)
 

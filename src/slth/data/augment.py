@@ -27,8 +27,9 @@ def apply_crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip
     rows = top + torch.arange(h, device=device)
     cols = left + torch.arange(w, device=device)
     cols = torch.where(flip, cols.flip(1), cols)
-    return padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    images = torch.arange(n, device=device)[:, None, None, None]
+    channels = torch.arange(c, device=device)[None, :, None, None]
+    return padded[images, channels, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

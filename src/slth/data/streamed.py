@@ -148,7 +148,8 @@ def load_image_folder(data_dir, image_size: int | None = None) -> Streamed:
     splits = {}
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f"dataset 'image-folder': no directory {root / split} (expected {', '.join(expected)})")
+            raise FileNotFoundError(f"dataset 'image-folder': no directory {root / split} "
+                                    f"(expected {', '.join(expected)})")
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise FileNotFoundError(f"dataset 'image-folder': {root / 'train'} has no class sub-directories")

@@ -510,7 +510,8 @@ def fit(model: torch.nn.Module, train_loader, test_loader, config: TrainConfig |
         model.to(rt.device)
         spec = getattr(model, "slth_spec", None) or {}
         describe = {"method": cfg.method, "model": spec.get("model", type(model).__name__), "data": "loader",
-                    "width": cfg.width, "seed": cfg.seed, "target_density": 1.0 if cfg.method == "dense" else cfg.density}
+                    "width": cfg.width, "seed": cfg.seed,
+                    "target_density": 1.0 if cfg.method == "dense" else cfg.density}
         source = _LoaderSource(train_loader, test_loader, rt)
         return _loop(model, cfg, rt, source, None if out is None else Path(out), resume=resume, quiet=quiet,
                      stop_after=stop_after, describe=describe, ticket=bool(spec.get("supermask")))
