@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .._io import atomic_torch_save, atomic_write_json
 from ..data.augment import apply_crop_flip, crop_flip_draws, random_crop_flip
 from ..provenance import git_commit
+from ..supermask.init import derive_seed, generator
 from . import runtime as _runtime
 from .config import RUNTIME_FIELDS, TrainConfig
 
@@ -104,8 +105,6 @@ class _MemorySource:
         self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, bool]]:
-        from ..supermask.init import generator
-
         cfg, dev = self.cfg, self.rt.device
         order = torch.randperm(self.n, generator=generator(cfg.seed, "data-order", epoch))
         aug_gen = generator(cfg.seed, "augment", epoch)
@@ -149,8 +148,6 @@ class EpochBatches(torch.utils.data.Sampler):
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self):
-        from ..supermask.init import derive_seed, generator
-
         order = torch.randperm(self.n, generator=generator(self.seed, "data-order", self.epoch)).tolist()
         base = derive_seed(self.seed, "augment", self.epoch)
         for b in range(len(self)):
