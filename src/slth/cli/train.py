@@ -9,7 +9,7 @@ import typer
 
 from ._common import CommandError, ints, output_dir, output_file, threads as set_threads
 
-DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"
+DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"  # train-dense: in-memory data sets
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 def train_command(
     method: str = typer.Option("edge-popup", help="dense | edge-popup | bernoulli | biprop | iterand | gem-miner"),
     model: str = typer.Option("fc", help="fc | conv2 | conv4 | conv6 | lenet5 | resnet20"),
-    data: str = typer.Option("digits", help="digits | mnist | fashion-mnist | cifar10"),
+    data: str = typer.Option("digits", help="digits | mnist | fashion-mnist | cifar10 (in memory) | cifar100 | "
+                                             "image-folder (streamed through DataLoader workers)"),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the dataset files (not needed for digits)"),
     density: float = typer.Option(0.5, help="kept fraction of the Linear/Conv2d weights, in (0, 1]"),
     width: float = typer.Option(1.0, help="width multiplier of the hidden layers"),
@@ -28,7 +29,7 @@ def train_command(
     seed: int = typer.Option(0, help="seeds the weights, scores, data order and sampling"),
     out: Path = typer.Option(..., help="run directory: checkpoint.pt, metrics.json, ticket.slth"),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt if it exists"),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, help="global batch, split evenly over torchrun's processes"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate of the cosine schedule (default per method)"),
     weight_decay: Optional[float] = typer.Option(None, help="default per method"),
     init: Optional[str] = typer.Option(None, help="kaiming-normal | scaled-kaiming-normal | signed-constant | "
@@ -39,23 +40,37 @@ def train_command(
     rerand_period: int = typer.Option(300, help="iterand: steps between re-randomisations"),
     rerand_prob: float = typer.Option(0.1, help="iterand: probability a pruned weight is re-drawn"),
     score_l2: float = typer.Option(1e-4, help="gem-miner: lambda of the score regulariser"),
+    device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda | cuda:N | mps"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)"),
+    workers: int = typer.Option(0, help="DataLoader worker processes (streamed data sets)"),
+    image_size: Optional[int] = typer.Option(None, help="image-folder: side of the square crops (default 224)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
-    """Train a network densely or by learning a supermask over frozen random weights."""
+    """Train a network densely or by learning a supermask over frozen random weights.
+
+    Several processes: torchrun --nproc-per-node N -m slth train ... (DistributedDataParallel; gloo on the
+    CPU, nccl on CUDA; rank 0 writes the files).
+    """
+    import os
+
     from ..train import TrainConfig, train
 
     config = TrainConfig(method=method, model=model, data=data, data_dir=None if data_dir is None else str(data_dir),
                          density=density, width=width, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, init=init, distribution=distribution,
                          hidden=ints(hidden, "--hidden"), augment=augment, rerand_period=rerand_period,
-                         rerand_prob=rerand_prob, score_l2=score_l2)
+                         rerand_prob=rerand_prob, score_l2=score_l2, device=device, precision=precision,
+                         workers=workers, image_size=image_size)
     set_threads(threads)
     output_dir(out, "--out")
     metrics = train(config, out, resume=resume, quiet=quiet).metrics
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # one summary line per launch, from rank 0
     typer.echo(f"{method} {model} on {data}: test accuracy {100 * metrics['test_accuracy']:.2f}% at density "
                f"{metrics['density']:.4f} ({metrics['kept_params']:,} of {metrics['params']:,} weights kept), "
-               f"{metrics['seconds']:.1f} s -> {out / 'metrics.json'}")
+               f"{metrics['seconds']:.1f} s on {metrics['device']}"
+               f"{'' if metrics['world_size'] == 1 else ' x ' + str(metrics['world_size'])} -> {out / 'metrics.json'}")
 
 
 def train_dense_cmd(

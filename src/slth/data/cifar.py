@@ -1,4 +1,9 @@
-"""CIFAR-10 from the "python version" pickle batches (``data_batch_1..5``, ``test_batch``)."""
+"""CIFAR-10 and CIFAR-100 from the "python version" pickle batches.
+
+CIFAR-10: ``data_batch_1..5``, ``test_batch`` (labels ``labels``), loaded into memory as float tensors.
+CIFAR-100: ``train``, ``test`` (and ``meta``), fine labels ``fine_labels``; kept as uint8 and served per
+image through a DataLoader (:class:`slth.data.streamed.ArrayImages`).
+"""
 
 from __future__ import annotations
 
@@ -23,28 +28,29 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
         return super().find_class(module, name)
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, labels_key: str = "labels", num_classes: int = 10,
+                what: str = "CIFAR-10") -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as fh:
             batch = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
     except Exception as exc:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: not a {what} python batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected a dict, got {type(batch).__name__})")
+        raise ValueError(f"{path}: not a {what} python batch (expected a dict, got {type(batch).__name__})")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    if "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels' (has {sorted(batch)})")
+    if "data" not in batch or labels_key not in batch:
+        raise ValueError(f"{path}: {what} batch lacks 'data' or '{labels_key}' (has {sorted(batch)})")
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"], dtype=np.int64)
+    labels = np.asarray(batch[labels_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(f"{path}: CIFAR-10 batch must hold uint8 data (N, 3072) and N labels, "
+        raise ValueError(f"{path}: {what} batch must hold uint8 data (N, 3072) and N labels, "
                          f"got {data.dtype} {data.shape} and {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: CIFAR-10 labels must lie in 0..9")
+    if labels.size and (labels.min() < 0 or labels.max() > num_classes - 1):
+        raise ValueError(f"{path}: {what} labels must lie in 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -61,3 +67,23 @@ def load_cifar10(data_dir: str | os.PathLike | None) -> Dataset:
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return from_uint8("cifar10", x_train, y_train, x_test, y_test, num_classes=10)
+
+
+CIFAR100_FILES = ["train", "test"]
+
+
+def load_cifar100(data_dir: str | os.PathLike | None, image_size: int | None = None):
+    """CIFAR-100 (fine labels) as a :class:`slth.data.streamed.Streamed` of uint8 arrays."""
+    from .streamed import ArrayImages, Streamed, channel_stats
+
+    directory = require_dir("cifar100", data_dir, CIFAR100_FILES)
+    if not (directory / "test").is_file() and (directory / "cifar-100-python").is_dir():
+        directory = directory / "cifar-100-python"
+    missing = [str(directory / n) for n in CIFAR100_FILES if not (directory / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"dataset 'cifar100': missing file(s) {', '.join(missing)}")
+    x_train, y_train = _read_batch(directory / "train", "fine_labels", 100, "CIFAR-100")
+    x_test, y_test = _read_batch(directory / "test", "fine_labels", 100, "CIFAR-100")
+    mean, std = channel_stats(x_train)
+    return Streamed(name="cifar100", train=ArrayImages(x_train, y_train), test=ArrayImages(x_test, y_test),
+                    num_classes=100, input_shape=(3, 32, 32), mean=mean, std=std)

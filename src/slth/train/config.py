@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+import torch
+
 from ..supermask.methods import METHODS, SupermaskConfig
+from .runtime import check_device_name, check_precision, check_precision_name
 
 TRAIN_METHODS = ("dense", *METHODS)
 
@@ -13,12 +16,17 @@ DEFAULT_LR = {"dense": 0.01, **{name: m.lr for name, m in METHODS.items()}}
 DEFAULT_WEIGHT_DECAY = {"dense": 5e-4, **{name: m.weight_decay for name, m in METHODS.items()}}
 DEFAULT_INIT = {"dense": "kaiming-normal", **{name: m.init for name, m in METHODS.items()}}
 
+RUNTIME_FIELDS = ("device", "workers")  # change where a run executes, not its results
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run; two runs with equal configs give equal results.
+    """Everything that determines a training run; two runs with equal configs give equal results on the same
+    device and number of processes (on the CPU bit for bit).
 
-    ``density`` is the kept fraction of the Linear/Conv2d weights (ignored by ``dense``).
+    ``density`` is the kept fraction of the Linear/Conv2d weights (ignored by ``dense``). ``batch_size`` is
+    the global batch, split evenly over the processes of a ``torchrun`` launch. ``device`` and ``workers``
+    say where the run executes and are not part of :meth:`identity`: a run may resume elsewhere.
     """
 
     method: str = "edge-popup"
@@ -41,6 +49,11 @@ class TrainConfig:
     rerand_period: int = 300
     rerand_prob: float = 0.1
     score_l2: float = 1e-4
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, GPU only)
+    image_size: int | None = None  # image-folder data: side of the square crops (default 224)
+    # where it runs, not what it computes: excluded from the identity a resumed run must match
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N | mps
+    workers: int = 0  # DataLoader worker processes for streamed data sets
 
     def __post_init__(self) -> None:
         from ..data import DATASETS
@@ -59,6 +72,17 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.workers) < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        check_device_name(self.device)
+        check_precision_name(self.precision)
+        if self.precision == "fp16" and self.device == "cpu":
+            check_precision(torch.device("cpu"), self.precision)
+        if self.image_size is not None:
+            if DATASETS[self.data].image_size is None:
+                raise ValueError(f"image_size applies to image-folder data sets, not to {self.data!r}")
+            if int(self.image_size) < 8:
+                raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.hidden is not None and self.model != "fc":
             raise ValueError("hidden sizes apply to the fc model only")
         if self.method != "dense":
@@ -71,9 +95,25 @@ class TrainConfig:
             lr=DEFAULT_LR[self.method] if self.lr is None else float(self.lr),
             weight_decay=DEFAULT_WEIGHT_DECAY[self.method] if self.weight_decay is None else float(self.weight_decay),
             init=DEFAULT_INIT[self.method] if self.init is None else self.init,
-            augment=(self.data == "cifar10") if self.augment is None else self.augment,
+            augment=self._default_augment() if self.augment is None else self.augment,
+            image_size=self._default_image_size() if self.image_size is None else int(self.image_size),
             hidden=None if self.hidden is None else tuple(int(h) for h in self.hidden),
         )
+
+    def _default_augment(self) -> bool:
+        from ..data import DATASETS
+
+        return DATASETS[self.data].augment
+
+    def _default_image_size(self) -> int | None:
+        from ..data import DATASETS
+
+        return DATASETS[self.data].image_size
+
+    def identity(self) -> dict:
+        """What a resumed run must match: every field but where it runs (:data:`RUNTIME_FIELDS`); fields a
+        checkpoint predates take their defaults."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
     def supermask_config(self) -> SupermaskConfig | None:
         if self.method == "dense":
