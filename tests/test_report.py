@@ -18,20 +18,27 @@ HEAD = {"machine": "test machine", "date": "2026-01-01", "command": "slth experi
 
 
 def width_curves_record() -> dict:
-    pts = lambda f: [{"n": n, "random_params": 100 * n, "kept_params": 50 * n, "width_factor": float(n),
-                      "max_weight_error": f(n), "weight_error_median": f(n) / 4, "weight_error_p99": f(n) / 2,
-                      "max_logit_diff": f(n), "ticket_accuracy": 0.9, "top1_agreement": 0.99, "seconds": 0.1}
-                     for n in (2, 4, 8)]
+    def pts(f):
+        return [{"n": n, "random_params": 100 * n, "kept_params": 50 * n, "width_factor": float(n),
+                 "max_weight_error": f(n), "weight_error_median": f(n) / 4, "weight_error_p99": f(n) / 2,
+                 "max_logit_diff": f(n), "ticket_accuracy": 0.9, "top1_agreement": 0.99, "seconds": 0.1}
+                for n in (2, 4, 8)]
+
     law = [{"n": n, "median_error": 2.0 ** -n, "p90_error": 2.0 ** -(n - 1), "single_pick_median_error": 1 / n,
             "single_pick_p90_error": 2 / n} for n in (4, 8, 12)]
-    return {**HEAD, "experiment": "width-curves", "settings": {}, "paper": {"pensia": "P", "malach": "M", "lueker": "L"},
+    return {**HEAD, "experiment": "width-curves", "settings": {},
+            "paper": {"pensia": "P", "malach": "M", "lueker": "L"},
             "targets": [{"name": "digits", "arch": "64-64-10", "target_params": 4736, "target_accuracy": 0.96,
-                         "points": {"pensia": pts(lambda n: 2.0 ** -n), "malach": pts(lambda n: 1 / n)}, "skipped": [],
-                         "at_eps": [{"eps": 0.1, "pensia_sweep_p99": {"n": 4, "width_factor": 4.0, "ticket_accuracy": 0.9,
-                                                                      "max_logit_diff": 0.1},
+                         "points": {"pensia": pts(lambda n: 2.0 ** -n), "malach": pts(lambda n: 1 / n)},
+                         "skipped": [],
+                         "at_eps": [{"eps": 0.1,
+                                     "pensia_sweep_p99": {"n": 4, "width_factor": 4.0, "ticket_accuracy": 0.9,
+                                                          "max_logit_diff": 0.1},
                                      "malach_sweep_p99": None, "pensia_constructed": None,
-                                     "malach_constructed": {"skipped": "too big", "n_per_layer": [9], "width_factor": 9.0}}]}],
-            "subsetsum_law": {"rows": law, "fit": {"c": 1.0, "log2_C": 0.0, "min_n": 4}, "fit_p90": {"c": 1.0, "log2_C": 1.0},
+                                     "malach_constructed": {"skipped": "too big", "n_per_layer": [9],
+                                                            "width_factor": 9.0}}]}],
+            "subsetsum_law": {"rows": law, "fit": {"c": 1.0, "log2_C": 0.0, "min_n": 4},
+                              "fit_p90": {"c": 1.0, "log2_C": 1.0},
                               "instances": 10, "values": "v", "targets": "t"}}
 
 
@@ -104,7 +111,8 @@ def test_engineer_records_are_recognised(tmp_path):
              "multiples": [1, 2], "runs": [
                  {"method": "dense", "k": 1, "width": 1.0, "test_accuracy": 0.9, "params": 20, "kept_params": 20},
                  {"method": "edge-popup", "k": 1, "width": 1.0, "test_accuracy": 0.8, "params": 20, "kept_params": 10},
-                 {"method": "edge-popup", "k": 2, "width": 2.0, "test_accuracy": 0.85, "params": 40, "kept_params": 20}]}
+                 {"method": "edge-popup", "k": 2, "width": 2.0, "test_accuracy": 0.85, "params": 40, "kept_params": 20},
+             ]}
     _write(res / "width_sweep.json", sweep)
     assert sorted(r.kind for r in load_records(res)) == ["train-run", "width-sweep"]
     text = generate(res, tmp_path / "r.md").read_text()

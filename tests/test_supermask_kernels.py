@@ -166,7 +166,8 @@ def test_signed_constant_detection_follows_in_place_changes():
     from slth.supermask.methods import binarized_weight
 
     fused = core.BinarizedWeight.apply(weight, scores, 2, state)
-    assert torch.allclose(fused, binarized_weight(weight, core.topk_mask(scores.detach().abs(), 2, dtype=weight.dtype), 2))
+    mask = core.topk_mask(scores.detach().abs(), 2, dtype=weight.dtype)
+    assert torch.allclose(fused, binarized_weight(weight, mask, 2))
     assert state.magnitude(torch.zeros(3)) == 0.0 and state.magnitude(torch.tensor([1.0, float("inf")])) == 0.0
 
 

@@ -37,13 +37,14 @@ def test_resume_equals_uninterrupted_run(tmp_path, method):
     if method != "dense":
         from slth import ticketfile
 
-        t_full, t_part = ticketfile.load(tmp_path / "full" / "ticket.slth"), ticketfile.load(tmp_path / "part" / "ticket.slth")
+        t_full = ticketfile.load(tmp_path / "full" / "ticket.slth")
+        t_part = ticketfile.load(tmp_path / "part" / "ticket.slth")
         assert t_full.config == t_part.config and t_full.masks.keys() == t_part.masks.keys()
         assert all((t_full.masks[k] == t_part.masks[k]).all() for k in t_full.masks)
 
 
 def test_metrics_and_learning(tmp_path):
-    m = train(TrainConfig(method="edge-popup", **{**TINY, "epochs": 3, "hidden": (64,)}), tmp_path, quiet=True)
+    train(TrainConfig(method="edge-popup", **{**TINY, "epochs": 3, "hidden": (64,)}), tmp_path, quiet=True)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test_accuracy", "train_loss", "density", "params", "seconds", "kept_params"):
         assert key in on_disk
@@ -123,7 +124,8 @@ def test_width_sweep_writes_table_and_plot(tmp_path):
 
     base = TrainConfig(method="dense", **{**TINY, "epochs": 1, "hidden": (8,)})
     result = width_sweep(base, ["edge-popup"], [1, 2], tmp_path, quiet=True, command="slth experiment width-sweep")
-    assert [(r["method"], r["width"]) for r in result["runs"]] == [("dense", 1.0), ("edge-popup", 1.0), ("edge-popup", 2.0)]
+    assert [(r["method"], r["width"]) for r in result["runs"]] == [
+        ("dense", 1.0), ("edge-popup", 1.0), ("edge-popup", 2.0)]
     assert result["command"] == "slth experiment width-sweep" and result["date"]
     wide = next(r for r in result["runs"] if r["method"] == "edge-popup" and r["k"] == 2)
     assert wide["params"] == 64 * 16 + 16 * 10  # width 2 doubles the hidden layer

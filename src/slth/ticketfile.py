@@ -123,7 +123,8 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
         raise TicketFileError(f"{source}: not a slth ticket (no '{FORMAT}' format tag in the metadata)")
     version = meta.get("format_version")
     if version != str(FORMAT_VERSION):
-        raise TicketFileError(f"{source}: unsupported ticket format version {version!r} (this slth reads {FORMAT_VERSION})")
+        raise TicketFileError(f"{source}: unsupported ticket format version {version!r} "
+                              f"(this slth reads {FORMAT_VERSION})")
     try:
         tensors = load(data)
     except Exception as exc:  # safetensors raises its own error types

@@ -69,8 +69,8 @@ def bench_subsetsum(
             mt.add_column(col, justify="right")
         for r in rows:
             for m in r.mip:
-                mt.add_row(str(r.n), m.solver, str(m.instances), f"{m.seconds_per_instance:.3g}", f"{m.median_error:.2e}",
-                           f"{m.engine_not_worse}/{m.instances}", f"{m.speed_ratio:,.0f}×")
+                mt.add_row(str(r.n), m.solver, str(m.instances), f"{m.seconds_per_instance:.3g}",
+                           f"{m.median_error:.2e}", f"{m.engine_not_worse}/{m.instances}", f"{m.speed_ratio:,.0f}×")
         console.print(mt)
 
 

@@ -19,15 +19,18 @@ def register(app: typer.Typer) -> None:
 
 
 def construct_cmd(
-    model: Path = typer.Argument(..., help="target: a state_dict file (with --arch) or a TorchScript file (nn.Sequential)"),
+    model: Path = typer.Argument(
+        ..., help="target: a state_dict file (with --arch) or a TorchScript file (nn.Sequential)"),
     out: Path = typer.Option(..., "-o", "--out", help="ticket file to write (.slth)"),
-    arch: Optional[str] = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, conv2, conv4, conv6, resnet20, resnet18"),
+    arch: Optional[str] = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, "
+                                                  "conv2, conv4, conv6, resnet20, resnet18"),
     eps: float = typer.Option(0.01, help="per-weight tolerance"),
     seed: int = typer.Option(0, help="seed of the random network"),
     method: str = typer.Option("pensia", help="pensia (SubsetSum, log width) or malach (single pick, poly width)"),
     n: Optional[int] = typer.Option(None, help="random values per weight (default: chosen per layer from eps)"),
     nonnegative_input: bool = typer.Option(False, "--nonnegative-input", help="inputs are >= 0 (images in [0, 1])"),
-    dense_subsets: bool = typer.Option(False, "--min-error", help="minimal-error subsets instead of sparsest within eps"),
+    dense_subsets: bool = typer.Option(False, "--min-error",
+                                       help="minimal-error subsets instead of sparsest within eps"),
     input_shape: Optional[str] = typer.Option(None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)"),
     classes: Optional[int] = typer.Option(None, help="number of classes of a named --arch"),
     width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
@@ -69,7 +72,8 @@ def construct_cmd(
                   f"{run['workers']} worker(s), {run['backend']} backend)")
     console.print(f"ticket digest {ticket.digest()}")
     console.print(ticket.summary())
-    console.print(f"wrote {path} ({size:,} bytes, {8 * size / ticket.stats['target_params']:.2f} bits per target weight)")
+    console.print(f"wrote {path} ({size:,} bytes, "
+                  f"{8 * size / ticket.stats['target_params']:.2f} bits per target weight)")
 
 
 def evaluate_cmd(
@@ -77,10 +81,12 @@ def evaluate_cmd(
     data: str = typer.Option("digits", help=DATA_HELP),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
     target: Optional[Path] = typer.Option(None, help="the target model, to measure agreement and the bound"),
-    arch: Optional[str] = typer.Option(None, help="MLP widths or architecture name (lenet5, resnet20, ...) of a state_dict target"),
+    arch: Optional[str] = typer.Option(
+        None, help="MLP widths or architecture name (lenet5, resnet20, ...) of a state_dict target"),
     width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
     box: Optional[tuple[float, float]] = typer.Option(
-        None, help="input box LO HI for the certified bound (default [0, 1] for nonnegative-input tickets, else [-1, 1])"),
+        None, help="input box LO HI for the certified bound (default [0, 1] for nonnegative-input tickets, "
+                   "else [-1, 1])"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
     """Accuracy of a ticket on a test set; with --target also logit difference, top-1 agreement, certified bound."""
@@ -110,7 +116,8 @@ def evaluate_cmd(
         task = bar.add_task(f"evaluating on {data} test set", total=len(dataset.x_test))
         result = measure(module, reference, dataset.x_test, dataset.y_test,
                          progress=lambda k: bar.advance(task, k))
-    report = {"ticket": str(ticket_path), "data": data, "stats": ticket.stats, "ticket_accuracy": result["ticket_accuracy"]}
+    report = {"ticket": str(ticket_path), "data": data, "stats": ticket.stats,
+              "ticket_accuracy": result["ticket_accuracy"]}
     table = Table(title=f"{ticket_path.name} on {data} ({result['examples']:,} test examples)")
     table.add_column("measure")
     table.add_column("value", justify="right")

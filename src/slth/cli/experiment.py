@@ -138,12 +138,14 @@ def width_curves_command(
         body = wc.run(targets, eps_values=eps_v, pensia_ns=pn, malach_ns=mn, law_ns=ln, law_instances=law_instances,
                       seed=seed, max_values=max_values, quiet=False)
     settings = {"eps": eps_v, "pensia_n": pn, "malach_n": mn, "law_n": ln, "law_instances": law_instances,
-                "seed": seed, "digits_epochs": epochs if digits else None, "target": None if target is None else str(target),
+                "seed": seed, "digits_epochs": epochs if digits else None,
+                "target": None if target is None else str(target),
                 "target_sha256": None if target is None else hashlib.sha256(target.read_bytes()).hexdigest(),
                 "arch": arch, "data": data, "max_values": max_values, "quick": quick}
     record = {**header("width-curves", settings), **body, "wall_seconds": sw.wall}
     write_record(record, out)
-    console.print(f"width curves in {sw.wall:.0f} s; SubsetSum fit error ~ 2^(-{body['subsetsum_law']['fit']['c']:.3f} n)"
+    console.print(f"width curves in {sw.wall:.0f} s; "
+                  f"SubsetSum fit error ~ 2^(-{body['subsetsum_law']['fit']['c']:.3f} n)"
                   f" -> {out}")
 
 
@@ -158,7 +160,8 @@ def planted_command(
     n_train: int = typer.Option(4000), n_test: int = typer.Option(2000),
     mnist_hidden: str = typer.Option("200,200", help="source hidden widths for the MNIST task"),
     mnist_epochs: int = typer.Option(3, help="epochs per method, MNIST task"),
-    mnist_train_size: int = typer.Option(20000, help="MNIST training examples used (all 10,000 test examples are used)"),
+    mnist_train_size: int = typer.Option(
+        20000, help="MNIST training examples used (all 10,000 test examples are used)"),
     data_dir: Optional[Path] = typer.Option(None, help="MNIST directory (needed for the mnist task)"),
     seed: int = typer.Option(0),
     quick: bool = typer.Option(False, help="tiny setting for tests (relu and circle, 1 epoch, 2 methods)"),
@@ -193,19 +196,21 @@ def planted_command(
                 from ..data import load_dataset
 
                 data = load_dataset("mnist", data_dir)
-                results.append(P.run_task("mnist", methods=method_list, hidden=ints(mnist_hidden, "--mnist-hidden"), epochs=mnist_epochs,
-                                          seed=seed, n_train=0, n_test=0, data=data, density_multiples=multiples,
+                results.append(P.run_task("mnist", methods=method_list, hidden=ints(mnist_hidden, "--mnist-hidden"),
+                                          epochs=mnist_epochs, seed=seed, n_train=0, n_test=0, data=data,
+                                          density_multiples=multiples,
                                           mnist_settings={"train_size": mnist_train_size, "epochs": 3,
                                                           "finetune_epochs": 2},
                                           log=console.print))
             else:
-                results.append(P.run_task(task, methods=method_list, hidden=ints(hidden, "--hidden"), epochs=epochs, seed=seed,
-                                          n_train=n_train, n_test=n_test, depth=depth, construct_n=construct_n,
-                                          density_multiples=multiples,
+                results.append(P.run_task(task, methods=method_list, hidden=ints(hidden, "--hidden"), epochs=epochs,
+                                          seed=seed, n_train=n_train, n_test=n_test, depth=depth,
+                                          construct_n=construct_n, density_multiples=multiples,
                                           log=console.print))
-    settings = {"tasks": task_list, "methods": method_list, "hidden": ints(hidden, "--hidden"), "depth": depth, "epochs": epochs,
-                "density_multiples": multiples,
-                "n_train": n_train, "n_test": n_test, "mnist_hidden": ints(mnist_hidden, "--mnist-hidden"), "mnist_epochs": mnist_epochs,
+    settings = {"tasks": task_list, "methods": method_list, "hidden": ints(hidden, "--hidden"), "depth": depth,
+                "epochs": epochs, "density_multiples": multiples,
+                "n_train": n_train, "n_test": n_test, "mnist_hidden": ints(mnist_hidden, "--mnist-hidden"),
+                "mnist_epochs": mnist_epochs,
                 "mnist_train_size": mnist_train_size, "seed": seed, "quick": quick, "threads": threads,
                 "lr": "slth.train defaults per method (DEFAULT_LR), SGD momentum 0.9, cosine, batch 128",
                 "densities": "each layer keeps its planted count times the density multiple (oracle per-layer density)"}
@@ -244,11 +249,13 @@ def construct_vs_learn_command(
     if quick:
         data, dense_epochs, mask_epochs, method_list, hidden, construct_n = "digits", 1, 1, ["edge-popup"], "16", 8
     with Stopwatch() as sw:
-        body = cvl.run(data, data_dir, hidden=ints(hidden, "--hidden"), dense_epochs=dense_epochs, mask_epochs=mask_epochs,
-                       eps=eps, methods=method_list, density=density, seed=seed, construct_n=construct_n,
+        body = cvl.run(data, data_dir, hidden=ints(hidden, "--hidden"), dense_epochs=dense_epochs,
+                       mask_epochs=mask_epochs, eps=eps, methods=method_list, density=density, seed=seed,
+                       construct_n=construct_n,
                        log=console.print)
-    settings = {"data": data, "hidden": ints(hidden, "--hidden"), "dense_epochs": dense_epochs, "mask_epochs": mask_epochs,
-                "eps": eps, "density": density, "methods": method_list, "seed": seed, "quick": quick,
+    settings = {"data": data, "hidden": ints(hidden, "--hidden"), "dense_epochs": dense_epochs,
+                "mask_epochs": mask_epochs, "eps": eps, "density": density, "methods": method_list, "seed": seed,
+                "quick": quick,
                 "dense": "slth train-dense setting: bias-free, inputs in [0, 1], SGD lr 0.05 momentum 0.9, cosine",
                 "learned": "slth.train defaults per method (inputs normalised), signed-constant init"}
     write_record({**header("construct-vs-learn", settings), **body, "wall_seconds": sw.wall}, out)
@@ -258,7 +265,8 @@ def construct_vs_learn_command(
 @app.command("pensia-exp2")
 def pensia_exp2_command(
     data_dir: Optional[Path] = typer.Option(None, help="MNIST directory"),
-    nets: str = typer.Option("fc2,lenet5", help="fc2 (784-500-10) and/or lenet5 (random frozen convs, FC 400-120-84-10)"),
+    nets: str = typer.Option(
+        "fc2,lenet5", help="fc2 (784-500-10) and/or lenet5 (random frozen convs, FC 400-120-84-10)"),
     kinds: str = typer.Option("structure-linear,structure-relu,wide"),
     densities: str = typer.Option("0.5,0.1,0.01", help="kept fractions (the paper's sparsity = 1 - density)"),
     epochs: int = typer.Option(1, help="the paper: best over 30..150 epochs"),
@@ -300,10 +308,11 @@ def pensia_exp2_command(
                                  lr=lr if net == "fc2" else lenet_lr, batch_size=batch_size, train_size=train_size,
                                  log=console.print))
     settings = {"nets": net_list, "kinds": kind_list, "densities": dens, "epochs": epochs, "train_size": train_size,
-                "test_size": int(len(data.y_test)), "r": r, "lr_fc": lr, "lr_lenet5": lenet_lr, "batch_size": batch_size,
-                "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine per step", "seed": seed, "quick": quick,
+                "test_size": int(len(data.y_test)), "r": r, "lr_fc": lr, "lr_lenet5": lenet_lr,
+                "batch_size": batch_size, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine per step",
+                "seed": seed, "quick": quick,
                 "normalisation": "(0.1307, 0.3081)", "method": "edge-popup, same density for every masked tensor"}
-    record = {**header("pensia-exp2", settings), "results": results, "paper": {"fc2": R.PAPER_FC2, "lenet5": R.PAPER_LENET5},
-              "wall_seconds": sw.wall}
+    record = {**header("pensia-exp2", settings), "results": results,
+              "paper": {"fc2": R.PAPER_FC2, "lenet5": R.PAPER_LENET5}, "wall_seconds": sw.wall}
     write_record(record, out)
     console.print(f"Exp. 2 in {sw.wall:.0f} s -> {out}")

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
 
 
 def report_command(
-    results: Path = typer.Option(Path("docs/results"), help="directory of the run records (*.json) and fragments (*.md)"),
+    results: Path = typer.Option(Path("docs/results"),
+                                 help="directory of the run records (*.json) and fragments (*.md)"),
     out: Path = typer.Option(Path("docs/results.md"), help="the markdown file to (re)generate"),
 ) -> None:
     """Regenerate docs/results.md (tables beside the papers' numbers, PNG plots) from the recorded runs."""

@@ -33,7 +33,8 @@ def train_command(
     lr: Optional[float] = typer.Option(None, help="peak learning rate of the cosine schedule (default per method)"),
     weight_decay: Optional[float] = typer.Option(None, help="default per method"),
     init: Optional[str] = typer.Option(None, help="kaiming-normal | scaled-kaiming-normal | signed-constant | "
-                                                  "scaled-signed-constant (default: dense kaiming-normal, else signed-constant)"),
+                                                  "scaled-signed-constant (default: dense kaiming-normal, "
+                                                  "else signed-constant)"),
     distribution: str = typer.Option("uniform", help="per-layer density: uniform | erk"),
     hidden: Optional[str] = typer.Option(None, help="fc hidden sizes, e.g. 300,100"),
     augment: Optional[bool] = typer.Option(None, help="random crop + flip (default: on for cifar10)"),
@@ -99,7 +100,8 @@ def train_dense_cmd(
     dataset = load_dataset(data, data_dir)
     if widths[0] != math.prod(dataset.input_shape) or widths[-1] != dataset.num_classes:
         raise CommandError(
-            f"--arch {arch} does not fit {data}: inputs {math.prod(dataset.input_shape)}, classes {dataset.num_classes}")
+            f"--arch {arch} does not fit {data}: inputs {math.prod(dataset.input_shape)}, "
+            f"classes {dataset.num_classes}")
     target, metrics = train_target(data, data_dir, hidden=widths[1:-1], epochs=epochs, seed=seed, lr=lr, quiet=False)
     mlp(widths, bias=False).load_state_dict(target.state_dict())  # the file loads with --arch
     atomic_torch_save(out, target.state_dict())

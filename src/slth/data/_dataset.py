@@ -27,9 +27,11 @@ class Dataset:
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.float32 or x.ndim != 4:
-                raise ValueError(f"{self.name} {split}: images must be float32 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+                raise ValueError(f"{self.name} {split}: images must be float32 (N, C, H, W), "
+                                 f"got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{self.name} {split}: labels must be int64 of length {x.shape[0]}, got {y.dtype} {tuple(y.shape)}")
+                raise ValueError(f"{self.name} {split}: labels must be int64 of length {x.shape[0]}, "
+                                 f"got {y.dtype} {tuple(y.shape)}")
 
 
 def from_uint8(name: str, x_train, y_train, x_test, y_test, num_classes: int, scale: float = 255.0) -> Dataset:
@@ -58,5 +60,6 @@ def require_dir(name: str, data_dir: str | os.PathLike | None, expected: list[st
         raise FileNotFoundError(f"dataset {name!r} needs data_dir, a directory holding: {', '.join(expected)}")
     path = Path(data_dir)
     if not path.is_dir():
-        raise FileNotFoundError(f"dataset {name!r}: data directory {path} does not exist (expected files: {', '.join(expected)})")
+        raise FileNotFoundError(f"dataset {name!r}: data directory {path} does not exist "
+                                f"(expected files: {', '.join(expected)})")
     return path

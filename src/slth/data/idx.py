@@ -30,7 +30,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file (only {len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic not in _MAGIC:
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {magic:#010x}, expected 0x00000803 or 0x00000801)")
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes "
+                         f"(magic {magic:#010x}, expected 0x00000803 or 0x00000801)")
     ndim = data[3]
     header = 4 + 4 * ndim
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]

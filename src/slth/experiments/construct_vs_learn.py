@@ -55,7 +55,8 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
     rows.append({"row": f"constructed (Pensia, eps {eps:g})", "accuracy": m["ticket_accuracy"],
                  "random_params": s["random_params"], "random_params_dense_theorem": s["random_params_dense_theorem"],
                  "kept_params": s["kept_params"], "trained_params": 0, "wall_seconds": sw.wall, "cpu_seconds": sw.cpu,
-                 "wall_seconds_with_target_training": sw.wall + rows[0]["wall_seconds"], "n_per_layer": s["n_per_layer"],
+                 "wall_seconds_with_target_training": sw.wall + rows[0]["wall_seconds"],
+                 "n_per_layer": s["n_per_layer"],
                  "eps_met": s["eps_met"], "max_logit_diff": m["max_logit_diff"], "top1_agreement": m["top1_agreement"]})
     log(f"constructed {m['ticket_accuracy']:.4f} in {sw.wall:.1f} s")
     # width multiple whose random network has about as many weights as the constructed ticket's
@@ -69,8 +70,9 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
     matched = round(hi, 2)
     for method in methods:
         for k in sorted({1.0, matched}):
-            cfg = TrainConfig(method=method, model="fc", data=data_name, data_dir=None if data_dir is None else str(data_dir),
-                              hidden=tuple(hidden), width=k, density=density, epochs=mask_epochs, seed=seed)
+            cfg = TrainConfig(method=method, model="fc", data=data_name,
+                              data_dir=None if data_dir is None else str(data_dir), hidden=tuple(hidden),
+                              width=k, density=density, epochs=mask_epochs, seed=seed)
             with tempfile.TemporaryDirectory() as tmp, Stopwatch() as sw:
                 r = train(cfg, tmp, quiet=True).metrics
             label = "same width" if k == 1.0 else f"width x{k:g} (random params matched to the constructed ticket)"
@@ -128,5 +130,6 @@ def render(record: Record, ctx: Context) -> str:
         f"Papers: *{d['paper']}*\n",
         ("*Larger setting*: `slth experiment construct-vs-learn --data mnist --data-dir DIR --hidden 500 "
          "--dense-epochs 10 --mask-epochs 10` (Exp. 1's target; the matched-width supermask is then about a "
-         "784-5500-10 net; its record is rendered in its own section when present).\n" if d["data"] == "digits" else ""),
+         "784-5500-10 net; its record is rendered in its own section when present).\n"
+         if d["data"] == "digits" else ""),
         provenance(d)])

@@ -75,7 +75,8 @@ def exp1_markdown(record: dict[str, Any]) -> str:
             f"{run['construct_wall_seconds']:.1f} s |"
         )
     lines.append(
-        f"| Pensia et al. (paper) | 0.01 | 21 | {paper['target_accuracy']:.2%} | {paper['target_accuracy']:.2%}* | - | - | "
+        f"| Pensia et al. (paper) | 0.01 | 21 | {paper['target_accuracy']:.2%} | {paper['target_accuracy']:.2%}* "
+        "| - | - | "
         f"{paper['random_params']:,} (21x, n x target) | {paper['kept_params']:,} (9.39x) | <= 0.01 | "
         f"{paper['seconds'] / 3600:.1f} h on 36 cores |"
     )
@@ -100,5 +101,6 @@ def render(record: Record, ctx: Context) -> str:
                                 f"{run['measured']['ticket_accuracy']:.2%} (pruned net), "
                                 f"{run['construct_wall_seconds']:.1f} s"))
     return "\n".join(["## Pensia et al. Exp. 1: SubsetSum tickets of a 784-500-10 MNIST target\n",
-                      "Ours (`slth experiment pensia-exp1`) beside the paper's committed output (docs/theory.md §2.8).\n",
+                      "Ours (`slth experiment pensia-exp1`) beside the paper's committed output "
+                      "(docs/theory.md §2.8).\n",
                       exp1_markdown(d), "", provenance(d)])

@@ -35,7 +35,8 @@ PAPER_FC2 = {
                 "{30, 50, 100, 125, 150} (best over budgets), full MNIST normalised (0.1307, 0.3081), r = 5",
 }
 PAPER_LENET5 = {"total_params": 300_170, "dense_accuracy": 98.4,
-                "note": "their LeNet5 curves behave like FC2's (docs/theory.md §2.9); per-sparsity numbers not in our copy"}
+                "note": "their LeNet5 curves behave like FC2's (docs/theory.md §2.9); "
+                        "per-sparsity numbers not in our copy"}
 
 
 class Expand(nn.Module):
@@ -186,8 +187,8 @@ def render(record: Record, ctx: Context) -> str:
     nets = ", ".join(r["net"] for r in d["results"])
     out = [f"## Pensia et al. Exp. 2: the RedLayer structure vs a wide network, by edge-popup ({nets}; "
            f"{s['train_size']:,} examples, {s['epochs']} epochs)\n",
-           f"RedLayer(in, out, r = {s['r']}) as in their `red_fc.py` (r scalars per input, ReLU or linear, then a dense "
-           "mix), and a wide FC net with about the same number of weights, all pruned by edge-popup to the same "
+           f"RedLayer(in, out, r = {s['r']}) as in their `red_fc.py` (r scalars per input, ReLU or linear, then a "
+           "dense mix), and a wide FC net with about the same number of weights, all pruned by edge-popup to the same "
            "density per tensor. **Reduced setting** (what differs from the paper): "
            f"{s['train_size']:,} of 60,000 MNIST training examples, {s['epochs']} epoch(s) instead of the best over "
            f"30-150, densities {s['densities']} only; same lr ({s['lr_fc']} FC, {s['lr_lenet5']} LeNet5), momentum, "
@@ -230,7 +231,8 @@ def render(record: Record, ctx: Context) -> str:
                    + (f"; paper: structure {paper['fc2']['total_params']['structure']:,}, wide "
                       f"{paper['fc2']['total_params']['wide']:,}, dense FC2 {paper['fc2']['dense_accuracy']} %"
                       if res["net"] == "fc2" else f"; paper total {paper['lenet5']['total_params']:,} incl. "
-                      f"2,550 frozen conv weights, dense {paper['lenet5']['dense_accuracy']} %; {paper['lenet5']['note']}")
+                      f"2,550 frozen conv weights, dense {paper['lenet5']['dense_accuracy']} %; "
+                      f"{paper['lenet5']['note']}")
                    + ")\n")
         out.append(table(["kept", "structure, linear: ours / paper", "structure, ReLU: ours / paper",
                           "wide net: ours / paper"], rows))

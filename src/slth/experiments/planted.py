@@ -312,8 +312,8 @@ def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n
             "target_nonzeros": int(sum(int((w != 0).sum()) for w in ws)),
             "source_widths": [ws[0].shape[1], *hidden, ws[-1].shape[0]], "planted_density": kept / total,
             "planted_density_per_layer": layer_density, "plant_scales": scales, "epochs": epochs,
-            "n_train": int(len(x_tr)), "n_test": int(len(x_te)), "target_variance": var, "target_mean_square": mean_square,
-            "mnist_target": info or None,
+            "n_train": int(len(x_tr)), "n_test": int(len(x_te)), "target_variance": var,
+            "target_mean_square": mean_square, "mnist_target": info or None,
             "rows": rows}
 
 
@@ -336,11 +336,13 @@ def render(record: Record, ctx: Context) -> str:
            "supermask method then searches the source network keeping exactly the planted number of weights per "
            "layer (an oracle density; rows marked x10 keep ten times as many), and `slth.construct` builds a "
            "ticket of the same target in its own random network. *Overlap* = |found ∩ planted| / |planted| over "
-           "all layers (a random mask expects overlap = its density). Regression tasks report test MSE (target variance beside it), "
-           "classification tasks test accuracy. The planted ticket itself reproduces the target exactly.\n",
-           f"Settings: toy tasks {s['n_train']:,} training / {s['n_test']:,} test points, {s['epochs']} epochs per method, "
-           f"source hidden widths {s['hidden']}, target depth {s['depth']}; MNIST: {s['mnist_train_size']:,} training "
-           f"examples, {s['mnist_epochs']} epochs, source hidden {s['mnist_hidden']}; {s['lr']}.\n"]
+           "all layers (a random mask expects overlap = its density). Regression tasks report test MSE "
+           "(target variance beside it), classification tasks test accuracy. The planted ticket itself reproduces "
+           "the target exactly.\n",
+           f"Settings: toy tasks {s['n_train']:,} training / {s['n_test']:,} test points, {s['epochs']} epochs "
+           f"per method, source hidden widths {s['hidden']}, target depth {s['depth']}; MNIST: "
+           f"{s['mnist_train_size']:,} training examples, {s['mnist_epochs']} epochs, source hidden "
+           f"{s['mnist_hidden']}; {s['lr']}.\n"]
     plt = plots.pyplot()
     tasks = d["tasks"]
     at1 = [r for t in tasks for r in t["rows"] if r.get("overlap") is not None and r["method"] != "planted ticket"
@@ -366,8 +368,8 @@ def render(record: Record, ctx: Context) -> str:
     out.append(ctx.image(path, "overlap of found and planted masks") + "\n")
     for t in tasks:
         reg = t["kind"] == "regression"
-        head = f"### {t['task']}: target {'-'.join(map(str, t['target_widths']))} ({t['target_nonzeros']:,} nonzero weights) " \
-               f"in source {'-'.join(map(str, t['source_widths']))}"
+        head = (f"### {t['task']}: target {'-'.join(map(str, t['target_widths']))} "
+                f"({t['target_nonzeros']:,} nonzero weights) in source {'-'.join(map(str, t['source_widths']))}")
         out.append(head + "\n")
         if t.get("mnist_target"):
             m = t["mnist_target"]

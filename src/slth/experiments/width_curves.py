@@ -226,8 +226,8 @@ def render(record: Record, ctx: Context) -> str:
             rows.append(cells)
         out.append("Width factor needed for eps. *Sweep*: smallest swept width with 99th-percentile weight error "
                    "<= eps (no redraws). *Constructed*: `slth.construct` with its defaults (n per layer chosen for "
-                   "P(error <= eps) >= 0.99, failing blocks redrawn), which aims at max weight error <= eps; cells marked "
-                   "'> eps' did not reach it (`eps_met` false in the record).\n")
+                   "P(error <= eps) >= 0.99, failing blocks redrawn), which aims at max weight error <= eps; cells "
+                   "marked '> eps' did not reach it (`eps_met` false in the record).\n")
         out.append(table(["eps", "Pensia, sweep", "Malach, sweep", "Pensia, constructed", "Malach, constructed"], rows))
         if t.get("skipped"):
             out.append("\nNot run (memory): " + ", ".join(f"{s['method']} n = {s['n']}" for s in t["skipped"]) + ".")
@@ -250,7 +250,8 @@ def render(record: Record, ctx: Context) -> str:
     ax.semilogy(ns, [r["p90_error"] for r in law["rows"]], "s--", label="SubsetSum (exact): 90th pct")
     ax.semilogy(ns, [r["single_pick_median_error"] for r in law["rows"]], "^-", label="single pick: median")
     fit = law["fit"]
-    ax.semilogy(ns, [2.0 ** (fit["log2_C"] - fit["c"] * n) for n in ns], "k:", label=f"fit 2^({fit['log2_C']:.2f} - {fit['c']:.2f} n)")
+    ax.semilogy(ns, [2.0 ** (fit["log2_C"] - fit["c"] * n) for n in ns], "k:",
+                label=f"fit 2^({fit['log2_C']:.2f} - {fit['c']:.2f} n)")
     ax.semilogy(ns, [2.0 ** -n for n in ns], color="gray", lw=0.8, label="2^-n")
     ax.set(xlabel="n random values", ylabel="|best subset sum - target|",
            title=f"SubsetSum error vs n ({law['instances']:,} instances per n)")

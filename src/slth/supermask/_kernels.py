@@ -34,7 +34,7 @@ from .._jit import ensure_cache
 
 ensure_cache(__file__)  # before any cache=True decorator: a read-only install must not fail here
 
-from ._philox import stream_words, tie_words
+from ._philox import stream_words, tie_words  # noqa: E402 - after ensure_cache: _philox's kernels are cache=True too
 
 _BLOCK = 64
 

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..seeding import derive_seed, generator
+from ..seeding import derive_seed as derive_seed  # re-exported: slth.supermask.derive_seed
+from ..seeding import generator
 from .core import kept_count
 
 GAIN = math.sqrt(2.0)  # ReLU gain, as torch.nn.init.calculate_gain("relu")

@@ -67,7 +67,8 @@ class SupermaskConfig:
             raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
         check_init(self.init)
         if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"unknown density distribution {self.distribution!r}; valid names: {', '.join(DISTRIBUTIONS)}")
+            raise ValueError(f"unknown density distribution {self.distribution!r}; "
+                             f"valid names: {', '.join(DISTRIBUTIONS)}")
         if self.rerand_period < 1 or not 0.0 <= self.rerand_prob <= 1.0 or self.score_l2 < 0:
             raise ValueError("need rerand_period >= 1, rerand_prob in [0, 1] and score_l2 >= 0")
 

@@ -65,7 +65,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(sorted(MODELS))}")
         if self.data not in DATASETS:
             raise ValueError(f"unknown dataset {self.data!r}; valid names: {', '.join(sorted(DATASETS))}")
-        if isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0:
+        if (isinstance(self.density, bool) or not isinstance(self.density, (int, float))
+                or not 0.0 < self.density <= 1.0):
             raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
         if not self.width > 0:
             raise ValueError(f"width multiplier must be > 0, got {self.width}")
