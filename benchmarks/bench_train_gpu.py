@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                 scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
                 step = [0]
 
-                def steps(n: int) -> float:
+                def steps(n: int, net=net, opt=opt, scaler=scaler, precision=precision, step=step, x=x, y=y) -> float:
                     torch.cuda.synchronize()
                     start = time.perf_counter()
                     for _ in range(n):
