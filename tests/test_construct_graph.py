@@ -41,3 +41,32 @@ def test_construct_gives_the_v1_digests(name):
     ticket = construct(net, **kwargs)
     assert ticket.stats["redraws"] == EXPECTED[name]["redraws"]
     assert ticket.digest() == EXPECTED[name]["digest"]
+
+
+def test_graph_json_round_trip_and_planning_returns_new_values():
+    from slth.construction.graph import AddNode, Graph, plan_scales
+    from slth.construction.target import parse_target
+
+    net, _, _ = _case("resnet20")
+    graph, specs = parse_target(net)
+    assert Graph.from_json(graph.to_json()) == graph
+    plan = plan_scales(graph, specs)
+    planned = graph.with_plan(plan)
+    assert all(node.factors == (1.0, 1.0) for node in graph.nodes if isinstance(node, AddNode))  # untouched
+    assert any(node.factors != (1.0, 1.0) for node in planned.nodes if isinstance(node, AddNode))
+    assert Graph.from_json(planned.to_json()) == planned
+    # replaying the plan from its layer scales gives the same plan
+    assert plan_scales(graph, specs, plan.layer_scales) == plan
+
+
+def test_adaptive_max_pool_builds_its_module():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    ticket = construct(net, 0.02, seed=0, nonnegative_input=True)
+    x = torch.rand(4, 2, 7, 7)
+    from slth.construction.bound import certified_bound_nd
+
+    with torch.no_grad():
+        diff = (ticket.to_module()(x) - net(x)).abs().double().numpy()
+    assert (diff <= certified_bound_nd(ticket, net, x, x, batched=True) + 1e-5).all()

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .build import (MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer,
-                    plan_graph_scales)
-from .network import LayerLayout, layer_prefixes
+from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer
+from .graph import plan_scales
+from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, layer_chunks, plan_chunks, run_chunks
 from .target import parse_target
 from .ticket import Ticket
@@ -73,7 +73,7 @@ def construct(
         raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
     if not isinstance(chunk_instances, int) or chunk_instances < 1:
         raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
-    ops, linears = parse_target(target, nonnegative_input=nonnegative_input)
+    graph, linears = parse_target(target, nonnegative_input=nonnegative_input)
     if n is None:
         ns = [None] * len(linears)
     elif isinstance(n, (int, np.integer)):
@@ -89,7 +89,10 @@ def construct(
         raise ValueError(f"p (per-weight success probability used to choose n) must be in (0, 1), got {p!r}")
     if not isinstance(max_redraw_rounds, int) or max_redraw_rounds < 0:
         raise ValueError(f"max_redraw_rounds must be an int >= 0, got {max_redraw_rounds!r}")
-    scales, bias_scales, output_scale = plan_graph_scales(ops, linears)
+    plan = plan_scales(graph, linears)
+    graph = graph.with_plan(plan)  # the planned join factors
+    scales, bias_scales, output_scale = list(plan.layer_scales), list(plan.bias_scales), plan.output_scale
+    ops = graph.to_json()
     jobs = []
     for index, spec in enumerate(linears):
         n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
@@ -113,7 +116,7 @@ def construct(
                                    workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
         results = [merge_layer(job, layer_chunks(job.index, chunks, computed, work)) for job in jobs]
         del computed
-    prefixes = layer_prefixes(ops)
+    prefixes = [str(pos) for pos in graph.layer_positions()]
     masks = {f"{prefix}.{name}": torch.from_numpy(m) for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
     # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)

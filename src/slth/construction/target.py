@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .graph import (AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AvgPoolNode, FlattenNode, Graph, IdentityNode,
+                    LayerNode, MaxPoolNode, Node, ReluNode)
+
 SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
     "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Identity, Dropout (nested nn.Sequential "
@@ -71,21 +74,20 @@ def _pair(v) -> list[int]:
 
 
 class _Builder:
-    """Collects ops and layer specs; ``graph=True`` records each op's inputs (``args``, -1 = network input)."""
+    """Collects typed nodes and layer specs; ``graph=True``: nodes read any earlier value (-1 = the input),
+    else each reads the previous one (a chain)."""
 
     def __init__(self, nonnegative_input: bool, graph: bool):
-        self.ops: list[dict] = []
+        self.nodes: list[Node] = []
         self.specs: list[LinearSpec] = []
         self.graph = graph
         self.nonneg = {-1: bool(nonnegative_input)}
         self.flat = {-1: None}  # is the value flat (N, d)? None = unknown (the input)
 
-    def emit(self, op: dict, args: list[int], nonneg: bool, flat) -> int:
-        if self.graph:
-            op = dict(op, args=[int(a) for a in args])
-        self.ops.append(op)
-        i = len(self.ops) - 1
-        self.nonneg[i], self.flat[i] = nonneg, flat
+    def emit(self, node: Node, flat) -> int:
+        self.nodes.append(node)
+        i = len(self.nodes) - 1
+        self.nonneg[i], self.flat[i] = node.nonneg([self.nonneg[a] for a in node.inputs]), flat
         return i
 
     def layer(self, module, kind: str, path: str, where: str, src: int) -> int:
@@ -110,17 +112,17 @@ class _Builder:
             raise ValueError(
                 f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {self.specs[-1].d_out}")
         self.specs.append(LinearSpec(path, weight, bias, self.nonneg[src], conv=conv))
-        return self.emit({"op": "layer", "index": len(self.specs) - 1}, [src], False, kind == "Linear")
+        return self.emit(LayerNode((src,), len(self.specs) - 1), kind == "Linear")
 
     def batchnorm(self, module, kind: str, path: str, where: str, src: int, sole_user: bool = True) -> int:
-        op = self.ops[src] if src >= 0 else None
-        if op is None or op["op"] != "layer" or not sole_user:
+        node = self.nodes[src] if src >= 0 else None
+        if not isinstance(node, LayerNode) or not sole_user:
             raise NotImplementedError(
                 f"{kind} {where} ({path!r}) does not directly follow a Linear/Conv2d whose output only it reads; "
                 "only BatchNorm right after a layer can be folded")
         if module.running_mean is None or module.running_var is None:
             raise NotImplementedError(f"{kind} {where} ({path!r}) has no running statistics (track_running_stats=False)")
-        spec = self.specs[op["index"]]
+        spec = self.specs[node.index]
         mean = _array(module.running_mean, f"running_mean of {kind} {path!r}")
         var = _array(module.running_var, f"running_var of {kind} {path!r}")
         gamma = _array(module.weight, f"weight of {kind} {path!r}") if module.weight is not None else np.ones_like(mean)
@@ -135,9 +137,9 @@ class _Builder:
         return src
 
     def relu(self, src: int) -> int:
-        if src >= 0 and self.ops[src]["op"] == "layer":
-            self.specs[self.ops[src]["index"]].relu_after = True
-        return self.emit({"op": "relu"}, [src], True, self.flat[src])
+        if src >= 0 and isinstance(self.nodes[src], LayerNode):
+            self.specs[self.nodes[src].index].relu_after = True
+        return self.emit(ReluNode((src,)), self.flat[src])
 
     def module(self, module, path: str, where: str, src: int, sole_user: bool = True) -> int:
         kind = _type_name(module)
@@ -154,16 +156,14 @@ class _Builder:
         if kind == "MaxPool2d":
             if module.return_indices:
                 raise NotImplementedError(f"MaxPool2d {where} ({path!r}) with return_indices is not supported")
-            return self.emit({"op": "maxpool2d", "kernel_size": _pair(module.kernel_size),
-                              "stride": _pair(module.stride if module.stride is not None else module.kernel_size),
-                              "padding": _pair(module.padding), "dilation": _pair(module.dilation),
-                              "ceil_mode": bool(module.ceil_mode)}, [src], self.nonneg[src], False)
+            stride = module.stride if module.stride is not None else module.kernel_size
+            return self.emit(MaxPoolNode((src,), _pair(module.kernel_size), _pair(stride), _pair(module.padding),
+                                         _pair(module.dilation), bool(module.ceil_mode)), False)
         if kind == "AvgPool2d":
-            return self.emit({"op": "avgpool2d", "kernel_size": _pair(module.kernel_size),
-                              "stride": _pair(module.stride if module.stride is not None else module.kernel_size),
-                              "padding": _pair(module.padding), "ceil_mode": bool(module.ceil_mode),
-                              "count_include_pad": bool(module.count_include_pad),
-                              "divisor_override": module.divisor_override}, [src], self.nonneg[src], False)
+            stride = module.stride if module.stride is not None else module.kernel_size
+            return self.emit(AvgPoolNode((src,), _pair(module.kernel_size), _pair(stride), _pair(module.padding),
+                                         bool(module.ceil_mode), bool(module.count_include_pad),
+                                         module.divisor_override), False)
         if kind in ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d"):
             return self.adaptive(kind, module.output_size, src)
         if kind in ("Identity", "Dropout"):
@@ -172,21 +172,21 @@ class _Builder:
             f"layer {kind} {where} ({path!r}) is not supported by construct(); supported: {SUPPORTED}")
 
     def adaptive(self, kind: str, output_size, src: int) -> int:
-        size = list(output_size) if isinstance(output_size, (tuple, list)) else [output_size, output_size]
-        op = "adaptive_avgpool2d" if kind == "AdaptiveAvgPool2d" else "adaptive_maxpool2d"
-        return self.emit({"op": op, "output_size": size}, [src], self.nonneg[src], False)
+        size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        node = AdaptiveAvgPoolNode if kind == "AdaptiveAvgPool2d" else AdaptiveMaxPoolNode
+        return self.emit(node((src,), size), False)
 
     def flatten(self, src: int, start_dim: int, end_dim: int) -> int:
-        return self.emit({"op": "flatten", "start_dim": start_dim, "end_dim": end_dim}, [src], self.nonneg[src], True)
+        return self.emit(FlattenNode((src,), start_dim, end_dim), True)
 
     def add(self, a: int, b: int) -> int:
-        return self.emit({"op": "add", "factors": [1.0, 1.0]}, [a, b], self.nonneg[a] and self.nonneg[b], self.flat[a])
+        return self.emit(AddNode((a, b), (1.0, 1.0)), self.flat[a])
 
-    def finish(self, out: int) -> tuple[list[dict], list[LinearSpec]]:
+    def finish(self, out: int) -> tuple[Graph, list[LinearSpec]]:
         if not self.specs:
             raise ValueError("target has no Linear or Conv2d layer")
-        if self.graph and out != len(self.ops) - 1:
-            self.emit({"op": "identity"}, [out], self.nonneg[out], self.flat[out])
+        if self.graph and out != len(self.nodes) - 1:
+            self.emit(IdentityNode((out,)), self.flat[out])
         for spec in self.specs:
             if spec.conv is not None and spec.bias is not None:
                 (kh, kw), (ph, pw), (dh, dw) = spec.conv["kernel"], spec.conv["padding"], spec.conv["dilation"]
@@ -195,14 +195,15 @@ class _Builder:
                         f"Conv2d {spec.path!r} has a bias (or a folded BatchNorm) and padding {spec.conv['padding']} "
                         f"larger than its kernel's centre offset: no tap sees the image at every output pixel, so "
                         "the bias cannot be carried through zero padding")
-        return self.ops, self.specs
+        return Graph(tuple(self.nodes), chain=not self.graph), self.specs
 
 
-def parse_target(target, *, nonnegative_input: bool = False) -> tuple[list[dict], list[LinearSpec]]:
-    """Return (ops, layers): ops is a JSON-able layout (``flatten`` / ``layer`` / ``relu`` / pools / ``add``).
+def parse_target(target, *, nonnegative_input: bool = False) -> tuple[Graph, list[LinearSpec]]:
+    """Return (graph, layers): a :class:`~slth.construction.graph.Graph` of typed nodes (layers, ReLU,
+    pools, flatten, residual joins) and the target's layers.
 
     An ``nn.Sequential`` (or a TorchScript one) gives a chain; any other ``nn.Module`` is traced with
-    ``torch.fx`` into a graph whose ops carry ``args`` (the ops they read; -1 = the input), which is how
+    ``torch.fx`` into a graph whose nodes read any earlier value (-1 = the input), which is how
     residual blocks are represented. Eval-mode BatchNorm is folded into the preceding layer.
     Raises ``NotImplementedError`` naming the first unsupported layer and its position or path,
     ``ValueError`` for NaN/inf weights or a network with no Linear/Conv2d layer.
@@ -221,7 +222,7 @@ def parse_target(target, *, nonnegative_input: bool = False) -> tuple[list[dict]
     return _parse_fx(target, nonnegative_input)
 
 
-def _parse_fx(target: nn.Module, nonnegative_input: bool) -> tuple[list[dict], list[LinearSpec]]:
+def _parse_fx(target: nn.Module, nonnegative_input: bool) -> tuple[Graph, list[LinearSpec]]:
     import operator
 
     import torch.fx as fx
