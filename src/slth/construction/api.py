@@ -12,7 +12,7 @@ from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob
 from .graph import plan_scales
 from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, layer_chunks, plan_chunks, run_chunks
-from .target import parse_target
+from .target import input_range_of, parse_target
 from .ticket import Ticket
 
 
@@ -30,6 +30,7 @@ def construct(
     seed: int = 0,
     method: str = "pensia",
     nonnegative_input: bool = False,
+    input_range: tuple[float, float] | None = None,
     sparse: bool = True,
     n: int | list[int] | None = None,
     p: float = 0.99,
@@ -52,7 +53,10 @@ def construct(
     per layer or for all; by default chosen per layer so that P(error <= eps) >= ``p`` for that layer's
     weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
     ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
-    [0, 1]), so the first layer needs no units for negative inputs.
+    [0, 1]), so the first layer needs no units for negative inputs. ``input_range=(lo, hi)``: the inputs lie
+    in that box (``nonnegative_input=True`` is ``(0, 1)``); with lo < 0 each layer reading the input is fed
+    x - lo >= 0 by a fixed shift in the ticket and the shift goes into its bias (b + W lo), so it too needs
+    no negative units; the box is the default box of :func:`certified_bound`.
 
     Targets: ReLU MLPs, CNNs (Conv2d, BatchNorm folded, pooling) and residual nets (traced with
     torch.fx); see docs/construction.md. The work is split into chunks (row blocks of a layer, at most
@@ -73,7 +77,8 @@ def construct(
         raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
     if not isinstance(chunk_instances, int) or chunk_instances < 1:
         raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
-    graph, linears = parse_target(target, nonnegative_input=nonnegative_input)
+    box = input_range_of(input_range, nonnegative_input)
+    graph, linears = parse_target(target, input_range=box)
     if n is None:
         ns = [None] * len(linears)
     elif isinstance(n, (int, np.integer)):
@@ -146,12 +151,14 @@ def construct(
         "method": method,
         "eps": float(eps),
         "sparse": bool(sparse),
-        "nonnegative_input": bool(nonnegative_input),
+        "nonnegative_input": box is not None and box[0] >= 0,
         "reach": REACH,
         "ops": ops,
         "layers": [r.layout.to_json() for r in results],
         "output_scale": output_scale,
     }
+    if box is not None and box != (0.0, 1.0):  # (0, 1) = nonnegative_input=True, the same ticket bit for bit
+        config["input_range"] = [box[0], box[1]]
     ticket = Ticket(seed=int(seed), config=config, masks=masks, redraws=redraws, stats=stats)
     ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": workers,
                   "backend": backend, "computed_names": run.computed_names}

@@ -29,7 +29,7 @@ import torch
 
 from .graph import BoundContext, plan_scales
 from .network import RandomPair
-from .target import parse_target
+from .target import parse_options, parse_target
 
 
 def realised_kernels(ticket, module=None) -> list[dict]:
@@ -63,8 +63,8 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
     """Elementwise bound on |ticket(x) - target(x)| over every x in the box [lo, hi], or in the L-inf / L2
     ball of ``radius`` around ``center`` (both inside the box center ± radius). ``lo``, ``hi``, ``center``
     are numbers or arrays broadcast to one input's shape: ``input_shape`` (C, H, W) for a ticket whose
-    first layer is a convolution, else the flat input (d,). Default box: [0, 1] for a ticket built with
-    ``nonnegative_input``, else [-1, 1]. Returns the bound per output (flattened)."""
+    first layer is a convolution, else the flat input (d,). Default box: the ticket's ``input_range`` if it
+    was built with one, [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1]. Returns the bound per output (flattened)."""
     first = ticket.layouts[0]
     if input_shape is None:
         if first.conv:
@@ -77,7 +77,10 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
         c = torch.as_tensor(np.asarray(center, dtype=np.float64)).reshape(shape)
         lo, hi = c - radius, c + radius
     elif lo is None and hi is None:
-        lo, hi = (0.0, 1.0) if ticket.config["nonnegative_input"] else (-1.0, 1.0)
+        if "input_range" in ticket.config:
+            lo, hi = ticket.config["input_range"]
+        else:
+            lo, hi = (0.0, 1.0) if ticket.config["nonnegative_input"] else (-1.0, 1.0)
     elif lo is None or hi is None:
         raise ValueError("give both lo and hi of the input box")
     lo = torch.as_tensor(np.asarray(lo, dtype=np.float64))
@@ -95,7 +98,7 @@ def certified_bound_nd(ticket, target, lo, hi, *, batched: bool = False) -> np.n
     """Elementwise bound on |ticket(x) - target(x)| for every x with lo <= x <= hi (tensors or floats
     broadcast to one input's shape, e.g. (C, H, W)); returns the bound per output (flattened).
     ``batched=True``: lo/hi are (B, C, H, W), B boxes at once (e.g. lo = hi = a batch of points); returns (B, outputs)."""
-    graph, specs = parse_target(target, nonnegative_input=ticket.config["nonnegative_input"])
+    graph, specs = parse_target(target, **parse_options(ticket.config))
     lo = torch.as_tensor(lo, dtype=torch.float64)
     hi = torch.as_tensor(hi, dtype=torch.float64)
     if not batched:
@@ -106,6 +109,12 @@ def certified_bound_nd(ticket, target, lo, hi, *, batched: bool = False) -> np.n
         raise ValueError("input box must be finite with lo <= hi")
     if ticket.config["nonnegative_input"] and (lo < 0).any():
         raise ValueError("the ticket was built for nonnegative inputs; the box must have lo >= 0")
+    if "input_range" in ticket.config:
+        floor = float(ticket.config["input_range"][0])
+        if (lo < floor - 1e-6 * max(1.0, abs(floor))).any():  # slack: lo rounded to float32
+            raise ValueError(f"the ticket was built for inputs >= {floor} (its input_range); the box must not go "
+                             "below it")
+        lo, hi = lo.clamp(min=floor), hi.clamp(min=floor)
     ctx = BoundContext(specs, ticket.layouts, realised_kernels(ticket))
     out = graph.propagate_bound((lo, hi, torch.zeros_like(lo)), ctx)[2]
     out = out.reshape(out.shape[0], -1).numpy()

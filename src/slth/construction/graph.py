@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import Add, GraphNet, LayerLayout, RandomPair, Scale
+from .network import Add, GraphNet, InputShift, LayerLayout, RandomPair, Scale
 
 
 def _jsonable(v):
@@ -243,10 +243,38 @@ class IdentityNode(Node):
         return nn.Identity()
 
 
+V1_KINDS = frozenset(cls.kind for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
+                                         AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, IdentityNode))
+
+
+@dataclass(frozen=True)
+class ShiftNode(Node):
+    """``pad(x) - offset`` in front of a first layer, for inputs known to lie in [offset, hi] with offset < 0:
+    the layer then sees inputs >= 0 and needs no negative units; its bias absorbs the shift (target.py).
+    ``pad``: the conv's zero padding, applied before the shift (padded pixels are 0 in the input's units)."""
+
+    offset: float = 0.0
+    pad: tuple = ()
+    kind: ClassVar[str] = "shift"
+
+    def nonneg(self, ins):
+        return True
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        if self.pad and any(self.pad):
+            ph, pw = self.pad
+            lo, hi = (F.pad(t, (pw, pw, ph, ph)) for t in (lo, hi))
+            d = F.pad(d, (pw, pw, ph, ph))
+        return lo - self.offset, hi - self.offset, d
+
+    def module(self, layouts):
+        return InputShift(self.offset, self.pad)
+
+
 KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
                                                           AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
-                                                          IdentityNode)}
-V1_KINDS = frozenset(KINDS)  # the ops ticket files of format version 1 can hold
+                                                          IdentityNode, ShiftNode)}
 
 
 @dataclass(frozen=True)
@@ -291,6 +319,10 @@ class Graph:
         nodes = tuple(dataclasses.replace(node, factors=plan.factors[i]) if i in plan.factors else node
                       for i, node in enumerate(self.nodes))
         return Graph(nodes, self.chain)
+
+    def format_version(self) -> int:
+        """1 when every op is one ticket files of format version 1 can hold, else 2."""
+        return 1 if all(node.kind in V1_KINDS for node in self.nodes) else 2
 
     def module(self, layouts: list[LayerLayout], output_scale: float) -> nn.Sequential:
         """The ticket's skeleton (zero weights); parameter names are ``"<position>.a.weight"`` etc."""

@@ -260,6 +260,27 @@ class Scale(nn.Module):
         return x * self.factor
 
 
+class InputShift(nn.Module):
+    """Fixed input offset (a buffer, not a weight) in front of a first layer built for a known input box
+    [lo, hi] with lo < 0: ``pad(x) - lo >= 0``. ``pad`` = the conv's zero padding, done here in the input's
+    own units (so padded pixels are 0 as in the target and become -lo after the shift); the conv itself then
+    runs unpadded. The target layer's bias carries the shift: W (x - lo) + (b + W lo) = W x + b."""
+
+    def __init__(self, offset: float, pad=()):
+        super().__init__()
+        self.register_buffer("offset", torch.tensor(float(offset)))
+        self.pad = tuple(int(p) for p in pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad and any(self.pad):
+            ph, pw = self.pad
+            x = nn.functional.pad(x, (pw, pw, ph, ph))
+        return x - self.offset
+
+    def extra_repr(self) -> str:
+        return f"offset={float(self.offset)}, pad={self.pad}"
+
+
 class Add(nn.Module):
     """The join of a residual block: ``sum(factor_i * x_i)``. The factors (buffers, not weights; 1 unless
     the branches were rescaled differently) bring both branches to the same scale (see ``plan_scales``)."""

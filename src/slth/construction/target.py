@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .graph import (AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AvgPoolNode, FlattenNode, Graph, IdentityNode,
-                    LayerNode, MaxPoolNode, Node, ReluNode)
+                    LayerNode, MaxPoolNode, Node, ReluNode, ShiftNode)
 
 SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
@@ -77,18 +77,34 @@ class _Builder:
     """Collects typed nodes and layer specs; ``graph=True``: nodes read any earlier value (-1 = the input),
     else each reads the previous one (a chain)."""
 
-    def __init__(self, nonnegative_input: bool, graph: bool):
+    def __init__(self, nonnegative_input: bool, graph: bool, shift: float | None = None):
         self.nodes: list[Node] = []
         self.specs: list[LinearSpec] = []
         self.graph = graph
         self.nonneg = {-1: bool(nonnegative_input)}
         self.flat = {-1: None}  # is the value flat (N, d)? None = unknown (the input)
+        self.shift = shift  # inputs lie in [shift, hi] with shift < 0: layers reading them are fed x - shift
+        self.raw = {-1: True}  # the value is the input itself, up to ops that commute with a shift
 
     def emit(self, node: Node, flat) -> int:
         self.nodes.append(node)
         i = len(self.nodes) - 1
         self.nonneg[i], self.flat[i] = node.nonneg([self.nonneg[a] for a in node.inputs]), flat
+        # flatten and max pooling (padded with -inf) commute with subtracting a constant
+        self.raw[i] = isinstance(node, (FlattenNode, MaxPoolNode, AdaptiveMaxPoolNode)) and self.raw[node.inputs[0]]
         return i
+
+    def shifted(self, src: int, weight: np.ndarray, bias, conv) -> tuple[int, np.ndarray | None]:
+        """Feed a layer that reads the raw input x in [lo, hi] (lo < 0) with pad(x) - lo >= 0 instead: a
+        :class:`ShiftNode`, and bias b + W lo (summed over inputs and taps), so W (x - lo) + b + W lo = W x + b.
+        A conv's zero padding moves into the shift (padded pixels are 0 in x's units) and the conv runs
+        unpadded."""
+        pad = ()
+        if conv is not None:
+            pad, conv["padding"] = tuple(conv["padding"]), [0, 0]
+        src = self.emit(ShiftNode((src,), float(self.shift), pad), self.flat[src])
+        extra = self.shift * weight.reshape(weight.shape[0], -1).sum(axis=1)
+        return src, extra if bias is None else bias + extra
 
     def layer(self, module, kind: str, path: str, where: str, src: int) -> int:
         weight = _array(module.weight, f"weight of {kind} {path!r}")
@@ -111,6 +127,8 @@ class _Builder:
                 and self.specs[-1].d_out != weight.shape[1]:
             raise ValueError(
                 f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {self.specs[-1].d_out}")
+        if self.shift is not None and self.raw[src]:
+            src, bias = self.shifted(src, weight, bias, conv)
         self.specs.append(LinearSpec(path, weight, bias, self.nonneg[src], conv=conv))
         return self.emit(LayerNode((src,), len(self.specs) - 1), kind == "Linear")
 
@@ -198,19 +216,48 @@ class _Builder:
         return Graph(tuple(self.nodes), chain=not self.graph), self.specs
 
 
-def parse_target(target, *, nonnegative_input: bool = False) -> tuple[Graph, list[LinearSpec]]:
+def input_range_of(input_range, nonnegative_input: bool = False) -> tuple[float, float] | None:
+    """Check a declared input box ``(lo, hi)``; ``nonnegative_input=True`` alone means (0, 1). None: no box
+    declared (inputs of any sign)."""
+    if input_range is None:
+        return (0.0, 1.0) if nonnegative_input else None
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be two numbers (lo, hi), got {input_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"input_range must be finite, got ({lo}, {hi})")
+    if not lo < hi:
+        raise ValueError(f"input_range needs lo < hi, got ({lo}, {hi})")
+    if nonnegative_input and lo < 0:
+        raise ValueError(f"nonnegative_input=True contradicts input_range ({lo}, {hi}) with lo < 0")
+    return lo, hi
+
+
+def parse_options(config: dict) -> dict:
+    """The :func:`parse_target` arguments a ticket was built with (from its config)."""
+    return {"nonnegative_input": config["nonnegative_input"], "input_range": config.get("input_range")}
+
+
+def parse_target(target, *, nonnegative_input: bool = False,
+                 input_range=None) -> tuple[Graph, list[LinearSpec]]:
     """Return (graph, layers): a :class:`~slth.construction.graph.Graph` of typed nodes (layers, ReLU,
     pools, flatten, residual joins) and the target's layers.
 
     An ``nn.Sequential`` (or a TorchScript one) gives a chain; any other ``nn.Module`` is traced with
     ``torch.fx`` into a graph whose nodes read any earlier value (-1 = the input), which is how
     residual blocks are represented. Eval-mode BatchNorm is folded into the preceding layer.
-    Raises ``NotImplementedError`` naming the first unsupported layer and its position or path,
-    ``ValueError`` for NaN/inf weights or a network with no Linear/Conv2d layer.
+    ``input_range=(lo, hi)``: inputs lie in that box; lo >= 0 makes them nonnegative, lo < 0 feeds every layer
+    that reads the input (through flatten / max pooling only) with x - lo >= 0 (a ``shift`` node, the shift
+    folded into that layer's bias). Raises ``NotImplementedError`` naming the first unsupported layer and its
+    position or path, ``ValueError`` for NaN/inf weights or a network with no Linear/Conv2d layer.
     """
+    box = input_range_of(input_range, nonnegative_input)
+    nonneg = box is not None and box[0] >= 0
+    shift = box[0] if box is not None and box[0] < 0 else None
     kind = _type_name(target)
     if kind == "Sequential":
-        b = _Builder(nonnegative_input, graph=False)
+        b = _Builder(nonneg, graph=False, shift=shift)
         out = -1
         for position, (path, module) in enumerate(_walk(target, "")):
             out = b.module(module, path, f"at position {position}", out)
@@ -219,10 +266,10 @@ def parse_target(target, *, nonnegative_input: bool = False) -> tuple[Graph, lis
         raise NotImplementedError(
             f"target must be an nn.Sequential of {SUPPORTED}, or an nn.Module whose forward torch.fx can trace; "
             f"got {kind}")
-    return _parse_fx(target, nonnegative_input)
+    return _parse_fx(target, nonneg, shift)
 
 
-def _parse_fx(target: nn.Module, nonnegative_input: bool) -> tuple[Graph, list[LinearSpec]]:
+def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -> tuple[Graph, list[LinearSpec]]:
     import operator
 
     import torch.fx as fx
@@ -234,7 +281,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool) -> tuple[Graph, list[L
         raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
                                   f"({type(exc).__name__}: {exc})") from None
     modules = dict(gm.named_modules())
-    b = _Builder(nonnegative_input, graph=True)
+    b = _Builder(nonnegative_input, graph=True, shift=shift)
     env: dict = {}
     out = None
     seen_input = False

@@ -106,6 +106,7 @@ class Ticket:
             config=config,
             masks={k: v.numpy() for k, v in self.masks.items()},
             extras={"redraws": np.asarray(self.redraws, dtype=np.int64).reshape(-1, 4)},
+            format_version=max(self.graph.format_version(), 2 if "input_range" in self.config else 1),
         )
         return ticketfile.save(path, tf)
 
