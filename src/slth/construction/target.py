@@ -54,7 +54,11 @@ def _type_name(module) -> str:
 
 
 def _walk(module, prefix: str):
-    for name, child in module.named_children():
+    # _modules, not named_children(): that skips a module instance seen before, and a Sequential may apply
+    # the same instance twice (one nn.ReLU object after every layer)
+    for name, child in module._modules.items():
+        if child is None:
+            continue
         path = f"{prefix}.{name}" if prefix else name
         if _type_name(child) == "Sequential":
             yield from _walk(child, path)
