@@ -1,8 +1,5 @@
 """construct(..., input_range=(lo, hi)): a known input box; lo < 0 shifts the input to x - lo >= 0."""
 
-import json
-
-import numpy as np
 import pytest
 import torch
 from torch import nn

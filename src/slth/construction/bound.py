@@ -64,7 +64,8 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
     ball of ``radius`` around ``center`` (both inside the box center ± radius). ``lo``, ``hi``, ``center``
     are numbers or arrays broadcast to one input's shape: ``input_shape`` (C, H, W) for a ticket whose
     first layer is a convolution, else the flat input (d,). Default box: the ticket's ``input_range`` if it
-    was built with one, [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1]. Returns the bound per output (flattened)."""
+    was built with one, [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1]. Returns the bound
+    per output (flattened)."""
     first = ticket.layouts[0]
     if input_shape is None:
         if first.conv:

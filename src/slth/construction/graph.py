@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import Add, GraphNet, InputShift, LayerLayout, RandomPair, Scale
+from .network import (ACTIVATIONS, Activation, Add, EmbeddingPair, GraphNet, InputShift, LayerLayout, Normalize,
+                      RandomPair, Scale)
 
 
 def _jsonable(v):
@@ -84,6 +85,10 @@ class Node:
 
     def scale(self, ins: list[float]) -> float:
         return ins[0]
+
+    def planned(self, ins: list[float]) -> dict[str, Any]:
+        """Fields the scale planner sets, from the scales of the inputs (e.g. a join's factors)."""
+        return {}
 
     def bound(self, ins: list[State], ctx: BoundContext) -> State:
         raise NotImplementedError  # pragma: no cover - every kind defines it
@@ -221,9 +226,9 @@ class AddNode(Node):
     def scale(self, ins):
         return max(ins)
 
-    def join_factors(self, ins: list[float]) -> tuple[float, ...]:
+    def planned(self, ins):
         top = max(ins)
-        return tuple(float(v / top) for v in ins)
+        return {"factors": tuple(float(v / top) for v in ins)}
 
     def bound(self, ins, ctx):
         return tuple(sum(p[j] for p in ins) for j in range(3))
@@ -272,19 +277,113 @@ class ShiftNode(Node):
         return InputShift(self.offset, self.pad)
 
 
+@dataclass(frozen=True)
+class EmbeddingNode(LayerNode):
+    """Target ``nn.Embedding`` number ``index`` (its spec's weight is E^T, (dim, num)): the linear map E^T on
+    the one-hot of the index, a nonnegative input, so a pair without negative units (:class:`EmbeddingPair`).
+    For a point box (lo = hi = the indices) the bound is exact per token: |realised column - E[idx]|."""
+
+    kind: ClassVar[str] = "embedding"
+
+    def bound(self, ins, ctx):
+        lo, hi, _ = ins[0]
+        w = torch.from_numpy(ctx.specs[self.index].weight).T  # (num, dim) = E
+        err = (ctx.real[self.index]["pos"].T - w).abs()
+        if torch.equal(lo, hi):
+            idx = lo.long()
+            return w[idx], w[idx], err[idx]
+        shape = (*lo.shape, w.shape[1])
+        return (w.min(0).values.expand(shape), w.max(0).values.expand(shape), err.max(0).values.expand(shape))
+
+    def module(self, layouts):
+        return EmbeddingPair(layouts[self.index])
+
+
+@dataclass(frozen=True)
+class ActivationNode(Node):
+    """A parameter-free elementwise op (GELU, SiLU, tanh, sigmoid) between layers, kept as is in the ticket.
+
+    The pairs around it replace only the linear maps (a pair realises W x for signed x, as relu(x) - relu(-x)
+    units), so the ticket computes f(ticket input) where the target computes f(target input): with f
+    L-Lipschitz an incoming error d leaves as L d, and the interval maps through f (monotone, or with its
+    one minimum). f is not positively homogeneous, so the planned rescaling is undone first: ``factor`` =
+    the cumulative scale at its input, and its output has scale 1."""
+
+    fn: str = "gelu"
+    factor: float = 1.0
+    kind: ClassVar[str] = "activation"
+
+    def nonneg(self, ins):
+        return self.fn == "sigmoid"
+
+    def scale(self, ins):
+        return 1.0
+
+    def planned(self, ins):
+        return {"factor": float(ins[0])}
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        f, lipschitz, minimum = ACTIVATIONS[self.fn]
+        f_lo, f_hi = f(lo), f(hi)
+        out_lo, out_hi = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
+        if minimum is not None:  # decreasing left of the argmin, increasing right of it
+            at, value = minimum
+            out_lo = torch.where((lo < at) & (hi > at), torch.full_like(lo, value), out_lo)
+        return out_lo, out_hi, lipschitz * d
+
+    def module(self, layouts):
+        return Activation(self.fn, self.factor)
+
+
+@dataclass(frozen=True)
+class LayerNormNode(Node):
+    """LayerNorm over the last dimension without its affine (gamma, beta are folded into every Linear that
+    reads it: W diag(gamma), b + W beta -- exact). The normalisation z = (x - mean) / sqrt(var + eps) is kept
+    in the ticket; it is scale-invariant only up to eps, so the rescaling is undone first (``factor``).
+
+    Bound: |z_i| <= sqrt(D - 1) for D features; its Jacobian is (P - z z^T / D) / sqrt(var + eps) with P the
+    centring projection, of L2 norm <= 1 / sqrt(eps), so |dz|_inf <= |dz|_2 <= |d|_2 / sqrt(eps) per token.
+    Certified but loose (1/sqrt(eps) ~ 316 for eps = 1e-5): the measured error is far smaller."""
+
+    normalized_shape: tuple = ()
+    eps: float = 1e-5
+    factor: float = 1.0
+    kind: ClassVar[str] = "layernorm"
+
+    def scale(self, ins):
+        return 1.0
+
+    def planned(self, ins):
+        return {"factor": float(ins[0])}
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        size = int(np.prod(self.normalized_shape))
+        reach = float(np.sqrt(max(size - 1, 0)))
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        spread = (d.pow(2).sum(dims, keepdim=True).sqrt() / np.sqrt(self.eps)).expand_as(d)
+        return torch.full_like(lo, -reach), torch.full_like(hi, reach), spread
+
+    def module(self, layouts):
+        return Normalize(self.normalized_shape, self.eps, self.factor)
+
+
 KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
                                                           AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
-                                                          IdentityNode, ShiftNode)}
+                                                          IdentityNode, ShiftNode, EmbeddingNode, ActivationNode,
+                                                          LayerNormNode)}
 
 
 @dataclass(frozen=True)
 class ScalePlan:
     """Per-layer weight scales s_l >= 1, the cumulative scale at each layer's output (its bias scale),
-    the planned join factors (node position -> factors) and the scale of the network's output."""
+    the planned node fields (position -> e.g. a join's ``factors``, an activation's ``factor``) and the
+    scale of the network's output."""
 
     layer_scales: tuple[float, ...]
     bias_scales: tuple[float, ...]
-    factors: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    planned: dict[int, dict[str, Any]] = field(default_factory=dict)  # node position -> fields to set
     output_scale: float = 1.0
 
 
@@ -316,7 +415,7 @@ class Graph:
         return [pos for pos, node in enumerate(self.nodes) if node.layer]
 
     def with_plan(self, plan: ScalePlan) -> "Graph":
-        nodes = tuple(dataclasses.replace(node, factors=plan.factors[i]) if i in plan.factors else node
+        nodes = tuple(dataclasses.replace(node, **plan.planned[i]) if plan.planned.get(i) else node
                       for i, node in enumerate(self.nodes))
         return Graph(nodes, self.chain)
 
@@ -351,14 +450,16 @@ def plan_scales(graph: Graph, specs: list, layer_scales: list[float] | None = No
     positively homogeneous); the ticket's output is multiplied back by the cumulative scale (a fixed
     :class:`Scale`, not a weight). A layer's bias is divided by the cumulative scale at its output, and
     s_l also covers |bias| / (scale at its input). Where a residual join adds branches of cumulative scales
-    S_a, S_b it multiplies each by S_i / max(S_a, S_b) (:meth:`AddNode.join_factors`), which is exact and
-    costs no weight. ``layer_scales``: replay the plan with these scales (the bound does, from a ticket)."""
+    S_a, S_b it multiplies each by S_i / max(S_a, S_b) (:meth:`AddNode.planned`), which is exact and
+    costs no weight; an op that is not positively homogeneous (GELU, LayerNorm, ...) first multiplies back by
+    the scale at its input and restarts at 1. ``layer_scales``: replay the plan with these scales (the bound
+    does, from a ticket)."""
     from .build import REACH
 
     at = {-1: 1.0}
     scales = [1.0] * len(specs)
     bias_scales = [1.0] * len(specs)
-    factors = {}
+    planned = {}
     for i, node in enumerate(graph.nodes):
         ins = [at[a] for a in node.inputs]
         if node.layer:
@@ -374,10 +475,11 @@ def plan_scales(graph: Graph, specs: list, layer_scales: list[float] | None = No
             bias_scales[node.index] = prod * s
             at[i] = prod * s
             continue
-        if isinstance(node, AddNode):
-            factors[i] = node.join_factors(ins)
+        fields = node.planned(ins)
+        if fields:
+            planned[i] = fields
         at[i] = node.scale(ins)
-    return ScalePlan(tuple(scales), tuple(bias_scales), factors, float(at[len(graph.nodes) - 1]))
+    return ScalePlan(tuple(scales), tuple(bias_scales), planned, float(at[len(graph.nodes) - 1]))
 
 
 # -- the layer's bound ------------------------------------------------------------------------------

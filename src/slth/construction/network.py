@@ -249,6 +249,55 @@ class RandomPair(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+class EmbeddingPair(RandomPair):
+    """A pair standing for an ``nn.Embedding(num, dim)``: the embedding is the linear map E^T applied to the
+    one-hot of the index (a nonnegative input), so the pair computes ``b(relu(a(one_hot(idx))))``."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.one_hot(idx.long(), self.a.weight.shape[0]).to(self.a.weight.dtype))
+
+
+ACTIVATIONS = {  # name -> (function, sup |f'|, (argmin, lower bound of min f) for the non-monotone ones)
+    "gelu": (nn.functional.gelu, 1.129, (-0.75179, -0.16998)),
+    "gelu_tanh": (lambda x: nn.functional.gelu(x, approximate="tanh"), 1.13, (-0.75246, -0.17005)),
+    "silu": (nn.functional.silu, 1.1, (-1.27846, -0.27847)),
+    "tanh": (torch.tanh, 1.0, None),
+    "sigmoid": (torch.sigmoid, 0.25, None),
+}
+
+
+class Activation(nn.Module):
+    """A parameter-free elementwise op of the target, kept as it is in the ticket: ``f(factor * x)``, the
+    fixed ``factor`` (a buffer) undoing the planned rescaling first (f is not positively homogeneous)."""
+
+    def __init__(self, fn: str, factor: float = 1.0):
+        super().__init__()
+        self.fn = fn
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.fn][0](x * self.factor)
+
+    def extra_repr(self) -> str:
+        return f"{self.fn}, factor={float(self.factor):g}"
+
+
+class Normalize(nn.Module):
+    """LayerNorm without its affine (folded into the Linear layers that read it): ``layer_norm(factor * x)``."""
+
+    def __init__(self, normalized_shape, eps: float, factor: float = 1.0):
+        super().__init__()
+        self.normalized_shape = tuple(int(v) for v in normalized_shape)
+        self.eps = float(eps)
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x * self.factor, self.normalized_shape, None, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps:g}, factor={float(self.factor):g}"
+
+
 class Scale(nn.Module):
     """Fixed output factor (a buffer, not a weight): undoes the per-layer rescaling of the targets."""
 

@@ -8,14 +8,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import (AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AvgPoolNode, FlattenNode, Graph, IdentityNode,
-                    LayerNode, MaxPoolNode, Node, ReluNode, ShiftNode)
+from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AvgPoolNode, EmbeddingNode,
+                    FlattenNode, Graph, IdentityNode, LayerNode, LayerNormNode, MaxPoolNode, Node, ReluNode, ShiftNode)
 
 SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
-    "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Identity, Dropout (nested nn.Sequential "
-    "allowed); other modules are traced with torch.fx, which adds residual additions (x + y)"
+    "ReLU, GELU, SiLU, Tanh, Sigmoid, LayerNorm (last dimension; its affine folded into the Linear layers that "
+    "read it), Embedding (of the network input), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, "
+    "Identity, Dropout (nested nn.Sequential allowed); other modules are traced with torch.fx, which adds "
+    "residual additions (x + y)"
 )
+ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d")
 
 
@@ -89,8 +92,15 @@ class _Builder:
         self.flat = {-1: None}  # is the value flat (N, d)? None = unknown (the input)
         self.shift = shift  # inputs lie in [shift, hi] with shift < 0: layers reading them are fed x - shift
         self.raw = {-1: True}  # the value is the input itself, up to ops that commute with a shift
+        self.pending: dict[int, tuple] = {}  # value -> (gamma, beta, path) of a LayerNorm affine still to fold
 
-    def emit(self, node: Node, flat) -> int:
+    def emit(self, node: Node, flat, folds_affine: bool = False) -> int:
+        for a in node.inputs:
+            if a in self.pending and not folds_affine:
+                raise NotImplementedError(
+                    f"the affine of LayerNorm {self.pending[a][2]!r} is folded into the Linear layers that read it, "
+                    f"but {node.kind} node {len(self.nodes)} reads it too; only Linear layers may read a LayerNorm "
+                    "with a non-trivial affine")
         self.nodes.append(node)
         i = len(self.nodes) - 1
         self.nonneg[i], self.flat[i] = node.nonneg([self.nonneg[a] for a in node.inputs]), flat
@@ -131,10 +141,46 @@ class _Builder:
                 and self.specs[-1].d_out != weight.shape[1]:
             raise ValueError(
                 f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {self.specs[-1].d_out}")
+        folds = src in self.pending
+        if folds:  # W (gamma * z + beta) + b = (W diag(gamma)) z + (b + W beta): exact
+            gamma, beta, ln_path = self.pending[src]
+            if conv is not None or weight.shape[1] != gamma.shape[0]:
+                raise NotImplementedError(f"{kind} {where} ({path!r}) reads LayerNorm {ln_path!r}, whose affine can "
+                                          "only be folded into a Linear over its normalised features")
+            bias = weight @ beta + (0.0 if bias is None else bias)
+            weight = weight * gamma[None, :]
+            path = f"{ln_path}+{path}"
         if self.shift is not None and self.raw[src]:
             src, bias = self.shifted(src, weight, bias, conv)
         self.specs.append(LinearSpec(path, weight, bias, self.nonneg[src], conv=conv))
-        return self.emit(LayerNode((src,), len(self.specs) - 1), kind == "Linear")
+        return self.emit(LayerNode((src,), len(self.specs) - 1), kind == "Linear", folds_affine=folds)
+
+    def embedding(self, module, path: str, where: str, src: int) -> int:
+        if src != -1:
+            raise NotImplementedError(f"Embedding {where} ({path!r}) must read the network input (token indices)")
+        if module.max_norm is not None:
+            raise NotImplementedError(f"Embedding {where} ({path!r}) with max_norm (it renormalises rows) is "
+                                      "not supported")
+        table = _array(module.weight, f"weight of Embedding {path!r}")  # (num, dim)
+        # the map E^T (dim, num) on the one-hot of the index: a nonnegative input
+        self.specs.append(LinearSpec(path, np.ascontiguousarray(table.T), None, True))
+        return self.emit(EmbeddingNode((src,), len(self.specs) - 1), True)
+
+    def activation(self, fn: str, src: int) -> int:
+        return self.emit(ActivationNode((src,), fn), self.flat[src])
+
+    def layernorm(self, module, path: str, where: str, src: int) -> int:
+        shape = tuple(int(v) for v in module.normalized_shape)
+        if len(shape) != 1:
+            raise NotImplementedError(f"LayerNorm {where} ({path!r}) normalises over {shape}; only the last "
+                                      "dimension is supported")
+        i = self.emit(LayerNormNode((src,), shape, float(module.eps)), self.flat[src])
+        gamma = None if module.weight is None else _array(module.weight, f"weight of LayerNorm {path!r}")
+        beta = None if getattr(module, "bias", None) is None else _array(module.bias, f"bias of LayerNorm {path!r}")
+        if (gamma is not None and not (gamma == 1).all()) or (beta is not None and beta.any()):
+            self.pending[i] = (np.ones(shape) if gamma is None else gamma, np.zeros(shape) if beta is None else beta,
+                               path)
+        return i
 
     def batchnorm(self, module, kind: str, path: str, where: str, src: int, sole_user: bool = True) -> int:
         node = self.nodes[src] if src >= 0 else None
@@ -169,6 +215,15 @@ class _Builder:
             return self.layer(module, kind, path, where, src)
         if kind in ("BatchNorm1d", "BatchNorm2d"):
             return self.batchnorm(module, kind, path, where, src, sole_user)
+        if kind in ACTIVATION_MODULES:
+            fn = ACTIVATION_MODULES[kind]
+            if kind == "GELU" and getattr(module, "approximate", "none") == "tanh":
+                fn = "gelu_tanh"
+            return self.activation(fn, src)
+        if kind == "LayerNorm":
+            return self.layernorm(module, path, where, src)
+        if kind == "Embedding":
+            return self.embedding(module, path, where, src)
         if kind == "ReLU":
             return self.relu(src)
         if kind == "Flatten":
@@ -207,6 +262,9 @@ class _Builder:
     def finish(self, out: int) -> tuple[Graph, list[LinearSpec]]:
         if not self.specs:
             raise ValueError("target has no Linear or Conv2d layer")
+        if out in self.pending:
+            raise NotImplementedError(f"the network ends with LayerNorm {self.pending[out][2]!r}, whose affine has no "
+                                      "Linear to fold into")
         if self.graph and out != len(self.nodes) - 1:
             self.emit(IdentityNode((out,)), self.flat[out])
         for spec in self.specs:
@@ -285,6 +343,8 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -
         raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
                                   f"({type(exc).__name__}: {exc})") from None
     modules = dict(gm.named_modules())
+    FX_ACTIVATIONS = {F.gelu: "gelu", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
+                      F.sigmoid: "sigmoid"}
     b = _Builder(nonnegative_input, graph=True, shift=shift)
     env: dict = {}
     out = None
@@ -311,6 +371,15 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -
             env[node] = b.relu(arg(node, node.args[0]))
         elif node.op == "call_method" and node.target in ("relu", "relu_"):
             env[node] = b.relu(arg(node, node.args[0]))
+        elif node.op == "call_function" and node.target in FX_ACTIVATIONS and len(node.args) == 1:
+            fn = FX_ACTIVATIONS[node.target]
+            if node.kwargs.get("approximate", "none") == "tanh":
+                fn = "gelu_tanh"
+            elif set(node.kwargs) - {"approximate"}:
+                raise NotImplementedError(f"{node.op} {node.target.__name__!r} {where} with {node.kwargs}")
+            env[node] = b.activation(fn, arg(node, node.args[0]))
+        elif node.op == "call_method" and node.target in ("tanh", "sigmoid") and len(node.args) == 1:
+            env[node] = b.activation(node.target, arg(node, node.args[0]))
         elif node.op in ("call_function", "call_method") and node.target in (operator.add, operator.iadd, torch.add,
                                                                              "add", "add_") \
                 and len(node.args) == 2 and not node.kwargs:
