@@ -193,7 +193,7 @@ class Mul(nn.Module):
     (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), NotImplementedError, r"Conv2d at position 0 \('0'\) has groups=2"),
     (nn.Sequential(nn.Conv2d(4, 4, 3, padding="same")), NotImplementedError, r"padding='same'"),
     (nn.Sequential(nn.Conv2d(2, 2, 1, padding=1)), NotImplementedError, r"Conv2d '0' has a bias .* padding"),
-    (nn.Sequential(nn.Conv2d(2, 2, 3), nn.Tanh()), NotImplementedError, r"Tanh at position 1"),
+    (nn.Sequential(nn.Conv2d(2, 2, 3), nn.Softmax(1)), NotImplementedError, r"Softmax at position 1"),
     (nn.Sequential(nn.Conv2d(2, 2, 3), nn.Conv1d(2, 2, 1)), NotImplementedError, r"Conv1d at position 1"),
     (nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)), NotImplementedError, r"BatchNorm2d at position 2"),
     (Attention(), NotImplementedError, r"MultiheadAttention at node 'attn'"),

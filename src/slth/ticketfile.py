@@ -7,7 +7,9 @@ A ticket file is a safetensors file. Its tensors are
   than the packed bits); the unpacked shape is in the metadata;
 * ``extra/<name>`` -- optional small numeric arrays a producer needs (float64/float32/int64...).
 
-Its ``__metadata__`` holds ``format = "slth-ticket"``, ``format_version``, ``seed``, ``config``
+Its ``__metadata__`` holds ``format = "slth-ticket"``, ``format_version`` (1; 2 for constructed tickets
+whose config uses what version 1 cannot describe: ops such as ``shift`` or an ``input_range``; the file
+layout is the same, so a reader of version 1 refuses them cleanly instead of misreading them), ``seed``, ``config``
 (JSON), ``shapes`` (JSON) and ``checksum``: SHA-256 over the config, the seed and every tensor's
 name, dtype, shape and bytes. Loading parses the header itself, never unpickles, and raises
 :class:`TicketFileError` (a ``ValueError``) naming the problem for a foreign, truncated or
@@ -30,7 +32,8 @@ import numpy as np
 from ._io import atomic_write_bytes
 
 FORMAT = "slth-ticket"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this code reads and writes
+READABLE_VERSIONS = (1, 2)
 
 
 class TicketFileError(ValueError):
@@ -43,6 +46,7 @@ class TicketFile:
     config: dict[str, Any]
     masks: dict[str, np.ndarray]  # name -> bool array
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    format_version: int = 1  # written as is: the lowest version that can describe the ticket
 
 
 def _as_bool_array(mask: Any) -> np.ndarray:
@@ -78,6 +82,8 @@ def _checksum(seed: int, config_json: str, tensors: Mapping[str, np.ndarray]) ->
 def to_bytes(ticket: TicketFile) -> bytes:
     from safetensors.numpy import save
 
+    if ticket.format_version not in READABLE_VERSIONS:
+        raise ValueError(f"unknown ticket format version {ticket.format_version!r}")
     if not isinstance(ticket.seed, (int, np.integer)) or isinstance(ticket.seed, bool):
         raise ValueError(f"seed must be an int, got {type(ticket.seed).__name__}")
     config_json = json.dumps(ticket.config, sort_keys=True)
@@ -92,7 +98,7 @@ def to_bytes(ticket: TicketFile) -> bytes:
         tensors[f"extra/{name}"] = np.ascontiguousarray(np.asarray(arr))
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(int(ticket.format_version)),
         "seed": str(int(ticket.seed)),
         "config": config_json,
         "shapes": json.dumps(shapes, sort_keys=True),
@@ -122,9 +128,9 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise TicketFileError(f"{source}: not a slth ticket (no '{FORMAT}' format tag in the metadata)")
     version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise TicketFileError(f"{source}: unsupported ticket format version {version!r} "
-                              f"(this slth reads {FORMAT_VERSION})")
+    if version not in [str(v) for v in READABLE_VERSIONS]:
+        raise TicketFileError(f"{source}: unsupported ticket format version {version!r} (this slth reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
     try:
         tensors = load(data)
     except Exception as exc:  # safetensors raises its own error types
@@ -161,7 +167,7 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
             raise TicketFileError(f"{source}: unexpected tensor {key!r}")
     if set(shapes) != set(masks):
         raise TicketFileError(f"{source}: masks listed in the metadata are missing: {sorted(set(shapes) - set(masks))}")
-    return TicketFile(seed=seed, config=config, masks=masks, extras=extras)
+    return TicketFile(seed=seed, config=config, masks=masks, extras=extras, format_version=int(version))
 
 
 def load(path: str | os.PathLike) -> TicketFile:

@@ -29,6 +29,8 @@ def construct_cmd(
     method: str = typer.Option("pensia", help="pensia (SubsetSum, log width) or malach (single pick, poly width)"),
     n: Optional[int] = typer.Option(None, help="random values per weight (default: chosen per layer from eps)"),
     nonnegative_input: bool = typer.Option(False, "--nonnegative-input", help="inputs are >= 0 (images in [0, 1])"),
+    input_range: Optional[tuple[float, float]] = typer.Option(
+        None, help="inputs lie in [LO, HI] (e.g. standardised images); LO < 0 shifts them to x - LO >= 0"),
     dense_subsets: bool = typer.Option(False, "--min-error",
                                        help="minimal-error subsets instead of sparsest within eps"),
     input_shape: Optional[str] = typer.Option(None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)"),
@@ -61,8 +63,14 @@ def construct_cmd(
     output_file(out, "--out")
     output_dir(workdir, "--workdir")
     target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
+    try:
+        from ..construction.target import input_range_of
+
+        input_range_of(input_range, nonnegative_input)
+    except ValueError as exc:
+        raise CommandError(f"--input-range: {exc}") from None
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
-                       sparse=not dense_subsets, progress=True, workers=workers, backend=backend,
+                       input_range=input_range, sparse=not dense_subsets, progress=True, workers=workers, backend=backend,
                        address=address, workdir=None if workdir is None else str(workdir), resume=resume,
                        chunk_instances=chunk_instances, device=device)
     path = ticket.save(out)
@@ -85,8 +93,8 @@ def evaluate_cmd(
         None, help="MLP widths or architecture name (lenet5, resnet20, ...) of a state_dict target"),
     width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
     box: Optional[tuple[float, float]] = typer.Option(
-        None, help="input box LO HI for the certified bound (default [0, 1] for nonnegative-input tickets, "
-                   "else [-1, 1])"),
+        None, help="input box LO HI for the certified bound (default: the ticket's --input-range; else [0, 1] for "
+        "nonnegative-input tickets, else [-1, 1])"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
     """Accuracy of a ticket on a test set; with --target also logit difference, top-1 agreement, certified bound."""

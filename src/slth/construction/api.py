@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from .._jit import warm_up
-from .build import (MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer,
-                    plan_graph_scales)
-from .network import LayerLayout, layer_prefixes
+from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer
+from .graph import plan_scales
+from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, layer_chunks, plan_chunks, run_chunks
-from .target import parse_target
+from .target import input_range_of, parse_target
 from .ticket import Ticket
 
 
@@ -31,6 +31,7 @@ def construct(
     seed: int = 0,
     method: str = "pensia",
     nonnegative_input: bool = False,
+    input_range: tuple[float, float] | None = None,
     sparse: bool = True,
     n: int | list[int] | None = None,
     p: float = 0.99,
@@ -53,7 +54,10 @@ def construct(
     per layer or for all; by default chosen per layer so that P(error <= eps) >= ``p`` for that layer's
     weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
     ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
-    [0, 1]), so the first layer needs no units for negative inputs.
+    [0, 1]), so the first layer needs no units for negative inputs. ``input_range=(lo, hi)``: the inputs lie
+    in that box (``nonnegative_input=True`` is ``(0, 1)``); with lo < 0 each layer reading the input is fed
+    x - lo >= 0 by a fixed shift in the ticket and the shift goes into its bias (b + W lo), so it too needs
+    no negative units; the box is the default box of :func:`certified_bound`.
 
     Targets: ReLU MLPs, CNNs (Conv2d, BatchNorm folded, pooling) and residual nets (traced with
     torch.fx); see docs/construction.md. The work is split into chunks (row blocks of a layer, at most
@@ -78,7 +82,8 @@ def construct(
     # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock
     compile_seconds = warm_up("subsetsum") if method == "pensia" else 0.0
     start = time.perf_counter()
-    ops, linears = parse_target(target, nonnegative_input=nonnegative_input)
+    box = input_range_of(input_range, nonnegative_input)
+    graph, linears = parse_target(target, input_range=box)
     if n is None:
         ns = [None] * len(linears)
     elif isinstance(n, (int, np.integer)):
@@ -94,7 +99,10 @@ def construct(
         raise ValueError(f"p (per-weight success probability used to choose n) must be in (0, 1), got {p!r}")
     if not isinstance(max_redraw_rounds, int) or max_redraw_rounds < 0:
         raise ValueError(f"max_redraw_rounds must be an int >= 0, got {max_redraw_rounds!r}")
-    scales, bias_scales, output_scale = plan_graph_scales(ops, linears)
+    plan = plan_scales(graph, linears)
+    graph = graph.with_plan(plan)  # the planned join factors
+    scales, bias_scales, output_scale = list(plan.layer_scales), list(plan.bias_scales), plan.output_scale
+    ops = graph.to_json()
     jobs = []
     for index, spec in enumerate(linears):
         n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
@@ -118,7 +126,7 @@ def construct(
                                    workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
         results = [merge_layer(job, layer_chunks(job.index, chunks, computed, work)) for job in jobs]
         del computed
-    prefixes = layer_prefixes(ops)
+    prefixes = [str(pos) for pos in graph.layer_positions()]
     masks = {f"{prefix}.{name}": torch.from_numpy(m) for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
     # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
@@ -149,12 +157,14 @@ def construct(
         "method": method,
         "eps": float(eps),
         "sparse": bool(sparse),
-        "nonnegative_input": bool(nonnegative_input),
+        "nonnegative_input": box is not None and box[0] >= 0,
         "reach": REACH,
         "ops": ops,
         "layers": [r.layout.to_json() for r in results],
         "output_scale": output_scale,
     }
+    if box is not None and box != (0.0, 1.0):  # (0, 1) = nonnegative_input=True, the same ticket bit for bit
+        config["input_range"] = [box[0], box[1]]
     ticket = Ticket(seed=int(seed), config=config, masks=masks, redraws=redraws, stats=stats)
     ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": workers,
                   "backend": backend, "computed_names": run.computed_names}

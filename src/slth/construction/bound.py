@@ -14,6 +14,10 @@ takes the max of d over the window). Average pooling is an average: it averages 
 both branches' d (the ticket's join factors only undo its internal rescaling, so in the target's units
 both networks add plainly). The result bounds |ticket(x) - target(x)| for every x in the box, with
 exact arithmetic (float32 evaluation adds a relative ~1e-6).
+
+What each op does to the intervals and errors is written once, by its node class in
+:mod:`slth.construction.graph` (``Node.bound``; the layer term above is :func:`~slth.construction.graph.layer_bound`);
+this module sets up the box and the realised kernels and walks the graph.
 """
 
 from __future__ import annotations
@@ -22,32 +26,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .network import RandomPair, layer_prefixes
-from .target import parse_target
-
-
-def _lin(kernel: torch.Tensor, x: torch.Tensor, layout) -> torch.Tensor:
-    if layout.conv:
-        return F.conv2d(x, kernel, stride=layout.stride, padding=layout.padding, dilation=layout.dilation)
-    return x @ kernel.T
-
-
-def _bias_scales(ops: list[dict], layer_scales: list[float]) -> list[float]:
-    """Cumulative scale at each layer's output, replaying ``plan_graph_scales`` from the layer scales."""
-    at = {-1: 1.0}
-    out = [1.0] * len(layer_scales)
-    for i, op in enumerate(ops):
-        args = op.get("args", [i - 1])
-        if op["op"] == "layer":
-            at[i] = at[args[0]] * layer_scales[op["index"]]
-            out[op["index"]] = at[i]
-        elif op["op"] == "add":
-            at[i] = max(at[a] for a in args)
-        else:
-            at[i] = at[args[0]]
-    return out
+from .graph import BoundContext, plan_scales
+from .network import RandomPair
+from .target import parse_options, parse_target
 
 
 def realised_kernels(ticket, module=None) -> list[dict]:
@@ -57,9 +39,10 @@ def realised_kernels(ticket, module=None) -> list[dict]:
     named = dict(module.named_modules())
     out = []
     layer_scales = ticket.stats["layer_scales"]
-    bias_scales = _bias_scales(ticket.config["ops"], layer_scales)
-    for index, (prefix, layout) in enumerate(zip(layer_prefixes(ticket.config["ops"]), ticket.layouts)):
-        pair: RandomPair = named[prefix]
+    graph = ticket.graph
+    bias_scales = plan_scales(graph, ticket.layouts, layer_scales).bias_scales
+    for index, (pos, layout) in enumerate(zip(graph.layer_positions(), ticket.layouts)):
+        pair: RandomPair = named[str(pos)]
         scale, bias_scale = layer_scales[index], bias_scales[index]
         a = pair.a.weight.detach().double()  # (d_in, units)
         b = pair.b.weight.detach().double()  # (d_out, hidden, *kernel)
@@ -80,8 +63,9 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
     """Elementwise bound on |ticket(x) - target(x)| over every x in the box [lo, hi], or in the L-inf / L2
     ball of ``radius`` around ``center`` (both inside the box center ± radius). ``lo``, ``hi``, ``center``
     are numbers or arrays broadcast to one input's shape: ``input_shape`` (C, H, W) for a ticket whose
-    first layer is a convolution, else the flat input (d,). Default box: [0, 1] for a ticket built with
-    ``nonnegative_input``, else [-1, 1]. Returns the bound per output (flattened)."""
+    first layer is a convolution, else the flat input (d,). Default box: the ticket's ``input_range`` if it
+    was built with one, [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1]. Returns the bound
+    per output (flattened)."""
     first = ticket.layouts[0]
     if input_shape is None:
         if first.conv:
@@ -94,7 +78,10 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
         c = torch.as_tensor(np.asarray(center, dtype=np.float64)).reshape(shape)
         lo, hi = c - radius, c + radius
     elif lo is None and hi is None:
-        lo, hi = (0.0, 1.0) if ticket.config["nonnegative_input"] else (-1.0, 1.0)
+        if "input_range" in ticket.config:
+            lo, hi = ticket.config["input_range"]
+        else:
+            lo, hi = (0.0, 1.0) if ticket.config["nonnegative_input"] else (-1.0, 1.0)
     elif lo is None or hi is None:
         raise ValueError("give both lo and hi of the input box")
     lo = torch.as_tensor(np.asarray(lo, dtype=np.float64))
@@ -112,7 +99,7 @@ def certified_bound_nd(ticket, target, lo, hi, *, batched: bool = False) -> np.n
     """Elementwise bound on |ticket(x) - target(x)| for every x with lo <= x <= hi (tensors or floats
     broadcast to one input's shape, e.g. (C, H, W)); returns the bound per output (flattened).
     ``batched=True``: lo/hi are (B, C, H, W), B boxes at once (e.g. lo = hi = a batch of points); returns (B, outputs)."""
-    ops, specs = parse_target(target, nonnegative_input=ticket.config["nonnegative_input"])
+    graph, specs = parse_target(target, **parse_options(ticket.config))
     lo = torch.as_tensor(lo, dtype=torch.float64)
     hi = torch.as_tensor(hi, dtype=torch.float64)
     if not batched:
@@ -123,62 +110,13 @@ def certified_bound_nd(ticket, target, lo, hi, *, batched: bool = False) -> np.n
         raise ValueError("input box must be finite with lo <= hi")
     if ticket.config["nonnegative_input"] and (lo < 0).any():
         raise ValueError("the ticket was built for nonnegative inputs; the box must have lo >= 0")
-    real = realised_kernels(ticket)
-    layouts = ticket.layouts
-    state = {-1: (lo, hi, torch.zeros_like(lo))}
-    for i, op in enumerate(ops):
-        args = op.get("args", [i - 1])
-        h_lo, h_hi, d = state[args[0]]
-        kind = op["op"]
-        if kind == "layer":
-            k = op["index"]
-            spec, lay, r = specs[k], layouts[k], real[k]
-            w = torch.from_numpy(spec.weight)
-            bias = torch.zeros(spec.d_out, dtype=torch.float64) if spec.bias is None else torch.from_numpy(spec.bias)
-            shape = (1, -1) + (1,) * len(lay.kernel)
-
-            def term(e, x_lo, x_hi):
-                c, rad = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
-                return _lin(e, c, lay).abs() + _lin(e.abs(), rad, lay)
-
-            if r["neg"] is None:  # inputs >= 0 in both networks: P is applied to h^ itself
-                err = term(r["pos"] - w, (h_lo - d).clamp(min=0), h_hi + d)
-            else:
-                err = term(r["pos"] - w, (h_lo - d).clamp(min=0), (h_hi + d).clamp(min=0))
-                err = err + term(r["neg"] + w, (-h_hi - d).clamp(min=0), (-h_lo + d).clamp(min=0))
-            err = err + _lin(w.abs(), d, lay)
-            if r["bias"] is not None:
-                err = err + (r["bias"] - bias).abs().reshape(shape)
-            elif spec.bias is not None:  # pragma: no cover - layouts follow the target
-                err = err + bias.abs().reshape(shape)
-            c, rad = (h_lo + h_hi) / 2, (h_hi - h_lo) / 2
-            zc, zr = _lin(w, c, lay) + bias.reshape(shape), _lin(w.abs(), rad, lay)
-            state[i] = (zc - zr, zc + zr, err)
-        elif kind == "relu":
-            state[i] = (h_lo.clamp(min=0), h_hi.clamp(min=0), d)
-        elif kind == "maxpool2d":
-            pool = lambda t: F.max_pool2d(t, op["kernel_size"], op["stride"], op["padding"], op["dilation"],  # noqa: E731
-                                          ceil_mode=op["ceil_mode"])
-            state[i] = (pool(h_lo), pool(h_hi), pool(d))
-        elif kind == "avgpool2d":
-            pool = lambda t: F.avg_pool2d(t, op["kernel_size"], op["stride"], op["padding"], op["ceil_mode"],  # noqa: E731
-                                          op["count_include_pad"], op["divisor_override"])
-            state[i] = (pool(h_lo), pool(h_hi), pool(d))
-        elif kind == "adaptive_avgpool2d":
-            size = op["output_size"]
-            state[i] = tuple(F.adaptive_avg_pool2d(t, size) for t in (h_lo, h_hi, d))
-        elif kind == "adaptive_maxpool2d":
-            size = op["output_size"]
-            state[i] = tuple(F.adaptive_max_pool2d(t, size) for t in (h_lo, h_hi, d))
-        elif kind == "flatten":
-            state[i] = tuple(t.flatten(op["start_dim"], op["end_dim"]) for t in (h_lo, h_hi, d))
-        elif kind == "add":
-            parts = [state[a] for a in args]
-            state[i] = tuple(sum(p[j] for p in parts) for j in range(3))
-        elif kind == "identity":
-            state[i] = (h_lo, h_hi, d)
-        else:  # pragma: no cover - written by the parser
-            raise ValueError(f"unknown op {op!r}")
-    out = state[len(ops) - 1][2]
+    if "input_range" in ticket.config:
+        floor = float(ticket.config["input_range"][0])
+        if (lo < floor - 1e-6 * max(1.0, abs(floor))).any():  # slack: lo rounded to float32
+            raise ValueError(f"the ticket was built for inputs >= {floor} (its input_range); the box must not go "
+                             "below it")
+        lo, hi = lo.clamp(min=floor), hi.clamp(min=floor)
+    ctx = BoundContext(specs, ticket.layouts, realised_kernels(ticket))
+    out = graph.propagate_bound((lo, hi, torch.zeros_like(lo)), ctx)[2]
     out = out.reshape(out.shape[0], -1).numpy()
     return out if batched else out[0]

@@ -207,51 +207,11 @@ def merge_layer(job: LayerJob, chunks: list[ChunkResult]) -> LayerResult:
                        int(sum(c.failures for c in chunks)), [tuple(int(v) for v in r) for r in redraws])
 
 
-def plan_graph_scales(ops: list[dict], specs: list[LinearSpec]) -> tuple[list[float], list[float], float]:
-    """:func:`plan_scales` over a graph of ops: per-layer scales s_l >= 1, the cumulative scale at each
-    layer's output (its bias scale), and the output scale. Where a residual join adds branches of
-    different cumulative scales S_a, S_b, the join divides each by max(S_a, S_b) / S_i (the ``factors``
-    of its ``add`` op, written here), so both sides are in the same units; this is exact by positive
-    homogeneity and costs no weight. Chain ops (no ``args``) read the previous op."""
-    scale_at = {-1: 1.0}
-    scales = [1.0] * len(specs)
-    bias_scales = [1.0] * len(specs)
-    for i, op in enumerate(ops):
-        args = op.get("args", [i - 1])
-        if op["op"] == "layer":
-            spec = specs[op["index"]]
-            prod = scale_at[args[0]]
-            biggest = float(np.abs(spec.weight).max()) if spec.weight.size else 0.0
-            if spec.bias is not None and spec.bias.size:
-                biggest = max(biggest, float(np.abs(spec.bias).max()) / prod)
-            s = max(1.0, biggest / REACH)
-            scales[op["index"]] = s
-            bias_scales[op["index"]] = prod * s
-            scale_at[i] = prod * s
-        elif op["op"] == "add":
-            ins = [scale_at[a] for a in args]
-            top = max(ins)
-            op["factors"] = [float(v / top) for v in ins]
-            scale_at[i] = top
-        else:
-            scale_at[i] = scale_at[args[0]]
-    return scales, bias_scales, float(scale_at[len(ops) - 1])
-
-
 def plan_scales(linears: list[LinearSpec]) -> tuple[list[float], list[float]]:
-    """Per-layer weight scales s_l >= 1 (and cumulative bias scales) so every target fits in [-REACH, REACH].
+    """Per-layer weight scales s_l >= 1 and cumulative bias scales of a chain of layers (see
+    :func:`slth.construction.graph.plan_scales`, which plans any construction graph)."""
+    from .graph import Graph, LayerNode, plan_scales as plan
 
-    ReLU is positively homogeneous: dividing layer l by s_l divides everything downstream by s_l, so
-    the ticket's output is multiplied back by prod(s_l) (a fixed :class:`Scale`, not a weight).
-    """
-    scales, cumulative = [], []
-    prod = 1.0
-    for spec in linears:
-        biggest = float(np.abs(spec.weight).max()) if spec.weight.size else 0.0
-        if spec.bias is not None and spec.bias.size:
-            biggest = max(biggest, float(np.abs(spec.bias).max()) / prod)
-        s = max(1.0, biggest / REACH)
-        prod *= s
-        scales.append(s)
-        cumulative.append(prod)
-    return scales, cumulative
+    chain = Graph(tuple(LayerNode((i - 1,), i) for i in range(len(linears))), chain=True)
+    p = plan(chain, linears)
+    return list(p.layer_scales), list(p.bias_scales)

@@ -249,6 +249,55 @@ class RandomPair(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+class EmbeddingPair(RandomPair):
+    """A pair standing for an ``nn.Embedding(num, dim)``: the embedding is the linear map E^T applied to the
+    one-hot of the index (a nonnegative input), so the pair computes ``b(relu(a(one_hot(idx))))``."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.one_hot(idx.long(), self.a.weight.shape[0]).to(self.a.weight.dtype))
+
+
+ACTIVATIONS = {  # name -> (function, sup |f'|, (argmin, lower bound of min f) for the non-monotone ones)
+    "gelu": (nn.functional.gelu, 1.129, (-0.75179, -0.16998)),
+    "gelu_tanh": (lambda x: nn.functional.gelu(x, approximate="tanh"), 1.13, (-0.75246, -0.17005)),
+    "silu": (nn.functional.silu, 1.1, (-1.27846, -0.27847)),
+    "tanh": (torch.tanh, 1.0, None),
+    "sigmoid": (torch.sigmoid, 0.25, None),
+}
+
+
+class Activation(nn.Module):
+    """A parameter-free elementwise op of the target, kept as it is in the ticket: ``f(factor * x)``, the
+    fixed ``factor`` (a buffer) undoing the planned rescaling first (f is not positively homogeneous)."""
+
+    def __init__(self, fn: str, factor: float = 1.0):
+        super().__init__()
+        self.fn = fn
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.fn][0](x * self.factor)
+
+    def extra_repr(self) -> str:
+        return f"{self.fn}, factor={float(self.factor):g}"
+
+
+class Normalize(nn.Module):
+    """LayerNorm without its affine (folded into the Linear layers that read it): ``layer_norm(factor * x)``."""
+
+    def __init__(self, normalized_shape, eps: float, factor: float = 1.0):
+        super().__init__()
+        self.normalized_shape = tuple(int(v) for v in normalized_shape)
+        self.eps = float(eps)
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x * self.factor, self.normalized_shape, None, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps:g}, factor={float(self.factor):g}"
+
+
 class Scale(nn.Module):
     """Fixed output factor (a buffer, not a weight): undoes the per-layer rescaling of the targets."""
 
@@ -258,6 +307,27 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.factor
+
+
+class InputShift(nn.Module):
+    """Fixed input offset (a buffer, not a weight) in front of a first layer built for a known input box
+    [lo, hi] with lo < 0: ``pad(x) - lo >= 0``. ``pad`` = the conv's zero padding, done here in the input's
+    own units (so padded pixels are 0 as in the target and become -lo after the shift); the conv itself then
+    runs unpadded. The target layer's bias carries the shift: W (x - lo) + (b + W lo) = W x + b."""
+
+    def __init__(self, offset: float, pad=()):
+        super().__init__()
+        self.register_buffer("offset", torch.tensor(float(offset)))
+        self.pad = tuple(int(p) for p in pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad and any(self.pad):
+            ph, pw = self.pad
+            x = nn.functional.pad(x, (pw, pw, ph, ph))
+        return x - self.offset
+
+    def extra_repr(self) -> str:
+        return f"offset={float(self.offset)}, pad={self.pad}"
 
 
 class Add(nn.Module):
@@ -306,48 +376,3 @@ class GraphNet(nn.Sequential):
             for j in self._free_after[i]:  # drop what no later op reads: memory stays that of a chain
                 del outs[j]
         return outs[len(self.args) - 1]
-
-
-def op_module(op: dict, layouts: list[LayerLayout]) -> nn.Module:
-    kind = op["op"]
-    if kind == "flatten":
-        return nn.Flatten(op["start_dim"], op["end_dim"])
-    if kind == "relu":
-        return nn.ReLU()
-    if kind == "layer":
-        return RandomPair(layouts[op["index"]])
-    if kind == "maxpool2d":
-        return nn.MaxPool2d(op["kernel_size"], op["stride"], op["padding"], op["dilation"], ceil_mode=op["ceil_mode"])
-    if kind == "avgpool2d":
-        return nn.AvgPool2d(op["kernel_size"], op["stride"], op["padding"], ceil_mode=op["ceil_mode"],
-                            count_include_pad=op["count_include_pad"], divisor_override=op["divisor_override"])
-    if kind == "adaptive_avgpool2d":
-        return nn.AdaptiveAvgPool2d(op["output_size"])
-    if kind == "add":
-        return Add(op["factors"])
-    if kind == "identity":
-        return nn.Identity()
-    raise ValueError(f"unknown op {op!r}")  # pragma: no cover - written by us
-
-
-def is_chain(ops: list[dict]) -> bool:
-    return all("args" not in op for op in ops)
-
-
-def build_module(ops: list[dict], layouts: list[LayerLayout], output_scale: float) -> nn.Sequential:
-    """The network skeleton (zero weights) with the target's layout; parameter names are stable."""
-    modules = [op_module(op, layouts) for op in ops]
-    if is_chain(ops):
-        if output_scale != 1.0:
-            modules.append(Scale(output_scale))
-        return nn.Sequential(*modules)
-    args = [op["args"] for op in ops]
-    if output_scale != 1.0:
-        modules.append(Scale(output_scale))
-        args.append([len(ops) - 1])
-    return GraphNet(modules, args)
-
-
-def layer_prefixes(ops: list[dict]) -> list[str]:
-    """Module name (index in the Sequential) of each RandomPair, in layer order."""
-    return [str(pos) for pos, op in enumerate(ops) if op["op"] == "layer"]

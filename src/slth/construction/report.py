@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .bound import realised_kernels
-from .target import parse_target
+from .target import parse_options, parse_target
 from .ticket import Ticket
 
 
@@ -45,7 +45,7 @@ def measure(ticket_module: torch.nn.Module, target: torch.nn.Module, x: torch.Te
 
 def weight_errors(ticket: Ticket, target) -> list[float]:
     """Per-layer max |realised - target| over weights and biases, recomputed from the ticket's module."""
-    _, linears = parse_target(target, nonnegative_input=ticket.config["nonnegative_input"])
+    _, linears = parse_target(target, **parse_options(ticket.config))
     errs = []
     realised = [{k: None if v is None else v.numpy() for k, v in r.items()} for r in realised_kernels(ticket)]
     for spec, real in zip(linears, realised):

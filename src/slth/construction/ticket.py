@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .. import ticketfile
-from .network import LayerLayout, apply_redraws, build_module, layer_prefixes, layer_tensors
+from .graph import Graph
+from .network import LayerLayout, apply_redraws, layer_tensors
 
 KIND = "constructed"
 TIMINGS = ("seconds", "compile_seconds")  # stats that differ between runs of the same ticket
@@ -38,15 +39,21 @@ class Ticket:
     def layouts(self) -> list[LayerLayout]:
         return [LayerLayout(**layer) for layer in self.config["layers"]]
 
+    @property
+    def graph(self) -> Graph:
+        """The ticket's construction graph, read from ``config["ops"]`` (planned join factors included)."""
+        return Graph.from_json(self.config["ops"])
+
     def _layer_states(self):
         """Per layer, its seeded tensors after redraws (one layer in memory at a time)."""
-        for index, (prefix, layout) in enumerate(zip(layer_prefixes(self.config["ops"]), self.layouts)):
+        for index, (pos, layout) in enumerate(zip(self.graph.layer_positions(), self.layouts)):
+            prefix = str(pos)
             tensors = layer_tensors(self.seed, index, layout)
             apply_redraws(self.seed, index, layout, tensors["b.weight"], self.redraws)
             yield {f"{prefix}.{name}": torch.from_numpy(arr) for name, arr in tensors.items()}
 
     def _skeleton(self) -> nn.Sequential:
-        return build_module(self.config["ops"], self.layouts, self.config["output_scale"])
+        return self.graph.module(self.layouts, self.config["output_scale"])
 
     def _fill(self, masked: bool, device) -> nn.Sequential:
         module = self._skeleton().to(device)
@@ -100,6 +107,7 @@ class Ticket:
             config=config,
             masks={k: v.numpy() for k, v in self.masks.items()},
             extras={"redraws": np.asarray(self.redraws, dtype=np.int64).reshape(-1, 4)},
+            format_version=max(self.graph.format_version(), 2 if "input_range" in self.config else 1),
         )
         return ticketfile.save(path, tf)
 

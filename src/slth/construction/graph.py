@@ -1,0 +1,520 @@
+"""The construction graph: what each op of a target does to scales, to the certified bound and to the ticket.
+
+A parsed target is a :class:`Graph` of typed, frozen nodes (:class:`LayerNode`, :class:`ReluNode`,
+:class:`AddNode`, pools, :class:`FlattenNode`, ...). Node ``i`` reads the values ``inputs`` (-1 = the
+network input). Every node class says, in one place,
+
+* ``nonneg(ins)`` -- is its output >= 0 whenever its inputs are (so a following layer needs no negative
+  units, docs/construction.md);
+* ``scale(ins)`` -- the cumulative scale of its output in the ticket given those of its inputs (layers
+  divide their weights by a planned scale, docs/theory.md §9.3; see :func:`plan_scales`);
+* ``bound(ins, ctx)`` -- interval and error propagation for the certified bound (``(lo, hi, d)``: the
+  target's activation lies in [lo, hi] and the ticket's is within ``d`` of it, elementwise);
+* ``module(layouts)`` -- the ticket's module for it.
+
+``to_json`` / :meth:`Graph.from_json` give the ``config["ops"]`` stored in ticket files: for the ops of
+format version 1 exactly the dicts of that format (chains without ``args``), so tickets and digests are
+unchanged. The scale planner returns a :class:`ScalePlan`; :meth:`Graph.with_plan` writes the planned
+join factors into new nodes (nothing is edited in place).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .network import (ACTIVATIONS, Activation, Add, EmbeddingPair, GraphNet, InputShift, LayerLayout, Normalize,
+                      RandomPair, Scale)
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _frozen(v):
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    return v
+
+
+@dataclass(frozen=True)
+class BoundContext:
+    """What the bound needs besides the intervals: the target's layer specs, the ticket's layouts and the
+    kernels the pruned pairs realise (:func:`slth.construction.bound.realised_kernels`)."""
+
+    specs: list
+    layouts: list[LayerLayout]
+    real: list[dict]
+
+
+State = tuple  # (lo, hi, d): float64 tensors of one shape
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op. Subclasses add their parameters as fields; ``kind`` is the ``"op"`` of its JSON."""
+
+    inputs: tuple[int, ...]
+    kind: ClassVar[str] = ""
+    layer: ClassVar[bool] = False  # holds a target layer (a RandomPair in the ticket)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # JSON lists -> tuples: nodes are values
+            object.__setattr__(self, f.name, _frozen(getattr(self, f.name)))
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "inputs"}
+
+    def to_json(self, chain: bool) -> dict:
+        out = {"op": self.kind, **{k: _jsonable(v) for k, v in self.params().items()}}
+        if not chain:
+            out["args"] = [int(a) for a in self.inputs]
+        return out
+
+    # -- what the op does ------------------------------------------------------------------------
+    def nonneg(self, ins: list[bool]) -> bool:
+        return ins[0]
+
+    def scale(self, ins: list[float]) -> float:
+        return ins[0]
+
+    def planned(self, ins: list[float]) -> dict[str, Any]:
+        """Fields the scale planner sets, from the scales of the inputs (e.g. a join's factors)."""
+        return {}
+
+    def bound(self, ins: list[State], ctx: BoundContext) -> State:
+        raise NotImplementedError  # pragma: no cover - every kind defines it
+
+    def module(self, layouts: list[LayerLayout]) -> nn.Module:
+        raise NotImplementedError  # pragma: no cover - every kind defines it
+
+
+def _each(ins: list[State], fn) -> State:
+    return tuple(fn(t) for t in ins[0])
+
+
+@dataclass(frozen=True)
+class LayerNode(Node):
+    """Target Linear/Conv2d number ``index`` (BatchNorm folded in): a :class:`RandomPair` in the ticket."""
+
+    index: int = 0
+    kind: ClassVar[str] = "layer"
+    layer: ClassVar[bool] = True
+
+    def nonneg(self, ins):
+        return False
+
+    def bound(self, ins, ctx):
+        return layer_bound(ins[0], ctx.specs[self.index], ctx.layouts[self.index], ctx.real[self.index])
+
+    def module(self, layouts):
+        return RandomPair(layouts[self.index])
+
+
+@dataclass(frozen=True)
+class ReluNode(Node):
+    kind: ClassVar[str] = "relu"
+
+    def nonneg(self, ins):
+        return True
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        return lo.clamp(min=0), hi.clamp(min=0), d  # 1-Lipschitz
+
+    def module(self, layouts):
+        return nn.ReLU()
+
+
+@dataclass(frozen=True)
+class FlattenNode(Node):
+    start_dim: int = 1
+    end_dim: int = -1
+    kind: ClassVar[str] = "flatten"
+
+    def bound(self, ins, ctx):
+        return _each(ins, lambda t: t.flatten(self.start_dim, self.end_dim))
+
+    def module(self, layouts):
+        return nn.Flatten(self.start_dim, self.end_dim)
+
+
+@dataclass(frozen=True)
+class MaxPoolNode(Node):
+    """Max pooling: monotone and 1-Lipschitz per window, so lo, hi and d pool by max."""
+
+    kernel_size: tuple = ()
+    stride: tuple = ()
+    padding: tuple = ()
+    dilation: tuple = ()
+    ceil_mode: bool = False
+    kind: ClassVar[str] = "maxpool2d"
+
+    def bound(self, ins, ctx):
+        return _each(ins, lambda t: F.max_pool2d(t, self.kernel_size, self.stride, self.padding, self.dilation,
+                                                 ceil_mode=self.ceil_mode))
+
+    def module(self, layouts):
+        return nn.MaxPool2d(self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode)
+
+
+@dataclass(frozen=True)
+class AvgPoolNode(Node):
+    """Average pooling: a positive linear map, so lo, hi and d average."""
+
+    kernel_size: tuple = ()
+    stride: tuple = ()
+    padding: tuple = ()
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+    kind: ClassVar[str] = "avgpool2d"
+
+    def bound(self, ins, ctx):
+        return _each(ins, lambda t: F.avg_pool2d(t, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                                 self.count_include_pad, self.divisor_override))
+
+    def module(self, layouts):
+        return nn.AvgPool2d(self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode,
+                            count_include_pad=self.count_include_pad, divisor_override=self.divisor_override)
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPoolNode(Node):
+    output_size: tuple = ()
+    kind: ClassVar[str] = "adaptive_avgpool2d"
+
+    def bound(self, ins, ctx):
+        return _each(ins, lambda t: F.adaptive_avg_pool2d(t, self.output_size))
+
+    def module(self, layouts):
+        return nn.AdaptiveAvgPool2d(self.output_size)
+
+
+@dataclass(frozen=True)
+class AdaptiveMaxPoolNode(Node):
+    output_size: tuple = ()
+    kind: ClassVar[str] = "adaptive_maxpool2d"
+
+    def bound(self, ins, ctx):
+        return _each(ins, lambda t: F.adaptive_max_pool2d(t, self.output_size))
+
+    def module(self, layouts):
+        return nn.AdaptiveMaxPool2d(self.output_size)
+
+
+@dataclass(frozen=True)
+class AddNode(Node):
+    """A residual join. In the ticket each branch is multiplied by its ``factor`` (planned: it brings the
+    branches, rescaled differently, to the same scale; exact by positive homogeneity); in the target's
+    units both networks add plainly, so lo, hi and d add."""
+
+    factors: tuple = ()
+    kind: ClassVar[str] = "add"
+
+    def nonneg(self, ins):
+        return all(ins)
+
+    def scale(self, ins):
+        return max(ins)
+
+    def planned(self, ins):
+        top = max(ins)
+        return {"factors": tuple(float(v / top) for v in ins)}
+
+    def bound(self, ins, ctx):
+        return tuple(sum(p[j] for p in ins) for j in range(3))
+
+    def module(self, layouts):
+        return Add(self.factors)
+
+
+@dataclass(frozen=True)
+class IdentityNode(Node):
+    kind: ClassVar[str] = "identity"
+
+    def bound(self, ins, ctx):
+        return ins[0]
+
+    def module(self, layouts):
+        return nn.Identity()
+
+
+V1_KINDS = frozenset(cls.kind for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
+                                         AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, IdentityNode))
+
+
+@dataclass(frozen=True)
+class ShiftNode(Node):
+    """``pad(x) - offset`` in front of a first layer, for inputs known to lie in [offset, hi] with offset < 0:
+    the layer then sees inputs >= 0 and needs no negative units; its bias absorbs the shift (target.py).
+    ``pad``: the conv's zero padding, applied before the shift (padded pixels are 0 in the input's units)."""
+
+    offset: float = 0.0
+    pad: tuple = ()
+    kind: ClassVar[str] = "shift"
+
+    def nonneg(self, ins):
+        return True
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        if self.pad and any(self.pad):
+            ph, pw = self.pad
+            lo, hi = (F.pad(t, (pw, pw, ph, ph)) for t in (lo, hi))
+            d = F.pad(d, (pw, pw, ph, ph))
+        return lo - self.offset, hi - self.offset, d
+
+    def module(self, layouts):
+        return InputShift(self.offset, self.pad)
+
+
+@dataclass(frozen=True)
+class EmbeddingNode(LayerNode):
+    """Target ``nn.Embedding`` number ``index`` (its spec's weight is E^T, (dim, num)): the linear map E^T on
+    the one-hot of the index, a nonnegative input, so a pair without negative units (:class:`EmbeddingPair`).
+    For a point box (lo = hi = the indices) the bound is exact per token: |realised column - E[idx]|."""
+
+    kind: ClassVar[str] = "embedding"
+
+    def bound(self, ins, ctx):
+        lo, hi, _ = ins[0]
+        w = torch.from_numpy(ctx.specs[self.index].weight).T  # (num, dim) = E
+        err = (ctx.real[self.index]["pos"].T - w).abs()
+        if torch.equal(lo, hi):
+            idx = lo.long()
+            return w[idx], w[idx], err[idx]
+        shape = (*lo.shape, w.shape[1])
+        return (w.min(0).values.expand(shape), w.max(0).values.expand(shape), err.max(0).values.expand(shape))
+
+    def module(self, layouts):
+        return EmbeddingPair(layouts[self.index])
+
+
+@dataclass(frozen=True)
+class ActivationNode(Node):
+    """A parameter-free elementwise op (GELU, SiLU, tanh, sigmoid) between layers, kept as is in the ticket.
+
+    The pairs around it replace only the linear maps (a pair realises W x for signed x, as relu(x) - relu(-x)
+    units), so the ticket computes f(ticket input) where the target computes f(target input): with f
+    L-Lipschitz an incoming error d leaves as L d, and the interval maps through f (monotone, or with its
+    one minimum). f is not positively homogeneous, so the planned rescaling is undone first: ``factor`` =
+    the cumulative scale at its input, and its output has scale 1."""
+
+    fn: str = "gelu"
+    factor: float = 1.0
+    kind: ClassVar[str] = "activation"
+
+    def nonneg(self, ins):
+        return self.fn == "sigmoid"
+
+    def scale(self, ins):
+        return 1.0
+
+    def planned(self, ins):
+        return {"factor": float(ins[0])}
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        f, lipschitz, minimum = ACTIVATIONS[self.fn]
+        f_lo, f_hi = f(lo), f(hi)
+        out_lo, out_hi = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
+        if minimum is not None:  # decreasing left of the argmin, increasing right of it
+            at, value = minimum
+            out_lo = torch.where((lo < at) & (hi > at), torch.full_like(lo, value), out_lo)
+        return out_lo, out_hi, lipschitz * d
+
+    def module(self, layouts):
+        return Activation(self.fn, self.factor)
+
+
+@dataclass(frozen=True)
+class LayerNormNode(Node):
+    """LayerNorm over the last dimension without its affine (gamma, beta are folded into every Linear that
+    reads it: W diag(gamma), b + W beta -- exact). The normalisation z = (x - mean) / sqrt(var + eps) is kept
+    in the ticket; it is scale-invariant only up to eps, so the rescaling is undone first (``factor``).
+
+    Bound: |z_i| <= sqrt(D - 1) for D features; its Jacobian is (P - z z^T / D) / sqrt(var + eps) with P the
+    centring projection, of L2 norm <= 1 / sqrt(eps), so |dz|_inf <= |dz|_2 <= |d|_2 / sqrt(eps) per token.
+    Certified but loose (1/sqrt(eps) ~ 316 for eps = 1e-5): the measured error is far smaller."""
+
+    normalized_shape: tuple = ()
+    eps: float = 1e-5
+    factor: float = 1.0
+    kind: ClassVar[str] = "layernorm"
+
+    def scale(self, ins):
+        return 1.0
+
+    def planned(self, ins):
+        return {"factor": float(ins[0])}
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        size = int(np.prod(self.normalized_shape))
+        reach = float(np.sqrt(max(size - 1, 0)))
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        spread = (d.pow(2).sum(dims, keepdim=True).sqrt() / np.sqrt(self.eps)).expand_as(d)
+        return torch.full_like(lo, -reach), torch.full_like(hi, reach), spread
+
+    def module(self, layouts):
+        return Normalize(self.normalized_shape, self.eps, self.factor)
+
+
+KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
+                                                          AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
+                                                          IdentityNode, ShiftNode, EmbeddingNode, ActivationNode,
+                                                          LayerNormNode)}
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """Per-layer weight scales s_l >= 1, the cumulative scale at each layer's output (its bias scale),
+    the planned node fields (position -> e.g. a join's ``factors``, an activation's ``factor``) and the
+    scale of the network's output."""
+
+    layer_scales: tuple[float, ...]
+    bias_scales: tuple[float, ...]
+    planned: dict[int, dict[str, Any]] = field(default_factory=dict)  # node position -> fields to set
+    output_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The target as typed nodes; ``chain``: every node reads the previous one (an ``nn.Sequential``)."""
+
+    nodes: tuple[Node, ...]
+    chain: bool
+
+    def to_json(self) -> list[dict]:
+        return [node.to_json(self.chain) for node in self.nodes]
+
+    @classmethod
+    def from_json(cls, ops: list[dict]) -> "Graph":
+        chain = all("args" not in op for op in ops)
+        nodes = []
+        for i, op in enumerate(ops):
+            kind = op["op"]
+            if kind not in KINDS:
+                raise ValueError(f"unknown op {kind!r} at position {i}")
+            params = {k: _frozen(v) for k, v in op.items() if k not in ("op", "args")}
+            inputs = (i - 1,) if chain else tuple(int(a) for a in op["args"])
+            nodes.append(KINDS[kind](inputs=inputs, **params))
+        return cls(tuple(nodes), chain)
+
+    def layer_positions(self) -> list[int]:
+        """Position of each layer node, in layer order (its module name is ``str(position)``)."""
+        return [pos for pos, node in enumerate(self.nodes) if node.layer]
+
+    def with_plan(self, plan: ScalePlan) -> "Graph":
+        nodes = tuple(dataclasses.replace(node, **plan.planned[i]) if plan.planned.get(i) else node
+                      for i, node in enumerate(self.nodes))
+        return Graph(nodes, self.chain)
+
+    def format_version(self) -> int:
+        """1 when every op is one ticket files of format version 1 can hold, else 2."""
+        return 1 if all(node.kind in V1_KINDS for node in self.nodes) else 2
+
+    def module(self, layouts: list[LayerLayout], output_scale: float) -> nn.Sequential:
+        """The ticket's skeleton (zero weights); parameter names are ``"<position>.a.weight"`` etc."""
+        modules = [node.module(layouts) for node in self.nodes]
+        if self.chain:
+            if output_scale != 1.0:
+                modules.append(Scale(output_scale))
+            return nn.Sequential(*modules)
+        args = [list(node.inputs) for node in self.nodes]
+        if output_scale != 1.0:
+            modules.append(Scale(output_scale))
+            args.append([len(self.nodes) - 1])
+        return GraphNet(modules, args)
+
+    def propagate_bound(self, state_in: State, ctx: BoundContext) -> State:
+        state = {-1: state_in}
+        for i, node in enumerate(self.nodes):
+            state[i] = node.bound([state[a] for a in node.inputs], ctx)
+        return state[len(self.nodes) - 1]
+
+
+def plan_scales(graph: Graph, specs: list, layer_scales: list[float] | None = None) -> ScalePlan:
+    """Scales so that every layer's rescaled weights fit in [-REACH, REACH] (docs/theory.md §9.3).
+
+    Dividing a layer by s_l >= 1 divides everything downstream by s_l (ReLU, pooling and flatten are
+    positively homogeneous); the ticket's output is multiplied back by the cumulative scale (a fixed
+    :class:`Scale`, not a weight). A layer's bias is divided by the cumulative scale at its output, and
+    s_l also covers |bias| / (scale at its input). Where a residual join adds branches of cumulative scales
+    S_a, S_b it multiplies each by S_i / max(S_a, S_b) (:meth:`AddNode.planned`), which is exact and
+    costs no weight; an op that is not positively homogeneous (GELU, LayerNorm, ...) first multiplies back by
+    the scale at its input and restarts at 1. ``layer_scales``: replay the plan with these scales (the bound
+    does, from a ticket)."""
+    from .build import REACH
+
+    at = {-1: 1.0}
+    scales = [1.0] * len(specs)
+    bias_scales = [1.0] * len(specs)
+    planned = {}
+    for i, node in enumerate(graph.nodes):
+        ins = [at[a] for a in node.inputs]
+        if node.layer:
+            spec, prod = specs[node.index], ins[0]
+            if layer_scales is not None:
+                s = float(layer_scales[node.index])
+            else:
+                biggest = float(np.abs(spec.weight).max()) if spec.weight.size else 0.0
+                if spec.bias is not None and spec.bias.size:
+                    biggest = max(biggest, float(np.abs(spec.bias).max()) / prod)
+                s = max(1.0, biggest / REACH)
+            scales[node.index] = s
+            bias_scales[node.index] = prod * s
+            at[i] = prod * s
+            continue
+        fields = node.planned(ins)
+        if fields:
+            planned[i] = fields
+        at[i] = node.scale(ins)
+    return ScalePlan(tuple(scales), tuple(bias_scales), planned, float(at[len(graph.nodes) - 1]))
+
+
+# -- the layer's bound ------------------------------------------------------------------------------
+def _lin(kernel: torch.Tensor, x: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
+    if layout.conv:
+        return F.conv2d(x, kernel, stride=layout.stride, padding=layout.padding, dilation=layout.dilation)
+    return x @ kernel.T
+
+
+def layer_bound(state: State, spec, lay: LayerLayout, r: dict) -> State:
+    """One pruned pair against its target layer (derivation: docs/construction.md, "certified bound").
+
+    With target kernel W, bias b and the realised kernels P (on relu(x)), Q (on relu(-x), ≈ -W), b^:
+    z^ - z = L_{P-W}(relu(h^)) + L_{Q+W}(relu(-h^)) + L_W(h^ - h) + (b^ - b), so with |h^ - h| <= d and
+    h in [lo, hi], |z^ - z| <= |L_E(c)| + L_|E|(r) per term (c, r: centre, radius of the relu interval)
+    + L_|W|(d) + |b^ - b|. Without a negative group (inputs >= 0 in both networks) P acts on h^ itself."""
+    h_lo, h_hi, d = state
+    w = torch.from_numpy(spec.weight)
+    bias = torch.zeros(spec.d_out, dtype=torch.float64) if spec.bias is None else torch.from_numpy(spec.bias)
+    shape = (-1,) + (1,) * len(lay.kernel)
+
+    def term(e, x_lo, x_hi):
+        c, rad = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
+        return _lin(e, c, lay).abs() + _lin(e.abs(), rad, lay)
+
+    if r["neg"] is None:  # inputs >= 0 in both networks: P is applied to h^ itself
+        err = term(r["pos"] - w, (h_lo - d).clamp(min=0), h_hi + d)
+    else:
+        err = term(r["pos"] - w, (h_lo - d).clamp(min=0), (h_hi + d).clamp(min=0))
+        err = err + term(r["neg"] + w, (-h_hi - d).clamp(min=0), (-h_lo + d).clamp(min=0))
+    err = err + _lin(w.abs(), d, lay)
+    if r["bias"] is not None:
+        err = err + (r["bias"] - bias).abs().reshape(shape)
+    elif spec.bias is not None:  # pragma: no cover - layouts follow the target
+        err = err + bias.abs().reshape(shape)
+    c, rad = (h_lo + h_hi) / 2, (h_hi - h_lo) / 2
+    zc, zr = _lin(w, c, lay) + bias.reshape(shape), _lin(w.abs(), rad, lay)
+    return zc - zr, zc + zr, err
