@@ -40,14 +40,11 @@ def width_sweep(base: TrainConfig, methods: Sequence[str], multiples: Sequence[i
         for k in multiples:
             run(method, k)
     import datetime
-    import platform
 
-    import torch
+    from ..provenance import git_commit, machine
 
     result = {"config": base.to_dict(), "methods": list(methods), "multiples": list(multiples), "runs": runs,
-              "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                         f"{torch.get_num_threads()} threads",
-              "date": datetime.date.today().isoformat()}
+              "machine": machine(), "date": datetime.date.today().isoformat(), "git_commit": git_commit()}
     if command:
         result["command"] = command
     atomic_write_json(out / "width_sweep.json", result)
