@@ -7,7 +7,6 @@ finished runs. The result is ``out/width_sweep.json``, a markdown table ``out/wi
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
