@@ -52,6 +52,7 @@ def bench_subsetsum(
                      mip_solvers=mip_solver, mip_time_limit=mip_time_limit, sparsest_eps=sparsest_eps)
     if markdown:
         typer.echo(bench.markdown(rows))
+        typer.echo(f"\nnumba compile or cache load before the timings: {sum(r.compile_seconds for r in rows):.1f} s")
         return
     what = "solve" if sparsest_eps is None else f"solve_sparsest(eps={sparsest_eps:g})"
     table = Table(title=f"SubsetSum {what}: values U[-1,1]·U[-1,1], targets U[-1,1], {rows[0].threads} thread(s)")
@@ -63,6 +64,8 @@ def bench_subsetsum(
                       f"{r.median_error:.2e}", f"{r.p99_error:.2e}")
     console = Console()
     console.print(table)
+    compiled = sum(r.compile_seconds for r in rows)
+    console.print(f"numba compile or cache load before the timings: {compiled:.1f} s (not in the table)")
     if mip:
         mt = Table(title="MIP baseline on the same instances (1 thread each)")
         for col in ("n", "solver", "instances", "s/inst", "median err", "engine err ≤ MIP", "speed ratio"):
