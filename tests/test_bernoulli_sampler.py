@@ -270,3 +270,21 @@ def test_a_seed_above_2_63_draws_from_its_own_key():
     counter = (U32(seed & 0xFFFFFFFF), U32(seed >> 32), U32(0), U32(0))
     expected, _ = _definition(weight.numpy(), _kernel_probabilities(s, shift, inv_t), inv_t, counter)
     assert np.array_equal(out.detach().numpy(), expected)
+
+
+def test_shift_update_stays_finite_when_every_probability_is_saturated():
+    """Nearly all p at 0 or 1 gives a variance near 0; the Newton step for the next draw is capped, so the
+    float32 shift cannot overflow to inf (the planted experiment's 10x run then failed with NaN scores)."""
+    import math
+
+    from slth.supermask.methods import NEWTON_REACH, Bernoulli
+
+    layer = Bernoulli((1000,), 0.12, torch.zeros(1000), sample_seed=1)
+    inv_t = 15.0
+    # expected count 9930 of k = 120 with a variance of 4e-37: the uncapped step would be ~1.6e39
+    b, nxt = layer._control(lambda b: (9930.0, 4.2e-37), lambda b: (120.0, 1.0), 3230.7, inv_t)
+    assert math.isfinite(nxt) and math.isfinite(float(np.float32(nxt)))
+    assert abs(nxt - b) <= NEWTON_REACH / inv_t + 1e-9
+    # ordinary draws: the step is the plain Newton step (the cap does not act)
+    b, nxt = layer._control(lambda b: (121.0, 30.0), lambda b: (120.0, 30.0), 0.5, 2.0)
+    assert nxt == b - 1.0 / (30.0 * 2.0)

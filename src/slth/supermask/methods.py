@@ -44,6 +44,7 @@ from .init import DISTRIBUTIONS, check_init
 
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the Bernoulli kernel reads its random bytes from uint32 words
+NEWTON_REACH = 16.0  # largest change of (s + b) / T one draw's shift update may make (sigmoid(16) = 1 - 1e-7)
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,13 @@ class Bernoulli(Supermask):
             total, var = sample(b)
             excess = total - self.k
         slope = var * inv_t
-        return b, (b - excess / slope if slope > 0 else b)
+        if not slope > 0:
+            return b, b
+        # one Newton step, at most NEWTON_REACH in sigmoid units: where (nearly) every p is saturated the
+        # linearisation means nothing, and the unbounded step overflowed the float32 shift to inf (then NaN);
+        # in ordinary training the step is a small fraction of a unit, so the cap never acts there
+        step = max(-NEWTON_REACH, min(NEWTON_REACH, excess / var)) / inv_t
+        return b, b - step
 
     def _solve(self, evaluate: Callable, b: float, inv_t: float, tolerance: float = 0.5, max_iter: int = 60) -> float:
         """Safeguarded Newton on b: sum(sigmoid((s + b) / T)) = k to within ``tolerance`` weights."""
