@@ -116,3 +116,10 @@ def test_cpsat_without_a_solution(monkeypatch):
     monkeypatch.setattr(cp_model, "CpSolver", NoSolution)
     with pytest.raises(RuntimeError, match=r"CP-SAT found no solution \(status INFEASIBLE\)"):
         solve_mip(V, T, solver="cp-sat")
+
+
+def test_value_distribution_is_checked_before_any_sampling():
+    # sample_values would refuse "normal" too, but only after the targets were drawn: with a bad target
+    # distribution as well, the up-front check is the one that answers
+    with pytest.raises(ValueError, match=r"unknown value distribution 'normal'"):
+        required_n_table([0.1], [0.9], "bogus", values="normal", trials=10, n_max=4)
