@@ -132,7 +132,11 @@ class Ticket:
             raise ticketfile.TicketFileError(f"{path}: ticket config is malformed ({exc})") from None
         got = {name: tuple(m.shape) for name, m in ticket.masks.items()}
         if got != expected:
-            raise ticketfile.TicketFileError(f"{path}: masks do not match the network layout ({sorted(set(got) ^ set(expected))})")
+            bad = sorted(name for name in set(got) | set(expected) if got.get(name) != expected.get(name))
+            raise ticketfile.TicketFileError(
+                f"{path}: masks do not match the network layout ("
+                + "; ".join(f"{name}: file {got.get(name, 'missing')}, layout {expected.get(name, 'none')}" for name in bad)
+                + ")")
         return ticket
 
     def summary(self) -> str:
