@@ -87,3 +87,8 @@ def test_debug_variable_shows_the_traceback(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120,
                        env={"SLTH_DEBUG": "1", "PATH": ""})
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_bench_supermask_step_peer_is_edge_popup_only(tmp_path):
+    r = _slth(tmp_path, "bench", "supermask-step", "--method", "biprop", "--peer", "--steps", "1")
+    assert r.returncode != 0 and "reference implementation's edge-popup" in r.stderr, r.stderr

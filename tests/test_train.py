@@ -157,3 +157,41 @@ def test_cifar10_training_with_augmentation(tmp_path):
     run = train(config, tmp_path / "run", quiet=True)
     assert run.metrics["config"]["augment"] is True and run.metrics["finished"]
     assert (tmp_path / "run" / "ticket.slth").exists()
+
+
+@pytest.mark.parametrize("model", ["fc", "lenet5"])
+def test_peer_edge_popup_computes_what_slth_edge_popup_computes(model):
+    # the step benchmark's reference implementation (hidden-networks' GetSubnet) must time the same training
+    import torch
+    import torch.nn.functional as F
+
+    from slth.supermask import SupermaskConfig, build
+    from slth.supermask.bench import peer_edge_popup
+
+    cfg = SupermaskConfig("edge-popup", density=0.5)
+    ours, peer = (build(model, (1, 28, 28), 10, seed=3, supermask=cfg).train() for _ in range(2))
+    peer = peer_edge_popup(peer)
+    assert not any(".parametrizations." in n for n, _ in peer.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    opts = [torch.optim.SGD([p for p in n.parameters() if p.requires_grad], lr=0.1, momentum=0.9) for n in (ours, peer)]
+    for _ in range(3):
+        outs = []
+        for net, opt in zip((ours, peer), opts):
+            out = net(x)
+            opt.zero_grad()
+            F.cross_entropy(out, y).backward()
+            opt.step()
+            outs.append(out.detach())
+        torch.testing.assert_close(outs[0], outs[1])
+    with pytest.raises(TypeError, match="edge-popup"):
+        peer_edge_popup(build("fc", (1, 8, 8), 10, seed=0, supermask=SupermaskConfig("biprop")))
+
+
+def test_step_benchmark_times_the_peer_implementation():
+    from slth.supermask.bench import step_times
+
+    r = step_times("fc", "edge-popup", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1, peer=True)
+    assert r["peer_step_s"] > 0 and r["speedup"] == pytest.approx(r["peer_step_s"] / r["supermask_step_s"])
+    with pytest.raises(ValueError, match="edge-popup"):
+        step_times("fc", "biprop", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, peer=True)
