@@ -338,10 +338,13 @@ class IteRand(_Sampling):
         round_ = step // self.period
         if round_ > torch.iinfo(torch.int16).max:
             raise OverflowError("IteRand: more re-randomisation rounds than an int16 generation can record")
-        pruned = ~self.final_mask()
-        chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob)
-        weight[chosen] = self.redraw(round_)[chosen]
-        self.generation[chosen] = round_
+        # the draws are made on the CPU (the layer's generator and the seeded re-draw), then moved to the
+        # weight's device: a GPU run re-draws exactly the weights a CPU run does, bit for bit
+        device = weight.device
+        pruned = ~self.final_mask().to(device)
+        chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob).to(device)
+        weight[chosen] = self.redraw(round_).to(device=device, dtype=weight.dtype)[chosen]
+        self.generation[chosen.to(self.generation.device)] = round_
 
 
 class GemMiner(Supermask):
