@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .._names import METHOD_NAMES, MODEL_NAMES
 from ._common import CommandError, ints, output_dir, output_file, threads as set_threads
 
 DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"  # train-dense: in-memory data sets
@@ -18,8 +19,8 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
-    method: str = typer.Option("edge-popup", help="dense | edge-popup | bernoulli | biprop | iterand | gem-miner"),
-    model: str = typer.Option("fc", help="fc | conv2 | conv4 | conv6 | lenet5 | resnet20"),
+    method: str = typer.Option("edge-popup", help=" | ".join(("dense", *METHOD_NAMES))),
+    model: str = typer.Option("fc", help=" | ".join(MODEL_NAMES)),
     data: str = typer.Option("digits", help="digits | mnist | fashion-mnist | cifar10 (in memory) | cifar100 | "
                                              "image-folder (streamed through DataLoader workers)"),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the dataset files (not needed for digits)"),

@@ -24,6 +24,7 @@ from typing import Callable
 
 from torch import nn
 
+from .._names import MODEL_NAMES, check_registry
 from .convnets import ConvNet, LeNet5
 from .fc import FC
 from .resnet import ResNet20
@@ -44,6 +45,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": ResNet20,
     "vit": ViT,
 }
+check_registry("model", MODELS, MODEL_NAMES)  # slth train --help lists MODEL_NAMES without importing torch
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, **kwargs) -> nn.Module:
