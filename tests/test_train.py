@@ -195,3 +195,49 @@ def test_step_benchmark_times_the_peer_implementation():
     assert r["peer_step_s"] > 0 and r["speedup"] == pytest.approx(r["peer_step_s"] / r["supermask_step_s"])
     with pytest.raises(ValueError, match="edge-popup"):
         step_times("fc", "biprop", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, peer=True)
+
+
+def test_model_args_are_checked_converted_and_part_of_the_identity():
+    cfg = TrainConfig(model="vit", model_args={"patch": "2", "depth": 1, "mlp_ratio": "1.5"})
+    assert cfg.model_args == (("depth", 1), ("mlp_ratio", 1.5), ("patch", 2))  # sorted, typed as the defaults
+    assert TrainConfig(model="vit", model_args=[("patch", 2), ("mlp_ratio", 1.5), ("depth", "1")]) == cfg
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.identity()["model_args"] == [["depth", 1], ["mlp_ratio", 1.5], ["patch", 2]]
+    assert TrainConfig(model="vit").model_args == ()
+    for model, args, message in [
+        ("vit", {"patches": 2}, "unknown model argument 'patches' for vit; its arguments: depth, dim, heads"),
+        ("fc", {"depth": 2}, "unknown model argument 'depth' for fc; its arguments: none"),
+        ("vit", {"width": 2}, "'width' of vit is set by its own option"),
+        ("fc", {"hidden": "8"}, "'hidden' of fc is set by its own option"),
+        ("vit", {"patch": "2.5"}, "patch='2.5' of vit: expected int"),
+        ("vit", {"patch": True}, "expected int"),
+        ("vit", [("patch", 2), ("patch", 4)], "'patch' given twice"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(model=model, model_args=args)
+
+
+def test_vit_trains_with_its_model_args_and_the_ticket_rebuilds_them(tmp_path):
+    from slth.supermask import from_ticket
+
+    cfg = TrainConfig(model="vit", data="digits", epochs=1, batch_size=256, seed=1, model_args={"patch": 2, "depth": 1})
+    run = train(cfg, tmp_path, quiet=True)
+    assert run.model.patch.weight.shape[-2:] == (2, 2) and len(run.model.encoder.layers) == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["model_args"] == [["depth", 1], ["patch", 2]]
+    rebuilt = from_ticket(tmp_path / "ticket.slth")
+    assert rebuilt.patch.weight.shape[-2:] == (2, 2) and len(rebuilt.encoder.layers) == 1
+    with pytest.raises(ValueError, match="model_args"):
+        train(TrainConfig(**{**cfg.to_dict(), "model_args": {"patch": 4, "depth": 1}}), tmp_path, resume=True,
+              quiet=True)
+
+
+def test_cli_model_arg(tmp_path):
+    bad = _cli(["train", "--model", "vit", "--model-arg", "nope=1", "--epochs", "1", "--out", str(tmp_path / "a")])
+    assert bad.exit_code == 2 and "unknown model argument 'nope' for vit" in bad.output, bad.output
+    bad = _cli(["train", "--model", "vit", "--model-arg", "patch", "--epochs", "1", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output, bad.output
+    good = _cli(["train", "--model", "vit", "--model-arg", "patch=2", "--model-arg", "depth=1", "--epochs", "1",
+                 "--batch-size", "256", "--quiet", "--out", str(tmp_path / "c")])
+    assert good.exit_code == 0, good.output
+    config = json.loads((tmp_path / "c" / "metrics.json").read_text())["config"]
+    assert config["model"] == "vit" and config["model_args"] == [["depth", 1], ["patch", 2]]

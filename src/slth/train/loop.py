@@ -461,7 +461,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
     rt = _runtime.setup(cfg.device, cfg.precision)
     try:
         data = open_dataset(cfg.data, cfg.data_dir, cfg.image_size)
-        model_kwargs = {} if cfg.hidden is None else {"hidden": list(cfg.hidden)}
+        model_kwargs = {**dict(cfg.model_args), **({} if cfg.hidden is None else {"hidden": list(cfg.hidden)})}
         # built on the CPU from the seed, then moved: a ticket trained on a GPU rebuilds on a CPU
         model = build(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed, width=cfg.width,
                       supermask=cfg.supermask_config(), init=cfg.init, **model_kwargs).to(rt.device)
