@@ -1,22 +1,25 @@
 """The command line registers every feature's commands however it is started."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 
+# a bare environment (no rich colours, fixed width) that still imports the slth under test (PYTHONPATH)
+_BARE_ENV = {"COLUMNS": "200", "PATH": "", **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
 
 @pytest.mark.parametrize("module", ["slth", "slth.cli"])
 def test_python_dash_m_lists_all_commands(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
-                         env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+                         env=_BARE_ENV, check=True).stdout
     for command in ("construct", "evaluate", "train-dense", "demo", "train", "bench", "experiment", "report"):
         assert f" {command} " in out, (command, out)
 
 
 def _help(*args):
     return subprocess.run([sys.executable, "-m", "slth", *args, "--help"], capture_output=True, text=True,
-                          env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+                          env=_BARE_ENV, check=True).stdout
 
 
 def test_experiment_help_lists_every_registered_experiment():
@@ -87,3 +90,25 @@ def test_debug_variable_shows_the_traceback(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120,
                        env={"SLTH_DEBUG": "1", "PATH": ""})
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_bench_supermask_step_peer_is_edge_popup_only(tmp_path):
+    r = _slth(tmp_path, "bench", "supermask-step", "--method", "biprop", "--peer", "--steps", "1")
+    assert r.returncode != 0 and "reference implementation's edge-popup" in r.stderr, r.stderr
+
+
+def test_train_help_lists_every_registered_model_and_method():
+    from slth.models import MODELS
+    from slth.supermask.methods import METHODS
+
+    out = _help("train")
+    lines = {flag: next(line for line in out.splitlines() if f" {flag} " in line) for flag in ("--model", "--method")}
+    for name in MODELS:
+        assert f" {name} " in lines["--model"], (name, lines["--model"])
+    for name in ("dense", *METHODS):
+        assert f" {name} " in lines["--method"], (name, lines["--method"])
+
+
+def test_train_command_names_its_choices_without_importing_torch():
+    code = "import sys, slth.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

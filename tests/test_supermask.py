@@ -215,3 +215,47 @@ def test_ticket_keeps_batchnorm_statistics(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
 
+
+
+def _iterand_layer(redraw, seed=5):
+    from slth.supermask.methods import IteRand
+
+    scores = torch.randn(6, 5, generator=torch.Generator().manual_seed(seed))
+    return IteRand((6, 5), 0.4, scores, sample_seed=seed, redraw=redraw, period=2, prob=0.5)
+
+
+def test_iterand_redraws_from_cpu_draws_moved_to_the_weights_device():
+    # Without a GPU, the device move is checked through a re-draw that records where the hook sends it: a
+    # weight on any device gets `.to(weight.device)` of the CPU draw; the values are those of an explicit
+    # CPU reference (the layer's generator stream), bit for bit.
+    moved = []
+
+    class Recorded(torch.Tensor):
+        def to(self, *args, **kwargs):
+            moved.append(kwargs.get("device", args[0] if args else None))
+            return super().to(*args, **kwargs)
+
+    fresh = torch.arange(30, dtype=torch.float32).view(6, 5) + 100
+    layer = _iterand_layer(lambda generation: fresh.clone().as_subclass(Recorded))
+    weight = torch.ones(6, 5)
+    layer.after_step(1, weight)  # not a re-randomisation step (period 2)
+    assert torch.equal(weight, torch.ones(6, 5)) and not moved
+    layer.after_step(2, weight)
+    assert moved == [weight.device]
+    chosen = ~layer.final_mask() & (torch.rand(6, 5, generator=torch.Generator().manual_seed(5)) < 0.5)
+    assert chosen.any()
+    assert torch.equal(weight, torch.where(chosen, fresh, torch.ones(6, 5)))
+    assert torch.equal(layer.generation, chosen.to(torch.int16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_iterand_redraws_on_cuda_what_it_redraws_on_the_cpu():
+    fresh = torch.randn(6, 5, generator=torch.Generator().manual_seed(9))
+    layers = [_iterand_layer(lambda generation: fresh.clone()) for _ in range(2)]
+    layers[1] = layers[1].to("cuda")
+    weights = [torch.ones(6, 5), torch.ones(6, 5, device="cuda")]
+    for step in range(1, 7):
+        for layer, weight in zip(layers, weights):
+            layer.after_step(step, weight)
+    assert torch.equal(weights[0], weights[1].cpu()) and not torch.equal(weights[0], torch.ones(6, 5))
+    assert torch.equal(layers[0].generation, layers[1].generation.cpu())

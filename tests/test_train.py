@@ -157,3 +157,87 @@ def test_cifar10_training_with_augmentation(tmp_path):
     run = train(config, tmp_path / "run", quiet=True)
     assert run.metrics["config"]["augment"] is True and run.metrics["finished"]
     assert (tmp_path / "run" / "ticket.slth").exists()
+
+
+@pytest.mark.parametrize("model", ["fc", "lenet5"])
+def test_peer_edge_popup_computes_what_slth_edge_popup_computes(model):
+    # the step benchmark's reference implementation (hidden-networks' GetSubnet) must time the same training
+    import torch
+    import torch.nn.functional as F
+
+    from slth.supermask import SupermaskConfig, build
+    from slth.supermask.bench import peer_edge_popup
+
+    cfg = SupermaskConfig("edge-popup", density=0.5)
+    ours, peer = (build(model, (1, 28, 28), 10, seed=3, supermask=cfg).train() for _ in range(2))
+    peer = peer_edge_popup(peer)
+    assert not any(".parametrizations." in n for n, _ in peer.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    opts = [torch.optim.SGD([p for p in n.parameters() if p.requires_grad], lr=0.1, momentum=0.9) for n in (ours, peer)]
+    for _ in range(3):
+        outs = []
+        for net, opt in zip((ours, peer), opts):
+            out = net(x)
+            opt.zero_grad()
+            F.cross_entropy(out, y).backward()
+            opt.step()
+            outs.append(out.detach())
+        torch.testing.assert_close(outs[0], outs[1])
+    with pytest.raises(TypeError, match="edge-popup"):
+        peer_edge_popup(build("fc", (1, 8, 8), 10, seed=0, supermask=SupermaskConfig("biprop")))
+
+
+def test_step_benchmark_times_the_peer_implementation():
+    from slth.supermask.bench import step_times
+
+    r = step_times("fc", "edge-popup", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1, peer=True)
+    assert r["peer_step_s"] > 0 and r["speedup"] == pytest.approx(r["peer_step_s"] / r["supermask_step_s"])
+    with pytest.raises(ValueError, match="edge-popup"):
+        step_times("fc", "biprop", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, peer=True)
+
+
+def test_model_args_are_checked_converted_and_part_of_the_identity():
+    cfg = TrainConfig(model="vit", model_args={"patch": "2", "depth": 1, "mlp_ratio": "1.5"})
+    assert cfg.model_args == (("depth", 1), ("mlp_ratio", 1.5), ("patch", 2))  # sorted, typed as the defaults
+    assert TrainConfig(model="vit", model_args=[("patch", 2), ("mlp_ratio", 1.5), ("depth", "1")]) == cfg
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.identity()["model_args"] == [["depth", 1], ["mlp_ratio", 1.5], ["patch", 2]]
+    assert TrainConfig(model="vit").model_args == ()
+    for model, args, message in [
+        ("vit", {"patches": 2}, "unknown model argument 'patches' for vit; its arguments: depth, dim, heads"),
+        ("fc", {"depth": 2}, "unknown model argument 'depth' for fc; its arguments: none"),
+        ("vit", {"width": 2}, "'width' of vit is set by its own option"),
+        ("fc", {"hidden": "8"}, "'hidden' of fc is set by its own option"),
+        ("vit", {"patch": "2.5"}, "patch='2.5' of vit: expected int"),
+        ("vit", {"patch": True}, "expected int"),
+        ("vit", [("patch", 2), ("patch", 4)], "'patch' given twice"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(model=model, model_args=args)
+
+
+def test_vit_trains_with_its_model_args_and_the_ticket_rebuilds_them(tmp_path):
+    from slth.supermask import from_ticket
+
+    cfg = TrainConfig(model="vit", data="digits", epochs=1, batch_size=256, seed=1, model_args={"patch": 2, "depth": 1})
+    run = train(cfg, tmp_path, quiet=True)
+    assert run.model.patch.weight.shape[-2:] == (2, 2) and len(run.model.encoder.layers) == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["model_args"] == [["depth", 1], ["patch", 2]]
+    rebuilt = from_ticket(tmp_path / "ticket.slth")
+    assert rebuilt.patch.weight.shape[-2:] == (2, 2) and len(rebuilt.encoder.layers) == 1
+    with pytest.raises(ValueError, match="model_args"):
+        train(TrainConfig(**{**cfg.to_dict(), "model_args": {"patch": 4, "depth": 1}}), tmp_path, resume=True,
+              quiet=True)
+
+
+def test_cli_model_arg(tmp_path):
+    bad = _cli(["train", "--model", "vit", "--model-arg", "nope=1", "--epochs", "1", "--out", str(tmp_path / "a")])
+    assert bad.exit_code == 2 and "unknown model argument 'nope' for vit" in bad.output, bad.output
+    bad = _cli(["train", "--model", "vit", "--model-arg", "patch", "--epochs", "1", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output, bad.output
+    good = _cli(["train", "--model", "vit", "--model-arg", "patch=2", "--model-arg", "depth=1", "--epochs", "1",
+                 "--batch-size", "256", "--quiet", "--out", str(tmp_path / "c")])
+    assert good.exit_code == 0, good.output
+    config = json.loads((tmp_path / "c" / "metrics.json").read_text())["config"]
+    assert config["model"] == "vit" and config["model_args"] == [["depth", 1], ["patch", 2]]

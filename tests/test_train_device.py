@@ -157,3 +157,45 @@ def test_fit_trains_a_supermask_and_resumes(tmp_path):
     resumed = fit(model(), *_digits_loaders(), config, out=tmp_path / "part", resume=True)
     assert resumed.metrics["epochs_done"] == 2 and resumed.metrics["train_loss"][0] == full.metrics["train_loss"][0]
     assert fit(model(), *_digits_loaders(), out=None).metrics["method"] == "edge-popup"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_iterand_trains_on_cuda_and_rebuilds_on_the_cpu(tmp_path):
+    # the trainer used to refuse IteRand off the CPU (its re-draws were CPU tensors); its probe now passes
+    run = train(TrainConfig(method="iterand", rerand_period=3, **TINY, device="cuda"), tmp_path, quiet=True)
+    assert run.metrics["device"].startswith("cuda") and run.metrics["finished"]
+    _ticket_matches(tmp_path, run)
+
+
+def test_device_probe_refuses_a_hook_that_fails_there(monkeypatch):
+    # the probe's logic, on the CPU: it runs IteRand's hook once on a 2x2 layer and turns a failure into a
+    # clear refusal (CPU runs skip the probe; a fake device type stands for a GPU)
+    from slth.supermask import SupermaskConfig, build
+    from slth.supermask.methods import IteRand
+    from slth.train.loop import _check_device_hooks
+
+    model = build("fc", (1, 4, 4), 10, seed=0, hidden=(8,), supermask=SupermaskConfig("iterand"))
+
+    class Fake:
+        type = "fake"
+
+        def __str__(self):
+            return "fake:0"
+
+    calls = []
+
+    def probed(self, step, weight):
+        calls.append(tuple(weight.shape))
+
+    monkeypatch.setattr(IteRand, "to", lambda self, device: self)
+    monkeypatch.setattr(torch, "zeros", lambda *shape, device=None, **kw: torch.ones(*shape, **kw) * 0)
+    monkeypatch.setattr(IteRand, "after_step", probed)
+    _check_device_hooks(model, Fake())
+    assert calls == [(2, 2)]
+
+    def broken(self, step, weight):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(IteRand, "after_step", broken)
+    with pytest.raises(NotImplementedError, match="iterand cannot train on fake:0"):
+        _check_device_hooks(model, Fake())

@@ -87,12 +87,20 @@ def bench_supermask_step_command(
     steps: int = typer.Option(50),
     input_shape: str = typer.Option("1,28,28"),
     threads: Optional[int] = typer.Option(None),
+    peer: Optional[bool] = typer.Option(None, "--peer/--no-peer",
+                                        help="also time the reference implementation's edge-popup (hidden-networks' "
+                                             "GetSubnet: a full sort per forward); default: on for edge-popup"),
 ) -> None:
-    """Time a supermask training step against the dense step at the same width (one process)."""
+    """Time a supermask training step against the dense step at the same width (one process); for edge-popup
+    also the reference implementation's step (``speedup`` = its step / slth's)."""
     from ..supermask.bench import step_times
 
+    if peer and method != "edge-popup":
+        raise CommandError(f"--peer times the reference implementation's edge-popup; got --method {method}")
     set_threads(threads)
     result = step_times(model, method, width=width, density=density, batch_size=batch_size, steps=steps,
-                        input_shape=tuple(ints(input_shape, "--input-shape")))
+                        input_shape=tuple(ints(input_shape, "--input-shape")),
+                        peer=method == "edge-popup" if peer is None else peer)
     result.pop("samples")
+    result.pop("speedup_rounds", None)
     typer.echo(json.dumps(result, indent=2))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
+from .._names import METHOD_NAMES, MODEL_NAMES
 from ._common import CommandError, ints, output_dir, output_file, threads as set_threads
 
 DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"  # train-dense: in-memory data sets
@@ -18,8 +19,8 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
-    method: str = typer.Option("edge-popup", help="dense | edge-popup | bernoulli | biprop | iterand | gem-miner"),
-    model: str = typer.Option("fc", help="fc | conv2 | conv4 | conv6 | lenet5 | resnet20"),
+    method: str = typer.Option("edge-popup", help=" | ".join(("dense", *METHOD_NAMES))),
+    model: str = typer.Option("fc", help=" | ".join(MODEL_NAMES)),
     data: str = typer.Option("digits", help="digits | mnist | fashion-mnist | cifar10 (in memory) | cifar100 | "
                                              "image-folder (streamed through DataLoader workers)"),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the dataset files (not needed for digits)"),
@@ -37,6 +38,10 @@ def train_command(
                                                   "else signed-constant)"),
     distribution: str = typer.Option("uniform", help="per-layer density: uniform | erk"),
     hidden: Optional[str] = typer.Option(None, help="fc hidden sizes, e.g. 300,100"),
+    model_arg: Optional[List[str]] = typer.Option(
+        None, "--model-arg", metavar="KEY=VALUE",
+        help="a model constructor argument, repeatable: --model-arg patch=7 --model-arg depth=4 "
+             "(vit: patch, dim, depth, heads, mlp_ratio)"),
     augment: Optional[bool] = typer.Option(None, help="random crop + flip (default: on for cifar10)"),
     rerand_period: int = typer.Option(300, help="iterand: steps between re-randomisations"),
     rerand_prob: float = typer.Option(0.1, help="iterand: probability a pruned weight is re-drawn"),
@@ -60,9 +65,9 @@ def train_command(
     config = TrainConfig(method=method, model=model, data=data, data_dir=None if data_dir is None else str(data_dir),
                          density=density, width=width, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, init=init, distribution=distribution,
-                         hidden=ints(hidden, "--hidden"), augment=augment, rerand_period=rerand_period,
-                         rerand_prob=rerand_prob, score_l2=score_l2, device=device, precision=precision,
-                         workers=workers, image_size=image_size)
+                         hidden=ints(hidden, "--hidden"), model_args=_pairs(model_arg or []), augment=augment,
+                         rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2, device=device,
+                         precision=precision, workers=workers, image_size=image_size)
     set_threads(threads)
     output_dir(out, "--out")
     metrics = train(config, out, resume=resume, quiet=quiet).metrics
@@ -72,6 +77,17 @@ def train_command(
                f"{metrics['density']:.4f} ({metrics['kept_params']:,} of {metrics['params']:,} weights kept), "
                f"{metrics['seconds']:.1f} s on {metrics['device']}"
                f"{'' if metrics['world_size'] == 1 else ' x ' + str(metrics['world_size'])} -> {out / 'metrics.json'}")
+
+
+def _pairs(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``["patch=7", "depth=4"]`` -> (("patch", "7"), ("depth", "4")); the model checks keys and values."""
+    pairs = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise CommandError(f"--model-arg takes KEY=VALUE (e.g. patch=7), got {item!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def train_dense_cmd(

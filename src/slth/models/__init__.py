@@ -20,16 +20,18 @@ vit      small pre-norm Vision Transformer: Conv2d patches (``patch=4``), class 
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Callable, Iterable, Mapping
 
 from torch import nn
 
+from .._names import MODEL_NAMES, check_registry
 from .convnets import ConvNet, LeNet5
 from .fc import FC
 from .resnet import ResNet20
 from .vit import ViT
 
-__all__ = ["MODELS", "build_model", "FC", "ConvNet", "LeNet5", "ResNet20", "ViT", "scaled"]
+__all__ = ["MODELS", "build_model", "check_model_args", "FC", "ConvNet", "LeNet5", "ResNet20", "ViT", "scaled"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fc": FC,
@@ -44,6 +46,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": ResNet20,
     "vit": ViT,
 }
+check_registry("model", MODELS, MODEL_NAMES)  # slth train --help lists MODEL_NAMES without importing torch
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, **kwargs) -> nn.Module:
@@ -53,6 +56,56 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width
     if not width > 0:
         raise ValueError(f"width multiplier must be > 0, got {width}")
     return MODELS[name](tuple(input_shape), num_classes, width=width, **kwargs)
+
+
+_SET_ELSEWHERE = {"input_shape": "the data set", "num_classes": "the data set", "width": "its own option (--width)",
+                  "hidden": "its own option (--hidden)"}
+
+
+def check_model_args(name: str, args: Mapping[str, object] | Iterable[tuple[str, object]]) -> tuple:
+    """Extra constructor arguments of registry model ``name`` (a mapping or (key, value) pairs; a value may be
+    the string the command line gives), checked against the constructor's signature and converted to the
+    type of each argument's default: a sorted tuple of (key, value) pairs (``(("depth", 4), ("patch", 7))``).
+
+    Raises ``ValueError`` naming an unknown key (and the model's valid ones), a key given twice, a key set
+    elsewhere (the input shape and classes come from the data set; ``width`` and ``hidden`` have options),
+    and a value that does not convert. Only arguments with a bool, int, float or str default are settable.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    params = inspect.signature(MODELS[name]).parameters
+    settable = {k: p.default for k, p in params.items() if k not in _SET_ELSEWHERE
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and type(p.default) in (bool, int, float, str)}
+    out: dict[str, object] = {}
+    for key, value in (args.items() if isinstance(args, Mapping) else args):
+        if key in _SET_ELSEWHERE and key in params:
+            raise ValueError(f"model argument {key!r} of {name} is set by {_SET_ELSEWHERE[key]}")
+        if key not in settable:
+            raise ValueError(f"unknown model argument {key!r} for {name}; its arguments: "
+                             f"{', '.join(sorted(settable)) or 'none'}")
+        if key in out:
+            raise ValueError(f"model argument {key!r} given twice")
+        out[key] = _convert(name, key, value, type(settable[key]))
+    return tuple(sorted(out.items()))
+
+
+def _convert(name: str, key: str, value: object, kind: type):
+    """``value`` as a ``kind`` (the type of the argument's default), from a string or a value of that type."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return text in ("true", "1", "yes")
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"model argument {key}={value!r} of {name}: expected {kind.__name__}") from None
+    ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[kind]
+    if not isinstance(value, ok) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"model argument {key}={value!r} of {name}: expected {kind.__name__}")
+    return kind(value)
 
 
 def scaled(size: int, width: float) -> int:

@@ -1,17 +1,86 @@
-"""Training-step time of a supermask against the dense step at the same width (same batch, same model)."""
+"""Training-step time of a supermask against the dense step at the same width (same batch, same model), and
+of edge-popup as the reference implementation computes it (``peer``: hidden-networks' ``GetSubnet``)."""
 
 from __future__ import annotations
 
 import time
 
 
+def _peer_classes():
+    """The reference implementation's edge-popup (Ramanujan et al. 2020, github.com/allenai/hidden-networks,
+    ``utils/conv_type.py``), re-implemented here for timing only: a Linear/Conv2d subclass whose forward
+    multiplies its frozen weight by ``GetSubnet(|scores|, density)``, and a ``GetSubnet`` that sorts the
+    whole score tensor on every forward and writes the 0/1 mask by index assignment (the lowest
+    ``int((1 - density) * numel)`` scores 0, the rest 1); straight-through backward. Built in a function so
+    that importing this module does not import torch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class PeerGetSubnet(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, scores, density):
+            mask = scores.clone()
+            order = scores.flatten().sort()[1]  # the full sort, as the reference does (values discarded)
+            cut = int((1 - density) * scores.numel())
+            flat = mask.flatten()  # a view: mask is a fresh contiguous clone
+            flat[order[:cut]] = 0
+            flat[order[cut:]] = 1
+            return mask
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad, None
+
+    class PeerLinear(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight * PeerGetSubnet.apply(self.scores.abs(), self.density), self.bias)
+
+    class PeerConv2d(nn.Conv2d):
+        def forward(self, x):
+            return self._conv_forward(x, self.weight * PeerGetSubnet.apply(self.scores.abs(), self.density),
+                                      self.bias)
+
+    return {nn.Linear: PeerLinear, nn.Conv2d: PeerConv2d}
+
+
+def peer_edge_popup(net):
+    """Turn ``net``, an slth edge-popup network, into the reference implementation's form in place (returned):
+    each masked Linear/Conv2d loses its parametrization and becomes a layer whose forward masks its frozen
+    weight with the reference's ``GetSubnet`` (:func:`_peer_classes`), with the same weight and scores. In
+    training mode it computes what slth's edge-popup computes (the same top-k at density 0.5, barring tied
+    scores; the same straight-through gradients), only the way the reference does."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    from .apply import _supermasks
+    from .methods import EdgePopup
+
+    classes = _peer_classes()
+    for _, module, tensor, p in list(_supermasks(net)):
+        base = type(module).__bases__[0]  # a parametrized module's class is a subclass made for it
+        if type(p) is not EdgePopup or tensor != "weight" or base not in classes:
+            raise TypeError(f"the peer implementation covers edge-popup on Linear/Conv2d weights, not "
+                            f"{type(p).__name__} on {base.__name__}.{tensor}")
+        scores = p.scores.detach().clone()
+        parametrize.remove_parametrizations(module, tensor, leave_parametrized=False)
+        assert type(module) is base
+        module.__class__ = classes[type(module)]
+        module.scores = torch.nn.Parameter(scores)
+        module.density = p.density
+        module.weight.requires_grad_(False)
+    return net
+
+
 def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 1.0, density: float = 0.5,
                batch_size: int = 128, input_shape=(1, 28, 28), steps: int = 50, warmup: int = 10,
-               repeats: int = 3, seed: int = 0) -> dict:
+               repeats: int = 3, seed: int = 0, peer: bool = False) -> dict:
     """Seconds per SGD step (forward, backward, update, hooks) for ``dense`` and ``method``: the median and
-    the minimum over ``repeats`` rounds of ``steps`` steps.
+    the minimum over ``repeats`` rounds of ``steps`` steps. With ``peer`` (edge-popup only) also for the
+    reference implementation's edge-popup (:func:`peer_edge_popup`) on the same weights and scores, and
+    ``speedup`` = peer step / slth step.
 
-    The two are timed alternately in one process, round by round, so that machine noise hits both alike;
+    The setups are timed alternately in one process, round by round, so that machine noise hits them alike;
     on a shared machine the minimum (least disturbed round) is the steadier ratio.
     """
     import torch
@@ -20,13 +89,19 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
     from . import after_step, build, regularization
     from ..train.config import TrainConfig
 
+    if peer and method != "edge-popup":
+        raise ValueError(f"the peer implementation is edge-popup's; got method {method!r}")
     cfg = {m: TrainConfig(method=m, model=model, density=density, width=width).resolved() for m in ("dense", method)}
+    if peer:
+        cfg["peer"] = cfg[method]
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *input_shape, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     setups = {}
     for m, c in cfg.items():
         net = build(model, input_shape, 10, seed=seed, width=width, supermask=c.supermask_config(), init=c.init)
+        if m == "peer":
+            net = peer_edge_popup(net)
         opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=c.lr, momentum=0.9,
                               weight_decay=c.weight_decay)
         setups[m] = (net.train(), opt)
@@ -50,9 +125,17 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
             samples[m].append(run(m, steps, warmup + r * steps))
     median = {m: sorted(v)[len(v) // 2] for m, v in samples.items()}
     best = {m: min(v) for m, v in samples.items()}  # least disturbed round: robust on a shared machine
-    return {"model": model, "method": method, "width": width, "density": density, "batch_size": batch_size,
-            "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
-            "dense_step_s": median["dense"], "supermask_step_s": median[method],
-            "ratio": median[method] / median["dense"],
-            "dense_step_min_s": best["dense"], "supermask_step_min_s": best[method],
-            "ratio_min": best[method] / best["dense"], "samples": samples}
+    result = {"model": model, "method": method, "width": width, "density": density, "batch_size": batch_size,
+              "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
+              "dense_step_s": median["dense"], "supermask_step_s": median[method],
+              "ratio": median[method] / median["dense"],
+              "dense_step_min_s": best["dense"], "supermask_step_min_s": best[method],
+              "ratio_min": best[method] / best["dense"], "samples": samples}
+    if peer:
+        result.update({"peer_step_s": median["peer"], "peer_step_min_s": best["peer"],
+                       "peer_ratio": median["peer"] / median["dense"],
+                       "peer_ratio_min": best["peer"] / best["dense"],
+                       "speedup": median["peer"] / median[method], "speedup_min": best["peer"] / best[method],
+                       # per round: the two were timed back to back, so this ratio shares the round's noise
+                       "speedup_rounds": [p / s for p, s in zip(samples["peer"], samples[method])]})
+    return result

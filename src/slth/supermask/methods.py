@@ -18,7 +18,8 @@ gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda    
             per-epoch schedule over the first 3/4 of training (Sreenivasan et al. 2022)
 ==========  ===================================================================  ====================
 
-**Adding a method** touches this file only: its parametrization class (a :class:`Supermask`) and one
+**Adding a method** touches this file and one line of :mod:`slth._names` (its name, which the train
+command's help lists without importing torch): its parametrization class (a :class:`Supermask`) and one
 :class:`Method` entry in :data:`METHODS` -- how its parametrization is made, how its scores start, its
 default learning rate, weight decay and init (``slth train`` reads them), and the weight a ticket
 rebuilds from a mask. :func:`slth.supermask.apply_supermask`, the trainer's config, tickets and the
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._names import METHOD_NAMES, check_registry
 from ._philox import PhiloxStream, tie_words
 from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
                    SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, _flat, _identity, _kernels,
@@ -345,10 +347,13 @@ class IteRand(_Sampling):
         round_ = step // self.period
         if round_ > torch.iinfo(torch.int16).max:
             raise OverflowError("IteRand: more re-randomisation rounds than an int16 generation can record")
-        pruned = ~self.final_mask()
-        chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob)
-        weight[chosen] = self.redraw(round_)[chosen]
-        self.generation[chosen] = round_
+        # the draws are made on the CPU (the layer's generator and the seeded re-draw), then moved to the
+        # weight's device: a GPU run re-draws exactly the weights a CPU run does, bit for bit
+        device = weight.device
+        pruned = ~self.final_mask().to(device)
+        chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob).to(device)
+        weight[chosen] = self.redraw(round_).to(device=device, dtype=weight.dtype)[chosen]
+        self.generation[chosen.to(self.generation.device)] = round_
 
 
 class GemMiner(Supermask):
@@ -490,3 +495,4 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            paper="Sreenivasan et al. 2022, Rare Gems: Finding Lottery Tickets at Initialization, arXiv 2202.12002",
            doc="scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, a shrinking removable set"),
 )}
+check_registry("supermask method", METHODS, METHOD_NAMES)  # slth train --help lists them without torch

@@ -46,6 +46,9 @@ class TrainConfig:
     normalize: bool = True
     augment: bool | None = None  # random crop + flip; default on for cifar10 only
     hidden: tuple[int, ...] | None = None  # fc hidden sizes before the width multiplier
+    # other model constructor arguments, as sorted (key, value) pairs: (("depth", 4), ("patch", 7)) for vit;
+    # a mapping is accepted and normalised (slth.models.check_model_args checks keys and converts values)
+    model_args: tuple[tuple[str, object], ...] = ()
     rerand_period: int = 300
     rerand_prob: float = 0.1
     score_l2: float = 1e-4
@@ -57,12 +60,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from ..data import DATASETS
-        from ..models import MODELS
+        from ..models import MODELS, check_model_args
 
         if self.method not in TRAIN_METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid names: {', '.join(TRAIN_METHODS)}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(sorted(MODELS))}")
+        object.__setattr__(self, "model_args", check_model_args(self.model, self.model_args or ()))
         if self.data not in DATASETS:
             raise ValueError(f"unknown dataset {self.data!r}; valid names: {', '.join(sorted(DATASETS))}")
         if (isinstance(self.density, bool) or not isinstance(self.density, (int, float))
@@ -127,6 +131,7 @@ class TrainConfig:
         d = asdict(self)
         if d["hidden"] is not None:
             d["hidden"] = list(d["hidden"])
+        d["model_args"] = [list(pair) for pair in d["model_args"]]  # JSON: a list of [key, value]
         return d
 
     @classmethod
@@ -138,4 +143,6 @@ class TrainConfig:
         d = dict(d)
         if d.get("hidden") is not None:
             d["hidden"] = tuple(d["hidden"])
+        if d.get("model_args") is not None:
+            d["model_args"] = tuple(tuple(pair) for pair in d["model_args"])
         return cls(**d)

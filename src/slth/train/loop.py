@@ -252,8 +252,11 @@ def _average_batchnorm_stats(model: torch.nn.Module, rt: _runtime.Runtime) -> No
 
 
 def _check_device_hooks(model: torch.nn.Module, device: torch.device) -> None:
-    """Refuse, before the first step, a method whose trainer hooks cannot run on ``device``: IteRand's
-    re-randomisation draws on a CPU generator (checked by calling it on a 2x2 layer on the device)."""
+    """Refuse, before the first step, a method whose trainer hooks cannot run on ``device``. IteRand's
+    re-randomisation draws on the CPU (its generator, the seeded re-draw) and moves the draws to the weight's
+    device; it is probed by one re-randomisation of a 2x2 layer on the device whose re-draw, like the real
+    one, comes back on the CPU -- so a hook that mixed CPU draws with device tensors fails here, not
+    ``rerand_period`` steps into the run."""
     if device.type == "cpu":
         return
     from ..supermask import supermask_layers
@@ -270,8 +273,8 @@ def _check_device_hooks(model: torch.nn.Module, device: torch.device) -> None:
             probe.to(device).after_step(1, torch.zeros(2, 2, device=device))
         except RuntimeError as exc:
             raise NotImplementedError(
-                f"iterand cannot train on {device} yet: its re-randomisation (IteRand.after_step) mixes CPU "
-                f"draws with {device} tensors ({exc}); train it on the CPU") from None
+                f"iterand cannot train on {device}: its re-randomisation (IteRand.after_step) failed there "
+                f"({exc}); train it on the CPU") from None
 
 
 def _identity_diff(saved: dict, cfg: TrainConfig) -> dict:
@@ -458,7 +461,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
     rt = _runtime.setup(cfg.device, cfg.precision)
     try:
         data = open_dataset(cfg.data, cfg.data_dir, cfg.image_size)
-        model_kwargs = {} if cfg.hidden is None else {"hidden": list(cfg.hidden)}
+        model_kwargs = {**dict(cfg.model_args), **({} if cfg.hidden is None else {"hidden": list(cfg.hidden)})}
         # built on the CPU from the seed, then moved: a ticket trained on a GPU rebuilds on a CPU
         model = build(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed, width=cfg.width,
                       supermask=cfg.supermask_config(), init=cfg.init, **model_kwargs).to(rt.device)

@@ -1,0 +1,17 @@
+"""The registries' names, importable without torch, so that ``slth train --help`` can list them and stay fast.
+
+:data:`slth.models.MODELS` and :data:`slth.supermask.methods.METHODS` check at import that they hold exactly
+these names, in this order: a model or method added there must be named here too.
+"""
+
+from __future__ import annotations
+
+MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "vit")
+METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")  # supermask methods ("dense": none)
+
+
+def check_registry(what: str, registry, names: tuple[str, ...]) -> None:
+    """Raise if ``registry``'s keys are not ``names`` (in order)."""
+    if tuple(registry) != names:
+        raise RuntimeError(f"the {what} registry holds {tuple(registry)} but slth._names lists {names}: "
+                           "name a new entry in slth/_names.py too")
