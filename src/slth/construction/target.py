@@ -19,8 +19,10 @@ SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
     "ReLU, GELU, SiLU, Tanh, Sigmoid, LayerNorm (last dimension; its affine folded into the Linear layers that "
     "read it), Embedding (of the network input), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, "
-    "Identity, Dropout (nested nn.Sequential allowed); other modules are traced with torch.fx, which adds "
-    "residual additions (x + y)"
+    "Identity, Dropout, TransformerEncoderLayer, TransformerEncoder (nested nn.Sequential allowed); other modules "
+    "are traced with torch.fx, which adds residual additions (x + y, x + constant), MultiheadAttention "
+    "(self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, matmul of activations, "
+    "x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * number"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d")
