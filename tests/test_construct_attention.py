@@ -264,3 +264,45 @@ class Cross(Padded):
 def test_unsupported_attention_uses_name_the_node(net, match):
     with pytest.raises(NotImplementedError, match=match):
         construct(net.eval(), 0.05)
+
+
+def test_softmax_bound_is_sound_under_perturbations():
+    from slth.construction.graph import softmax_bound
+
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(200, 6, generator=g, dtype=torch.float64) * 6 - 3
+    hi = lo + torch.rand(200, 6, generator=g, dtype=torch.float64)
+    lo[:, 0] = hi[:, 0] = -torch.inf  # a masked key
+    d = torch.rand(200, 6, generator=g, dtype=torch.float64) * 0.5
+    (p_lo, p_hi, dp), l1 = softmax_bound((lo, hi, d))
+    for _ in range(20):
+        s = lo + (hi - lo).nan_to_num(0.0) * torch.rand(200, 6, generator=g, dtype=torch.float64)
+        s_hat = s + d * (torch.rand(200, 6, generator=g, dtype=torch.float64) * 2 - 1)
+        p, p_hat = torch.softmax(s, -1), torch.softmax(s_hat, -1)
+        assert (p >= p_lo - 1e-12).all() and (p <= p_hi + 1e-12).all()
+        assert ((p_hat - p).abs() <= dp + 1e-12).all()
+        assert ((p_hat - p).abs().sum(-1, keepdim=True) <= l1 + 1e-12).all()
+
+
+class MaskedAttention(SelfAttention):
+    def __init__(self):
+        super().__init__(False)
+        blocked = torch.zeros(T, T, dtype=torch.bool)
+        blocked[2:, 0] = True  # queries 2.. may not see key 0: not the causal mask, stored in the op
+        self.register_buffer("blocked", blocked)
+
+    def forward(self, x):
+        return self.attn(x, x, x, attn_mask=self.blocked, need_weights=False)[0]
+
+
+def test_constant_mask_and_the_bound_on_a_box(tmp_path):
+    net = seeded(MaskedAttention())
+    ticket = construct(net, EPS, seed=0)
+    (op,) = [op for op in ticket.config["ops"] if op["op"] == "attention"]
+    assert not op["causal"] and op["mask"][2][0] is None and op["mask"][0][0] == 0.0
+    x = signed(400, T, D, seed=3)
+    check(ticket, net, x[:BATCH], 0.05, tmp_path)
+    bound = certified_bound_nd(ticket, net, -torch.ones(T, D), torch.ones(T, D))  # every x in [-1, 1]^(T x D)
+    with torch.no_grad():
+        diff = (ticket.to_module()(x) - net(x)).abs().amax(0).double().reshape(-1).numpy()
+    assert (diff <= bound + 1e-5).all()
