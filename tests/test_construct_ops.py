@@ -126,17 +126,17 @@ def test_unsupported_uses_name_the_node(net, match):
         construct(net.eval(), 0.05)
 
 
-def test_attention_is_refused_naming_the_fx_node():
-    class Attn(nn.Module):
+def test_product_of_activations_is_refused_naming_the_fx_node():
+    class Gate(nn.Module):  # attention ops are supported (tests/test_construct_attention.py); x * y is not
         def __init__(self):
             super().__init__()
             self.q, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
 
         def forward(self, x):
-            return torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2), -1)
+            return self.q(x) * torch.sigmoid(self.k(x))
 
-    with pytest.raises(NotImplementedError, match="'transpose' at node 'transpose'"):
-        construct(Attn().eval(), 0.05)
+    with pytest.raises(NotImplementedError, match="'mul' at node 'mul'"):
+        construct(Gate().eval(), 0.05)
 
 
 def test_activation_bound_is_sound_on_a_box():

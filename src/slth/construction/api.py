@@ -105,7 +105,10 @@ def construct(
     ops = graph.to_json()
     jobs = []
     for index, spec in enumerate(linears):
-        n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
+        if spec.d_in == 0:  # a constant of the target: only bias units, n from its entries
+            n_l = ns[index] or choose_n(method, eps / bias_scales[index], spec.bias / bias_scales[index], p)
+        else:
+            n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
         conv = spec.conv or {}
         layout = LayerLayout(
             d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,

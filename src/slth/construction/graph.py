@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import (ACTIVATIONS, Activation, Add, EmbeddingPair, GraphNet, InputShift, LayerLayout, Normalize,
-                      RandomPair, Scale)
+from .network import (ACTIVATIONS, Activation, Add, Attention, Cat, ConstPair, EmbeddingPair, Expand, GetItem,
+                      GraphNet, InputShift, LayerLayout, Matmul, Mean, MulConst, Normalize, Permute, RandomPair,
+                      Reshape, Scale, Softmax, Split, additive_mask, decode_index, resolve_sizes)
 
 
 def _jsonable(v):
@@ -369,10 +370,308 @@ class LayerNormNode(Node):
         return Normalize(self.normalized_shape, self.eps, self.factor)
 
 
+# -- attention: constants and parameter-free tensor ops (docs/construction.md, "Attention") ----------------
+@dataclass(frozen=True)
+class ConstNode(LayerNode):
+    """A constant tensor of the target (a free ``nn.Parameter`` -- positional embedding, class token -- or
+    anything computed from parameters alone, e.g. ``pos_emb(arange(T))``): layer ``index`` is a pair with no
+    inputs (``d_in = 0``) whose ``n`` bias units approximate the flattened constant, each entry within eps
+    (:class:`ConstPair`). Exact bound: |realised - C| per entry."""
+
+    shape: tuple = ()
+    kind: ClassVar[str] = "const"
+
+    def bound(self, ins, ctx):
+        c = torch.from_numpy(ctx.specs[self.index].bias).reshape(self.shape)
+        return c, c, (ctx.real[self.index]["bias"] - torch.from_numpy(ctx.specs[self.index].bias)).abs().reshape(
+            self.shape)
+
+    def module(self, layouts):
+        return ConstPair(layouts[self.index], self.shape)
+
+
+def _same(ins: list[State], fn) -> State:
+    """A parameter-free map that only moves entries (reshape, permute, index, split): lo, hi and d move alike."""
+    return tuple(fn(t, j) for j, t in enumerate(ins[0]))
+
+
+@dataclass(frozen=True)
+class ReshapeNode(Node):
+    """``x.reshape(sizes)``; inputs[1:] are the values whose sizes ``spec`` names (a traced ``x.size(d)``)."""
+
+    spec: tuple = ()
+    kind: ClassVar[str] = "reshape"
+
+    def bound(self, ins, ctx):
+        sizes = resolve_sizes(self.spec, [s[0] for s in ins[1:]])
+        return _same(ins, lambda t, j: t.reshape(sizes))
+
+    def module(self, layouts):
+        return Reshape(self.spec)
+
+
+@dataclass(frozen=True)
+class ExpandNode(ReshapeNode):
+    kind: ClassVar[str] = "expand"
+
+    def bound(self, ins, ctx):
+        sizes = resolve_sizes(self.spec, [s[0] for s in ins[1:]])
+        return _same(ins, lambda t, j: t.expand(sizes))
+
+    def module(self, layouts):
+        return Expand(self.spec)
+
+
+@dataclass(frozen=True)
+class PermuteNode(Node):
+    """``x.permute(dims)``, or ``x.transpose(*dims)`` with ``transpose``."""
+
+    dims: tuple = ()
+    transpose: bool = False
+    kind: ClassVar[str] = "permute"
+
+    def bound(self, ins, ctx):
+        return _same(ins, lambda t, j: t.transpose(*self.dims) if self.transpose else t.permute(self.dims))
+
+    def module(self, layouts):
+        return Permute(self.dims, self.transpose)
+
+
+@dataclass(frozen=True)
+class GetItemNode(Node):
+    """``x[index]`` with ints, slices (stored ``["slice", start, stop, step]``), None and ``"..."``."""
+
+    index: tuple = ()
+    kind: ClassVar[str] = "getitem"
+
+    def bound(self, ins, ctx):
+        index = decode_index(self.index)
+        return _same(ins, lambda t, j: t[index])
+
+    def module(self, layouts):
+        return GetItem(self.index)
+
+
+@dataclass(frozen=True)
+class SplitNode(Node):
+    """Part ``which`` of ``torch.split(x, size, dim)`` or (``chunks`` > 0) ``torch.chunk(x, chunks, dim)``."""
+
+    size: Any = 0
+    chunks: int = 0
+    dim: int = -1
+    which: int = 0
+    kind: ClassVar[str] = "split"
+
+    def bound(self, ins, ctx):
+        m = Split(self.size, self.chunks, self.dim, self.which)
+        return _same(ins, lambda t, j: m(t))
+
+    def module(self, layouts):
+        return Split(self.size, self.chunks, self.dim, self.which)
+
+
+@dataclass(frozen=True)
+class CatNode(Node):
+    """``torch.cat(inputs, dim)``. Like a residual join, inputs of different planned scales are brought to the
+    largest by fixed ``factors``; in the target's units lo, hi and d concatenate."""
+
+    dim: int = 0
+    factors: tuple = ()
+    kind: ClassVar[str] = "cat"
+
+    def nonneg(self, ins):
+        return all(ins)
+
+    def scale(self, ins):
+        return max(ins)
+
+    def planned(self, ins):
+        top = max(ins)
+        return {"factors": tuple(float(v / top) for v in ins)}
+
+    def bound(self, ins, ctx):
+        return tuple(torch.cat([p[j] for p in ins], self.dim) for j in range(3))
+
+    def module(self, layouts):
+        return Cat(self.dim, self.factors or (1.0,) * len(self.inputs))
+
+
+def _mag(lo, hi):
+    return torch.maximum(lo.abs(), hi.abs())
+
+
+def bilinear_bound(a: State, b: State, scale: float = 1.0) -> State:
+    """``C = scale * A @ B`` for two activations: intervals by centre/radius (C = ca cb ± (|ca| rb + ra |cb| +
+    ra rb)), errors |dC| <= |A| |dB| + |dA| |B| + |dA| |dB| with |A| = max(|lo|, |hi|) (all matrix products of
+    nonnegative matrices; |scale| multiplies everything)."""
+    (alo, ahi, ad), (blo, bhi, bd) = a, b
+    ca, ra, cb, rb = (alo + ahi) / 2, (ahi - alo) / 2, (blo + bhi) / 2, (bhi - blo) / 2
+    cc = ca @ cb
+    cr = ca.abs() @ rb + ra @ cb.abs() + ra @ rb
+    d = _mag(alo, ahi) @ bd + ad @ _mag(blo, bhi) + ad @ bd
+    s = abs(float(scale))
+    return (cc - cr) * scale if scale >= 0 else (cc + cr) * scale, (cc + cr) * scale if scale >= 0 else \
+        (cc - cr) * scale, d * s
+
+
+def softmax_bound(state: State) -> tuple[State, torch.Tensor]:
+    """Softmax over the last dim; entries with lo = -inf are masked (p = 0 in both networks).
+
+    Interval: p_i in [e^{lo_i} / (e^{lo_i} + sum_{j!=i} e^{hi_j}), e^{hi_i} / (e^{hi_i} + sum_{j!=i} e^{lo_j})].
+    Error, with delta = max_j |s^_j - s_j| over the row: (a) the Jacobian diag(p) - p p^T has row i of absolute
+    sum 2 p_i (1 - p_i) <= 1/2, so |p^_i - p_i| <= delta / 2 (mean-value theorem); (b) p^_i / p_i =
+    e^{D_i} / sum_j p_j e^{D_j} lies in [e^{-2 delta}, e^{2 delta}], so |p^_i - p_i| <= p_i (e^{2 delta} - 1).
+    Each entry takes the smaller; also returns the row's l1 bound min(sum_i, e^{2 delta} - 1, 2)."""
+    lo, hi, d = state
+    masked = torch.isneginf(lo)
+    top = hi.masked_fill(masked, -torch.inf).max(-1, keepdim=True).values
+    e_lo, e_hi = torch.exp(lo - top), torch.exp(hi - top)  # 0 where masked
+    s_lo, s_hi = e_lo.sum(-1, keepdim=True), e_hi.sum(-1, keepdim=True)
+    p_lo = e_lo / (e_lo + (s_hi - e_hi).clamp(min=0))
+    p_hi = e_hi / (e_hi + (s_lo - e_lo).clamp(min=0))
+    p_lo = torch.nan_to_num(p_lo, nan=0.0).clamp(0, 1).masked_fill(masked, 0.0)
+    p_hi = torch.nan_to_num(p_hi, nan=1.0).clamp(0, 1).masked_fill(masked, 0.0)
+    delta = d.masked_fill(masked, 0.0).max(-1, keepdim=True).values
+    dp = torch.minimum(delta.expand_as(d) / 2, p_hi * torch.expm1(2 * delta)).masked_fill(masked, 0.0)
+    l1 = torch.minimum(torch.minimum(dp.sum(-1, keepdim=True), torch.expm1(2 * delta)), torch.full_like(delta, 2.0))
+    return (p_lo, p_hi, dp), l1
+
+
+@dataclass(frozen=True)
+class MatmulNode(Node):
+    """``a @ b`` of two activations: bilinear, no parameters, kept as is. Scales multiply (exact)."""
+
+    kind: ClassVar[str] = "matmul"
+
+    def nonneg(self, ins):
+        return all(ins)
+
+    def scale(self, ins):
+        return ins[0] * ins[1]
+
+    def bound(self, ins, ctx):
+        return bilinear_bound(ins[0], ins[1])
+
+    def module(self, layouts):
+        return Matmul()
+
+
+@dataclass(frozen=True)
+class SoftmaxNode(Node):
+    """Softmax over the last dimension (:func:`softmax_bound`); the planned scale is undone first."""
+
+    dim: int = -1
+    factor: float = 1.0
+    kind: ClassVar[str] = "softmax"
+
+    def nonneg(self, ins):
+        return True
+
+    def scale(self, ins):
+        return 1.0
+
+    def planned(self, ins):
+        return {"factor": float(ins[0])}
+
+    def bound(self, ins, ctx):
+        return softmax_bound(ins[0])[0]
+
+    def module(self, layouts):
+        return Softmax(self.dim, self.factor)
+
+
+@dataclass(frozen=True)
+class AttentionNode(Node):
+    """``scaled_dot_product_attention(q, k, v)`` over (..., L, E) inputs: softmax(q k^T * scale + M) v with M
+    the constant additive ``mask`` (rows of floats, None = -inf) and/or the causal mask. q and k are brought
+    back to the target's units (``factors``); v keeps its planned scale.
+
+    Bound: scores by :func:`bilinear_bound` (+ M), probabilities by :func:`softmax_bound`; then, as p and p^
+    are probability vectors over the allowed keys, o^ - o = sum_j p^_j (v^_j - v_j) + sum_j (p^_j - p_j)(v_j - m)
+    for any m, so |o^ - o| <= max_j dv_j + |p^ - p|_1 * (max_j v_hi - min_j v_lo) / 2, and o lies in
+    [min_j v_lo, max_j v_hi] (j over the allowed keys); the bilinear bound on p @ v is used where smaller."""
+
+    causal: bool = False
+    mask: tuple = ()
+    sm_scale: float | None = None  # None: 1 / sqrt(E)
+    factors: tuple = (1.0, 1.0)
+    kind: ClassVar[str] = "attention"
+
+    def nonneg(self, ins):
+        return ins[2]
+
+    def scale(self, ins):
+        return ins[2]
+
+    def planned(self, ins):
+        return {"factors": (float(ins[0]), float(ins[1]))}
+
+    def bound(self, ins, ctx):
+        q, k, v = ins
+        e = q[0].shape[-1]
+        c = self.sm_scale if self.sm_scale is not None else 1.0 / float(np.sqrt(e))
+        lo, hi, d = bilinear_bound(q, tuple(t.transpose(-2, -1) for t in k), c)
+        mask = additive_mask(self.mask, self.causal, lo.shape[-2], k[0].shape[-2], torch.float64)
+        if mask is not None:
+            lo, hi = lo + mask, hi + mask
+            d = d.masked_fill(torch.isneginf(mask), 0.0)
+        p, l1 = softmax_bound((lo, hi, d))
+        allowed = ~torch.isneginf(lo[(0,) * (lo.dim() - 2)])  # (Lq, Lk), the same for every batch and head
+        vlo, vhi, vd = v
+
+        def over_keys(t, fill, op):  # (..., Lk, F) -> (..., Lq, F): op over the allowed keys of each query
+            t = t.unsqueeze(-3).expand(*t.shape[:-2], allowed.shape[0], *t.shape[-2:])
+            return op(t.masked_fill(~allowed[..., None], fill), -2)
+
+        out_lo = over_keys(vlo, torch.inf, lambda t, dim: t.min(dim).values)
+        out_hi = over_keys(vhi, -torch.inf, lambda t, dim: t.max(dim).values)
+        err = over_keys(vd, 0.0, lambda t, dim: t.max(dim).values) + l1 * (out_hi - out_lo) / 2
+        blo, bhi, bd = bilinear_bound(p, v)
+        return torch.maximum(out_lo, blo), torch.minimum(out_hi, bhi), torch.minimum(err, bd)
+
+    def module(self, layouts):
+        return Attention(self.causal, self.mask, self.sm_scale, self.factors)
+
+
+@dataclass(frozen=True)
+class MeanNode(Node):
+    """``x.mean(dim, keepdim)``: an average, so lo, hi and d average."""
+
+    dim: Any = -1
+    keepdim: bool = False
+    kind: ClassVar[str] = "mean"
+
+    def bound(self, ins, ctx):
+        return _same(ins, lambda t, j: t.mean(self.dim, keepdim=self.keepdim))
+
+    def module(self, layouts):
+        return Mean(self.dim, self.keepdim)
+
+
+@dataclass(frozen=True)
+class MulConstNode(Node):
+    """``x * c`` for a fixed number c: kept as is (the planned scale passes through)."""
+
+    c: float = 1.0
+    kind: ClassVar[str] = "mulconst"
+
+    def nonneg(self, ins):
+        return ins[0] and self.c >= 0
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        a, b = lo * self.c, hi * self.c
+        return torch.minimum(a, b), torch.maximum(a, b), d * abs(self.c)
+
+    def module(self, layouts):
+        return MulConst(self.c)
+
 KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
                                                           AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
                                                           IdentityNode, ShiftNode, EmbeddingNode, ActivationNode,
-                                                          LayerNormNode)}
+                                                          LayerNormNode, ConstNode, ReshapeNode, ExpandNode,
+                                                          PermuteNode, GetItemNode, SplitNode, CatNode, MatmulNode,
+                                                          SoftmaxNode, AttentionNode, MeanNode, MulConstNode)}
 
 
 @dataclass(frozen=True)
@@ -463,7 +762,7 @@ def plan_scales(graph: Graph, specs: list, layer_scales: list[float] | None = No
     for i, node in enumerate(graph.nodes):
         ins = [at[a] for a in node.inputs]
         if node.layer:
-            spec, prod = specs[node.index], ins[0]
+            spec, prod = specs[node.index], (ins[0] if ins else 1.0)  # a constant (ConstNode) reads nothing
             if layer_scales is not None:
                 s = float(layer_scales[node.index])
             else:

@@ -376,3 +376,181 @@ class GraphNet(nn.Sequential):
             for j in self._free_after[i]:  # drop what no later op reads: memory stays that of a chain
                 del outs[j]
         return outs[len(self.args) - 1]
+
+
+# -- parameter-free tensor ops of attention (docs/construction.md, "Attention") ----------------------------
+def resolve_sizes(spec, refs) -> list[int]:
+    """Sizes for reshape/expand: each entry an int (-1 allowed) or ``(k, dim, mul, div)`` = the size of dim
+    ``dim`` of the ``k``-th reference tensor, times ``mul``, floor-divided by ``div`` (a traced ``x.size(d)``)."""
+    out = []
+    for entry in spec:
+        if isinstance(entry, (tuple, list)):
+            k, dim, mul, div = entry
+            out.append(int(refs[k].shape[dim]) * int(mul) // int(div))
+        else:
+            out.append(int(entry))
+    return out
+
+
+class Reshape(nn.Module):
+    """``x.reshape(sizes)``; sizes may name dimensions of other inputs (:func:`resolve_sizes`)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor, *refs: torch.Tensor) -> torch.Tensor:
+        return x.reshape(resolve_sizes(self.spec, refs))
+
+
+class Expand(Reshape):
+    def forward(self, x: torch.Tensor, *refs: torch.Tensor) -> torch.Tensor:
+        return x.expand(resolve_sizes(self.spec, refs))
+
+
+class Permute(nn.Module):
+    """``x.permute(dims)`` (a transpose is a permutation of two dims; negative dims allowed)."""
+
+    def __init__(self, dims, transpose: bool = False):
+        super().__init__()
+        self.dims, self.transpose = tuple(int(d) for d in dims), transpose
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(*self.dims) if self.transpose else x.permute(self.dims)
+
+
+def decode_index(index):
+    """A stored index (list of ints, None, ``["slice", start, stop, step]``, ``"..."``) -> a torch index."""
+    out = []
+    for item in index:
+        if isinstance(item, (tuple, list)):
+            out.append(slice(*item[1:]))
+        elif item == "...":
+            out.append(Ellipsis)
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+class GetItem(nn.Module):
+    def __init__(self, index):
+        super().__init__()
+        self.index = decode_index(index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.index]
+
+
+class Split(nn.Module):
+    """Part ``which`` of ``torch.split(x, size, dim)`` (``chunks`` = 0) or ``torch.chunk(x, chunks, dim)``."""
+
+    def __init__(self, size, chunks: int, dim: int, which: int):
+        super().__init__()
+        self.size, self.chunks, self.dim, self.which = size, int(chunks), int(dim), int(which)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.chunks:
+            return torch.chunk(x, self.chunks, self.dim)[self.which]
+        size = list(self.size) if isinstance(self.size, (tuple, list)) else int(self.size)
+        return torch.split(x, size, self.dim)[self.which]
+
+
+class Cat(nn.Module):
+    """``torch.cat`` of the inputs along ``dim``, each multiplied by its fixed factor (the planned scales of the
+    inputs may differ, as at a residual join)."""
+
+    def __init__(self, dim: int, factors):
+        super().__init__()
+        self.dim = int(dim)
+        self.register_buffer("factors", torch.tensor([float(f) for f in factors]))
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x * self.factors[i] if float(self.factors[i]) != 1.0 else x for i, x in enumerate(xs)],
+                         self.dim)
+
+
+class Matmul(nn.Module):
+    """``a @ b`` of two activations (bilinear, no parameters)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b
+
+
+class Softmax(nn.Module):
+    """``softmax(factor * x)`` over ``dim``: softmax is not homogeneous, so the planned scale is undone first."""
+
+    def __init__(self, dim: int = -1, factor: float = 1.0):
+        super().__init__()
+        self.dim = int(dim)
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x * self.factor, self.dim)
+
+
+def additive_mask(mask, causal: bool, length_q: int, length_k: int, dtype=torch.float32, device=None):
+    """The additive attention mask (0 or a finite value where attended, -inf where not) as a tensor, or None.
+    ``mask``: stored rows of floats with None for -inf; ``causal``: key j > query i is masked."""
+    out = None
+    if mask:
+        out = torch.tensor([[float("-inf") if v is None else float(v) for v in row] for row in mask], dtype=dtype,
+                           device=device)
+    if causal:
+        tri = torch.ones(length_q, length_k, dtype=torch.bool, device=device).tril()
+        causal_mask = torch.zeros(length_q, length_k, dtype=dtype, device=device).masked_fill(~tri, float("-inf"))
+        out = causal_mask if out is None else out + causal_mask
+    return out
+
+
+class Attention(nn.Module):
+    """``softmax(fq q (fk k)^T * scale + mask) v``, q, k, v (..., L, E): scaled dot-product attention with its
+    softmax over the keys; ``factors`` = (fq, fk) undo the planned scales of q and k (softmax is not homogeneous);
+    v keeps its scale (the output is linear in v)."""
+
+    def __init__(self, causal: bool = False, mask=(), scale: float | None = None, factors=(1.0, 1.0)):
+        super().__init__()
+        self.causal, self.mask, self.scale = bool(causal), mask, scale
+        self.register_buffer("factors", torch.tensor([float(f) for f in factors]))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k = q * self.factors[0], k * self.factors[1]
+        mask = additive_mask(self.mask, self.causal, q.shape[-2], k.shape[-2], q.dtype, q.device)
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}, mask={'yes' if self.mask else 'no'}, scale={self.scale}"
+
+
+class Mean(nn.Module):
+    def __init__(self, dim, keepdim: bool = False):
+        super().__init__()
+        self.dim = tuple(dim) if isinstance(dim, (tuple, list)) else int(dim)
+        self.keepdim = bool(keepdim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(self.dim, keepdim=self.keepdim)
+
+
+class MulConst(nn.Module):
+    """``x * c`` for a fixed number c (a traced ``x * 0.5`` or ``x / 8``), kept as is."""
+
+    def __init__(self, c: float):
+        super().__init__()
+        self.register_buffer("c", torch.tensor(float(c)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.c
+
+
+class ConstPair(RandomPair):
+    """A pair standing for a constant tensor of the target (a free ``nn.Parameter`` such as a positional
+    embedding or a class token, or anything computed from parameters alone): a pair with no inputs and only
+    its ``n`` bias units, so ``b(relu(a.bias))`` approximates the flattened constant like a bias."""
+
+    def __init__(self, layout: LayerLayout, shape):
+        super().__init__(layout)
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self) -> torch.Tensor:
+        empty = torch.zeros(1, 0, dtype=self.a.bias.dtype, device=self.a.bias.device)
+        return super().forward(empty).reshape(self.shape)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AvgPoolNode, EmbeddingNode,
-                    FlattenNode, Graph, IdentityNode, LayerNode, LayerNormNode, MaxPoolNode, Node, ReluNode, ShiftNode)
+from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AttentionNode, AvgPoolNode,
+                    CatNode, ConstNode, EmbeddingNode, ExpandNode, FlattenNode, GetItemNode, Graph, IdentityNode,
+                    LayerNode, LayerNormNode, MatmulNode, MaxPoolNode, MeanNode, MulConstNode, Node, PermuteNode,
+                    ReluNode, ReshapeNode, ShiftNode, SoftmaxNode, SplitNode)
 
 SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
     "ReLU, GELU, SiLU, Tanh, Sigmoid, LayerNorm (last dimension; its affine folded into the Linear layers that "
     "read it), Embedding (of the network input), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, "
-    "Identity, Dropout (nested nn.Sequential allowed); other modules are traced with torch.fx, which adds "
-    "residual additions (x + y)"
+    "Identity, Dropout, TransformerEncoderLayer, TransformerEncoder (nested nn.Sequential allowed); other modules "
+    "are traced with torch.fx, which adds residual additions (x + y, x + constant), MultiheadAttention "
+    "(self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, matmul of activations, "
+    "x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * number"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d")
@@ -93,6 +99,8 @@ class _Builder:
         self.shift = shift  # inputs lie in [shift, hi] with shift < 0: layers reading them are fed x - shift
         self.raw = {-1: True}  # the value is the input itself, up to ops that commute with a shift
         self.pending: dict[int, tuple] = {}  # value -> (gamma, beta, path) of a LayerNorm affine still to fold
+        self.affines: dict[int, int] = {}  # pending value -> its affine realised as a diagonal Linear
+        self.consts: dict = {}  # key -> ConstNode value of a constant of the target
 
     def emit(self, node: Node, flat, folds_affine: bool = False) -> int:
         for a in node.inputs:
@@ -137,7 +145,12 @@ class _Builder:
                     "only explicit zero padding is supported")
             conv = {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride),
                     "padding": _pair(module.padding), "dilation": _pair(module.dilation)}
-        elif not self.graph and self.specs and self.flat[src] and self.specs[-1].conv is None \
+        return self.linear(weight, bias, kind, path, where, src, conv)
+
+    def linear(self, weight: np.ndarray, bias, kind: str, path: str, where: str, src: int, conv=None) -> int:
+        """A Linear (or, with ``conv``, Conv2d) map from its float64 arrays: folds a pending LayerNorm affine
+        and an input shift, and emits its :class:`LayerNode`."""
+        if conv is None and not self.graph and self.specs and self.flat[src] and self.specs[-1].conv is None \
                 and self.specs[-1].d_out != weight.shape[1]:
             raise ValueError(
                 f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {self.specs[-1].d_out}")
@@ -245,6 +258,13 @@ class _Builder:
             return self.adaptive(kind, module.output_size, src)
         if kind in ("Identity", "Dropout"):
             return src  # identity in eval mode
+        if kind == "TransformerEncoderLayer":
+            return self.encoder_layer(module, path, where, src)
+        if kind == "TransformerEncoder":
+            return self.encoder(module, path, where, src)
+        if kind == "MultiheadAttention":
+            raise NotImplementedError(f"MultiheadAttention {where} ({path!r}) inside an nn.Sequential: it takes "
+                                      "(query, key, value) and returns a tuple; call it from a module's forward")
         raise NotImplementedError(
             f"layer {kind} {where} ({path!r}) is not supported by construct(); supported: {SUPPORTED}")
 
@@ -258,6 +278,108 @@ class _Builder:
 
     def add(self, a: int, b: int) -> int:
         return self.emit(AddNode((a, b), (1.0, 1.0)), self.flat[a])
+
+    # -- attention (docs/construction.md, "Attention") ----------------------------------------------------
+    def plain(self, src: int) -> int:
+        """``src`` for a reader that is not a Linear: a LayerNorm's pending affine is realised first, as a
+        diagonal Linear (diag(gamma), beta) pair reading it (memoised; Linear readers still fold it)."""
+        if src not in self.pending:
+            return src
+        if src not in self.affines:
+            d = self.pending[src][0].shape[0]
+            self.affines[src] = self.linear(np.eye(d), None, "Linear", "affine", "(its affine)", src)
+        return self.affines[src]
+
+    def const(self, value: torch.Tensor, key, path: str) -> int:
+        """A constant tensor of the target as a :class:`ConstNode` (a pair of bias units only), memoised by key."""
+        if key not in self.consts:
+            arr = _array(value, f"constant {path!r}")
+            self.specs.append(LinearSpec(path, np.zeros((arr.size, 0)), arr.reshape(-1).copy(), True))
+            self.consts[key] = self.emit(ConstNode((), len(self.specs) - 1, tuple(arr.shape)), True)
+        return self.consts[key]
+
+    def op(self, node: Node) -> int:
+        """A parameter-free op; its inputs must not carry a pending LayerNorm affine (realised by :meth:`plain`)."""
+        node = dataclasses.replace(node, inputs=tuple(self.plain(a) for a in node.inputs))
+        return self.emit(node, True)
+
+    def attention(self, mha, path: str, where: str, src: int, mask=(), causal: bool = False) -> int:
+        """``nn.MultiheadAttention`` as self-attention on ``src``: the q, k, v projections (slices of in_proj,
+        each a Linear with its bias), head split, :class:`AttentionNode`, head merge, out_proj."""
+        if getattr(mha, "bias_k", None) is not None or getattr(mha, "add_zero_attn", False):
+            raise NotImplementedError(f"MultiheadAttention {where} ({path!r}) with add_bias_kv / add_zero_attn is "
+                                      "not supported")
+        if mha.training and mha.dropout > 0:
+            raise NotImplementedError(f"MultiheadAttention {where} ({path!r}) is in training mode with dropout "
+                                      f"{mha.dropout}; construct an eval() model")
+        e, h = int(mha.embed_dim), int(mha.num_heads)
+        if mha._qkv_same_embed_dim:
+            w = _array(mha.in_proj_weight, f"in_proj_weight of {path!r}")
+            ws = [w[:e], w[e:2 * e], w[2 * e:]]
+        else:
+            ws = [_array(getattr(mha, f"{c}_proj_weight"), f"{c}_proj_weight of {path!r}") for c in "qkv"]
+        bs = [None] * 3
+        if mha.in_proj_bias is not None:
+            b = _array(mha.in_proj_bias, f"in_proj_bias of {path!r}")
+            bs = [b[:e], b[e:2 * e], b[2 * e:]]
+        heads = []
+        for c, w_c, b_c in zip("qkv", ws, bs):
+            t = self.linear(w_c, b_c, "Linear", f"{path}.in_proj.{c}", where, src)
+            if not mha.batch_first:  # (L, N, E) -> (N, L, E), after the projection (it may fold a LayerNorm affine)
+                t = self.op(PermuteNode((t,), (0, 1), True))
+            t = self.op(ReshapeNode((t, t), ((0, 0, 1, 1), (0, 1, 1, 1), h, e // h)))  # (N, L, H, E/H)
+            heads.append(self.op(PermuteNode((t,), (1, 2), True)))  # (N, H, L, E/H)
+        a = self.op(AttentionNode(tuple(heads), bool(causal), tuple(mask)))
+        a = self.op(FlattenNode((self.op(PermuteNode((a,), (1, 2), True)),), 2, -1))  # (N, L, E)
+        out_bias = None if mha.out_proj.bias is None else _array(mha.out_proj.bias, f"out_proj.bias of {path!r}")
+        out = self.linear(_array(mha.out_proj.weight, f"out_proj.weight of {path!r}"), out_bias, "Linear",
+                          f"{path}.out_proj", where, a)
+        return self.op(PermuteNode((out,), (0, 1), True)) if not mha.batch_first else out
+
+    def encoder_layer(self, layer, path: str, where: str, src: int, mask=(), causal: bool = False) -> int:
+        """``nn.TransformerEncoderLayer``: residuals, both LayerNorms (norm_first True or False), self-attention
+        and the feed-forward Linear - activation - Linear."""
+        if layer.training and any(getattr(layer, f"dropout{s}").p > 0 for s in ("", "1", "2")):
+            raise NotImplementedError(f"TransformerEncoderLayer {where} ({path!r}) is in training mode with dropout; "
+                                      "construct an eval() model")
+        act = layer.activation
+        if act is F.relu or isinstance(act, nn.ReLU):
+            def activation(x):
+                return self.relu(x)
+        elif act is F.gelu:
+            def activation(x):
+                return self.activation("gelu", x)
+        elif isinstance(act, nn.Module):
+            def activation(x):
+                return self.module(act, f"{path}.activation", where, x)
+        else:
+            raise NotImplementedError(f"TransformerEncoderLayer {where} ({path!r}): activation {act!r} is not "
+                                      "supported (F.relu, F.gelu or a supported module)")
+
+        def sa(x):
+            return self.attention(layer.self_attn, f"{path}.self_attn", where, x, mask, causal)
+
+        def ff(x):
+            x = self.layer(layer.linear1, "Linear", f"{path}.linear1", where, x)
+            return self.layer(layer.linear2, "Linear", f"{path}.linear2", where, activation(x))
+
+        def norm(m, name, x):
+            return self.layernorm(m, f"{path}.{name}", where, x)
+
+        x = src
+        if layer.norm_first:
+            x = self.add(self.plain(x), sa(norm(layer.norm1, "norm1", x)))
+            return self.add(x, ff(norm(layer.norm2, "norm2", x)))
+        x = norm(layer.norm1, "norm1", self.add(self.plain(x), sa(x)))
+        return norm(layer.norm2, "norm2", self.add(self.plain(x), ff(x)))
+
+    def encoder(self, enc, path: str, where: str, src: int, mask=(), causal: bool = False) -> int:
+        x = src
+        for i, layer in enumerate(enc.layers):
+            x = self.encoder_layer(layer, f"{path}.layers.{i}", where, x, mask, causal)
+        if enc.norm is not None:
+            x = self.layernorm(enc.norm, f"{path}.norm", where, x)
+        return x
 
     def finish(self, out: int) -> tuple[Graph, list[LinearSpec]]:
         if not self.specs:
@@ -319,11 +441,18 @@ def parse_target(target, *, nonnegative_input: bool = False,
     shift = box[0] if box is not None and box[0] < 0 else None
     kind = _type_name(target)
     if kind == "Sequential":
-        b = _Builder(nonneg, graph=False, shift=shift)
+        # transformer layers add residual joins: a graph, not a chain
+        graph = any(_type_name(m) in TRANSFORMER_MODULES for _, m in _walk(target, ""))
+        b = _Builder(nonneg, graph=graph, shift=shift)
         out = -1
         for position, (path, module) in enumerate(_walk(target, "")):
             out = b.module(module, path, f"at position {position}", out)
         return b.finish(out)
+    if kind in TRANSFORMER_MODULES:  # a bare layer; a bare MultiheadAttention is self-attention x -> mha(x, x, x)[0]
+        b = _Builder(nonneg, graph=True, shift=shift)
+        build = {"MultiheadAttention": b.attention, "TransformerEncoderLayer": b.encoder_layer,
+                 "TransformerEncoder": b.encoder}[kind]
+        return b.finish(b.plain(build(target, kind, "at the top", -1)))
     if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch."):
         raise NotImplementedError(
             f"target must be an nn.Sequential of {SUPPORTED}, or an nn.Module whose forward torch.fx can trace; "
@@ -331,14 +460,100 @@ def parse_target(target, *, nonnegative_input: bool = False,
     return _parse_fx(target, nonneg, shift)
 
 
+TRANSFORMER_MODULES = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder")
+
+
+@dataclass(frozen=True)
+class _Const:
+    """A value of the traced target that does not depend on its input (a parameter, a buffer, a literal, or
+    anything computed from them alone): evaluated at parse time."""
+
+    value: object
+    key: str
+
+
+@dataclass(frozen=True)
+class _Shape:
+    ref: int  # x.shape / x.size() of value ref
+
+
+@dataclass(frozen=True)
+class _Dim:
+    ref: int  # x.size(dim) * mul // div of value ref
+    dim: int
+    mul: int = 1
+    div: int = 1
+
+
+class _Parts:
+    """The outputs of a split / chunk (made on first use) or of a MultiheadAttention call."""
+
+    def __init__(self, make, what: str):
+        self.make, self.what, self.made = make, what, {}
+
+    def get(self, i: int) -> int:
+        if i not in self.made:
+            self.made[i] = self.make(i)
+        return self.made[i]
+
+
+def _causal_rows(lq: int, lk: int) -> tuple:
+    return tuple(tuple(None if j > i else 0.0 for j in range(lk)) for i in range(lq))
+
+
+def _mask_rows(mask, blocked_when_true: bool, causal: bool, where: str) -> tuple[tuple, bool]:
+    """A constant 2-D attention mask as stored rows (floats, None = -inf) and the causal flag. ``blocked_when_true``:
+    a bool mask's True means "may not attend" (nn.MultiheadAttention) rather than "may" (scaled_dot_product_attention).
+    A mask equal to the causal one becomes the causal flag (it then fits any sequence length)."""
+    if mask is None:
+        return (), bool(causal)
+    if isinstance(mask, _Const):
+        mask = mask.value
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise NotImplementedError(f"attention {where}: the mask must be a constant 2-D tensor (no per-batch or "
+                                  "per-head masks, no key_padding_mask)")
+    if mask.dtype == torch.bool:
+        blocked = mask if blocked_when_true else ~mask
+        rows = tuple(tuple(None if v else 0.0 for v in row) for row in blocked.tolist())
+    else:
+        values = mask.double()
+        if torch.isnan(values).any() or torch.isposinf(values).any():
+            raise NotImplementedError(f"attention {where}: the mask has NaN or +inf entries")
+        rows = tuple(tuple(None if v == float("-inf") else float(v) for v in row) for row in values.tolist())
+    lq, lk = len(rows), len(rows[0]) if rows else 0
+    if rows == _causal_rows(lq, lk):
+        return (), True
+    if causal:
+        raise NotImplementedError(f"attention {where}: is_causal=True with a mask that is not the causal mask")
+    return rows, False
+
+
+def _encode_index(idx, where: str) -> tuple:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    out = []
+    for item in items:
+        if isinstance(item, slice):
+            if not all(v is None or isinstance(v, int) for v in (item.start, item.stop, item.step)):
+                raise NotImplementedError(f"indexing {where} with a non-constant slice {item!r}")
+            out.append(("slice", item.start, item.stop, item.step))
+        elif item is Ellipsis:
+            out.append("...")
+        elif item is None or (isinstance(item, int) and not isinstance(item, bool)):
+            out.append(item)
+        else:
+            raise NotImplementedError(f"indexing {where} with {item!r} (only ints, slices, None and ...)")
+    return tuple(out)
+
+
 def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -> tuple[Graph, list[LinearSpec]]:
+    import builtins
+    import inspect
     import operator
 
     import torch.fx as fx
-    import torch.nn.functional as F
 
     try:
-        gm = fx.symbolic_trace(target)
+        gm = fx.symbolic_trace(target)  # torch.nn modules (attention, transformer layers included) stay leaves
     except Exception as exc:
         raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
                                   f"({type(exc).__name__}: {exc})") from None
@@ -351,9 +566,52 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -
     seen_input = False
 
     def arg(node, value):
-        if not isinstance(value, fx.Node):
-            raise NotImplementedError(f"{node.op} {node.target!r} ({node.name!r}) takes a non-tensor argument {value!r}")
-        return env[value]
+        """The graph value an argument stands for; a constant tensor becomes a :class:`ConstNode`."""
+        if isinstance(value, fx.Node):
+            got = env[value]
+            if isinstance(got, _Const) and isinstance(got.value, torch.Tensor):
+                return b.const(got.value, got.key, got.key)
+            if isinstance(got, int):
+                return got
+        raise NotImplementedError(f"{node.op} {getattr(node.target, '__name__', node.target)!r} ({node.name!r}) "
+                                  f"takes a non-tensor argument {value!r}")
+
+    def scalar(value):
+        """A Python number (literal or constant), else None."""
+        if isinstance(value, fx.Node):
+            value = env[value].value if isinstance(env[value], _Const) else None
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+            value = value.item()
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def sizes_of(node, values):
+        """reshape / expand sizes: ints and traced sizes (x.size(d) * m // k) of other values."""
+        if len(values) == 1 and isinstance(values[0], (tuple, list)):
+            values = values[0]
+        refs, spec = [], []
+        for v in values:
+            v = env[v] if isinstance(v, fx.Node) else v
+            if isinstance(v, _Const):
+                v = v.value
+            if isinstance(v, _Dim):
+                if v.ref not in refs:
+                    refs.append(v.ref)
+                spec.append((refs.index(v.ref), v.dim, v.mul, v.div))
+            elif isinstance(v, int):
+                spec.append(int(v))
+            else:
+                raise NotImplementedError(f"{node.target!r} at node {node.name!r} with size {v!r}")
+        return tuple(refs), tuple(spec)
+
+    def is_fn(node, functions=(), methods=()):
+        return (node.op == "call_function" and node.target in functions) or \
+            (node.op == "call_method" and node.target in methods)
+
+    def node_value(v):
+        return env[v] if isinstance(v, fx.Node) else v
+
+    def bind(fn, node):
+        return inspect.signature(fn).bind(*node.args, **node.kwargs).arguments
 
     for node in gm.graph.nodes:
         where = f"at node {node.name!r}"
@@ -362,44 +620,186 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -
                 raise NotImplementedError(f"target takes more than one input ({node.name!r})")
             seen_input = True
             env[node] = -1
+            continue
+        if node.op == "get_attr":
+            value = gm
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            env[node] = _Const(value, node.target)
+            continue
+        if node.op in ("call_function", "call_method", "call_module") and \
+                all(isinstance(env[n], _Const) for n in node.all_input_nodes):
+            # a constant sub-expression (positional embeddings of arange(T), masks, ...): evaluate it now
+            cargs = fx.node.map_arg(node.args, lambda n: env[n].value)
+            ckwargs = fx.node.map_arg(node.kwargs, lambda n: env[n].value)
+            with torch.no_grad():
+                if node.op == "call_function":
+                    value = node.target(*cargs, **ckwargs)
+                elif node.op == "call_method":
+                    value = getattr(cargs[0], node.target)(*cargs[1:], **ckwargs)
+                else:
+                    value = modules[node.target](*cargs, **ckwargs)
+            env[node] = _Const(value, node.name)
+            continue
+        t = node.target
+        if node.op == "call_module" and _type_name(modules[t]) in TRANSFORMER_MODULES:
+            module = modules[t]
+            kind = _type_name(module)
+            a = bind(module.forward, node)
+            if kind == "MultiheadAttention":
+                if not (a["query"] is a.get("key") is a.get("value")):
+                    raise NotImplementedError(f"MultiheadAttention {where} ({t!r}): only self-attention "
+                                              "(query, key and value the same tensor) is supported")
+                if a.get("key_padding_mask") is not None:
+                    raise NotImplementedError(f"MultiheadAttention {where} ({t!r}) with a key_padding_mask")
+                rows, causal = _mask_rows(node_value(a.get("attn_mask")), True, a.get("is_causal", False), where)
+                res = b.attention(module, t, where, arg(node, a["query"]), rows, causal)
+                env[node] = _Parts(lambda i, res=res, t=t: res if i == 0 else _no(
+                    f"the attention weights of MultiheadAttention {t!r} (output 1) are not supported"), "attention")
+            else:
+                mask_name = "src_mask" if kind == "TransformerEncoderLayer" else "mask"
+                if a.get("src_key_padding_mask") is not None:
+                    raise NotImplementedError(f"{kind} {where} ({t!r}) with a src_key_padding_mask")
+                rows, causal = _mask_rows(node_value(a.get(mask_name)), True, bool(a.get("is_causal") or False), where)
+                build = b.encoder_layer if kind == "TransformerEncoderLayer" else b.encoder
+                env[node] = build(module, t, where, arg(node, a["src"]), rows, causal)
         elif node.op == "call_module":
-            module = modules[node.target]
+            module = modules[t]
             src = arg(node, node.args[0])
             sole = src < 0 or len(node.args[0].users) == 1
-            env[node] = b.module(module, node.target, where, src, sole_user=sole)
-        elif node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_):
+            env[node] = b.module(module, t, where, src, sole_user=sole)
+        elif node.op == "call_function" and t in (F.relu, torch.relu, torch.relu_):
             env[node] = b.relu(arg(node, node.args[0]))
-        elif node.op == "call_method" and node.target in ("relu", "relu_"):
+        elif node.op == "call_method" and t in ("relu", "relu_"):
             env[node] = b.relu(arg(node, node.args[0]))
-        elif node.op == "call_function" and node.target in FX_ACTIVATIONS and len(node.args) == 1:
-            fn = FX_ACTIVATIONS[node.target]
+        elif node.op == "call_function" and t in FX_ACTIVATIONS and len(node.args) == 1:
+            fn = FX_ACTIVATIONS[t]
             if node.kwargs.get("approximate", "none") == "tanh":
                 fn = "gelu_tanh"
             elif set(node.kwargs) - {"approximate"}:
-                raise NotImplementedError(f"{node.op} {node.target.__name__!r} {where} with {node.kwargs}")
+                raise NotImplementedError(f"{node.op} {t.__name__!r} {where} with {node.kwargs}")
             env[node] = b.activation(fn, arg(node, node.args[0]))
-        elif node.op == "call_method" and node.target in ("tanh", "sigmoid") and len(node.args) == 1:
-            env[node] = b.activation(node.target, arg(node, node.args[0]))
-        elif node.op in ("call_function", "call_method") and node.target in (operator.add, operator.iadd, torch.add,
-                                                                             "add", "add_") \
+        elif node.op == "call_method" and t in ("tanh", "sigmoid") and len(node.args) == 1:
+            env[node] = b.activation(t, arg(node, node.args[0]))
+        elif is_fn(node, (operator.add, operator.iadd, torch.add), ("add", "add_")) and len(node.args) == 2 \
+                and not node.kwargs:
+            x, y = node.args
+            if not isinstance(x, fx.Node):  # number + tensor
+                x, y = y, x
+            if not isinstance(y, fx.Node):
+                y_value = scalar(y)
+                if y_value is None:
+                    raise NotImplementedError(f"add {where} of {y!r}")
+                env[node] = b.add(b.plain(arg(node, x)), b.const(torch.tensor(float(y_value)), f"{node.name}.c",
+                                                                 f"{node.name} (the number {y_value})"))
+            else:
+                env[node] = b.add(b.plain(arg(node, x)), b.plain(arg(node, y)))
+        elif is_fn(node, (operator.mul, torch.mul, operator.truediv, torch.div), ("mul", "div")) \
                 and len(node.args) == 2 and not node.kwargs:
-            env[node] = b.add(arg(node, node.args[0]), arg(node, node.args[1]))
-        elif node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            x, y = node.args
+            divide = t in (operator.truediv, torch.div, "div")
+            if isinstance(x, fx.Node) and isinstance(env[x], _Dim) and not divide:
+                env[node] = dataclasses.replace(env[x], mul=env[x].mul * int(scalar(y)))
+                continue
+            if not divide and scalar(x) is not None:
+                x, y = y, x
+            c = scalar(y)
+            if c is None or not isinstance(x, fx.Node):
+                raise NotImplementedError(f"{node.op} {getattr(t, '__name__', t)!r} {where}: the product of two "
+                                          "activations is only supported as a matmul (x * number is)")
+            env[node] = b.op(MulConstNode((arg(node, x),), float(1.0 / c if divide else c)))
+        elif node.op == "call_function" and t is operator.floordiv and isinstance(env.get(node.args[0]), _Dim):
+            env[node] = dataclasses.replace(env[node.args[0]], div=env[node.args[0]].div * int(scalar(node.args[1])))
+        elif is_fn(node, (operator.matmul, torch.matmul, torch.bmm), ("matmul", "bmm")):
+            x, y = node.args[:2]
+            c = env[y] if isinstance(y, fx.Node) else None
+            if isinstance(c, _Const) and isinstance(c.value, torch.Tensor) and c.value.dim() == 2:
+                # x @ C with C a constant matrix (a tied head x @ E^T, say): the Linear map W = C^T, its own pair
+                w = _array(c.value, f"matrix {c.key!r}").T.copy()
+                env[node] = b.linear(w, None, "Linear", f"{node.name}({c.key})", where, arg(node, x))
+            else:
+                env[node] = b.op(MatmulNode((arg(node, x), arg(node, y))))
+        elif node.op == "call_function" and t is builtins.getattr and node.args[1] == "shape":
+            env[node] = _Shape(arg(node, node.args[0]))
+        elif node.op == "call_method" and t == "size":
+            src = arg(node, node.args[0])
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            env[node] = _Shape(src) if dim is None else _Dim(src, int(dim))
+        elif node.op == "call_function" and t is operator.getitem:
+            src, idx = env[node.args[0]], node.args[1]
+            if isinstance(src, _Shape) and isinstance(idx, int):
+                env[node] = _Dim(src.ref, idx)
+            elif isinstance(src, _Parts) and isinstance(idx, int):
+                env[node] = src.get(idx)
+            else:
+                env[node] = b.op(GetItemNode((arg(node, node.args[0]),), _encode_index(idx, where)))
+        elif is_fn(node, (torch.reshape,), ("reshape", "view")):
+            refs, spec = sizes_of(node, node.args[1:] or (node.kwargs.get("shape"),))
+            src = arg(node, node.args[0])
+            env[node] = b.op(ReshapeNode((src, *refs), spec))
+        elif is_fn(node, (), ("expand",)):
+            refs, spec = sizes_of(node, node.args[1:])
+            env[node] = b.op(ExpandNode((arg(node, node.args[0]), *refs), spec))
+        elif is_fn(node, (torch.transpose,), ("transpose",)):
+            env[node] = b.op(PermuteNode((arg(node, node.args[0]),), (int(node.args[1]), int(node.args[2])), True))
+        elif is_fn(node, (torch.permute,), ("permute",)):
+            dims = node.args[1:] if len(node.args) > 2 or isinstance(node.args[1], int) else node.args[1]
+            env[node] = b.op(PermuteNode((arg(node, node.args[0]),), tuple(int(d) for d in dims)))
+        elif is_fn(node, (), ("contiguous", "clone")):
+            env[node] = arg(node, node.args[0])
+        elif is_fn(node, (torch.split, torch.chunk), ("split", "chunk")):
+            src = arg(node, node.args[0])
+            chunk = t in (torch.chunk, "chunk")
+            key = "chunks" if chunk else "split_size_or_sections"
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get(key, node.kwargs.get("split_size"))
+            dim = int(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0))
+            size = tuple(size) if isinstance(size, (tuple, list)) else int(size)
+            env[node] = _Parts(lambda i, src=src, size=size, dim=dim, chunk=chunk: b.op(
+                SplitNode((src,), 0 if chunk else size, size if chunk else 0, dim, i)), "split")
+        elif node.op == "call_function" and t in (torch.cat, torch.concat, torch.concatenate):
+            tensors = node.args[0]
+            dim = int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", node.kwargs.get("axis", 0)))
+            env[node] = b.op(CatNode(tuple(arg(node, x) for x in tensors), dim))
+        elif is_fn(node, (torch.softmax, F.softmax), ("softmax",)):
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            if dim != -1 or node.kwargs.get("dtype") is not None:
+                raise NotImplementedError(f"softmax {where} over dim {dim!r}: only dim=-1 (the last) is supported")
+            env[node] = b.op(SoftmaxNode((arg(node, node.args[0]),)))
+        elif node.op == "call_function" and t is F.scaled_dot_product_attention:
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+            a = {**dict(zip(names, node.args)), **node.kwargs}
+            if scalar(a.get("dropout_p", 0.0)) or a.get("enable_gqa", False):
+                raise NotImplementedError(f"scaled_dot_product_attention {where} with dropout_p > 0 or enable_gqa")
+            rows, causal = _mask_rows(node_value(a.get("attn_mask")), False, bool(a.get("is_causal", False)), where)
+            sm_scale = a.get("scale")
+            env[node] = b.op(AttentionNode(tuple(arg(node, a[k]) for k in names[:3]), causal, rows,
+                                           None if sm_scale is None else float(scalar(sm_scale))))
+        elif is_fn(node, (torch.mean,), ("mean",)):
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            if dim is None:
+                raise NotImplementedError(f"mean {where} over every dimension (give dim)")
+            keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+            env[node] = b.op(MeanNode((arg(node, node.args[0]),), tuple(dim) if isinstance(dim, (list, tuple))
+                                      else int(dim), keepdim))
+        elif node.op == "call_function" and t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             size = node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]
-            kind = "AdaptiveAvgPool2d" if node.target is F.adaptive_avg_pool2d else "AdaptiveMaxPool2d"
+            kind = "AdaptiveAvgPool2d" if t is F.adaptive_avg_pool2d else "AdaptiveMaxPool2d"
             env[node] = b.adaptive(kind, size, arg(node, node.args[0]))
-        elif (node.op == "call_function" and node.target is torch.flatten) or \
-                (node.op == "call_method" and node.target == "flatten"):
+        elif (node.op == "call_function" and t is torch.flatten) or (node.op == "call_method" and t == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             env[node] = b.flatten(arg(node, node.args[0]), int(start), int(end))
         elif node.op == "output":
             out = arg(node, node.args[0])
         else:
-            name = getattr(node.target, "__name__", node.target)
+            name = getattr(t, "__name__", t)
             raise NotImplementedError(
                 f"{node.op} {name!r} {where} is not supported by construct(); supported: {SUPPORTED}")
     return b.finish(out)
+
+
+def _no(message: str):
+    raise NotImplementedError(message)
 
 
 def mlp(arch: list[int] | str, *, bias: bool = True) -> nn.Sequential:
