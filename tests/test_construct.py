@@ -10,7 +10,6 @@ from torch import nn
 from slth.construction import Ticket, construct, mlp
 from slth.construction.bound import certified_bound, realised_kernels
 from slth.construction.report import measure, weight_errors
-from slth.ticketfile import TicketFileError
 
 
 def random_mlp(arch, bias, seed=0, scale=0.5):
@@ -127,7 +126,8 @@ def test_redraws_are_recorded_and_replayed(tmp_path):
     ticket = construct(net, 0.05, seed=0, n=6)
     assert ticket.stats["redraws"] > 0
     loaded = Ticket.load(ticket.save(tmp_path / "t.slth"))
-    for (name, p1), (_, p2) in zip(ticket.random_module().named_parameters(), loaded.random_module().named_parameters()):
+    for (name, p1), (_, p2) in zip(ticket.random_module().named_parameters(),
+                                   loaded.random_module().named_parameters()):
         assert torch.equal(p1, p2)
     assert torch.equal(loaded.redraws if isinstance(loaded.redraws, torch.Tensor) else torch.as_tensor(loaded.redraws),
                        torch.as_tensor(ticket.redraws))

@@ -6,7 +6,6 @@ In-process through typer's CliRunner (fast); tests/test_cli.py runs the same pat
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -4,10 +4,8 @@ chosen so that, were the check gone, the run would finish fast with a different 
 
 from __future__ import annotations
 
-import json
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

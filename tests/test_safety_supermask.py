@@ -56,7 +56,8 @@ def test_from_ticket_refuses_masks_of_other_layers():
     tf = to_ticket(_registry_model())
     dropped = sorted(tf.masks)[0]
     del tf.masks[dropped]
-    with pytest.raises(ticketfile.TicketFileError, match=rf"ticket masks .* do not match the model's layers .*{dropped}"):
+    with pytest.raises(ticketfile.TicketFileError,
+                       match=rf"ticket masks .* do not match the model's layers .*{dropped}"):
         from_ticket(tf)
 
 
@@ -78,7 +79,8 @@ def test_from_ticket_refuses_a_buffer_the_model_lacks():
 def test_ticket_with_a_tensor_of_another_shape():
     tf = to_ticket(_user_model())
     tf.config = dict(tf.config, layout=dict(tf.config["layout"], **{"0.weight": [3, 5]}))
-    with pytest.raises(ticketfile.TicketFileError, match=r"'0\.weight' has shape \(3, 5\) in the ticket .*\(3, 4\) in Sequential"):
+    with pytest.raises(ticketfile.TicketFileError,
+                       match=r"'0\.weight' has shape \(3, 5\) in the ticket .*\(3, 4\) in Sequential"):
         from_ticket(tf, model=_user_net())
 
 

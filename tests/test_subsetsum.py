@@ -78,7 +78,8 @@ def test_solve_sparsest_ties_exact(inst, eps):
 
 
 @settings(max_examples=50, deadline=None)
-@given(hnp.arrays(np.float64, st.integers(1, 12), elements=finite), hnp.arrays(np.float64, st.integers(0, 5), elements=finite))
+@given(hnp.arrays(np.float64, st.integers(1, 12), elements=finite),
+       hnp.arrays(np.float64, st.integers(0, 5), elements=finite))
 def test_shared_values_equal_broadcast(values, targets):
     shared = solve(values, targets)
     full = solve(np.broadcast_to(values, (targets.shape[0], values.shape[0])).copy(), targets)

@@ -70,9 +70,9 @@ def construct_cmd(
     except ValueError as exc:
         raise CommandError(f"--input-range: {exc}") from None
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
-                       input_range=input_range, sparse=not dense_subsets, progress=True, workers=workers, backend=backend,
-                       address=address, workdir=None if workdir is None else str(workdir), resume=resume,
-                       chunk_instances=chunk_instances, device=device)
+                       input_range=input_range, sparse=not dense_subsets, progress=True, workers=workers,
+                       backend=backend, address=address, workdir=None if workdir is None else str(workdir),
+                       resume=resume, chunk_instances=chunk_instances, device=device)
     path = ticket.save(out)
     size = path.stat().st_size
     run = ticket.run

@@ -53,11 +53,12 @@ def construct(
     or ``"malach"`` (a single random product per weight, polynomial width). ``n``: values per instance,
     per layer or for all; by default chosen per layer so that P(error <= eps) >= ``p`` for that layer's
     weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
-    ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's inputs are >= 0 (e.g. images in
-    [0, 1]), so the first layer needs no units for negative inputs. ``input_range=(lo, hi)``: the inputs lie
-    in that box (``nonnegative_input=True`` is ``(0, 1)``); with lo < 0 each layer reading the input is fed
-    x - lo >= 0 by a fixed shift in the ticket and the shift goes into its bias (b + W lo), so it too needs
-    no negative units; the box is the default box of :func:`certified_bound`.
+    ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's
+    inputs are >= 0 (e.g. images in [0, 1]), so the first layer needs no units for negative inputs.
+    ``input_range=(lo, hi)``: the inputs lie in that box (``nonnegative_input=True`` is ``(0, 1)``); with
+    lo < 0 each layer reading the input is fed x - lo >= 0 by a fixed shift in the ticket and the shift goes
+    into its bias (b + W lo), so it too needs no negative units; the box is the default box of
+    :func:`certified_bound`.
 
     Targets: ReLU MLPs, CNNs (Conv2d, BatchNorm folded, pooling) and residual nets (traced with
     torch.fx); see docs/construction.md. The work is split into chunks (row blocks of a layer, at most
@@ -130,7 +131,8 @@ def construct(
         results = [merge_layer(job, layer_chunks(job.index, chunks, computed, work)) for job in jobs]
         del computed
     prefixes = [str(pos) for pos in graph.layer_positions()]
-    masks = {f"{prefix}.{name}": torch.from_numpy(m) for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
+    masks = {f"{prefix}.{name}": torch.from_numpy(m)
+             for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
     # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
     redraws = redraws[np.lexsort((redraws[:, 3], redraws[:, 2], redraws[:, 1], redraws[:, 0]))]

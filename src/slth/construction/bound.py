@@ -98,7 +98,8 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
 def certified_bound_nd(ticket, target, lo, hi, *, batched: bool = False) -> np.ndarray:
     """Elementwise bound on |ticket(x) - target(x)| for every x with lo <= x <= hi (tensors or floats
     broadcast to one input's shape, e.g. (C, H, W)); returns the bound per output (flattened).
-    ``batched=True``: lo/hi are (B, C, H, W), B boxes at once (e.g. lo = hi = a batch of points); returns (B, outputs)."""
+    ``batched=True``: lo/hi are (B, C, H, W), B boxes at once (e.g. lo = hi = a batch of points); returns
+    (B, outputs)."""
     graph, specs = parse_target(target, **parse_options(ticket.config))
     lo = torch.as_tensor(lo, dtype=torch.float64)
     hi = torch.as_tensor(hi, dtype=torch.float64)

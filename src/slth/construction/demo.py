@@ -48,7 +48,8 @@ def run_demo(out: str | Path = "slth-demo", *, eps: float = 0.01, seed: int = 0,
     bound = float(certified_bound(ticket, target).max())
     s = ticket.stats
 
-    table = Table(title=f"slth demo: digits MLP {'-'.join(str(l['d_in']) for l in ticket.config['layers'])}-10, eps={eps}")
+    table = Table(title=f"slth demo: digits MLP {'-'.join(str(l['d_in']) for l in ticket.config['layers'])}-10, "
+                        f"eps={eps}")
     for col in ("network", "test accuracy", "random params", "kept params", "max weight error", "seconds",
                 "compile seconds"):
         table.add_column(col, justify="right" if col != "network" else "left")
@@ -109,8 +110,10 @@ def plot_error_vs_n(sweep: dict[str, list[dict]], path: str | Path, *, eps: floa
         axes[1].semilogy(ns, [max(r["max_logit_diff"], 1e-16) for r in rows], "o-", color=color, label=label)
     if eps is not None:
         axes[0].axhline(eps, color="gray", ls="--", lw=1, label=f"eps = {eps}")
-    axes[0].set(xlabel="n random values per weight", ylabel="|realised - target weight|", title="weight error (no redraws)")
-    axes[1].set(xlabel="n random values per weight", ylabel="max |ticket - target logit| (test set)", title="output error")
+    axes[0].set(xlabel="n random values per weight", ylabel="|realised - target weight|",
+                title="weight error (no redraws)")
+    axes[1].set(xlabel="n random values per weight", ylabel="max |ticket - target logit| (test set)",
+                title="output error")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

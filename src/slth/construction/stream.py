@@ -214,7 +214,8 @@ def run_chunks(jobs: list[LayerJob], specs: list[LinearSpec], chunks: list[Chunk
     todo = [c for c in chunks if workdir is None or not workdir.done(c)]
     info = RunInfo(chunks=len(chunks), reused=len(chunks) - len(todo))
     results: dict[Chunk, ChunkResult] = {}
-    stream = _run_ray(jobs, specs, todo, workers, address) if backend == "ray" else _run_local(jobs, specs, todo, workers)
+    stream = (_run_ray(jobs, specs, todo, workers, address) if backend == "ray"
+              else _run_local(jobs, specs, todo, workers))
     for chunk, result in stream:
         if workdir is not None:
             workdir.save(chunk, result)

@@ -134,7 +134,8 @@ class _Builder:
         conv = None
         if kind == "Conv2d":
             if self.flat[src]:
-                raise NotImplementedError(f"Conv2d {where} ({path!r}) after a Linear is not supported (its input is flat)")
+                raise NotImplementedError(
+                    f"Conv2d {where} ({path!r}) after a Linear is not supported (its input is flat)")
             if module.groups != 1:
                 raise NotImplementedError(
                     f"Conv2d {where} ({path!r}) has groups={module.groups}: grouped/depthwise convolutions are not "
@@ -153,7 +154,8 @@ class _Builder:
         if conv is None and not self.graph and self.specs and self.flat[src] and self.specs[-1].conv is None \
                 and self.specs[-1].d_out != weight.shape[1]:
             raise ValueError(
-                f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives {self.specs[-1].d_out}")
+                f"Linear {path!r} expects {weight.shape[1]} inputs but the previous Linear gives "
+                f"{self.specs[-1].d_out}")
         folds = src in self.pending
         if folds:  # W (gamma * z + beta) + b = (W diag(gamma)) z + (b + W beta): exact
             gamma, beta, ln_path = self.pending[src]
@@ -202,7 +204,8 @@ class _Builder:
                 f"{kind} {where} ({path!r}) does not directly follow a Linear/Conv2d whose output only it reads; "
                 "only BatchNorm right after a layer can be folded")
         if module.running_mean is None or module.running_var is None:
-            raise NotImplementedError(f"{kind} {where} ({path!r}) has no running statistics (track_running_stats=False)")
+            raise NotImplementedError(
+                f"{kind} {where} ({path!r}) has no running statistics (track_running_stats=False)")
         spec = self.specs[node.index]
         mean = _array(module.running_mean, f"running_mean of {kind} {path!r}")
         var = _array(module.running_var, f"running_var of {kind} {path!r}")
@@ -836,7 +839,8 @@ def load_target(path, arch: str | None = None, *, input_shape=None, num_classes:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ValueError(
-                f"{path} is not a TorchScript module ({type(exc).__name__}); for a state_dict pass --arch, e.g. 784-500-10"
+                f"{path} is not a TorchScript module ({type(exc).__name__}); "
+                "for a state_dict pass --arch, e.g. 784-500-10"
             ) from None
         return module.eval()
     try:
@@ -851,7 +855,8 @@ def load_target(path, arch: str | None = None, *, input_shape=None, num_classes:
         from .zoo import build_target
 
         if input_shape is None or num_classes is None:
-            raise ValueError(f"--arch {arch} needs the input shape and the number of classes (--input-shape, --classes)")
+            raise ValueError(
+                f"--arch {arch} needs the input shape and the number of classes (--input-shape, --classes)")
         net = build_target(arch, tuple(input_shape), int(num_classes), width=width)
         state = {k.removeprefix("module."): v for k, v in state.items()}
     else:

@@ -135,7 +135,8 @@ class Ticket:
             bad = sorted(name for name in set(got) | set(expected) if got.get(name) != expected.get(name))
             raise ticketfile.TicketFileError(
                 f"{path}: masks do not match the network layout ("
-                + "; ".join(f"{name}: file {got.get(name, 'missing')}, layout {expected.get(name, 'none')}" for name in bad)
+                + "; ".join(f"{name}: file {got.get(name, 'missing')}, layout {expected.get(name, 'none')}"
+                            for name in bad)
                 + ")")
         return ticket
 
