@@ -61,9 +61,9 @@ class _DataDependent(_Traced):
         return self.fc(x) if x.sum() > 0 else x
 
 
-class _AddsAConstant(_Traced):
+class _Exponentiates(_Traced):
     def forward(self, x):
-        return self.fc(x) + 1.0
+        return torch.exp(self.fc(x))
 
 
 class _TwoInputs(_Traced):
@@ -105,20 +105,26 @@ def _nan_weight():
      r"Flatten at position 1 \('1'\) after a Linear is not supported"),
     (lambda: nn.Sequential(nn.Conv2d(1, 1, 1), nn.MaxPool2d(2, return_indices=True)), NotImplementedError,
      r"MaxPool2d at position 1 \('1'\) with return_indices is not supported"),
-    (lambda: nn.Sequential(nn.Linear(4, 3), nn.Tanh()), NotImplementedError,
-     r"layer Tanh at position 1 \('1'\) is not supported by construct\(\)"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.ELU()), NotImplementedError,
+     r"layer ELU at position 1 \('1'\) is not supported by construct\(\)"),
     (lambda: nn.Sequential(nn.ReLU()), ValueError, r"target has no Linear or Conv2d layer"),
     (lambda: nn.Sequential(nn.Conv2d(2, 2, 1, padding=1)), NotImplementedError,
      r"Conv2d '0' has a bias \(or a folded BatchNorm\) and padding \[1, 1\]"),
     (lambda: nn.Linear(4, 3), NotImplementedError, r"target must be an nn.Sequential of .* got Linear"),
     (_DataDependent, NotImplementedError, r"target _DataDependent is not an nn.Sequential and torch.fx cannot trace"),
-    (_AddsAConstant, NotImplementedError, r"call_function .*add.* takes a non-tensor argument 1\.0"),
+    (_Exponentiates, NotImplementedError, r"call_function 'exp' at node 'exp' is not supported by construct\(\)"),
     (_TwoInputs, NotImplementedError, r"target takes more than one input \('y'\)"),
-    (_Multiplies, NotImplementedError, r"call_function 'mul' at node 'mul' is not supported by construct\(\)"),
 ])
 def test_parse_target_refuses_unsupported_targets(make, error, match):
     with pytest.raises(error, match=match):
         parse_target(make().eval())
+
+
+def test_a_product_of_two_activations_is_refused_naming_the_node():
+    from slth.construction import construct
+
+    with pytest.raises(NotImplementedError, match=r"call_function 'mul' at node 'mul': the product of two activations"):
+        construct(_Multiplies().eval(), 0.05)
 
 
 @pytest.mark.parametrize("arch, match", [
