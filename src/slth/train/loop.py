@@ -380,16 +380,17 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
     def metrics(finished: bool) -> dict:
         history = state["history"]
         kept_now, _ = mask_counts(model)
-        sequences = any("test_perplexity" in h for h in history)
-        perplexity = {"test_perplexity": history[-1].get("test_perplexity") if history else None,
-                      "best_test_perplexity": min((h["test_perplexity"] for h in history), default=None)}
+        perplexity = {}
+        if any("test_perplexity" in h for h in history):  # a sequence model
+            perplexity = {"test_perplexity": history[-1]["test_perplexity"],
+                          "best_test_perplexity": min(h["test_perplexity"] for h in history)}
         return {
             **describe,
             "density": kept_now / total, "kept_params": kept_now, "params": total,
             "trainable_params": trainable_count,
             "test_accuracy": history[-1]["test_accuracy"] if history else None,
             "best_test_accuracy": max((h["test_accuracy"] for h in history), default=None),
-            **(perplexity if sequences else {}),
+            **perplexity,
             "train_loss": [h["train_loss"] for h in history],
             "test_accuracy_per_epoch": [h["test_accuracy"] for h in history],
             "epochs": history, "epochs_done": state["epoch"], "seconds": state["seconds"],
