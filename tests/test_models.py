@@ -16,7 +16,7 @@ def _weights(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"gpt"}))  # gpt (token ids -> (N, T, V)): test_gpt.py
 @pytest.mark.parametrize("width", [0.5, 1.0])
 def test_forward_shape(name, width):
     model = build_model(name, SHAPES[name], 10, width=width)

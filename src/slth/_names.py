@@ -6,7 +6,7 @@ these names, in this order: a model or method added there must be named here too
 
 from __future__ import annotations
 
-MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "vit")
+MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "vit", "gpt")
 METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")  # supermask methods ("dense": none)
 
 

@@ -1,4 +1,5 @@
-"""``slth train`` (dense or supermask, one loop) and ``slth train-dense`` (a bias-free MLP target to construct)."""
+"""``slth train`` (dense or supermask, one loop) and ``slth train-dense`` (a dense target to construct: a bias-free
+MLP, or a registry model such as vit or gpt)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import typer
 from .._names import METHOD_NAMES, MODEL_NAMES
 from ._common import CommandError, ints, output_dir, output_file, threads as set_threads
 
-DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"  # train-dense: in-memory data sets
+DATA_HELP = ("digits (embedded), mnist, fashion-mnist, cifar10 or pystdlib-chars (the Python standard library's "
+             "source, characters)")  # train-dense: in-memory data sets
+DATA_ARG_HELP = ("a data set option, repeatable: --data-arg context=32 (pystdlib-chars: context, max_bytes, "
+                 "test_every)")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,8 +25,9 @@ def register(app: typer.Typer) -> None:
 def train_command(
     method: str = typer.Option("edge-popup", help=" | ".join(("dense", *METHOD_NAMES))),
     model: str = typer.Option("fc", help=" | ".join(MODEL_NAMES)),
-    data: str = typer.Option("digits", help="digits | mnist | fashion-mnist | cifar10 (in memory) | cifar100 | "
-                                             "image-folder (streamed through DataLoader workers)"),
+    data: str = typer.Option("digits", help="digits | mnist | fashion-mnist | cifar10 | pystdlib-chars (in memory) "
+                                             "| cifar100 | image-folder (streamed through DataLoader workers)"),
+    data_arg: Optional[List[str]] = typer.Option(None, "--data-arg", metavar="KEY=VALUE", help=DATA_ARG_HELP),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the dataset files (not needed for digits)"),
     density: float = typer.Option(0.5, help="kept fraction of the Linear/Conv2d weights, in (0, 1]"),
     width: float = typer.Option(1.0, help="width multiplier of the hidden layers"),
@@ -41,7 +46,7 @@ def train_command(
     model_arg: Optional[List[str]] = typer.Option(
         None, "--model-arg", metavar="KEY=VALUE",
         help="a model constructor argument, repeatable: --model-arg patch=7 --model-arg depth=4 "
-             "(vit: patch, dim, depth, heads, mlp_ratio)"),
+             "(vit: patch, dim, depth, heads, mlp_ratio; gpt: dim, depth, heads, mlp_ratio, tie)"),
     augment: Optional[bool] = typer.Option(None, help="random crop + flip (default: on for cifar10)"),
     rerand_period: int = typer.Option(300, help="iterand: steps between re-randomisations"),
     rerand_prob: float = typer.Option(0.1, help="iterand: probability a pruned weight is re-drawn"),
@@ -65,7 +70,8 @@ def train_command(
     config = TrainConfig(method=method, model=model, data=data, data_dir=None if data_dir is None else str(data_dir),
                          density=density, width=width, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, init=init, distribution=distribution,
-                         hidden=ints(hidden, "--hidden"), model_args=_pairs(model_arg or []), augment=augment,
+                         hidden=ints(hidden, "--hidden"), model_args=_pairs(model_arg or []),
+                         data_args=_pairs(data_arg or [], "--data-arg"), augment=augment,
                          rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2, device=device,
                          precision=precision, workers=workers, image_size=image_size)
     set_threads(threads)
@@ -73,33 +79,98 @@ def train_command(
     metrics = train(config, out, resume=resume, quiet=quiet).metrics
     if os.environ.get("RANK", "0") not in ("", "0"):
         return  # one summary line per launch, from rank 0
-    typer.echo(f"{method} {model} on {data}: test accuracy {100 * metrics['test_accuracy']:.2f}% at density "
-               f"{metrics['density']:.4f} ({metrics['kept_params']:,} of {metrics['params']:,} weights kept), "
+    perplexity = "" if metrics.get("test_perplexity") is None else f", perplexity {metrics['test_perplexity']:.3f}"
+    typer.echo(f"{method} {model} on {data}: test accuracy {100 * metrics['test_accuracy']:.2f}%{perplexity} at "
+               f"density {metrics['density']:.4f} ({metrics['kept_params']:,} of {metrics['params']:,} weights kept), "
                f"{metrics['seconds']:.1f} s on {metrics['device']}"
                f"{'' if metrics['world_size'] == 1 else ' x ' + str(metrics['world_size'])} -> {out / 'metrics.json'}")
 
 
-def _pairs(items: list[str]) -> tuple[tuple[str, str], ...]:
-    """``["patch=7", "depth=4"]`` -> (("patch", "7"), ("depth", "4")); the model checks keys and values."""
+def _pairs(items: list[str], option: str = "--model-arg") -> tuple[tuple[str, str], ...]:
+    """``["patch=7", "depth=4"]`` -> (("patch", "7"), ("depth", "4")); the model (or data set) checks keys and
+    values."""
     pairs = []
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise CommandError(f"--model-arg takes KEY=VALUE (e.g. patch=7), got {item!r}")
+            raise CommandError(f"{option} takes KEY=VALUE (e.g. {'context=32' if 'data' in option else 'patch=7'}), "
+                               f"got {item!r}")
         pairs.append((key.strip(), value.strip()))
     return tuple(pairs)
 
 
 def train_dense_cmd(
-    arch: str = typer.Option(..., help="MLP widths, e.g. 784-500-10 (input and output must match the data)"),
+    arch: Optional[str] = typer.Option(None, help="MLP widths, e.g. 784-500-10 (input and output must match the "
+                                                  "data); the target when --model is not given"),
+    model: Optional[str] = typer.Option(None, help="a registry model instead of the MLP: " + " | ".join(MODEL_NAMES)),
     data: str = typer.Option("digits", help=DATA_HELP),
     data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
+    data_arg: Optional[List[str]] = typer.Option(None, "--data-arg", metavar="KEY=VALUE", help=DATA_ARG_HELP),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", metavar="KEY=VALUE",
+                                                  help="--model: a constructor argument, repeatable (depth=2)"),
+    width: float = typer.Option(1.0, help="--model: width multiplier"),
     epochs: int = typer.Option(10),
     seed: int = typer.Option(0),
-    lr: float = typer.Option(0.05),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: 0.05 for the MLP, slth train's dense "
+                                                  "default for --model)"),
+    batch_size: int = typer.Option(128, help="--model: batch size"),
+    device: str = typer.Option("auto", help="--model: auto | cpu | cuda | cuda:N | mps"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(..., "-o", "--out", help="state_dict file to write (e.g. model.pt)"),
 ) -> None:
-    """Train a bias-free ReLU MLP target on unnormalised [0, 1] inputs (Pensia et al.'s Exp. 1 setting)."""
+    """Train a dense target to construct from.
+
+    Without --model: a bias-free ReLU MLP (--arch) on unnormalised [0, 1] inputs (Pensia et al.'s Exp. 1
+    setting); the file is its state_dict. With --model (vit, gpt, ...): the registry model, trained by slth
+    train's loop (--method dense); the file holds {"state_dict", "model", "model_kwargs", "data", "data_args",
+    "data_info", "metrics"}, and ``slth construct FILE --arch MODEL --input-shape ... --classes ...`` loads its
+    state_dict (when the model's other constructor arguments are its defaults).
+    """
+    set_threads(threads)
+    output_file(out, "--out")
+    if model is not None:
+        if arch is not None:
+            raise CommandError("give --arch (an MLP) or --model, not both")
+        return _train_dense_model(model, data, data_dir, _pairs(data_arg or [], "--data-arg"),
+                                  _pairs(model_arg or []), width, epochs, seed, lr, batch_size, device, out)
+    if arch is None:
+        raise CommandError("train-dense needs --arch (MLP widths, e.g. 64-32-10) or --model (e.g. gpt)")
+    if data_arg or model_arg:
+        raise CommandError("--data-arg and --model-arg go with --model")
+    _train_dense_mlp(arch, data, data_dir, epochs, seed, 0.05 if lr is None else lr, out)
+
+
+def _train_dense_model(model, data, data_dir, data_args, model_args, width, epochs, seed, lr, batch_size, device,
+                       out) -> None:
+    from rich.console import Console
+
+    from .._io import atomic_torch_save
+    from ..train import TrainConfig, train
+
+    config = TrainConfig(method="dense", model=model, data=data,
+                         data_dir=None if data_dir is None else str(data_dir), data_args=data_args,
+                         model_args=model_args, width=width, epochs=epochs, seed=seed, lr=lr,
+                         batch_size=batch_size, device=device)
+    run = train(config, None)
+    net = run.model.cpu()
+    spec = net.slth_spec
+    metrics = {k: run.metrics.get(k) for k in ("test_accuracy", "test_perplexity", "seconds", "machine", "device")}
+    atomic_torch_save(out, {"state_dict": net.state_dict(), "model": model, "model_kwargs": spec["model_kwargs"],
+                            "seed": seed, "data": data, "data_args": dict(config.data_args),
+                            "data_info": run.metrics.get("data_info", {}), "metrics": metrics})
+    perplexity = "" if metrics["test_perplexity"] is None else f", perplexity {metrics['test_perplexity']:.3f}"
+    kwargs = spec["model_kwargs"]
+    shape = ",".join(str(v) for v in kwargs["input_shape"])
+    hint = (f"construct: --arch {model} --input-shape {shape} --classes {kwargs['num_classes']}"
+            + ("" if width == 1.0 else f" --width {width:g}"))
+    if config.model_args:  # load_target rebuilds a named architecture from its shape, classes and width only
+        hint = (f"its --model-arg values are not defaults: rebuild it with slth.models.build_model(model, "
+                f"**model_kwargs) (slth construct --arch {model} takes the defaults)")
+    Console().print(f"{model} on {data}: test accuracy {metrics['test_accuracy']:.2%}{perplexity} after {epochs} "
+                    f"epochs ({metrics['seconds']:.1f} s); wrote {out} ({hint})")
+
+
+def _train_dense_mlp(arch, data, data_dir, epochs, seed, lr, out) -> None:
     import math
 
     from rich.console import Console
@@ -109,7 +180,6 @@ def train_dense_cmd(
     from ..construction.demo import train_target
     from ..construction.target import mlp
 
-    output_file(out, "--out")
     widths = [int(x) for x in arch.split("-")] if all(p.isdigit() for p in arch.split("-")) else None
     if widths is None or len(widths) < 2:
         raise CommandError(f"--arch must look like 784-500-10, got {arch!r}")

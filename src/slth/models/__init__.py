@@ -15,6 +15,9 @@ lenet5   conv 6@5x5 (pad 2)-pool-conv 16@5x5-pool, FC 120-84 (400 inputs on 28x2
 resnet20 CIFAR ResNet-20 (He et al. 2016): 3 stages x 3 basic blocks, 16/32/64 channels, BatchNorm
 vit      small pre-norm Vision Transformer: Conv2d patches (``patch=4``), class token, positional
          embedding, 4 layers of dim 64 (x width), 4 heads, GELU MLP 2 x dim, LayerNorm, Linear head
+gpt      small causal char-level GPT: token Embedding + positional embedding, 2 pre-norm layers of
+         dim 64 (x width), 4 heads, GELU MLP 4 x dim, causal mask, LayerNorm, Linear head (``tie``:
+         the embedding's); input shape (context,) of token ids, output (N, context, vocab)
 ======== ==================================================================
 """
 
@@ -28,10 +31,11 @@ from torch import nn
 from .._names import MODEL_NAMES, check_registry
 from .convnets import ConvNet, LeNet5
 from .fc import FC
+from .gpt import GPT
 from .resnet import ResNet20
 from .vit import ViT
 
-__all__ = ["MODELS", "build_model", "check_model_args", "FC", "ConvNet", "LeNet5", "ResNet20", "ViT", "scaled"]
+__all__ = ["MODELS", "build_model", "check_model_args", "FC", "ConvNet", "LeNet5", "ResNet20", "ViT", "GPT", "scaled"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fc": FC,
@@ -45,12 +49,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "resnet20": ResNet20,
     "vit": ViT,
+    "gpt": GPT,
 }
 check_registry("model", MODELS, MODEL_NAMES)  # slth train --help lists MODEL_NAMES without importing torch
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, **kwargs) -> nn.Module:
-    """Build registry model ``name`` for inputs of shape (C, H, W); weights are PyTorch defaults until seeded."""
+    """Build registry model ``name`` for inputs of shape (C, H, W) (gpt: (context,)); weights are PyTorch
+    defaults until seeded."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     if not width > 0:

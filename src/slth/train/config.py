@@ -49,6 +49,9 @@ class TrainConfig:
     # other model constructor arguments, as sorted (key, value) pairs: (("depth", 4), ("patch", 7)) for vit;
     # a mapping is accepted and normalised (slth.models.check_model_args checks keys and converts values)
     model_args: tuple[tuple[str, object], ...] = ()
+    # the data set's own options, as sorted (key, value) pairs: (("context", 32),) for pystdlib-chars
+    # (slth.data.check_data_args checks keys and converts values)
+    data_args: tuple[tuple[str, object], ...] = ()
     rerand_period: int = 300
     rerand_prob: float = 0.1
     score_l2: float = 1e-4
@@ -59,7 +62,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes for streamed data sets
 
     def __post_init__(self) -> None:
-        from ..data import DATASETS
+        from ..data import DATASETS, check_data_args
         from ..models import MODELS, check_model_args
 
         if self.method not in TRAIN_METHODS:
@@ -69,6 +72,7 @@ class TrainConfig:
         object.__setattr__(self, "model_args", check_model_args(self.model, self.model_args or ()))
         if self.data not in DATASETS:
             raise ValueError(f"unknown dataset {self.data!r}; valid names: {', '.join(sorted(DATASETS))}")
+        object.__setattr__(self, "data_args", check_data_args(self.data, self.data_args or ()))
         if (isinstance(self.density, bool) or not isinstance(self.density, (int, float))
                 or not 0.0 < self.density <= 1.0):
             raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
@@ -132,6 +136,7 @@ class TrainConfig:
         if d["hidden"] is not None:
             d["hidden"] = list(d["hidden"])
         d["model_args"] = [list(pair) for pair in d["model_args"]]  # JSON: a list of [key, value]
+        d["data_args"] = [list(pair) for pair in d["data_args"]]
         return d
 
     @classmethod
@@ -143,6 +148,7 @@ class TrainConfig:
         d = dict(d)
         if d.get("hidden") is not None:
             d["hidden"] = tuple(d["hidden"])
-        if d.get("model_args") is not None:
-            d["model_args"] = tuple(tuple(pair) for pair in d["model_args"])
+        for key in ("model_args", "data_args"):
+            if d.get(key) is not None:
+                d[key] = tuple(tuple(pair) for pair in d[key])
         return cls(**d)

@@ -52,13 +52,28 @@ class Run:
     model: torch.nn.Module
 
 
+def _loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits (..., C) against labels (...): a classifier's (N, C) against (N,), or a
+    sequence model's (N, T, V) against next-token targets (N, T), every position counting once."""
+    if logits.ndim > 2:
+        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def _score(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int, float]:
+    """(correct predictions, predictions, summed cross-entropy): per sample, or per position of a sequence."""
+    return (int((logits.argmax(-1) == y).sum()), y.numel(),
+            float(_loss(logits.float(), y, reduction="sum")))
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    """Accuracy of ``model`` on (x, y): of every sample's class, or of every next token of a sequence."""
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    return correct / len(x)
+        correct += int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
+    return correct / y.numel()
 
 
 def _progress(quiet: bool):
@@ -85,17 +100,22 @@ def _local_rows(m: int, rt: _runtime.Runtime) -> tuple[int, int, bool]:
 
 
 # A source yields, per epoch, this process's batches as (x, y, rows of the global batch, real) on the device,
-# and evaluates a model on its shard of the test set as (correct, count).
+# and evaluates a model on its shard of the test set as (correct, count, summed loss); a count is of samples, or
+# of positions for sequence targets (y of shape (N, T): next-token prediction).
 
 
 class _MemorySource:
-    """Data held as tensors on the device (digits, MNIST, Fashion-MNIST, CIFAR-10): the fast path."""
+    """Data held as tensors on the device (digits, MNIST, Fashion-MNIST, CIFAR-10, the token windows of
+    pystdlib-chars -- these have no mean and are not normalised): the fast path."""
 
     def __init__(self, data, cfg: TrainConfig, rt: _runtime.Runtime):
         dev = rt.device
-        mean = torch.tensor(data.mean).view(1, -1, 1, 1).to(dev)
-        std = torch.tensor(data.std).view(1, -1, 1, 1).to(dev)
-        self.norm = (lambda x: (x - mean) / std) if cfg.normalize else (lambda x: x)
+        if cfg.normalize and data.mean:
+            mean = torch.tensor(data.mean).view(1, -1, 1, 1).to(dev)
+            std = torch.tensor(data.std).view(1, -1, 1, 1).to(dev)
+            self.norm = lambda x: (x - mean) / std
+        else:
+            self.norm = lambda x: x
         self.cfg, self.rt = cfg, rt
         x_train = data.x_train.to(dev)
         self.x_train = x_train if cfg.augment else self.norm(x_train)
@@ -121,15 +141,15 @@ class _MemorySource:
             yield xb, self.y_train[local], m, real
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, autocast) -> tuple[int, int]:
+    def evaluate(self, model: torch.nn.Module, autocast) -> tuple[int, int, float]:
         lo, hi = rank_slice(len(self.x_test), self.rt.world_size, self.rt.rank)
-        correct = 0
+        totals = [0, 0, 0.0]
         for i in range(lo, hi, EVAL_BATCH):
             j = min(i + EVAL_BATCH, hi)
             with autocast():
                 logits = model(self.x_test[i:j])
-            correct += int((logits.argmax(1) == self.y_test[i:j]).sum())
-        return correct, hi - lo
+            totals = [a + b for a, b in zip(totals, _score(logits, self.y_test[i:j]))]
+        return tuple(totals)
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -184,15 +204,14 @@ class _StreamSource:
             yield xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True), m, real
 
     @torch.no_grad()
-    def evaluate(self, model, autocast) -> tuple[int, int]:
-        correct = count = 0
+    def evaluate(self, model, autocast) -> tuple[int, int, float]:
+        totals = [0, 0, 0.0]
         for xb, yb in self.test_loader:
             xb, yb = xb.to(self.rt.device, non_blocking=True), yb.to(self.rt.device, non_blocking=True)
             with autocast():
                 logits = model(xb)
-            correct += int((logits.argmax(1) == yb).sum())
-            count += len(yb)
-        return correct, count
+            totals = [a + b for a, b in zip(totals, _score(logits, yb))]
+        return tuple(totals)
 
 
 class _LoaderSource:
@@ -220,15 +239,14 @@ class _LoaderSource:
             yield xb.to(dev), yb.to(dev), len(yb) * self.rt.world_size, True
 
     @torch.no_grad()
-    def evaluate(self, model, autocast) -> tuple[int, int]:
-        correct = count = 0
+    def evaluate(self, model, autocast) -> tuple[int, int, float]:
+        totals = [0, 0, 0.0]
         for xb, yb in self.test_loader:
             xb, yb = xb.to(self.rt.device), yb.to(self.rt.device)
             with autocast():
                 logits = model(xb)
-            correct += int((logits.argmax(1) == yb).sum())
-            count += len(yb)
-        return correct, count
+            totals = [a + b for a, b in zip(totals, _score(logits, yb))]
+        return tuple(totals)
 
 
 def _average_batchnorm_stats(model: torch.nn.Module, rt: _runtime.Runtime) -> None:
@@ -362,12 +380,17 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
     def metrics(finished: bool) -> dict:
         history = state["history"]
         kept_now, _ = mask_counts(model)
+        perplexity = {}
+        if any("test_perplexity" in h for h in history):  # a sequence model
+            perplexity = {"test_perplexity": history[-1]["test_perplexity"],
+                          "best_test_perplexity": min(h["test_perplexity"] for h in history)}
         return {
             **describe,
             "density": kept_now / total, "kept_params": kept_now, "params": total,
             "trainable_params": trainable_count,
             "test_accuracy": history[-1]["test_accuracy"] if history else None,
             "best_test_accuracy": max((h["test_accuracy"] for h in history), default=None),
+            **perplexity,
             "train_loss": [h["train_loss"] for h in history],
             "test_accuracy_per_epoch": [h["test_accuracy"] for h in history],
             "epochs": history, "epochs_done": state["epoch"], "seconds": state["seconds"],
@@ -389,10 +412,10 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
                 with autocast():
                     logits = net(xb)
                     if rt.distributed:  # the global batch's mean after DDP averages over the processes
-                        summed = F.cross_entropy(logits.float(), yb, reduction="sum") * (1.0 if real else 0.0)
-                        loss = summed * (rt.world_size / m)
+                        summed = _loss(logits.float(), yb, reduction="sum") * (1.0 if real else 0.0)
+                        loss = summed * (rt.world_size / (m * yb[0].numel()))  # per sample, or per position
                     else:
-                        loss = F.cross_entropy(logits, yb)
+                        loss = _loss(logits, yb)
                 optimizer.zero_grad(set_to_none=True)
                 objective = loss + regularization(model)
                 if scaler is None:
@@ -405,9 +428,9 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
                 state["step"] += 1
                 after_step(model, state["step"])
                 if real:
-                    loss_sum += float(summed.detach()) if rt.distributed else float(loss.detach()) * len(yb)
-                    correct += int((logits.argmax(1) == yb).sum())
-                    seen += len(yb)
+                    loss_sum += float(summed.detach()) if rt.distributed else float(loss.detach()) * yb.numel()
+                    correct += int((logits.argmax(-1) == yb).sum())
+                    seen += yb.numel()
                 progress.update(task, advance=1, status=f"loss {loss_sum / max(seen, 1):.4f}")
             after_epoch(model, epoch, cfg.epochs)
             _average_batchnorm_stats(model, rt)
@@ -415,14 +438,19 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
                 loss_sum, correct, seen = rt.all_reduce([loss_sum, correct, seen])
                 correct, seen = int(correct), int(seen)
             model.eval()
-            right, count = rt.all_reduce(list(source.evaluate(model, autocast)))
+            right, count, test_loss = rt.all_reduce(list(source.evaluate(model, autocast)))
             test_accuracy = int(right) / int(count)
+            test_loss = test_loss / int(count)
             seconds = time.perf_counter() - start
             state["epoch"] = epoch
             state["seconds"] += seconds
-            state["history"].append({"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                                     "test_accuracy": test_accuracy, "seconds": seconds,
-                                     "device": where["device"], "world_size": rt.world_size})
+            entry = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                     "test_accuracy": test_accuracy, "test_loss": test_loss, "seconds": seconds,
+                     "device": where["device"], "world_size": rt.world_size}
+            if yb.ndim > 1:  # next-token prediction: perplexity = exp(mean cross-entropy per position)
+                entry["train_perplexity"] = math.exp(min(loss_sum / seen, 700.0))
+                entry["test_perplexity"] = math.exp(min(test_loss, 700.0))
+            state["history"].append(entry)
             progress.update(task, status=f"loss {loss_sum / seen:.4f}  test acc {test_accuracy:.4f}")
             if not quiet and not progress.console.is_terminal:  # a log file gets no live bar: one line per epoch
                 progress.console.print(f"{label} epoch {epoch}/{cfg.epochs}: train loss "
@@ -440,11 +468,15 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
     return Run(metrics(state["epoch"] == cfg.epochs), model)
 
 
-def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
+def train(config: TrainConfig, out: str | Path | None, *, resume: bool = False, quiet: bool = False,
           stop_after: int | None = None) -> Run:
     """Train ``config`` into directory ``out``; returns the metrics (also ``out/metrics.json``) and model.
 
     Metrics: ``test_accuracy`` (after the last epoch), ``train_loss`` and ``test_accuracy_per_epoch`` (lists),
+    ``epochs`` (per epoch: train loss and accuracy, test accuracy and loss, seconds), for a sequence model
+    (targets (N, T), e.g. gpt on pystdlib-chars) accuracy and loss per next token and ``test_perplexity``,
+    ``best_test_perplexity`` and per epoch ``train_perplexity``, ``test_perplexity`` = exp(mean cross-entropy);
+    ``data_info`` where the data set reports what it read (pystdlib-chars: Python version, corpus SHA-256),
     ``params`` (weights of all Linear/Conv2d layers), ``kept_params`` and ``density`` = kept / params
     under the final masks (1.0 for dense), ``trainable_params`` (scores, or weights for dense), ``seconds``
     (training + evaluation wall time, summed over resumed sessions), ``config`` (resolved), ``finished``,
@@ -452,7 +484,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
 
     ``resume`` continues from ``out/checkpoint.pt`` if it exists (the config must match but for the device
     and worker count). ``stop_after`` ends the run after that epoch, as an interruption would (used to test
-    resumption). Under ``torchrun`` every process calls this; rank 0 writes the files.
+    resumption). Under ``torchrun`` every process calls this; rank 0 writes the files. With ``out`` None
+    nothing is written (``slth train-dense`` keeps only the model).
     """
     from ..data import open_dataset
     from ..supermask import build
@@ -460,7 +493,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
     cfg = config.resolved()
     rt = _runtime.setup(cfg.device, cfg.precision)
     try:
-        data = open_dataset(cfg.data, cfg.data_dir, cfg.image_size)
+        data = open_dataset(cfg.data, cfg.data_dir, cfg.image_size, **dict(cfg.data_args))
         model_kwargs = {**dict(cfg.model_args), **({} if cfg.hidden is None else {"hidden": list(cfg.hidden)})}
         # built on the CPU from the seed, then moved: a ticket trained on a GPU rebuilds on a CPU
         model = build(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed, width=cfg.width,
@@ -470,8 +503,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: 
         source = (_StreamSource if DATASETS[cfg.data].streamed else _MemorySource)(data, cfg, rt)
         describe = {"method": cfg.method, "model": cfg.model, "data": cfg.data, "width": cfg.width, "seed": cfg.seed,
                     "target_density": 1.0 if cfg.method == "dense" else cfg.density}
-        return _loop(model, cfg, rt, source, Path(out), resume=resume, quiet=quiet, stop_after=stop_after,
-                     describe=describe, ticket=cfg.method != "dense")
+        if getattr(data, "info", None):
+            describe["data_info"] = dict(data.info)
+        return _loop(model, cfg, rt, source, None if out is None else Path(out), resume=resume, quiet=quiet,
+                     stop_after=stop_after, describe=describe, ticket=cfg.method != "dense")
     finally:
         rt.close()
 
