@@ -80,7 +80,8 @@ def _solve_chunk(values, targets, torch):
     x = torch.gather(q, 1, i_q[:, None])[:, 0]
     s_chosen = torch.gather(s_pad, 1, torch.gather(flat, 1, chosen[:, None]))[:, 0]
     bits = torch.arange(n, device=dev)
-    mask = torch.where(bits < b, (mask_s[:, None] >> bits.clamp(max=62)) & 1, (i_q[:, None] >> (bits - b).clamp(min=0)) & 1)
+    mask = torch.where(bits < b, (mask_s[:, None] >> bits.clamp(max=62)) & 1,
+                       (i_q[:, None] >> (bits - b).clamp(min=0)) & 1)
     return mask.to(torch.bool), e_min[:, 0], s_chosen + x
 
 

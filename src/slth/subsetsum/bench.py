@@ -54,7 +54,8 @@ def _left_to_right(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def run(ns, batch: int, *, threads: int | None = None, seed: int = 0, repeats: int = 3, mip: bool = False,
-        mip_batch: int = 3, mip_solvers=None, mip_time_limit: float = 600.0, sparsest_eps: float | None = None) -> list[BenchRow]:
+        mip_batch: int = 3, mip_solvers=None, mip_time_limit: float = 600.0,
+        sparsest_eps: float | None = None) -> list[BenchRow]:
     """Benchmark ``solve`` (or ``solve_sparsest`` with ``sparsest_eps``) at each n; best wall time of ``repeats``."""
     import numba
 
@@ -69,7 +70,8 @@ def run(ns, batch: int, *, threads: int | None = None, seed: int = 0, repeats: i
         rows = []
         for n in ns:
             vals, targets = instances(n, batch, seed)
-            call = (lambda v, t: solve(v, t)) if sparsest_eps is None else (lambda v, t: solve_sparsest(v, t, sparsest_eps))
+            call = ((lambda v, t: solve(v, t)) if sparsest_eps is None
+                    else (lambda v, t: solve_sparsest(v, t, sparsest_eps)))
             compile_seconds = warm_up("subsetsum")  # compile / load the cache outside the timing
             call(vals[:4], targets[:4])  # (and the 1-D kernel never runs here)
             best = best_cpu = np.inf
@@ -120,13 +122,16 @@ def markdown(rows: list[BenchRow]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r.n} | {r.batch} | {r.threads} | {r.us_per_instance_per_core:.2f} | {r.cpu_us_per_instance:.2f} | "
+        lines.append(f"| {r.n} | {r.batch} | {r.threads} | {r.us_per_instance_per_core:.2f} | "
+                     f"{r.cpu_us_per_instance:.2f} | "
                      f"{r.instances_per_second:,.0f} | {r.median_error:.2e} | {r.p99_error:.2e} |")
     mips = [(r, m) for r in rows for m in r.mip]
     if mips:
-        lines += ["", "| n | MIP solver (1 thread) | instances | s / instance | median error | engine error ≤ MIP | speed ratio |",
+        lines += ["", "| n | MIP solver (1 thread) | instances | s / instance | median error | engine error ≤ MIP "
+                      "| speed ratio |",
                   "|---|---|---|---|---|---|---|"]
         for r, m in mips:
-            lines.append(f"| {r.n} | {m.solver} | {m.instances} | {m.seconds_per_instance:.3g} | {m.median_error:.2e} | "
+            lines.append(f"| {r.n} | {m.solver} | {m.instances} | {m.seconds_per_instance:.3g} | "
+                         f"{m.median_error:.2e} | "
                          f"{m.engine_not_worse}/{m.instances} | {m.speed_ratio:,.0f}× |")
     return "\n".join(lines)

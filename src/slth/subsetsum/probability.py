@@ -36,7 +36,8 @@ def _sample_targets(rng: np.random.Generator, size: int, distribution) -> np.nda
         if distribution == "uniform-half":
             return rng.uniform(-0.5, 0.5, size)
         raise ValueError(
-            f"unknown target distribution {distribution!r}; valid: {sorted(TARGET_DISTRIBUTIONS)} or an array of samples"
+            f"unknown target distribution {distribution!r}; valid: {sorted(TARGET_DISTRIBUTIONS)} "
+            "or an array of samples"
         )
     samples = np.asarray(distribution, dtype=np.float64).reshape(-1)
     if samples.size == 0 or not np.isfinite(samples).all():

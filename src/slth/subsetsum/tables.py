@@ -23,7 +23,8 @@ def markdown(trials: int = 20_000, seed: int = 0, n_max: int = 32, values=("prod
             cells = required_n_table(EPS, P, t, values=v, trials=trials, seed=seed, n_max=n_max)
             for e in EPS:
                 row = [str(cells[(e, q)]) if cells[(e, q)] is not None else f"> {n_max}" for q in P]
-                lines.append(f"| {VALUE_DISTRIBUTIONS[v]} | {TARGET_DISTRIBUTIONS[t]} | {e:g} | " + " | ".join(row) + " |")
+                lines.append(f"| {VALUE_DISTRIBUTIONS[v]} | {TARGET_DISTRIBUTIONS[t]} | {e:g} | "
+                             + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
