@@ -90,3 +90,19 @@ def test_train_dense_model_reloads(tmp_path):
     assert saved["metrics"]["test_perplexity"] > 1
     r = invoke("train-dense", "--arch", "64-10", "--model", "gpt", "-o", tmp_path / "x.pt")
     assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_train_dense_model_args_travel_to_construct(tmp_path):
+    """A target trained with non-default --model-arg values reloads by name, from the sizes its file names."""
+    from slth.construction.target import load_target
+
+    path = tmp_path / "gpt-small.pt"
+    r = invoke("train-dense", *TINY_GPT, *TINY_DATA, *COMMON, "-o", path)
+    assert r.exit_code == 0, r.output
+    saved = torch.load(path, weights_only=True)
+    rebuilt = build_model("gpt", **saved["model_kwargs"])
+    rebuilt.load_state_dict(saved["state_dict"])
+    target = load_target(path, "gpt")  # shape, classes and dims come from the file
+    idx = load_pystdlib_chars(16, 8000, 2).x_test[:4]
+    with torch.no_grad():
+        assert torch.equal(target(idx), rebuilt.eval()(idx))

@@ -163,9 +163,6 @@ def _train_dense_model(model, data, data_dir, data_args, model_args, width, epoc
     shape = ",".join(str(v) for v in kwargs["input_shape"])
     hint = (f"construct: --arch {model} --input-shape {shape} --classes {kwargs['num_classes']}"
             + ("" if width == 1.0 else f" --width {width:g}"))
-    if config.model_args:  # load_target rebuilds a named architecture from its shape, classes and width only
-        hint = (f"its --model-arg values are not defaults: rebuild it with slth.models.build_model(model, "
-                f"**model_kwargs) (slth construct --arch {model} takes the defaults)")
     Console().print(f"{model} on {data}: test accuracy {metrics['test_accuracy']:.2%}{perplexity} after {epochs} "
                     f"epochs ({metrics['seconds']:.1f} s); wrote {out} ({hint})")
 

@@ -847,17 +847,24 @@ def load_target(path, arch: str | None = None, *, input_shape=None, num_classes:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path} is not a readable state_dict file ({type(exc).__name__}: {exc})") from None
+    saved_kwargs = {}  # slth train-dense --model files name the constructor arguments they were built with
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if state.get("model") == arch and isinstance(state.get("model_kwargs"), dict):
+            saved_kwargs = dict(state["model_kwargs"])
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict (a dict of tensors)")
     if not all(part.isdigit() for part in arch.split("-")):
         from .zoo import build_target
 
+        input_shape = saved_kwargs.pop("input_shape", None) if input_shape is None else input_shape
+        num_classes = saved_kwargs.pop("num_classes", None) if num_classes is None else num_classes
+        width = saved_kwargs.pop("width", width) if width == 1.0 else width
+        extra = {k: v for k, v in saved_kwargs.items() if k not in ("input_shape", "num_classes", "width")}
         if input_shape is None or num_classes is None:
             raise ValueError(
                 f"--arch {arch} needs the input shape and the number of classes (--input-shape, --classes)")
-        net = build_target(arch, tuple(input_shape), int(num_classes), width=width)
+        net = build_target(arch, tuple(input_shape), int(num_classes), width=width, **extra)
         state = {k.removeprefix("module."): v for k, v in state.items()}
     else:
         state = {k.removeprefix("layers."): v for k, v in state.items()}

@@ -43,13 +43,17 @@ class ResNet18(nn.Module):
 TARGETS = {"resnet18": ResNet18}
 
 
-def build_target(name: str, input_shape: Sequence[int], num_classes: int, width: float = 1.0) -> nn.Module:
-    """A target architecture by name: :data:`TARGETS` or the model registry (lenet5, conv4, resnet20, ...)."""
+def build_target(name: str, input_shape: Sequence[int], num_classes: int, width: float = 1.0,
+                 **model_kwargs) -> nn.Module:
+    """A target architecture by name: :data:`TARGETS` or the model registry (lenet5, conv4, resnet20, vit, gpt,
+    ...); ``model_kwargs`` go to a registry model's constructor (e.g. gpt's ``dim``, ``depth``)."""
     from ..models import MODELS, build_model
 
     if name in TARGETS:
+        if model_kwargs:
+            raise ValueError(f"{name} takes no model arguments, got {sorted(model_kwargs)}")
         return TARGETS[name](tuple(input_shape), num_classes, width=width)
     if name in MODELS:
-        return build_model(name, tuple(input_shape), num_classes, width=width)
+        return build_model(name, tuple(input_shape), num_classes, width=width, **model_kwargs)
     raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(sorted([*TARGETS, *MODELS]))} "
                      "or MLP widths like 784-500-10")
