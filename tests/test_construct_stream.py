@@ -62,6 +62,63 @@ def test_workdir_resume_reuses_finished_chunks(tmp_path):
         construct(net, 0.01, seed=1, chunk_instances=150, workdir=str(work), resume=True)
 
 
+def test_damaged_work_dir_files_are_refused_by_name(tmp_path):
+    """A chunk that fails its checksum, has the wrong rows or cannot be read, and a damaged plan.json, each
+    stop the resumed run with the file's name instead of building a wrong ticket."""
+    import io
+
+    import numpy as np
+
+    net = conv_net(2)
+    work = tmp_path / "work"
+    construct(net, 0.01, seed=0, chunk_instances=150, workdir=str(work))
+    files = sorted((work / "chunks").glob("*.npz"))
+    original = files[0].read_bytes()
+
+    def rewrite(**changes):
+        with np.load(io.BytesIO(original), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays.update(changes)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        files[0].write_bytes(buf.getvalue())
+
+    def resume():
+        construct(net, 0.01, seed=0, chunk_instances=150, workdir=str(work), resume=True)
+
+    with np.load(io.BytesIO(original), allow_pickle=False) as z:
+        flipped = z["b_mask"].copy()
+        shape = z["shape"].copy()
+    flipped[0] ^= 1
+    rewrite(b_mask=flipped)  # one mask bit changed, the stored checksum kept
+    with pytest.raises(ValueError, match=f"{files[0].name} fails its checksum"):
+        resume()
+    shape[0] += 1
+    from slth.construction.stream import _chunk_digest
+
+    with np.load(io.BytesIO(original), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "sha256"}
+    arrays["shape"] = shape
+    rewrite(shape=shape, sha256=np.frombuffer(_chunk_digest(arrays), np.uint8))  # consistent, wrong rows
+    with pytest.raises(ValueError, match="rows for it"):
+        resume()
+    files[0].write_bytes(original[:100])
+    with pytest.raises(ValueError, match=f"{files[0].name} is unreadable"):
+        resume()
+    with np.load(io.BytesIO(original), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k not in ("sha256", "redraws")}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    files[0].write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match=r"lacks \['redraws'\]"):
+        resume()
+    files[0].write_bytes(original)
+    resume()  # the intact file is reused
+    (work / "plan.json").write_text("{not json")
+    with pytest.raises(ValueError, match="plan.json is damaged"):
+        resume()
+
+
 def _cli(*args):
     return [sys.executable, "-c", "from slth.cli import main; main()", *map(str, args)]
 

@@ -93,7 +93,10 @@ class WorkDir:
         self.chunks.mkdir(parents=True, exist_ok=True)
         plan = self.path / "plan.json"
         if plan.exists():
-            recorded = json.loads(plan.read_text()).get("fingerprint")
+            try:
+                recorded = json.loads(plan.read_text()).get("fingerprint")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+                raise ValueError(f"work dir {self.path}: plan.json is damaged ({exc}); use a new --workdir") from None
             if recorded != digest:
                 raise ValueError(f"work dir {self.path} holds chunks of a different construction (target, seed or "
                                  "arguments differ); use a new --workdir")
@@ -112,20 +115,50 @@ class WorkDir:
         return self.file(chunk).exists()
 
     def save(self, chunk: Chunk, r: ChunkResult) -> None:
+        arrays = {"b_mask": np.packbits(r.b_mask.reshape(-1), bitorder="little"),
+                  "shape": np.array(r.b_mask.shape, np.int64), "weight_errors": r.weight_errors,
+                  "bias_errors": r.bias_errors, "failures": np.array(r.failures, np.int64), "redraws": r.redraws}
+
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
-                np.savez(fh, b_mask=np.packbits(r.b_mask.reshape(-1), bitorder="little"),
-                         shape=np.array(r.b_mask.shape, np.int64), weight_errors=r.weight_errors,
-                         bias_errors=r.bias_errors, failures=np.array(r.failures, np.int64), redraws=r.redraws)
+                np.savez(fh, **arrays, sha256=np.frombuffer(_chunk_digest(arrays), np.uint8))
 
         atomic_write(self.file(chunk), write)
 
     def load(self, chunk: Chunk) -> ChunkResult:
-        with np.load(self.file(chunk), allow_pickle=False) as z:
-            shape = tuple(int(v) for v in z["shape"])
-            mask = np.unpackbits(z["b_mask"], count=int(np.prod(shape)), bitorder="little").astype(bool).reshape(shape)
-            return ChunkResult(chunk.layer, chunk.start, chunk.stop, mask, z["weight_errors"], z["bias_errors"],
-                               int(z["failures"]), z["redraws"].reshape(-1, 4).astype(np.int64))
+        """A finished chunk, checked: its checksum (files written before checksums existed have none) and its
+        row count against the plan; a damaged file names itself and how to recover."""
+        path = self.file(chunk)
+        fix = "delete it (it is recomputed on --resume) or use a new --workdir"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # a truncated or foreign file: zipfile, numpy and OS errors alike
+            raise ValueError(f"work dir chunk {path} is unreadable ({type(exc).__name__}); {fix}") from None
+        names = ("b_mask", "shape", "weight_errors", "bias_errors", "failures", "redraws")
+        if not set(names) <= set(arrays):
+            raise ValueError(f"work dir chunk {path} lacks {sorted(set(names) - set(arrays))}; {fix}")
+        stored = arrays.pop("sha256", None)
+        if stored is not None and stored.tobytes() != _chunk_digest(arrays):
+            raise ValueError(f"work dir chunk {path} fails its checksum; {fix}")
+        shape = tuple(int(v) for v in arrays["shape"])
+        if not shape or shape[0] != chunk.stop - chunk.start or arrays["b_mask"].size * 8 < int(np.prod(shape)):
+            raise ValueError(f"work dir chunk {path} holds mask shape {shape}, the plan has "
+                             f"{chunk.stop - chunk.start} rows for it; {fix}")
+        mask = np.unpackbits(arrays["b_mask"], count=int(np.prod(shape)), bitorder="little")
+        return ChunkResult(chunk.layer, chunk.start, chunk.stop, mask.astype(bool).reshape(shape),
+                           arrays["weight_errors"], arrays["bias_errors"], int(arrays["failures"]),
+                           arrays["redraws"].reshape(-1, 4).astype(np.int64))
+
+
+def _chunk_digest(arrays: dict[str, np.ndarray]) -> bytes:
+    """SHA-256 over a chunk file's arrays: name, dtype, shape and bytes of each, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.digest()
 
 
 # -- executors -------------------------------------------------------------------------------------
