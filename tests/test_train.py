@@ -95,6 +95,9 @@ def test_cli_train_writes_metrics_and_ticket(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["density"] == pytest.approx(0.5, abs=1e-3) and metrics["method"] == "biprop"
+    from slth.provenance import machine
+
+    assert metrics["machine"] == machine() and "git_commit" in metrics  # one provenance for every record
     from slth.supermask import from_ticket
 
     assert from_ticket(out / "ticket.slth")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)

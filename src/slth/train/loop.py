@@ -20,7 +20,6 @@ processes after every epoch. Only rank 0 writes files; evaluation is sharded and
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 from .._io import atomic_torch_save, atomic_write_json
 from ..data.augment import apply_crop_flip, crop_flip_draws, random_crop_flip
-from ..provenance import git_commit
+from ..provenance import git_commit, machine
 from ..seeding import derive_seed, generator
 from . import runtime as _runtime
 from .config import RUNTIME_FIELDS, TrainConfig
@@ -303,7 +302,7 @@ def _identity_diff(saved: dict, cfg: TrainConfig) -> dict:
 
 
 def _machine(rt: _runtime.Runtime) -> str:
-    text = f"{platform.machine()} {platform.system()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    text = machine()  # the description every record carries, plus the accelerator
     if rt.device.type == "cuda":
         text += f", {torch.cuda.get_device_name(rt.device)}"
     return text
