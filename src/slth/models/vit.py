@@ -37,5 +37,5 @@ class ViT(nn.Module):
 
     def forward(self, x):
         h = self.patch(x).flatten(2).transpose(1, 2)
-        h = torch.cat([self.cls_token.expand(len(x), -1, -1), h], 1) + self.pos_embed
+        h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), h], 1) + self.pos_embed
         return self.head(self.norm(self.encoder(h))[:, 0])
