@@ -279,3 +279,20 @@ def test_random_params_counting():
     assert ticket.stats["random_params"] == want
     assert ticket.stats["kept_params"] == sum(int(m.sum()) for m in ticket.masks.values())
     assert np.isclose(ticket.stats["max_weight_error"], max(ticket.stats["max_weight_error_per_layer"]))
+
+
+def test_chunking_and_workdir_give_the_same_ticket(tmp_path):
+    """The qk/vo layers are solved in the same row chunks as any layer: any chunk size, or a resumed work dir, gives
+    the same ticket bit for bit."""
+    net = seeded(nn.TransformerEncoderLayer(D, HEADS, dim_feedforward=16, dropout=0.0, batch_first=True,
+                                            norm_first=True))
+    whole = construct(net, EPS, seed=0, attention="product")
+    assert construct(net, EPS, seed=0, attention="product", chunk_instances=7).digest() == whole.digest()
+    work = tmp_path / "work"
+    first = construct(net, EPS, seed=0, attention="product", chunk_instances=40, workdir=str(work))
+    again = construct(net, EPS, seed=0, attention="product", chunk_instances=40, workdir=str(work), resume=True)
+    assert first.digest() == again.digest() == whole.digest() and again.run["computed"] == 0
+    proj = tmp_path / "proj"
+    construct(net, EPS, seed=0, chunk_instances=40, workdir=str(proj))
+    with pytest.raises(ValueError, match="different construction"):  # a projection work dir is another plan
+        construct(net, EPS, seed=0, attention="product", chunk_instances=40, workdir=str(proj), resume=True)
