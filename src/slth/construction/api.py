@@ -12,7 +12,7 @@ from .._jit import warm_up
 from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer
 from .graph import plan_scales
 from .network import LayerLayout
-from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, layer_chunks, plan_chunks, run_chunks
+from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
 from .target import input_range_of, parse_target
 from .ticket import Ticket
 
@@ -131,6 +131,8 @@ def construct(
         jobs.append(LayerJob(index, layout, int(seed), scales[index], bias_scales[index], float(eps), method,
                              bool(sparse), max_redraw_rounds, device))
     chunks = plan_chunks(jobs, chunk_instances)
+    target_params = sum(spec.params for spec in linears)
+    selector_layers = [i for i, spec in enumerate(linears) if spec.selector]
     work = None
     if workdir is not None:
         work = WorkDir(workdir, fingerprint(jobs, linears, ops, chunks), resume=resume)
@@ -139,17 +141,24 @@ def construct(
         bar.update(task, description=f"{len(linears)} layers, {len(chunks)} chunks")
         computed, run = run_chunks(jobs, linears, chunks, workers=workers, backend=backend, address=address,
                                    workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
-        results = [merge_layer(job, layer_chunks(job.index, chunks, computed, work)) for job in jobs]
+        del linears, spec  # the target's float64 weights (1 GB for GPT-2 small) are no longer needed
+        # one copy of the per-weight errors (10^8 of them for GPT-2 small): each layer's go into one array
+        all_errors = np.empty(sum(job.layout.d_out * (job.layout.d_in * job.layout.taps + job.layout.bias)
+                                  for job in jobs))
+        results, at = [], 0
+        for job in jobs:
+            r = merge_layer(job, take_layer_chunks(job.index, chunks, computed, work))
+            all_errors[at : at + r.errors.size] = r.errors
+            at += r.errors.size
+            results.append(dataclasses.replace(r, errors=None))
         del computed
+        if at != all_errors.size:
+            raise AssertionError(f"merged {at} weight errors, expected {all_errors.size}")
     prefixes = [str(pos) for pos in graph.layer_positions()]
     masks = {f"{prefix}.{name}": m for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
     # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
     redraws = redraws[np.lexsort((redraws[:, 3], redraws[:, 2], redraws[:, 1], redraws[:, 0]))]
-    target_params = sum(spec.params for spec in linears)
-    all_errors = np.concatenate([r.errors for r in results])
-    # keep one copy of the per-weight errors (a GPT-2-sized target has 10^8 of them)
-    results = [dataclasses.replace(r, errors=None) for r in results]
     stats = {
         "target_params": int(target_params),
         "random_params": int(sum(r.layout.random_params for r in results)),
@@ -160,7 +169,7 @@ def construct(
         "max_weight_error": float(max(r.max_weight_error for r in results)),
         "max_weight_error_per_layer": [r.max_weight_error for r in results],
         "weight_error_median": float(np.median(all_errors, overwrite_input=True)),  # partitions in place
-        "weight_error_p99": float(np.quantile(all_errors, 0.99)),
+        "weight_error_p99": float(np.quantile(all_errors, 0.99, overwrite_input=True)),
         "eps_met": bool(all(r.failures == 0 for r in results)),
         "n_per_layer": [r.layout.n for r in results],
         "failures": int(sum(r.failures for r in results)),
@@ -175,7 +184,7 @@ def construct(
         stats["attention"] = {
             "construction": "product",
             "product_attentions": kinds.count("vo_mix"),
-            "product_layers": [i for i, spec in enumerate(linears) if spec.selector],
+            "product_layers": selector_layers,
             "per_projection_fallback": [f"{kind} op at position {pos} (not an nn.MultiheadAttention)"
                                         for pos, kind in enumerate(kinds) if kind in ("attention", "softmax")],
         }

@@ -242,7 +242,7 @@ def run_chunks(jobs: list[LayerJob], specs: list[LinearSpec], chunks: list[Chunk
                backend: str = "local", address: str | None = None, workdir: WorkDir | None = None,
                on_chunk: Callable[[Chunk], None] | None = None) -> tuple[dict[Chunk, ChunkResult], RunInfo]:
     """Compute every chunk not already in ``workdir``. Returns the in-memory results (empty with a work
-    dir: they are on disk, read back per layer by :func:`layer_chunks`) and the run's :class:`RunInfo`."""
+    dir: they are on disk, read back per layer by :func:`take_layer_chunks`) and the run's :class:`RunInfo`."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if not isinstance(workers, int) or workers < 1:
@@ -266,7 +266,9 @@ def run_chunks(jobs: list[LayerJob], specs: list[LinearSpec], chunks: list[Chunk
     return results, info
 
 
-def layer_chunks(layer: int, chunks: list[Chunk], results: dict[Chunk, ChunkResult],
-                 workdir: WorkDir | None) -> list[ChunkResult]:
+def take_layer_chunks(layer: int, chunks: list[Chunk], results: dict[Chunk, ChunkResult],
+                      workdir: WorkDir | None) -> list[ChunkResult]:
+    """The chunk results of one layer, removed from ``results`` (so the merged layer replaces them in memory
+    instead of adding to them) or read from the work dir."""
     mine = [c for c in chunks if c.layer == layer]
-    return [results[c] if c in results else workdir.load(c) for c in mine]
+    return [results.pop(c) if c in results else workdir.load(c) for c in mine]
