@@ -363,7 +363,7 @@ def transformers_command(
     vit_args: str = typer.Option("patch=7", help="ViT constructor arguments, KEY=VALUE,... (patch, dim, depth, "
                                                  "heads, mlp_ratio)"),
     vit_epochs: int = typer.Option(8, help="dense training epochs of each ViT"),
-    vit_lr: Optional[float] = typer.Option(None, help="ViT learning rate (default: slth train's dense default)"),
+    vit_lr: Optional[float] = typer.Option(0.05, help="ViT peak learning rate (SGD, cosine)"),
     eps: str = typer.Option("0.01,0.001", help="eps values of the ViT and GPT tickets"),
     sweep_eps: str = typer.Option("0.1,0.03,0.01,0.003,0.001", help="eps values of the width-vs-eps table "
                                                                      "(first ViT data set)"),
@@ -375,9 +375,9 @@ def transformers_command(
     test_size: int = typer.Option(0, help="ViT test images evaluated (0: the whole test set)"),
     gpt: bool = typer.Option(True, help="run the char-GPT part"),
     gpt_args: str = typer.Option("dim=64,depth=2,heads=4", help="GPT constructor arguments, KEY=VALUE,..."),
-    gpt_data_args: str = typer.Option("context=32,max_bytes=1000000", help="pystdlib-chars options, KEY=VALUE,..."),
-    gpt_epochs: int = typer.Option(3, help="dense training epochs of the GPT"),
-    gpt_lr: Optional[float] = typer.Option(None, help="GPT learning rate (default: slth train's dense default)"),
+    gpt_data_args: str = typer.Option("context=32,max_bytes=2000000", help="pystdlib-chars options, KEY=VALUE,..."),
+    gpt_epochs: int = typer.Option(4, help="dense training epochs of the GPT"),
+    gpt_lr: Optional[float] = typer.Option(0.3, help="GPT peak learning rate (SGD, cosine; 1.0 diverges)"),
     gpt_test_size: int = typer.Option(0, help="held-out GPT windows evaluated (0: the whole held-out split)"),
     learned_methods: str = typer.Option("dense,edge-popup,biprop", help="slth train runs of the Fashion-MNIST ViT "
                                                                          "shown beside the construction"),
@@ -385,7 +385,8 @@ def transformers_command(
     seed: int = typer.Option(0),
     quick: bool = typer.Option(False, help="tiny setting for tests (digits ViT dim 16, tiny GPT, 1 epoch, eps 0.01)"),
     out: Path = typer.Option(RESULTS / "transformers.json"),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(1, help="torch threads (1 is fastest on a shared 2-core machine: two "
+                                                  "threads made a ViT epoch 8x slower under load)"),
 ) -> None:
     """Tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT: accuracy, agreement, width vs eps, params."""
     from rich.console import Console
