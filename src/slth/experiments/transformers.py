@@ -379,14 +379,15 @@ def render(record: Record, ctx: Context) -> str:
     goals = []
     for v in d["vit"]:
         tr = v["train"]
-        rows = []
+        rows, notes = [], []
         for t in v["tickets"]:
             label = LABELS.get(t["construction"], t["construction"])
             if "skipped" in t or "error" in t:
-                why = t.get("skipped") or t["error"]
-                rows.append([label, f"{t['eps']:g}", "-", "not built", "-", "-",
+                rows.append([label, f"{t['eps']:g}", "-", "not built" + _mark(notes, t), "-", "-",
                              _params(t.get("target_params")), _params(t.get("random_params"), t.get("random_ratio")),
-                             "-", why])
+                             "-", "-"])
+                if t["eps"] == GOAL_AGREEMENT_EPS:
+                    goals.append((f"ViT {v['data']}, {label}", None))
                 continue
             rows.append([label, f"{t['eps']:g}", pct(t["target_accuracy"]), pct(t["ticket_accuracy"]),
                          pct(t["top1_agreement"]), f"{t['max_logit_diff']:.2g}", _params(t["target_params"]),
@@ -401,7 +402,7 @@ def render(record: Record, ctx: Context) -> str:
         out.append(table(["construction", "eps", "target acc. %", "ticket acc. %", "top-1 agreement %",
                           "max abs logit diff", "target params", "random params", "kept params",
                           "seconds"], rows))
-        out.append("")
+        out.append(_notes(notes))
     sweep = next((v for v in d["vit"] if "width_vs_eps" in v), None)
     if sweep is not None:
         rows_ = sweep["width_vs_eps"]
@@ -457,13 +458,13 @@ def render(record: Record, ctx: Context) -> str:
     ppl_goals = []
     if g is not None:
         tr = g["train"]
-        rows = []
+        rows, notes = [], []
         for t in g["tickets"]:
             label = LABELS.get(t["construction"], t["construction"])
             if "skipped" in t or "error" in t:
-                rows.append([label, f"{t['eps']:g}", "-", "not built", "-", "-", "-",
+                rows.append([label, f"{t['eps']:g}", "-", "not built" + _mark(notes, t), "-", "-", "-",
                              _params(t.get("target_params")), _params(t.get("random_params"), t.get("random_ratio")),
-                             "-", t.get("skipped") or t["error"]])
+                             "-", "-"])
                 continue
             rows.append([label, f"{t['eps']:g}", f"{t['target_perplexity']:.4f}", f"{t['ticket_perplexity']:.4f}",
                          f"{100 * (t['perplexity_ratio'] - 1):+.3f} %", pct(t["top1_agreement"]),
@@ -481,7 +482,7 @@ def render(record: Record, ctx: Context) -> str:
         out.append(table(["construction", "eps", "target perplexity", "ticket perplexity", "ticket vs target",
                           "top-1 agreement %", "max abs logit diff", "target params", "random params", "kept params",
                           "seconds"], rows))
-        out.append("")
+        out.append(_notes(notes))
     # construction vs learning (Fashion-MNIST ViT)
     fm = next((v for v in d["vit"] if v["data"] == "fashion-mnist"), None)
     spec = d.get("learned", {})
@@ -514,6 +515,10 @@ def render(record: Record, ctx: Context) -> str:
     text = ["### Goals\n"]
     if goals:
         for label, a in goals:
+            if a is None:
+                text.append(f"* {label}: no ticket at eps {GOAL_AGREEMENT_EPS:g} (not built, see above): "
+                            f"{_met(None)}.")
+                continue
             text.append(f"* {label}: top-1 agreement {pct(a)} % at eps {GOAL_AGREEMENT_EPS:g} against the goal "
                         f">= {pct(GOAL_AGREEMENT, 1)} %: {_met(a >= GOAL_AGREEMENT)}.")
             ctx.summary.append((f"{label}: ticket/target top-1 agreement at eps {GOAL_AGREEMENT_EPS:g}",
@@ -533,6 +538,19 @@ def render(record: Record, ctx: Context) -> str:
     out.append(f"Papers: *{d['paper']}*\n")
     out.append(provenance(d))
     return "\n".join(out)
+
+
+def _mark(notes: list[str], row: dict) -> str:
+    """A footnote mark for a ticket that was not built; the note says why (and its computed size)."""
+    notes.append(f"{LABELS.get(row['construction'], row['construction'])}, eps {row['eps']:g}: "
+                 + (f"not built: it {row['skipped']}; its random params and width factor in the table are computed "
+                    "from the per-layer n `construct` would choose" if "skipped" in row else
+                    f"construction failed: {row['error']}"))
+    return f" ({len(notes)})"
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f"\n({i}) {note}." for i, note in enumerate(notes, 1)) + "\n"
 
 
 def _args(args: dict) -> str:
