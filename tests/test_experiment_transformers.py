@@ -103,11 +103,15 @@ def test_plan_size_equals_the_built_tickets():
 
 
 def test_attention_constructions_come_from_the_api(monkeypatch):
-    from slth.construction import api
+    from slth.construction import api, target
 
     monkeypatch.delattr(api, "ATTENTIONS", raising=False)
+    monkeypatch.delattr(target, "ATTENTION_MODES", raising=False)
     assert T.attentions() == ("projection",) and T.constructions() == ("pensia", "malach")
     monkeypatch.setattr(api, "ATTENTIONS", ("projection", "product"), raising=False)
+    assert T.constructions() == ("pensia", "product", "malach")
+    monkeypatch.delattr(api, "ATTENTIONS")
+    monkeypatch.setattr(target, "ATTENTION_MODES", ("projection", "product"), raising=False)
     assert T.constructions() == ("pensia", "product", "malach")
     assert T.construct_kwargs("product") == {"method": "pensia", "attention": "product"}
     with pytest.raises(ValueError, match="unknown construction"):

@@ -16,8 +16,9 @@
 * **Construction vs learning** (Fashion-MNIST ViT): the record names the ``slth train`` runs of the same ViT
   (``learning-by-pruning/fmnist-vit-<method>-w<width>.json``); :func:`render` reads them when present.
 
-The attention constructions come from one place, :func:`attentions`: ``slth.construction.api.ATTENTIONS``
-when that module defines it, else ``("projection",)``; ``"product"`` then joins the experiment by itself.
+The attention constructions come from one place, :func:`attentions`: ``slth.construction.target.ATTENTION_MODES``
+(or ``slth.construction.api.ATTENTIONS``) when defined, else ``("projection",)``; ``"product"`` then joins the
+experiment by itself.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ PAPER = ("Pensia et al. 2020 (arXiv:2006.07990): every weight within eps by a Su
 
 # --------------------------------------------------------------------------- which constructions exist
 def attentions() -> tuple[str, ...]:
-    """The attention constructions ``slth.construct`` offers: ``slth.construction.api.ATTENTIONS`` if the module
-    defines it, else only the per-projection one. The one place this experiment reads the list from."""
-    from ..construction import api
+    """The attention constructions ``slth.construct`` offers, the one place this experiment reads them from:
+    ``slth.construction.target.ATTENTION_MODES`` (where ``construct`` checks its ``attention=`` keyword), else
+    ``slth.construction.api.ATTENTIONS``, else only the per-projection one."""
+    from ..construction import api, target
 
-    names = getattr(api, "ATTENTIONS", None)
+    names = getattr(target, "ATTENTION_MODES", None) or getattr(api, "ATTENTIONS", None)
     return tuple(names) if names else ("projection",)
 
 
