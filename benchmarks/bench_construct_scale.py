@@ -1,4 +1,5 @@
-"""Construction at scale: a ResNet-18-shaped target (ImageNet layout, 11.7M weights, random init).
+"""Construction at scale: a ResNet-18-shaped target (ImageNet layout, 11.7M weights) or a GPT-2-small-shaped one
+(12 layers, d 768, 12 heads, vocabulary 50,257, context 1,024: 124M parameters), random init.
 
 Measures wall time, CPU time and peak RSS (this process and, separately, the largest worker process)
 of ``slth.construct`` for a backend/worker count, and writes one JSON record per run.
@@ -6,15 +7,19 @@ of ``slth.construct`` for a backend/worker count, and writes one JSON record per
     python benchmarks/bench_construct_scale.py --workers 1 --out bench-r18-w1.json
     python benchmarks/bench_construct_scale.py --workers 2 --out bench-r18-w2.json
     python benchmarks/bench_construct_scale.py --backend ray --workers 2 --out bench-r18-ray2.json
+    python benchmarks/bench_construct_scale.py --target gpt2-small --workdir WD --out bench-gpt2-w1.json
 
 Random-init weights: every conv is PyTorch's default (Kaiming-uniform, a=sqrt(5)) with the BatchNorm
 statistics at their defaults, folded; the construction cost depends on the shapes and n, not on training.
+gpt2-small: GPT-2's initialisation (:func:`slth.construction.zoo.gpt2_small`). Its random network (~3e9
+weights) is never materialised: the ticket's masks are held as bits and the ticket is saved and digested.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -25,13 +30,15 @@ from slth.experiments.record import machine
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="resnet18", choices=["resnet18", "gpt2-small"])
     ap.add_argument("--eps", type=float, default=1e-3)
     ap.add_argument("--n", type=int, default=None, help="values per weight (default: chosen per layer from eps)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--backend", default="local", choices=["local", "ray"])
     ap.add_argument("--address", default=None)
-    ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = ResNet-18)")
-    ap.add_argument("--image", type=int, default=224)
+    ap.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0 = ResNet-18 / GPT-2 small)")
+    ap.add_argument("--image", type=int, default=224, help="resnet18: image side")
+    ap.add_argument("--context", type=int, default=1024, help="gpt2-small: context length")
     ap.add_argument("--workdir", default=None, help="checkpoint directory (default: in memory)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", default=None, help="also save the ticket here")
@@ -42,23 +49,34 @@ def main(argv=None) -> int:
     import torch
 
     from slth.construction import construct
-    from slth.construction.zoo import ResNet18
+    from slth.construction.zoo import build_target
 
     torch.manual_seed(args.seed)
-    target = ResNet18((3, args.image, args.image), 1000, width=args.width).eval()
+    if args.target == "resnet18":
+        target = build_target("resnet18", (3, args.image, args.image), 1000, width=args.width).eval()
+        described = f"ResNet-18 (ImageNet layout, width {args.width}, {args.image}px), random init"
+    else:
+        target = build_target("gpt2-small", (args.context,), 50257, width=args.width).eval()
+        described = (f"GPT-2-small shape (12 layers, width {args.width} x d 768, 12 heads, vocabulary 50,257, context "
+                     f"{args.context}, tied head, no biases), GPT-2 init")
+    target_params = sum(p.numel() for p in target.parameters())
+    load_start = os.getloadavg()
     start = time.perf_counter()
     ticket = construct(target, args.eps, seed=args.seed, n=args.n, workers=args.workers, backend=args.backend,
                        address=args.address, workdir=args.workdir, progress=sys.stderr.isatty())
     wall = time.perf_counter() - start
-    save_bytes = None
+    load_end = os.getloadavg()
+    save_bytes = save_seconds = None
     if args.save:
+        t0 = time.perf_counter()
         save_bytes = ticket.save(args.save).stat().st_size
+        save_seconds = round(time.perf_counter() - t0, 1)
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     s = ticket.stats
     record = {
         "command": "python " + " ".join(sys.argv),
-        "target": f"ResNet-18 (ImageNet layout, width {args.width}, {args.image}px), random init",
+        "target": described, "target_module_params": target_params,
         "target_params": s["target_params"],
         "eps": args.eps, "n_per_layer": s["n_per_layer"], "backend": args.backend, "workers": args.workers,
         "chunks": ticket.run["chunks"],
@@ -70,6 +88,9 @@ def main(argv=None) -> int:
         "random_params": s["random_params"], "kept_params": s["kept_params"],
         "max_weight_error": s["max_weight_error"], "failures": s["failures"], "redraws": s["redraws"],
         "ticket_digest": ticket.digest(), "ticket_file_bytes": save_bytes,
+        "save_seconds": save_seconds, "work_seconds": round(s["seconds"], 1),
+        "compile_seconds": round(s.get("compile_seconds", 0.0), 1),
+        "loadavg_1min_start_end": [round(load_start[0], 2), round(load_end[0], 2)],
         "numba_threads": numba.get_num_threads(),
         "machine": machine(),
     }

@@ -8,8 +8,9 @@ A ticket file is a safetensors file. Its tensors are
 * ``extra/<name>`` -- optional small numeric arrays a producer needs (float64/float32/int64...).
 
 Its ``__metadata__`` holds ``format = "slth-ticket"``, ``format_version`` (1; 2 for constructed tickets
-whose config uses what version 1 cannot describe: ops such as ``shift`` or an ``input_range``; the file
-layout is the same, so a reader of version 1 refuses them cleanly instead of misreading them), ``seed``, ``config``
+whose config uses what version 1 cannot describe: ops such as ``shift`` or an ``input_range``; 3 for those
+using the product-attention ops ``qk_scores`` / ``vo_mix`` of ``construct(..., attention="product")``; the file
+layout is the same, so an older reader refuses them cleanly instead of misreading them), ``seed``, ``config``
 (JSON), ``shapes`` (JSON) and ``checksum``: SHA-256 over the config, the seed and every tensor's
 name, dtype, shape and bytes. Loading parses the header itself, never unpickles, and raises
 :class:`TicketFileError` (a ``ValueError``) naming the problem for a foreign, truncated or
@@ -32,19 +33,90 @@ import numpy as np
 from ._io import atomic_write_bytes
 
 FORMAT = "slth-ticket"
-FORMAT_VERSION = 2  # the newest version this code reads and writes
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest version this code reads and writes
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class TicketFileError(ValueError):
     """A file is not a valid slth ticket (foreign, truncated, corrupted or of an unknown version)."""
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_REVERSED = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedMask:
+    """A boolean mask held as its bits, ``np.packbits`` of the flattened mask in little bit order (the
+    layout of a ticket file): one eighth of a bool array's memory, so a construction with billions of
+    random weights (a GPT-2-small-sized target) keeps its masks in memory and writes them without
+    unpacking."""
+
+    bits: np.ndarray  # uint8, ceil(size / 8) bytes; the padding bits of the last byte are 0
+    shape: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.bits.dtype != np.uint8 or self.bits.ndim != 1 or self.bits.size != (self.size + 7) // 8:
+            raise ValueError(f"packed mask of shape {self.shape} needs {(self.size + 7) // 8} uint8 bytes, "
+                             f"got {self.bits.size} of {self.bits.dtype}")
+        if self.size % 8 and int(self.bits[-1]) >> (self.size % 8):
+            raise ValueError(f"packed mask of shape {self.shape} has bits set past its last entry")
+
+    @classmethod
+    def pack(cls, mask: Any) -> "PackedMask":
+        arr = _as_bool_array(mask)
+        return cls(np.packbits(arr.reshape(-1), bitorder="little"), arr.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def unpack(self) -> np.ndarray:
+        """The bool array."""
+        return np.unpackbits(self.bits, count=self.size, bitorder="little").astype(bool).reshape(self.shape)
+
+    def count(self) -> int:
+        """Number of True entries."""
+        return int(_POPCOUNT[self.bits].sum(dtype=np.int64))
+
+    def big_endian_bits(self) -> np.ndarray:
+        """The same bits as ``np.packbits(mask.reshape(-1))`` (numpy's default, big bit order)."""
+        return _REVERSED[self.bits]
+
+
+class BitPacker:
+    """Packs a mask from consecutive pieces of its flattened entries (row blocks of a layer, say) into a
+    :class:`PackedMask` without ever holding the whole bool array."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(int(s) for s in shape)
+        self._parts: list[np.ndarray] = []
+        self._carry = np.zeros(0, dtype=bool)
+        self._seen = 0
+
+    def add(self, piece: np.ndarray) -> None:
+        flat = np.concatenate([self._carry, _as_bool_array(piece).reshape(-1)])
+        whole = flat.size - flat.size % 8
+        self._parts.append(np.packbits(flat[:whole], bitorder="little"))
+        self._carry = flat[whole:]
+        self._seen += piece.size
+
+    def done(self) -> PackedMask:
+        size = int(np.prod(self.shape, dtype=np.int64))
+        if self._seen != size:
+            raise ValueError(f"packed {self._seen} entries for a mask of shape {self.shape} ({size} entries)")
+        self._parts.append(np.packbits(self._carry, bitorder="little"))
+        bits = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts, self._carry = [], np.zeros(0, dtype=bool)
+        return PackedMask(bits, self.shape)
+
+
 @dataclass
 class TicketFile:
     seed: int
     config: dict[str, Any]
-    masks: dict[str, np.ndarray]  # name -> bool array
+    masks: dict[str, np.ndarray | PackedMask]  # name -> bool array (or its bits); load(packed=True) gives bits
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     format_version: int = 1  # written as is: the lowest version that can describe the ticket
 
@@ -90,10 +162,9 @@ def to_bytes(ticket: TicketFile) -> bytes:
     tensors: dict[str, np.ndarray] = {}
     shapes: dict[str, list[int]] = {}
     for name, mask in ticket.masks.items():
-        arr = _as_bool_array(mask)
-        shapes[name] = list(arr.shape)
-        packed = np.packbits(arr.reshape(-1), bitorder="little")
-        tensors[f"mask/{name}"] = np.frombuffer(zlib.compress(packed.tobytes(), 6), dtype=np.uint8)
+        packed = mask if isinstance(mask, PackedMask) else PackedMask.pack(mask)
+        shapes[name] = list(packed.shape)
+        tensors[f"mask/{name}"] = np.frombuffer(zlib.compress(packed.bits.tobytes(), 6), dtype=np.uint8)
     for name, arr in ticket.extras.items():
         tensors[f"extra/{name}"] = np.ascontiguousarray(np.asarray(arr))
     metadata = {
@@ -112,7 +183,8 @@ def save(path: str | os.PathLike, ticket: TicketFile) -> Path:
     return atomic_write_bytes(path, to_bytes(ticket))
 
 
-def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
+def from_bytes(data: bytes, *, source: str = "<bytes>", packed_masks: bool = False) -> TicketFile:
+    """Parse a ticket file's bytes; ``packed_masks=True`` keeps each mask as its bits (:class:`PackedMask`)."""
     from safetensors.numpy import load
 
     if len(data) < 8:
@@ -160,7 +232,11 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
                 raise TicketFileError(f"{source}: mask {name!r} is corrupted ({exc})") from None
             if arr.dtype != np.uint8 or packed.size * 8 < count:
                 raise TicketFileError(f"{source}: mask {name!r} is too short for shape {shape}")
-            masks[name] = np.unpackbits(packed, count=count, bitorder="little").astype(bool).reshape(shape)
+            try:
+                bits = PackedMask(packed[: (count + 7) // 8], shape)
+            except ValueError as exc:
+                raise TicketFileError(f"{source}: mask {name!r} is corrupted ({exc})") from None
+            masks[name] = bits if packed_masks else bits.unpack()
         elif kind == "extra":
             extras[name] = arr
         else:
@@ -170,9 +246,10 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> TicketFile:
     return TicketFile(seed=seed, config=config, masks=masks, extras=extras, format_version=int(version))
 
 
-def load(path: str | os.PathLike) -> TicketFile:
-    """Read a ticket file written by :func:`save`; raises :class:`TicketFileError` if it is not one."""
+def load(path: str | os.PathLike, *, packed_masks: bool = False) -> TicketFile:
+    """Read a ticket file written by :func:`save`; raises :class:`TicketFileError` if it is not one.
+    ``packed_masks=True`` keeps each mask as its bits (:class:`PackedMask`), for tickets too big to unpack."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such ticket file: {path}")
-    return from_bytes(path.read_bytes(), source=str(path))
+    return from_bytes(path.read_bytes(), source=str(path), packed_masks=packed_masks)

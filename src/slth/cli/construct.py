@@ -43,6 +43,9 @@ def construct_cmd(
     resume: bool = typer.Option(False, "--resume", help="reuse the finished chunks in --workdir"),
     chunk_instances: int = typer.Option(1 << 18, help="SubsetSum instances per chunk (bounds memory)"),
     device: Optional[str] = typer.Option(None, help="PyTorch device for the --min-error search, e.g. cuda"),
+    attention: str = typer.Option("projection", help="MultiheadAttention construction: projection (W_q, W_k, W_v, "
+                                                     "W_o each a random pair) or product (one random attention "
+                                                     "pruned for W_q W_k^T and W_v W_o, Otsuka et al.)"),
 ) -> None:
     """Turn a trained ReLU network (MLP, CNN, ResNet) into a ticket: seed + masks over a random network."""
     from rich.console import Console
@@ -59,6 +62,8 @@ def construct_cmd(
             raise CommandError(f"--input-shape must look like 1,28,28, got {input_shape!r}") from None
     if resume and workdir is None:
         raise CommandError("--resume needs --workdir")
+    if attention not in ("projection", "product"):
+        raise CommandError(f"--attention must be projection or product, got {attention!r}")
     existing_file(model, "model")
     output_file(out, "--out")
     output_dir(workdir, "--workdir")
@@ -72,7 +77,7 @@ def construct_cmd(
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
                        input_range=input_range, sparse=not dense_subsets, progress=True, workers=workers,
                        backend=backend, address=address, workdir=None if workdir is None else str(workdir),
-                       resume=resume, chunk_instances=chunk_instances, device=device)
+                       resume=resume, chunk_instances=chunk_instances, device=device, attention=attention)
     path = ticket.save(out)
     size = path.stat().st_size
     run = ticket.run

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
-import torch
 from torch import nn
 
 from .._jit import warm_up
@@ -44,6 +44,7 @@ def construct(
     resume: bool = False,
     chunk_instances: int = CHUNK_INSTANCES,
     device: str | None = None,
+    attention: str = "projection",
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
 
@@ -69,7 +70,17 @@ def construct(
     one-time compilation of the SubsetSum kernels (the first call in a process) is done before its clock
     starts and reported as ``stats["compile_seconds"]``. ``device``: PyTorch device for the minimal-error search
     (``sparse=False``).
+
+    ``attention``: how an ``nn.MultiheadAttention`` (alone or in a Transformer encoder layer) is built:
+    ``"projection"`` (default; W_q, W_k, W_v, W_o each a random ReLU pair) or ``"product"`` (one random
+    multi-head attention pruned for the merged maps W_q^h W_k^h^T and W_v^h W_o^h, Otsuka et al.,
+    arXiv:2511.04217). Attention written by hand (``scaled_dot_product_attention``, matmul + softmax) is built
+    per projection in both modes (listed in ``stats["attention"]``). See docs/construction.md, "Attention".
     """
+    from .target import ATTENTION_MODES
+
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention construction {attention!r}; valid: {', '.join(ATTENTION_MODES)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
@@ -84,7 +95,7 @@ def construct(
     compile_seconds = warm_up("subsetsum") if method == "pensia" else 0.0
     start = time.perf_counter()
     box = input_range_of(input_range, nonnegative_input)
-    graph, linears = parse_target(target, input_range=box)
+    graph, linears = parse_target(target, input_range=box, attention=attention)
     if n is None:
         ns = [None] * len(linears)
     elif isinstance(n, (int, np.integer)):
@@ -112,7 +123,7 @@ def construct(
             n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
         conv = spec.conv or {}
         layout = LayerLayout(
-            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not spec.nonnegative_input,
+            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not (spec.nonnegative_input or spec.selector),
             bias=spec.bias is not None, relu_after=spec.relu_after, kernel=tuple(conv.get("kernel", ())),
             stride=tuple(conv.get("stride", (1, 1))), padding=tuple(conv.get("padding", (0, 0))),
             dilation=tuple(conv.get("dilation", (1, 1))),
@@ -131,23 +142,24 @@ def construct(
         results = [merge_layer(job, layer_chunks(job.index, chunks, computed, work)) for job in jobs]
         del computed
     prefixes = [str(pos) for pos in graph.layer_positions()]
-    masks = {f"{prefix}.{name}": torch.from_numpy(m)
-             for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
+    masks = {f"{prefix}.{name}": m for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
     redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
     # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
     redraws = redraws[np.lexsort((redraws[:, 3], redraws[:, 2], redraws[:, 1], redraws[:, 0]))]
     target_params = sum(spec.params for spec in linears)
     all_errors = np.concatenate([r.errors for r in results])
+    # keep one copy of the per-weight errors (a GPT-2-sized target has 10^8 of them)
+    results = [dataclasses.replace(r, errors=None) for r in results]
     stats = {
         "target_params": int(target_params),
         "random_params": int(sum(r.layout.random_params for r in results)),
         "random_params_counting": "block-structured: first random layer as its block-diagonal entries "
         "(n or 2n per input, + bias units), second random layer dense; = n x target weights + first-layer scalars",
         "random_params_dense_theorem": int(sum(r.layout.dense_theorem_params for r in results)),
-        "kept_params": int(sum(int(m.sum()) for m in masks.values())),
+        "kept_params": int(sum(m.count() for m in masks.values())),
         "max_weight_error": float(max(r.max_weight_error for r in results)),
         "max_weight_error_per_layer": [r.max_weight_error for r in results],
-        "weight_error_median": float(np.median(all_errors)),
+        "weight_error_median": float(np.median(all_errors, overwrite_input=True)),  # partitions in place
         "weight_error_p99": float(np.quantile(all_errors, 0.99)),
         "eps_met": bool(all(r.failures == 0 for r in results)),
         "n_per_layer": [r.layout.n for r in results],
@@ -158,6 +170,15 @@ def construct(
         "seconds": time.perf_counter() - start,
         "compile_seconds": compile_seconds,
     }
+    if attention == "product":  # only here: projection tickets (and their digests) stay as they were
+        kinds = [node.kind for node in graph.nodes]
+        stats["attention"] = {
+            "construction": "product",
+            "product_attentions": kinds.count("vo_mix"),
+            "product_layers": [i for i, spec in enumerate(linears) if spec.selector],
+            "per_projection_fallback": [f"{kind} op at position {pos} (not an nn.MultiheadAttention)"
+                                        for pos, kind in enumerate(kinds) if kind in ("attention", "softmax")],
+        }
     config = {
         "method": method,
         "eps": float(eps),
@@ -168,9 +189,11 @@ def construct(
         "layers": [r.layout.to_json() for r in results],
         "output_scale": output_scale,
     }
+    if attention != "projection":
+        config["attention"] = attention
     if box is not None and box != (0.0, 1.0):  # (0, 1) = nonnegative_input=True, the same ticket bit for bit
         config["input_range"] = [box[0], box[1]]
-    ticket = Ticket(seed=int(seed), config=config, masks=masks, redraws=redraws, stats=stats)
+    ticket = Ticket(seed=int(seed), config=config, packed=masks, redraws=redraws, stats=stats)
     ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": workers,
                   "backend": backend, "computed_names": run.computed_names}
     return ticket

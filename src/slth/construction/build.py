@@ -8,6 +8,7 @@ import numpy as np
 
 from ..subsetsum import Solution, required_n, solve, solve_sparsest
 from ..subsetsum.core import MAX_N
+from ..ticketfile import BitPacker, PackedMask
 from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
 from .target import LinearSpec
 
@@ -26,7 +27,7 @@ class LayerResult:
     layout: LayerLayout
     scale: float  # this layer's weights were divided by `scale`
     bias_scale: float  # its bias was divided by the product of scales up to here
-    masks: dict[str, np.ndarray]
+    masks: dict[str, PackedMask]
     max_weight_error: float
     errors: np.ndarray  # every weight's (and bias's) |realised - target|, target scale
     failures: int
@@ -109,16 +110,12 @@ class ChunkResult:
     layer: int
     start: int
     stop: int
-    b_mask: np.ndarray  # (rows, hidden, taps) bool
+    b_mask: PackedMask  # (rows, hidden, taps), as bits: 1/8 of the memory while chunks wait to be merged
+    used: np.ndarray  # (hidden,) bool: the hidden units (columns of b) this chunk keeps any entry of
     weight_errors: np.ndarray  # (rows * d_in * taps,) float64, target scale
     bias_errors: np.ndarray  # (rows,) or (0,)
     failures: int
     redraws: np.ndarray  # (R, 4) int64: layer, round, row, col
-
-    @property
-    def used(self) -> np.ndarray:
-        """Hidden units (columns of b) this chunk keeps any entry of."""
-        return self.b_mask.any(axis=(0, 2))
 
 
 def solve_chunk(job: LayerJob, start: int, stop: int, weight: np.ndarray, bias: np.ndarray | None) -> ChunkResult:
@@ -181,8 +178,8 @@ def solve_chunk(job: LayerJob, start: int, stop: int, weight: np.ndarray, bias: 
     if g == 2:
         err = np.maximum(err, np.abs(realised[:, :, 1, :] + w * job.scale))
     bias_err = np.abs(total[n_w:] * job.bias_scale - bias) if layout.bias else np.zeros(0)
-    return ChunkResult(index, start, stop, b_mask, err.reshape(-1), bias_err, int((~feasible).sum()),
-                       np.array(redraws, dtype=np.int64).reshape(-1, 4))
+    return ChunkResult(index, start, stop, PackedMask.pack(b_mask), b_mask.any(axis=(0, 2)), err.reshape(-1),
+                       bias_err, int((~feasible).sum()), np.array(redraws, dtype=np.int64).reshape(-1, 4))
 
 
 def merge_layer(job: LayerJob, chunks: list[ChunkResult]) -> LayerResult:
@@ -191,15 +188,15 @@ def merge_layer(job: LayerJob, chunks: list[ChunkResult]) -> LayerResult:
     chunks = sorted(chunks, key=lambda c: c.start)
     if [c.start for c in chunks] != [0, *(c.stop for c in chunks[:-1])] or chunks[-1].stop != layout.d_out:
         raise ValueError(f"chunks of layer {job.index} do not cover its {layout.d_out} rows exactly once")
-    b_mask = np.empty((layout.d_out, layout.hidden, layout.taps), dtype=bool)
+    b_mask = BitPacker(layout.b_shape)  # row blocks in order: b's rows are its leading dim
     used = np.zeros(layout.hidden, dtype=bool)
     for c in chunks:
-        b_mask[c.start : c.stop] = c.b_mask
+        b_mask.add(c.b_mask.unpack())
         used |= c.used
     a_mask = used[: layout.d_in * layout.units].reshape(layout.d_in, layout.units)
-    masks = {"a.weight": a_mask, "b.weight": b_mask.reshape(layout.b_shape)}
+    masks = {"a.weight": PackedMask.pack(a_mask), "b.weight": b_mask.done()}
     if layout.bias:
-        masks["a.bias"] = used[layout.d_in * layout.units :]
+        masks["a.bias"] = PackedMask.pack(used[layout.d_in * layout.units :])
     errors = np.concatenate([c.weight_errors for c in chunks] + [c.bias_errors for c in chunks])
     redraws = np.concatenate([c.redraws for c in chunks]) if chunks else np.zeros((0, 4), np.int64)
     max_err = float(errors.max()) if errors.size else 0.0

@@ -31,7 +31,7 @@ from torch import nn
 
 from .network import (ACTIVATIONS, Activation, Add, Attention, Cat, ConstPair, EmbeddingPair, Expand, GetItem,
                       GraphNet, InputShift, LayerLayout, Matmul, Mean, MulConst, Normalize, Permute, RandomPair,
-                      Reshape, Scale, Softmax, Split, additive_mask, decode_index, resolve_sizes)
+                      QKScores, Reshape, Scale, Softmax, Split, VOMix, additive_mask, decode_index, resolve_sizes)
 
 
 def _jsonable(v):
@@ -112,6 +112,14 @@ class LayerNode(Node):
 
     def nonneg(self, ins):
         return False
+
+    def layer_planned(self, prod: float, s: float) -> dict[str, Any]:
+        """Fields the scale planner sets from the scale ``prod`` at the layer's input and its own scale ``s``."""
+        return {}
+
+    def layer_scale(self, prod: float, s: float) -> float:
+        """The cumulative scale of the layer's output: its weights were divided by s, its bias by prod * s."""
+        return prod * s
 
     def bound(self, ins, ctx):
         return layer_bound(ins[0], ctx.specs[self.index], ctx.layouts[self.index], ctx.real[self.index])
@@ -615,22 +623,131 @@ class AttentionNode(Node):
         if mask is not None:
             lo, hi = lo + mask, hi + mask
             d = d.masked_fill(torch.isneginf(mask), 0.0)
-        p, l1 = softmax_bound((lo, hi, d))
-        allowed = ~torch.isneginf(lo[(0,) * (lo.dim() - 2)])  # (Lq, Lk), the same for every batch and head
-        vlo, vhi, vd = v
-
-        def over_keys(t, fill, op):  # (..., Lk, F) -> (..., Lq, F): op over the allowed keys of each query
-            t = t.unsqueeze(-3).expand(*t.shape[:-2], allowed.shape[0], *t.shape[-2:])
-            return op(t.masked_fill(~allowed[..., None], fill), -2)
-
-        out_lo = over_keys(vlo, torch.inf, lambda t, dim: t.min(dim).values)
-        out_hi = over_keys(vhi, -torch.inf, lambda t, dim: t.max(dim).values)
-        err = over_keys(vd, 0.0, lambda t, dim: t.max(dim).values) + l1 * (out_hi - out_lo) / 2
-        blo, bhi, bd = bilinear_bound(p, v)
-        return torch.maximum(out_lo, blo), torch.minimum(out_hi, bhi), torch.minimum(err, bd)
+        return mix_bound((lo, hi, d), v)
 
     def module(self, layouts):
         return Attention(self.causal, self.mask, self.sm_scale, self.factors)
+
+
+def _over_keys(allowed: torch.Tensor, t: torch.Tensor, fill: float, op) -> torch.Tensor:
+    """(..., Lk, F) -> (..., Lq, F): ``op`` (a reduction over dim -2) over the allowed keys of each query."""
+    t = t.unsqueeze(-3).expand(*t.shape[:-2], allowed.shape[0], *t.shape[-2:])
+    return op(t.masked_fill(~allowed[..., None], fill), -2)
+
+
+def _max_keys(allowed, t):
+    return _over_keys(allowed, t, 0.0, lambda u, dim: u.max(dim).values)
+
+
+def mix_bound(scores: State, v: State) -> State:
+    """``softmax(scores) @ v`` (scores with the mask added, -inf = masked; the same mask for every batch and
+    head): probabilities by :func:`softmax_bound`, then |o^ - o| <= max_j dv_j + |p^ - p|_1 (max_j v_hi -
+    min_j v_lo) / 2 and o in [min_j v_lo, max_j v_hi] (j over the allowed keys), or the bilinear bound on
+    p @ v where smaller (:class:`AttentionNode`)."""
+    lo = scores[0]
+    p, l1 = softmax_bound(scores)
+    allowed = ~torch.isneginf(lo[(0,) * (lo.dim() - 2)])  # (Lq, Lk), the same for every batch and head
+    vlo, vhi, vd = v
+    out_lo = _over_keys(allowed, vlo, torch.inf, lambda t, dim: t.min(dim).values)
+    out_hi = _over_keys(allowed, vhi, -torch.inf, lambda t, dim: t.max(dim).values)
+    err = _max_keys(allowed, vd) + l1 * (out_hi - out_lo) / 2
+    blo, bhi, bd = bilinear_bound(p, v)
+    return torch.maximum(out_lo, blo), torch.minimum(out_hi, bhi), torch.minimum(err, bd)
+
+
+def _linear_state(x: State, w: torch.Tensor) -> State:
+    """``x @ w`` for a fixed matrix w in the target and the ticket alike: interval by centre/radius, error d |w|."""
+    lo, hi, d = x
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    zc, zr = c @ w, r @ w.abs()
+    return zc - zr, zc + zr, d @ w.abs()
+
+
+@dataclass(frozen=True)
+class QKNode(LayerNode):
+    """One head's scores in the product construction (``attention="product"``, Otsuka et al.): layer ``index``
+    holds the merged map M_h = W_q^h W_k^h^T / sqrt(e) as the weight M_h^T and the key-side bias term
+    c_h = W_k^h b_q^h / sqrt(e) as its bias (a LayerNorm affine folded in); the ticket computes
+    x M^ x^T + 1 (c^ x^T) (:class:`QKScores`). The query-only terms x_s W_q b_k and b_q . b_k of the target's
+    scores are constant over the keys, so the softmax cancels them: both networks' scores are compared
+    without them. ``factor``: planned, s_qk * S^2 (S the scale of x).
+
+    Bound, with x^ = x + delta (|delta| <= d) and M^ = M + E: x^ M^ x^^T - x M x^T = x^ E x^^T + (x^ M x^^T -
+    x M x^T); the first is <= |x^| |E| |x^|^T with |x^| <= max(|lo|, |hi|) + d, the second is the
+    :func:`bilinear_bound` of (x M, x^T); the bias term c^ . x^ - c . x is <= |c^ - c| |x^| + |c| d."""
+
+    factor: float = 1.0
+    kind: ClassVar[str] = "qk_scores"
+
+    def layer_planned(self, prod: float, s: float) -> dict[str, Any]:
+        return {"factor": float(s * prod * prod)}
+
+    def layer_scale(self, prod: float, s: float) -> float:
+        return 1.0
+
+    def bound(self, ins, ctx):
+        x = ins[0]
+        spec, real = ctx.specs[self.index], ctx.real[self.index]
+        m = torch.from_numpy(spec.weight).T  # (d, d): M
+        e = real["pos"].T - m
+        xt = tuple(t.transpose(-2, -1) for t in x)
+        lo, hi, d = bilinear_bound(_linear_state(x, m), xt)
+        mag = _mag(x[0], x[1]) + x[2]
+        d = d + mag @ e.abs() @ mag.transpose(-2, -1)
+        if spec.bias is not None:
+            c = torch.from_numpy(spec.bias)
+            tlo, thi, td = _linear_state(x, c[:, None])  # (..., L, 1): the key-side term of every key
+            td = td + mag @ (real["bias"] - c).abs()[:, None]
+            lo, hi, d = lo + tlo.transpose(-2, -1), hi + thi.transpose(-2, -1), d + td.transpose(-2, -1)
+        return lo, hi, d
+
+    def module(self, layouts):
+        return QKScores(layouts[self.index], self.factor)
+
+
+@dataclass(frozen=True)
+class VONode(LayerNode):
+    """The rest of one product-constructed attention (``attention="product"``): inputs (x, scores of head 0, ...,
+    head H-1); p = softmax(scores + mask) per head (causal flag and/or constant ``mask``, applied exactly), and
+    layer ``index`` holds the merged value-output maps N_h = W_v^h W_o^h as one weight (d, H d) (columns
+    h d .. h d + d - 1 are N_h^T) with bias b_o + b_v W_o^T (a constant value passes through attention: rows of p
+    sum to 1). The ticket computes sum_h p_h x N^_h + b^ (:class:`VOMix`).
+
+    Bound per head: v_h = x N_h (interval and error d |N_h|), o_h = p_h v_h by :func:`mix_bound`, and the
+    pruning error sum_t p^_t x^_t (N^_h - N_h), at most max_t |x^_t| |N^_h - N_h| over the allowed keys; heads
+    and the bias error add."""
+
+    heads: int = 1
+    causal: bool = False
+    mask: tuple = ()
+    kind: ClassVar[str] = "vo_mix"
+
+    def bound(self, ins, ctx):
+        x, heads = ins[0], ins[1:]
+        spec, real = ctx.specs[self.index], ctx.real[self.index]
+        lo, hi, d = (torch.stack([h[j] for h in heads], dim=-3) for j in range(3))
+        mask = additive_mask(self.mask, self.causal, lo.shape[-2], lo.shape[-1], torch.float64)
+        if mask is not None:
+            lo, hi = lo + mask, hi + mask
+            d = d.masked_fill(torch.isneginf(mask), 0.0)
+        allowed = ~torch.isneginf(lo[(0,) * (lo.dim() - 2)])
+        dm = spec.d_out
+        w = torch.from_numpy(spec.weight)  # (d, H d)
+        mag = _mag(x[0], x[1]) + x[2]
+        out = None
+        for h in range(self.heads):
+            n_h = w[:, h * dm:(h + 1) * dm].T
+            e_h = real["pos"][:, h * dm:(h + 1) * dm].T - n_h
+            o = mix_bound((lo[..., h, :, :], hi[..., h, :, :], d[..., h, :, :]), _linear_state(x, n_h))
+            o = (o[0], o[1], o[2] + _max_keys(allowed, mag @ e_h.abs()))
+            out = o if out is None else tuple(a + b for a, b in zip(out, o))
+        if spec.bias is not None:
+            b = torch.from_numpy(spec.bias)
+            out = (out[0] + b, out[1] + b, out[2] + (real["bias"] - b).abs())
+        return out
+
+    def module(self, layouts):
+        return VOMix(layouts[self.index], self.heads, self.causal, self.mask)
 
 
 @dataclass(frozen=True)
@@ -671,7 +788,9 @@ KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (LayerNode, ReluNode, F
                                                           IdentityNode, ShiftNode, EmbeddingNode, ActivationNode,
                                                           LayerNormNode, ConstNode, ReshapeNode, ExpandNode,
                                                           PermuteNode, GetItemNode, SplitNode, CatNode, MatmulNode,
-                                                          SoftmaxNode, AttentionNode, MeanNode, MulConstNode)}
+                                                          SoftmaxNode, AttentionNode, MeanNode, MulConstNode,
+                                                          QKNode, VONode)}
+PRODUCT_KINDS = frozenset((QKNode.kind, VONode.kind))  # ticket format version 3
 
 
 @dataclass(frozen=True)
@@ -719,7 +838,9 @@ class Graph:
         return Graph(nodes, self.chain)
 
     def format_version(self) -> int:
-        """1 when every op is one ticket files of format version 1 can hold, else 2."""
+        """1 when every op is one ticket files of format version 1 can hold, 3 with product-attention ops, else 2."""
+        if any(node.kind in PRODUCT_KINDS for node in self.nodes):
+            return 3
         return 1 if all(node.kind in V1_KINDS for node in self.nodes) else 2
 
     def module(self, layouts: list[LayerLayout], output_scale: float) -> nn.Sequential:
@@ -772,7 +893,10 @@ def plan_scales(graph: Graph, specs: list, layer_scales: list[float] | None = No
                 s = max(1.0, biggest / REACH)
             scales[node.index] = s
             bias_scales[node.index] = prod * s
-            at[i] = prod * s
+            at[i] = node.layer_scale(prod, s)
+            fields = node.layer_planned(prod, s)
+            if fields:
+                planned[i] = fields
             continue
         fields = node.planned(ins)
         if fields:

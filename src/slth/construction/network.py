@@ -554,3 +554,53 @@ class ConstPair(RandomPair):
     def forward(self) -> torch.Tensor:
         empty = torch.zeros(1, 0, dtype=self.a.bias.dtype, device=self.a.bias.device)
         return super().forward(empty).reshape(self.shape)
+
+
+# -- product attention (Otsuka et al., arXiv:2511.04217; docs/construction.md, "Attention") ----------------
+class QKScores(nn.Module):
+    """One head of a random attention layer pruned for the merged query-key map M_h (``attention="product"``).
+
+    ``a`` is the query *selector* (:class:`BlockLinear`: hidden unit (j, m) = u_{jm} x_j, u ~ U[0, 1], plus n
+    bias units beta_m ~ U[0, 1]), ``b.weight`` (d x (d + 1) n, U[-1, 1]) the key map: k = x @ b.weight. No ReLU:
+    score(s, t) = factor * a(x_s) . k_t = factor * (x_s M^ x_t^T + c^ . x_t), where M^[j, l] = sum_m u_{jm}
+    b[l, (j, m)] is SubsetSum instance (j, l) (the pair layout with target weight M^T) and c^ the key-side
+    bias term. ``factor`` (a buffer) = s_qk * S^2 undoes the layer's scale and that of its input."""
+
+    def __init__(self, layout: LayerLayout, factor: float = 1.0):
+        super().__init__()
+        self.a = BlockLinear(layout.d_in, layout.units, layout.n_bias)
+        self.b = nn.Linear(layout.hidden, layout.d_out, bias=False)
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k = self.a(x), x @ self.b.weight
+        return (q @ k.transpose(-2, -1)) * self.factor
+
+
+class VOMix(nn.Module):
+    """The value/output side of a random attention layer pruned for N_h = W_v^h W_o^h (``attention="product"``),
+    and the attention itself: p = softmax(stack(scores) + mask) per head; value selector ``a`` (BlockLinear over
+    the heads' copies of x: hidden unit (h, j, m) = u_{hjm} x_j, plus n bias units), attention mixes the values
+    of each head's units, ``b`` (d x (H d n + n), U[-1, 1]) is the output map. The bias units are constant, so
+    attention (rows of p sum to 1) passes them through unchanged: they are appended after the mixing."""
+
+    def __init__(self, layout: LayerLayout, heads: int, causal: bool = False, mask=()):
+        super().__init__()
+        self.heads, self.causal, self.mask = int(heads), bool(causal), mask
+        self.a = BlockLinear(layout.d_in, layout.units, layout.n_bias)
+        self.b = nn.Linear(layout.hidden, layout.d_out, bias=False)
+
+    def forward(self, x: torch.Tensor, *scores: torch.Tensor) -> torch.Tensor:
+        s = torch.stack(scores, dim=-3)  # (..., H, Lq, Lk)
+        mask = additive_mask(self.mask, self.causal, s.shape[-2], s.shape[-1], s.dtype, s.device)
+        p = torch.softmax(s if mask is None else s + mask, dim=-1)
+        d_in, units = self.a.weight.shape
+        w = self.a.weight.view(self.heads, d_in // self.heads, units)
+        hv = (x[..., None, :, None] * w).flatten(-2).transpose(-3, -2)  # (..., H, L, d n)
+        mixed = (p @ hv).transpose(-3, -2).flatten(-2)  # (..., L, H d n)
+        if self.a.bias is not None:
+            mixed = torch.cat([mixed, self.a.bias.expand(*mixed.shape[:-1], -1)], dim=-1)
+        return self.b(mixed)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, causal={self.causal}, mask={'yes' if self.mask else 'no'}"

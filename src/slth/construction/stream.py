@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write, atomic_write_text
+from ..ticketfile import PackedMask
 from .build import ChunkResult, LayerJob, solve_chunk
 from .target import LinearSpec
 
@@ -115,8 +116,8 @@ class WorkDir:
         return self.file(chunk).exists()
 
     def save(self, chunk: Chunk, r: ChunkResult) -> None:
-        arrays = {"b_mask": np.packbits(r.b_mask.reshape(-1), bitorder="little"),
-                  "shape": np.array(r.b_mask.shape, np.int64), "weight_errors": r.weight_errors,
+        arrays = {"b_mask": r.b_mask.bits, "shape": np.array(r.b_mask.shape, np.int64),
+                  "weight_errors": r.weight_errors,
                   "bias_errors": r.bias_errors, "failures": np.array(r.failures, np.int64), "redraws": r.redraws}
 
         def write(tmp: str) -> None:
@@ -145,8 +146,11 @@ class WorkDir:
         if not shape or shape[0] != chunk.stop - chunk.start or arrays["b_mask"].size * 8 < int(np.prod(shape)):
             raise ValueError(f"work dir chunk {path} holds mask shape {shape}, the plan has "
                              f"{chunk.stop - chunk.start} rows for it; {fix}")
-        mask = np.unpackbits(arrays["b_mask"], count=int(np.prod(shape)), bitorder="little")
-        return ChunkResult(chunk.layer, chunk.start, chunk.stop, mask.astype(bool).reshape(shape),
+        try:
+            mask = PackedMask(arrays["b_mask"][: (int(np.prod(shape)) + 7) // 8], shape)
+        except ValueError as exc:
+            raise ValueError(f"work dir chunk {path}: {exc}; {fix}") from None
+        return ChunkResult(chunk.layer, chunk.start, chunk.stop, mask, mask.unpack().any(axis=(0, 2)),
                            arrays["weight_errors"], arrays["bias_errors"], int(arrays["failures"]),
                            arrays["redraws"].reshape(-1, 4).astype(np.int64))
 

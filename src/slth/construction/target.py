@@ -13,7 +13,7 @@ from torch import nn
 from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AttentionNode, AvgPoolNode,
                     CatNode, ConstNode, EmbeddingNode, ExpandNode, FlattenNode, GetItemNode, Graph, IdentityNode,
                     LayerNode, LayerNormNode, MatmulNode, MaxPoolNode, MeanNode, MulConstNode, Node, PermuteNode,
-                    ReluNode, ReshapeNode, ShiftNode, SoftmaxNode, SplitNode)
+                    QKNode, ReluNode, ReshapeNode, ShiftNode, SoftmaxNode, SplitNode, VONode)
 
 SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
@@ -26,6 +26,7 @@ SUPPORTED = (
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d")
+ATTENTION_MODES = ("projection", "product")  # construct(..., attention=): docs/construction.md, "Attention"
 
 
 @dataclass
@@ -39,6 +40,9 @@ class LinearSpec:
     nonnegative_input: bool  # inputs are >= 0 (after a ReLU, or declared)
     relu_after: bool = False
     conv: dict | None = None  # {"kernel", "stride", "padding", "dilation"} (lists of two ints) for a Conv2d
+    # a merged map of the product attention construction: its first random layer is a selector without a ReLU,
+    # so one sign group of units serves inputs of either sign
+    selector: bool = False
 
     @property
     def d_out(self) -> int:
@@ -90,7 +94,9 @@ class _Builder:
     """Collects typed nodes and layer specs; ``graph=True``: nodes read any earlier value (-1 = the input),
     else each reads the previous one (a chain)."""
 
-    def __init__(self, nonnegative_input: bool, graph: bool, shift: float | None = None):
+    def __init__(self, nonnegative_input: bool, graph: bool, shift: float | None = None,
+                 attention: str = "projection"):
+        self.attention_mode = attention
         self.nodes: list[Node] = []
         self.specs: list[LinearSpec] = []
         self.graph = graph
@@ -315,6 +321,8 @@ class _Builder:
         if mha.training and mha.dropout > 0:
             raise NotImplementedError(f"MultiheadAttention {where} ({path!r}) is in training mode with dropout "
                                       f"{mha.dropout}; construct an eval() model")
+        if self.attention_mode == "product":
+            return self.product_attention(mha, path, where, src, mask, causal)
         e, h = int(mha.embed_dim), int(mha.num_heads)
         if mha._qkv_same_embed_dim:
             w = _array(mha.in_proj_weight, f"in_proj_weight of {path!r}")
@@ -337,6 +345,55 @@ class _Builder:
         out_bias = None if mha.out_proj.bias is None else _array(mha.out_proj.bias, f"out_proj.bias of {path!r}")
         out = self.linear(_array(mha.out_proj.weight, f"out_proj.weight of {path!r}"), out_bias, "Linear",
                           f"{path}.out_proj", where, a)
+        return self.op(PermuteNode((out,), (0, 1), True)) if not mha.batch_first else out
+
+    def product_attention(self, mha, path: str, where: str, src: int, mask=(), causal: bool = False) -> int:
+        """``nn.MultiheadAttention`` as ONE random attention pruned for its merged maps (Otsuka et al.): per head a
+        :class:`QKNode` (M_h = W_q^h W_k^h^T / sqrt(e), key-side bias c_h = W_k^h b_q^h / sqrt(e)) and one
+        :class:`VONode` (N_h = W_v^h W_o^h, bias b_o + b_v W_o^T). A pending LayerNorm affine x = z gamma + beta
+        is folded (exact): M' = diag(gamma) M diag(gamma), c' = gamma (c + M^T beta) (the query-only term cancels
+        in the softmax), N' = diag(gamma) N, b' + sum_h beta N_h."""
+        if not mha._qkv_same_embed_dim:
+            raise NotImplementedError(f"MultiheadAttention {where} ({path!r}) with kdim/vdim != embed_dim")
+        e, heads = int(mha.embed_dim), int(mha.num_heads)
+        hd = e // heads
+        scale = 1.0 / float(np.sqrt(hd))
+        w = _array(mha.in_proj_weight, f"in_proj_weight of {path!r}")
+        wq, wk, wv = w[:e], w[e:2 * e], w[2 * e:]
+        bq = bv = None
+        if mha.in_proj_bias is not None:
+            b = _array(mha.in_proj_bias, f"in_proj_bias of {path!r}")
+            bq, bv = b[:e], b[2 * e:]  # b_k only adds terms constant over the keys: the softmax cancels them
+        wo = _array(mha.out_proj.weight, f"out_proj.weight of {path!r}")
+        bo = None if mha.out_proj.bias is None else _array(mha.out_proj.bias, f"out_proj.bias of {path!r}")
+        if not mha.batch_first:  # (L, N, E) -> (N, L, E); the permute keeps the features, so an affine still folds
+            t = self.emit(PermuteNode((src,), (0, 1), True), True, folds_affine=True)
+            if src in self.pending:
+                self.pending[t] = self.pending[src]
+            src = t
+        folds = src in self.pending
+        gamma, beta, ln_path = self.pending[src] if folds else (np.ones(e), np.zeros(e), None)
+        prefix = f"{ln_path}+{path}" if folds else path
+        scores = []
+        for h in range(heads):
+            sl = slice(h * hd, (h + 1) * hd)
+            m = wq[sl].T @ wk[sl] * scale  # (e, e): x_s M x_t^T
+            c = np.zeros(e) if bq is None else wk[sl].T @ bq[sl] * scale
+            c = gamma * (c + m.T @ beta)
+            m = gamma[:, None] * m * gamma[None, :]
+            bias = c if (bq is not None or folds) else None
+            self.specs.append(LinearSpec(f"{prefix}.qk{h}", np.ascontiguousarray(m.T), bias, self.nonneg[src],
+                                         selector=True))
+            scores.append(self.emit(QKNode((src,), len(self.specs) - 1), False, folds_affine=folds))
+        n_maps = [wv[h * hd:(h + 1) * hd].T @ wo[:, h * hd:(h + 1) * hd].T for h in range(heads)]  # (e, e) each
+        bias = None
+        if bo is not None or bv is not None or folds:
+            bias = (np.zeros(e) if bo is None else bo) + (0.0 if bv is None else wo @ bv)
+            bias = bias + sum(beta @ n_h for n_h in n_maps)
+        weight = np.concatenate([(gamma[:, None] * n_h).T for n_h in n_maps], axis=1)  # (e, H e)
+        self.specs.append(LinearSpec(f"{prefix}.vo", weight, bias, self.nonneg[src], selector=True))
+        out = self.emit(VONode((src, *scores), len(self.specs) - 1, heads, bool(causal), tuple(mask)), True,
+                        folds_affine=folds)
         return self.op(PermuteNode((out,), (0, 1), True)) if not mha.batch_first else out
 
     def encoder_layer(self, layer, path: str, where: str, src: int, mask=(), causal: bool = False) -> int:
@@ -423,11 +480,12 @@ def input_range_of(input_range, nonnegative_input: bool = False) -> tuple[float,
 
 def parse_options(config: dict) -> dict:
     """The :func:`parse_target` arguments a ticket was built with (from its config)."""
-    return {"nonnegative_input": config["nonnegative_input"], "input_range": config.get("input_range")}
+    return {"nonnegative_input": config["nonnegative_input"], "input_range": config.get("input_range"),
+            "attention": config.get("attention", "projection")}
 
 
-def parse_target(target, *, nonnegative_input: bool = False,
-                 input_range=None) -> tuple[Graph, list[LinearSpec]]:
+def parse_target(target, *, nonnegative_input: bool = False, input_range=None,
+                 attention: str = "projection") -> tuple[Graph, list[LinearSpec]]:
     """Return (graph, layers): a :class:`~slth.construction.graph.Graph` of typed nodes (layers, ReLU,
     pools, flatten, residual joins) and the target's layers.
 
@@ -438,7 +496,11 @@ def parse_target(target, *, nonnegative_input: bool = False,
     that reads the input (through flatten / max pooling only) with x - lo >= 0 (a ``shift`` node, the shift
     folded into that layer's bias). Raises ``NotImplementedError`` naming the first unsupported layer and its
     position or path, ``ValueError`` for NaN/inf weights or a network with no Linear/Conv2d layer.
+    ``attention``: ``"projection"`` (each of W_q, W_k, W_v, W_o a pair) or ``"product"`` (every
+    ``nn.MultiheadAttention`` one random attention pruned for its merged maps, :meth:`_Builder.product_attention`).
     """
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention construction {attention!r}; valid: {', '.join(ATTENTION_MODES)}")
     box = input_range_of(input_range, nonnegative_input)
     nonneg = box is not None and box[0] >= 0
     shift = box[0] if box is not None and box[0] < 0 else None
@@ -446,13 +508,13 @@ def parse_target(target, *, nonnegative_input: bool = False,
     if kind == "Sequential":
         # transformer layers add residual joins: a graph, not a chain
         graph = any(_type_name(m) in TRANSFORMER_MODULES for _, m in _walk(target, ""))
-        b = _Builder(nonneg, graph=graph, shift=shift)
+        b = _Builder(nonneg, graph=graph, shift=shift, attention=attention)
         out = -1
         for position, (path, module) in enumerate(_walk(target, "")):
             out = b.module(module, path, f"at position {position}", out)
         return b.finish(out)
     if kind in TRANSFORMER_MODULES:  # a bare layer; a bare MultiheadAttention is self-attention x -> mha(x, x, x)[0]
-        b = _Builder(nonneg, graph=True, shift=shift)
+        b = _Builder(nonneg, graph=True, shift=shift, attention=attention)
         build = {"MultiheadAttention": b.attention, "TransformerEncoderLayer": b.encoder_layer,
                  "TransformerEncoder": b.encoder}[kind]
         return b.finish(b.plain(build(target, kind, "at the top", -1)))
@@ -460,7 +522,7 @@ def parse_target(target, *, nonnegative_input: bool = False,
         raise NotImplementedError(
             f"target must be an nn.Sequential of {SUPPORTED}, or an nn.Module whose forward torch.fx can trace; "
             f"got {kind}")
-    return _parse_fx(target, nonneg, shift)
+    return _parse_fx(target, nonneg, shift, attention)
 
 
 TRANSFORMER_MODULES = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder")
@@ -548,7 +610,8 @@ def _encode_index(idx, where: str) -> tuple:
     return tuple(out)
 
 
-def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -> tuple[Graph, list[LinearSpec]]:
+def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
+              attention: str = "projection") -> tuple[Graph, list[LinearSpec]]:
     import builtins
     import inspect
     import operator
@@ -563,7 +626,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None) -
     modules = dict(gm.named_modules())
     FX_ACTIVATIONS = {F.gelu: "gelu", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
                       F.sigmoid: "sigmoid"}
-    b = _Builder(nonnegative_input, graph=True, shift=shift)
+    b = _Builder(nonnegative_input, graph=True, shift=shift, attention=attention)
     env: dict = {}
     out = None
     seen_input = False

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -24,16 +24,37 @@ TIMINGS = ("seconds", "compile_seconds")  # stats that differ between runs of th
 MAX_RANDOM_PARAMS = 100_000_000
 
 
+class MaskView(Mapping):
+    """A ticket's masks by parameter name, each unpacked to a bool tensor when read (the ticket holds bits)."""
+
+    def __init__(self, packed: Mapping[str, ticketfile.PackedMask]):
+        self._packed = packed
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self._packed[name].unpack())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+
 @dataclass
 class Ticket:
     """A pruned random network: ``to_module()`` params == ``random_module()`` params × ``masks``."""
 
     seed: int
     config: dict[str, Any]  # method, eps, ops, layers, output_scale, ...
-    masks: dict[str, torch.Tensor]  # parameter name -> bool tensor
+    packed: dict[str, ticketfile.PackedMask]  # parameter name -> its mask as bits (``masks`` unpacks them)
     redraws: np.ndarray  # (R, 4) int64: layer, round, row, col
     stats: dict[str, Any]
     run: dict[str, Any] = field(default_factory=dict, compare=False)  # how this run went; not saved
+
+    @property
+    def masks(self) -> MaskView:
+        """Parameter name -> bool tensor (unpacked from :attr:`packed` on each read)."""
+        return MaskView(self.packed)
 
     @property
     def layouts(self) -> list[LayerLayout]:
@@ -90,11 +111,11 @@ class Ticket:
         h = hashlib.sha256()
         stats = {k: v for k, v in self.stats.items() if k not in TIMINGS}
         h.update(json.dumps([int(self.seed), self.config, stats], sort_keys=True).encode())
-        for name in sorted(self.masks):
-            m = self.masks[name].numpy()
+        for name in sorted(self.packed):
+            m = self.packed[name]
             h.update(name.encode())
             h.update(str(m.shape).encode())
-            h.update(np.packbits(m.reshape(-1)).tobytes())
+            h.update(m.big_endian_bits().tobytes())  # = np.packbits of the bool mask, as digests always were
         h.update(np.ascontiguousarray(self.redraws, dtype=np.int64).tobytes())
         return h.hexdigest()
 
@@ -105,7 +126,7 @@ class Ticket:
         tf = ticketfile.TicketFile(
             seed=self.seed,
             config=config,
-            masks={k: v.numpy() for k, v in self.masks.items()},
+            masks=dict(self.packed),
             extras={"redraws": np.asarray(self.redraws, dtype=np.int64).reshape(-1, 4)},
             format_version=max(self.graph.format_version(), 2 if "input_range" in self.config else 1),
         )
@@ -114,7 +135,7 @@ class Ticket:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Ticket":
         """Read a ticket written by :meth:`save`; a foreign or damaged file raises ``TicketFileError``."""
-        tf = ticketfile.load(path)
+        tf = ticketfile.load(path, packed_masks=True)
         config = dict(tf.config)
         if config.pop("kind", None) != KIND:
             raise ticketfile.TicketFileError(f"{path}: not a constructed ticket (kind {tf.config.get('kind')!r})")
@@ -123,14 +144,14 @@ class Ticket:
             ticket = cls(
                 seed=tf.seed,
                 config=config,
-                masks={k: torch.from_numpy(v) for k, v in tf.masks.items()},
+                packed=dict(tf.masks),
                 redraws=tf.extras.get("redraws", np.zeros((0, 4), np.int64)),
                 stats=stats,
             )
             expected = {name: tuple(p.shape) for name, p in ticket._skeleton().named_parameters()}
         except (KeyError, TypeError, ValueError) as exc:
             raise ticketfile.TicketFileError(f"{path}: ticket config is malformed ({exc})") from None
-        got = {name: tuple(m.shape) for name, m in ticket.masks.items()}
+        got = {name: tuple(m.shape) for name, m in ticket.packed.items()}
         if got != expected:
             bad = sorted(name for name in set(got) | set(expected) if got.get(name) != expected.get(name))
             raise ticketfile.TicketFileError(

@@ -4,6 +4,13 @@
 ReLU, max-pool 3x3/2 (pad 1), four stages of two basic blocks (64/128/256/512 channels, stride 2 and a
 1x1 projection + BN on the first block of stages 2-4), global average pool, FC. 11,689,512 parameters
 at 1000 classes (11,679,912 weights + 9,600 BN affine parameters).
+
+``gpt2-small`` is GPT-2 small's shape (Radford et al. 2019) on the registry's :class:`slth.models.GPT`: 12
+pre-norm layers, d 768, 12 heads, MLP 3072, vocabulary 50,257, context 1,024, token embedding tied to the output
+head, 124,337,664 parameters (no biases: the registry models are bias-free; LayerNorm weights counted),
+initialised as GPT-2 is (every weight N(0, 0.02), the residual output projections N(0, 0.02 / sqrt(2 x 12)),
+LayerNorm weight 1) from torch's global generator. Its input is a window of token ids, so ``input_shape`` is
+``(context,)`` and ``num_classes`` the vocabulary.
 """
 
 from __future__ import annotations
@@ -40,7 +47,26 @@ class ResNet18(nn.Module):
         return self.fc(out)
 
 
-TARGETS = {"resnet18": ResNet18}
+def gpt2_small(input_shape: Sequence[int] = (1024,), num_classes: int = 50257, width: float = 1.0) -> nn.Module:
+    """GPT-2 small's shape and initialisation on :class:`slth.models.GPT` (see the module docstring)."""
+    import math
+
+    import torch
+
+    from ..models import GPT
+
+    depth = 12
+    model = GPT(tuple(input_shape), num_classes, width=width, dim=768, depth=depth, heads=12, mlp_ratio=4.0, tie=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                residual_out = name.endswith(("out_proj.weight", "linear2.weight"))
+                p.normal_(0.0, 0.02 / math.sqrt(2 * depth) if residual_out else 0.02)
+    return model
+
+
+# name -> constructor(input_shape, num_classes, width=...)
+TARGETS = {"resnet18": ResNet18, "gpt2-small": gpt2_small}
 
 
 def build_target(name: str, input_shape: Sequence[int], num_classes: int, width: float = 1.0,
