@@ -172,3 +172,19 @@ def test_mnist_inputs_are_in_the_unit_box():
 
     ds = load_dataset("mnist", MNIST)
     assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
+
+
+def test_ratios_share_the_targets_own_weight_count(quick, tmp_path):
+    """Product attention counts its merged maps as its target params; the section's ratios all use the model's own
+    weight count (the per-projection constructions'), so the constructions compare on one scale."""
+    from slth.report.core import Context, Record
+
+    _, rec = quick
+    if "product" not in rec["constructions"]:
+        pytest.skip("no product attention in this slth.construct")
+    tickets = {t["construction"]: t for t in rec["vit"][0]["tickets"]}
+    base, product = tickets["pensia"]["target_params"], tickets["product"]
+    ctx = Context(results_dir=tmp_path, out_dir=tmp_path, check_freshness=False)
+    text = T.render(Record(tmp_path / "transformers.json", "transformers", rec), ctx)
+    row = next(line for line in text.splitlines() if line.startswith("| product attention | 0.01 |"))
+    assert f"{product['random_params']:,} ({product['random_params'] / base:.1f}x)" in row

@@ -335,6 +335,19 @@ def _params(n: int | None, ratio: float | None = None) -> str:
     return f"{n:,}" + ("" if ratio is None else f" ({ratio:.1f}x)")
 
 
+def _base(rows: list[dict]) -> int | None:
+    """The target's own weight count, the common denominator of every ratio: the per-projection constructions'
+    ``target_params`` (product attention counts the entries of its merged maps instead, which are more)."""
+    return next((r["target_params"] for r in rows if r.get("construction") != "product" and r.get("target_params")),
+                None)
+
+
+def _ratio(row: dict, key: str, base: int | None) -> float | None:
+    if row.get(key) is None:
+        return None
+    return row[key] / base if base else row[key] / row["target_params"]
+
+
 def _met(ok: bool | None) -> str:
     return "not measured" if ok is None else ("**met**" if ok else "**not met**")
 
@@ -375,25 +388,30 @@ def render(record: Record, ctx: Context) -> str:
            + "*Malach* (`method=\"malach\"`: one random product per weight), built only below "
            f"{s['max_random_params']:,} random params (above: its required size, computed, not built). "
            "*Target/random/kept params*: the weights the construction approximates, the random network's "
-           "weights, the kept ones (ratios to the target's). *Seconds*: the construction's work "
+           "weights, the kept ones; the ratios (and every width factor below) are to the target's own weights as "
+           "the per-projection constructions count them, for all constructions alike (product attention counts "
+           "the entries of its merged per-head maps W_q W_k^T and W_v W_o as its target params, more than the "
+           "projections' weights). *Seconds*: the construction's work "
            "(`ticket.stats[\"seconds\"]`, numba compilation excluded). Agreement and max |logit difference| over "
            "the test set.\n"]
     goals = []
     for v in d["vit"]:
         tr = v["train"]
         rows, notes = [], []
+        base = _base(v["tickets"])
         for t in v["tickets"]:
             label = LABELS.get(t["construction"], t["construction"])
             if "skipped" in t or "error" in t:
                 rows.append([label, f"{t['eps']:g}", "-", "not built" + _mark(notes, t), "-", "-",
-                             _params(t.get("target_params")), _params(t.get("random_params"), t.get("random_ratio")),
-                             "-", "-"])
+                             _params(t.get("target_params")),
+                             _params(t.get("random_params"), _ratio(t, "random_params", base)), "-", "-"])
                 if t["eps"] == GOAL_AGREEMENT_EPS:
                     goals.append((f"ViT {v['data']}, {label}", None))
                 continue
             rows.append([label, f"{t['eps']:g}", pct(t["target_accuracy"]), pct(t["ticket_accuracy"]),
                          pct(t["top1_agreement"]), f"{t['max_logit_diff']:.2g}", _params(t["target_params"]),
-                         _params(t["random_params"], t["random_ratio"]), _params(t["kept_params"], t["kept_ratio"]),
+                         _params(t["random_params"], _ratio(t, "random_params", base)),
+                         _params(t["kept_params"], _ratio(t, "kept_params", base)),
                          f"{t['seconds']:.1f}" + ("" if t["eps_met"] else " (eps not met)")])
             if t["eps"] == GOAL_AGREEMENT_EPS:
                 goals.append((f"ViT {v['data']}, {label}", t["top1_agreement"]))
@@ -407,7 +425,9 @@ def render(record: Record, ctx: Context) -> str:
         out.append(_notes(notes))
     sweep = next((v for v in d["vit"] if "width_vs_eps" in v), None)
     if sweep is not None:
-        rows_ = sweep["width_vs_eps"]
+        base = _base(sweep["width_vs_eps"])
+        rows_ = [{**r, "width_factor": _ratio(r, "random_params", base)} if "random_params" in r else r
+                 for r in sweep["width_vs_eps"]]
         cons = list(dict.fromkeys(r["construction"] for r in rows_))
         eps_list = sorted({r["eps"] for r in rows_}, reverse=True)
         cells = {(r["construction"], r["eps"]): r for r in rows_}
@@ -461,17 +481,19 @@ def render(record: Record, ctx: Context) -> str:
     if g is not None:
         tr = g["train"]
         rows, notes = [], []
+        base = _base(g["tickets"])
         for t in g["tickets"]:
             label = LABELS.get(t["construction"], t["construction"])
             if "skipped" in t or "error" in t:
                 rows.append([label, f"{t['eps']:g}", "-", "not built" + _mark(notes, t), "-", "-", "-",
-                             _params(t.get("target_params")), _params(t.get("random_params"), t.get("random_ratio")),
-                             "-", "-"])
+                             _params(t.get("target_params")),
+                             _params(t.get("random_params"), _ratio(t, "random_params", base)), "-", "-"])
                 continue
             rows.append([label, f"{t['eps']:g}", f"{t['target_perplexity']:.4f}", f"{t['ticket_perplexity']:.4f}",
                          f"{100 * (t['perplexity_ratio'] - 1):+.3f} %", pct(t["top1_agreement"]),
                          f"{t['max_logit_diff']:.2g}", _params(t["target_params"]),
-                         _params(t["random_params"], t["random_ratio"]), _params(t["kept_params"], t["kept_ratio"]),
+                         _params(t["random_params"], _ratio(t, "random_params", base)),
+                         _params(t["kept_params"], _ratio(t, "kept_params", base)),
                          f"{t['seconds']:.1f}" + ("" if t["eps_met"] else " (eps not met)")])
             ppl_goals.append((f"GPT, {label}, eps {t['eps']:g}", t["perplexity_ratio"]))
         info = tr.get("data_info", {})
