@@ -316,3 +316,152 @@ def pensia_exp2_command(
               "paper": {"fc2": R.PAPER_FC2, "lenet5": R.PAPER_LENET5}, "wall_seconds": sw.wall}
     write_record(record, out)
     console.print(f"Exp. 2 in {sw.wall:.0f} s -> {out}")
+
+
+def _key_values(text: str, what: str) -> dict[str, str]:
+    """``"patch=7,depth=4"`` -> {"patch": "7", "depth": "4"} (the registry converts and checks the values)."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise CommandError(f"{what} must be comma-separated KEY=VALUE pairs, got {part!r}")
+        if key.strip() in out:
+            raise CommandError(f"{what}: {key.strip()!r} given twice")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _command_with_dir(argv: list[str], options: tuple[str, ...]) -> str:
+    """The command line with the values of ``options`` (data folders) shown as DIR, as every record does."""
+    import shlex
+
+    args, hide = [], False
+    for a in argv:
+        if hide:
+            args.append("DIR")
+            hide = False
+            continue
+        name, eq, _ = a.partition("=")
+        if name in options:
+            if eq:
+                args.append(f"{name}=DIR")
+            else:
+                args.append(a)
+                hide = True
+            continue
+        args.append(a)
+    return "slth " + " ".join(a if a.endswith("DIR") else shlex.quote(a) for a in args)
+
+
+@app.command("transformers")
+def transformers_command(
+    vit_data: str = typer.Option("mnist,fashion-mnist", help="ViT data sets: digits, mnist, fashion-mnist"),
+    data_root: Optional[Path] = typer.Option(None, help="folder with one sub-folder per data set, named as the data "
+                                                        "set (mnist/, fashion-mnist/ with the idx files)"),
+    vit_args: str = typer.Option("patch=7", help="ViT constructor arguments, KEY=VALUE,... (patch, dim, depth, "
+                                                 "heads, mlp_ratio)"),
+    vit_epochs: int = typer.Option(8, help="dense training epochs of each ViT"),
+    vit_lr: Optional[float] = typer.Option(0.05, help="ViT peak learning rate (SGD, cosine)"),
+    eps: str = typer.Option("0.01,0.001", help="eps values of the ViT and GPT tickets"),
+    sweep_eps: str = typer.Option("0.1,0.03,0.01,0.003,0.001", help="eps values of the width-vs-eps table "
+                                                                     "(first ViT data set)"),
+    constructions: Optional[str] = typer.Option(
+        None, help="pensia, product (when slth.construct offers attention='product'), malach; default: all "
+                   "available"),
+    max_random_params: int = typer.Option(12_000_000, help="build a ticket only below this many random params "
+                                                           "(above: its size is computed from the required n)"),
+    test_size: int = typer.Option(0, help="ViT test images evaluated (0: the whole test set)"),
+    gpt: bool = typer.Option(True, help="run the char-GPT part"),
+    gpt_args: str = typer.Option("dim=64,depth=2,heads=4", help="GPT constructor arguments, KEY=VALUE,..."),
+    gpt_data_args: str = typer.Option("context=32,max_bytes=2000000", help="pystdlib-chars options, KEY=VALUE,..."),
+    gpt_epochs: int = typer.Option(4, help="dense training epochs of the GPT"),
+    gpt_lr: Optional[float] = typer.Option(0.3, help="GPT peak learning rate (SGD, cosine; 1.0 diverges)"),
+    gpt_test_size: int = typer.Option(0, help="held-out GPT windows evaluated (0: the whole held-out split)"),
+    learned_methods: str = typer.Option("dense,edge-popup,biprop", help="slth train runs of the Fashion-MNIST ViT "
+                                                                         "shown beside the construction"),
+    learned_widths: str = typer.Option("1,2", help="their widths"),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="tiny setting for tests (digits ViT dim 16, tiny GPT, 1 epoch, eps 0.01)"),
+    out: Path = typer.Option(RESULTS / "transformers.json"),
+    threads: Optional[int] = typer.Option(1, help="torch threads (1 is fastest on a shared 2-core machine: two "
+                                                  "threads made a ViT epoch 8x slower under load)"),
+) -> None:
+    """Tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT: accuracy, agreement, width vs eps, params."""
+    from rich.console import Console
+
+    from ..data import load_dataset  # noqa: F401  (fail early on a broken install)
+    from ..experiments import transformers as T
+    from ..experiments.record import Stopwatch, header, write_record
+    from ..models import check_model_args
+    from ..data import check_data_args
+
+    data_list = names(vit_data, "--vit-data", T.VIT_DATA)
+    available = T.constructions()
+    if constructions is None:
+        cons = list(available)
+    else:
+        cons = names(constructions, "--constructions", ("pensia", "product", "malach"))
+        if "product" in cons and "product" not in available:
+            raise CommandError("--constructions product: slth.construct offers no attention='product' here "
+                               f"(its attention constructions: {', '.join(T.attentions())})")
+    eps_v, sweep_v = floats(eps, "--eps"), floats(sweep_eps, "--sweep-eps")
+    for e in (*eps_v, *sweep_v):
+        if not (0 < e < 1):
+            raise CommandError(f"--eps and --sweep-eps values must lie in (0, 1), got {e:g}")
+    if not eps_v:
+        raise CommandError("--eps is empty")
+    vargs, gargs, gdata = (_key_values(vit_args, "--vit-args"), _key_values(gpt_args, "--gpt-args"),
+                           _key_values(gpt_data_args, "--gpt-data-args"))
+    methods_l = names(learned_methods, "--learned-methods")
+    widths_l = floats(learned_widths, "--learned-widths")
+    for name, value in (("--vit-epochs", vit_epochs), ("--gpt-epochs", gpt_epochs)):
+        if value < 1:
+            raise CommandError(f"{name} must be >= 1, got {value}")
+    if test_size < 0 or gpt_test_size < 0 or max_random_params < 1:
+        raise CommandError("--test-size and --gpt-test-size must be >= 0, --max-random-params >= 1")
+    if quick:
+        data_list, vargs, vit_epochs, eps_v, sweep_v = ["digits"], {"patch": "4", "dim": "16", "depth": "1",
+                                                                   "heads": "2"}, 4, [0.01], [0.1, 0.01]
+        gargs, gdata, gpt_epochs, test_size, gpt_test_size = {"dim": "16", "depth": "1", "heads": "2"}, {
+            "context": "8", "max_bytes": "120000"}, 1, 200, 200
+        vit_lr = 0.05 if vit_lr is None else vit_lr
+    try:
+        vargs = dict(check_model_args("vit", vargs))
+        gargs = dict(check_model_args("gpt", gargs))
+        gdata = dict(check_data_args("pystdlib-chars", gdata))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    folders = []
+    for name in data_list:
+        if name == "digits":
+            folders.append((name, None))
+            continue
+        if data_root is None:
+            raise CommandError(f"--vit-data {name} needs --data-root (a folder holding {name}/ with its idx files)")
+        folders.append((name, existing_dir(data_root / name, f"--data-root {name}")))
+    output_file(out, "--out")
+    set_threads(threads)
+    console = Console()
+    with Stopwatch() as sw:
+        body = T.run(folders, vit_args=vargs, vit_epochs=vit_epochs, eps_values=eps_v, sweep_eps=sweep_v,
+                     constructions_=cons, gpt=gpt, gpt_args=gargs, gpt_data_args=gdata, gpt_epochs=gpt_epochs,
+                     gpt_eps=eps_v, seed=seed, max_random_params=max_random_params, test_size=test_size,
+                     gpt_test_size=gpt_test_size,
+                     vit_lr=vit_lr, gpt_lr=gpt_lr, learned_methods=methods_l, learned_widths=widths_l,
+                     log=console.print)
+    import torch
+
+    settings = {"vit_data": data_list, "vit_args": vargs, "vit_epochs": vit_epochs, "vit_lr": vit_lr, "eps": eps_v,
+                "sweep_eps": sweep_v, "constructions": cons, "max_random_params": max_random_params,
+                "test_size": test_size, "gpt_test_size": gpt_test_size, "gpt": gpt, "gpt_args": gargs,
+                "gpt_data_args": gdata,
+                "gpt_epochs": gpt_epochs, "gpt_lr": gpt_lr, "seed": seed, "quick": quick,
+                "threads": torch.get_num_threads(),
+                "training": "slth.train.train, method dense, SGD momentum 0.9, cosine, batch 128; ViT inputs in "
+                            "[0, 1] unnormalised (construct with nonnegative_input=True)"}
+    command = _command_with_dir(sys.argv[1:], ("--data-root",))
+    record = {**header("transformers", settings, command=command), **body, "wall_seconds": sw.wall}
+    write_record(record, out)
+    console.print(f"transformers in {sw.wall:.0f} s -> {out}")

@@ -7,6 +7,7 @@ pensia-exp2            RedLayer structure (r copies) vs a parameter-matched wide
 planted                Plant 'n' Seek: known sparse targets hidden in random nets; every method
 construct-vs-learn     constructed ticket vs learned supermask vs dense training, same target
 width-sweep            dense at width w vs each supermask method at width k*w
+transformers           tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT; width vs eps
 =====================  ==========================================================================
 
 :data:`EXPERIMENTS` is the one registry: the record kind (the record's ``"experiment"`` key), the module
@@ -52,6 +53,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("construct-vs-learn", "construct_vs_learn", 50,
                _CONSTRUCTION + _LEARNING + ("data/", "experiments/construct_vs_learn.py")),
     Experiment("width-sweep", "width_sweep", 60, _LEARNING + ("data/", "experiments/width_sweep.py")),
+    Experiment("transformers", "transformers", 65,
+               _CONSTRUCTION + _LEARNING + ("data/", "experiments/transformers.py")),
     Experiment("train-run", "train_runs", 70, _LEARNING + ("data/",), command=False),
     Experiment("train-runs", "train_runs", 95, _LEARNING + ("data/",), command=False, render="render_set"),
 )}
