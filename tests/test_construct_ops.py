@@ -12,7 +12,7 @@ from torch import nn
 from slth import ticketfile
 from slth.construction import Ticket, construct
 from slth.construction.bound import certified_bound_nd
-from slth.construction.graph import V1_KINDS
+from slth.construction.graph import V1_KINDS, V3_KINDS
 
 
 def seeded(net, seed=0, scale=0.6):
@@ -39,8 +39,8 @@ def check(ticket, net, x, tolerance, tmp_path):
     for name in pruned:
         assert torch.equal(pruned[name], rand[name] * ticket.masks[name]), name
     path = ticket.save(tmp_path / "t.slth")
-    new_ops = any(op["op"] not in V1_KINDS for op in ticket.config["ops"])
-    assert ticketfile.load(path).format_version == (2 if new_ops else 1)
+    kinds = {op["op"] for op in ticket.config["ops"]}
+    assert ticketfile.load(path).format_version == (3 if kinds & V3_KINDS else 2 if kinds - V1_KINDS else 1)
     loaded = Ticket.load(path)
     assert loaded.digest() == ticket.digest()
     with torch.no_grad():
@@ -95,6 +95,54 @@ def test_layernorm_affine_is_folded_into_the_next_linear(tmp_path):
     x = signed_inputs(5)
     diff = check(ticket, net, x, 0.1, tmp_path)
     assert diff < 0.1
+
+
+class RMSBlock(nn.Module):
+    """Pre-norm residual block with RMSNorm (Llama-style), its weight read by Linear layers only or (``side``)
+    also by the residual path, where it becomes a diagonal pair."""
+
+    def __init__(self, eps=1e-6, side=False):
+        super().__init__()
+        self.side = side
+        self.inp = nn.Linear(5, 8)
+        self.norm = nn.RMSNorm(8, eps=eps)
+        self.up, self.down, self.out = nn.Linear(8, 12), nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        z = self.norm(h)
+        h = h + self.down(torch.nn.functional.silu(self.up(z)))
+        if self.side:
+            h = h + z
+        return self.out(h)
+
+
+@pytest.mark.parametrize("eps, side", [(1e-6, False), (None, False), (1e-5, True)])
+def test_rmsnorm_weight_is_folded_or_a_diagonal_pair(eps, side, tmp_path):
+    net = seeded(RMSBlock(eps, side))
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 1.5)
+    ticket = construct(net, 0.005, seed=0)
+    kinds = [op["op"] for op in ticket.config["ops"]]
+    assert kinds.count("rmsnorm") == 1 and "layernorm" not in kinds
+    assert len(ticket.layouts) == (5 if side else 4)  # the weight realised once more for the residual reader
+    x = signed_inputs(5)
+    check(ticket, net, x, 0.1, tmp_path)  # within the certified bound (1/sqrt(eps) Jacobian) and 0.1
+    with pytest.raises(ticketfile.TicketFileError, match="version"):  # a version-2 reader refuses the new op
+        ticketfile.from_bytes(ticketfile.to_bytes(ticketfile.load(ticket.save(tmp_path / "r.slth"))).replace(
+            b'"format_version":"3"', b'"format_version":"9"'))
+
+
+def test_rmsnorm_bound_counts_its_epsilon():
+    """The RMSNorm node's certified reach is sqrt(D) and its error gain 1/sqrt(eps), whatever eps is."""
+    from slth.construction.graph import RMSNormNode
+
+    node = RMSNormNode((0,), (4,), 1e-4)
+    lo, hi = torch.full((1, 4), -1.0, dtype=torch.float64), torch.full((1, 4), 1.0, dtype=torch.float64)
+    d = torch.tensor([[0.03, 0.0, 0.04, 0.0]], dtype=torch.float64)
+    blo, bhi, bd = node.bound([(lo, hi, d)], None)
+    assert torch.allclose(bhi, torch.full_like(bhi, 2.0)) and torch.allclose(blo, -bhi)
+    assert torch.allclose(bd, torch.full_like(bd, 0.05 / 1e-2))
 
 
 def test_embedding_is_a_linear_map_on_one_hot_inputs(tmp_path):

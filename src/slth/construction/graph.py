@@ -378,6 +378,29 @@ class LayerNormNode(Node):
         return Normalize(self.normalized_shape, self.eps, self.factor)
 
 
+@dataclass(frozen=True)
+class RMSNormNode(LayerNormNode):
+    """RMSNorm over the last dimension without its weight (folded into every Linear that reads it, as LayerNorm's
+    affine is): z = x / sqrt(mean(x^2) + eps), kept in the ticket, the rescaling undone first (``factor``).
+
+    Bound: |z|_2^2 = D mean(x^2) / (mean(x^2) + eps) <= D, so |z_i| <= sqrt(D); the Jacobian (I - z z^T / D) / rms
+    has L2 norm <= 1 / rms <= 1 / sqrt(eps) (I - z z^T / D is symmetric with eigenvalues in [0, 1]), so
+    |dz|_inf <= |dx|_2 / sqrt(eps) per token. Certified and loose, like LayerNorm's."""
+
+    kind: ClassVar[str] = "rmsnorm"
+
+    def bound(self, ins, ctx):
+        lo, hi, d = ins[0]
+        size = int(np.prod(self.normalized_shape))
+        reach = float(np.sqrt(size))
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        spread = (d.pow(2).sum(dims, keepdim=True).sqrt() / np.sqrt(self.eps)).expand_as(d)
+        return torch.full_like(lo, -reach), torch.full_like(hi, reach), spread
+
+    def module(self, layouts):
+        return Normalize(self.normalized_shape, self.eps, self.factor, center=False)
+
+
 # -- attention: constants and parameter-free tensor ops (docs/construction.md, "Attention") ----------------
 @dataclass(frozen=True)
 class ConstNode(LayerNode):
@@ -783,14 +806,13 @@ class MulConstNode(Node):
     def module(self, layouts):
         return MulConst(self.c)
 
-KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode,
-                                                          AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
-                                                          IdentityNode, ShiftNode, EmbeddingNode, ActivationNode,
-                                                          LayerNormNode, ConstNode, ReshapeNode, ExpandNode,
-                                                          PermuteNode, GetItemNode, SplitNode, CatNode, MatmulNode,
-                                                          SoftmaxNode, AttentionNode, MeanNode, MulConstNode,
-                                                          QKNode, VONode)}
-PRODUCT_KINDS = frozenset((QKNode.kind, VONode.kind))  # ticket format version 3
+KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (
+    LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
+    IdentityNode, ShiftNode, EmbeddingNode, ActivationNode, LayerNormNode, RMSNormNode, ConstNode, ReshapeNode,
+    ExpandNode, PermuteNode, GetItemNode, SplitNode, CatNode, MatmulNode, SoftmaxNode, AttentionNode, MeanNode,
+    MulConstNode, QKNode, VONode)}
+PRODUCT_KINDS = frozenset((QKNode.kind, VONode.kind))
+V3_KINDS = PRODUCT_KINDS | {RMSNormNode.kind}  # ticket format version 3: kinds a version-2 reader does not know
 
 
 @dataclass(frozen=True)
@@ -838,8 +860,9 @@ class Graph:
         return Graph(nodes, self.chain)
 
     def format_version(self) -> int:
-        """1 when every op is one ticket files of format version 1 can hold, 3 with product-attention ops, else 2."""
-        if any(node.kind in PRODUCT_KINDS for node in self.nodes):
+        """1 when every op is one ticket files of format version 1 can hold, 3 with product-attention or RMSNorm
+        ops, else 2."""
+        if any(node.kind in V3_KINDS for node in self.nodes):
             return 3
         return 1 if all(node.kind in V1_KINDS for node in self.nodes) else 2
 

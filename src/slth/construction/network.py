@@ -283,19 +283,24 @@ class Activation(nn.Module):
 
 
 class Normalize(nn.Module):
-    """LayerNorm without its affine (folded into the Linear layers that read it): ``layer_norm(factor * x)``."""
+    """LayerNorm (``center=True``) or RMSNorm without its affine (folded into the Linear layers that read it):
+    ``layer_norm(factor * x)`` / ``rms_norm(factor * x)``."""
 
-    def __init__(self, normalized_shape, eps: float, factor: float = 1.0):
+    def __init__(self, normalized_shape, eps: float, factor: float = 1.0, center: bool = True):
         super().__init__()
         self.normalized_shape = tuple(int(v) for v in normalized_shape)
         self.eps = float(eps)
+        self.center = bool(center)
         self.register_buffer("factor", torch.tensor(float(factor)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.layer_norm(x * self.factor, self.normalized_shape, None, None, self.eps)
+        if self.center:
+            return nn.functional.layer_norm(x * self.factor, self.normalized_shape, None, None, self.eps)
+        return nn.functional.rms_norm(x * self.factor, self.normalized_shape, None, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps:g}, factor={float(self.factor):g}"
+        kind = "" if self.center else "rms, "
+        return f"{kind}{self.normalized_shape}, eps={self.eps:g}, factor={float(self.factor):g}"
 
 
 class Scale(nn.Module):

@@ -13,16 +13,17 @@ from torch import nn
 from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AttentionNode, AvgPoolNode,
                     CatNode, ConstNode, EmbeddingNode, ExpandNode, FlattenNode, GetItemNode, Graph, IdentityNode,
                     LayerNode, LayerNormNode, MatmulNode, MaxPoolNode, MeanNode, MulConstNode, Node, PermuteNode,
-                    QKNode, ReluNode, ReshapeNode, ShiftNode, SoftmaxNode, SplitNode, VONode)
+                    QKNode, ReluNode, ReshapeNode, RMSNormNode, ShiftNode, SoftmaxNode, SplitNode, VONode)
 
 SUPPORTED = (
     "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
-    "ReLU, GELU, SiLU, Tanh, Sigmoid, LayerNorm (last dimension; its affine folded into the Linear layers that "
-    "read it), Embedding (of the network input), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, "
-    "Identity, Dropout, TransformerEncoderLayer, TransformerEncoder (nested nn.Sequential allowed); other modules "
-    "are traced with torch.fx, which adds residual additions (x + y, x + constant), MultiheadAttention "
-    "(self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, matmul of activations, "
-    "x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * number"
+    "ReLU, GELU, SiLU, Tanh, Sigmoid, LayerNorm and RMSNorm (last dimension; the affine folded into the Linear "
+    "layers that read it), Embedding (of the network input), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, "
+    "AdaptiveMaxPool2d, Identity, Dropout, TransformerEncoderLayer, TransformerEncoder (nested nn.Sequential "
+    "allowed); other modules are traced with torch.fx, which adds residual additions (x + y, x + constant), "
+    "MultiheadAttention (self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, "
+    "matmul of activations, x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * "
+    "number"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d")
@@ -191,13 +192,20 @@ class _Builder:
         return self.emit(ActivationNode((src,), fn), self.flat[src])
 
     def layernorm(self, module, path: str, where: str, src: int) -> int:
+        """LayerNorm or (``nn.RMSNorm``) RMSNorm: the normalisation as a node, its affine pending (folded into the
+        Linear layers that read it, else realised as a diagonal pair)."""
+        name = type(module).__name__
         shape = tuple(int(v) for v in module.normalized_shape)
         if len(shape) != 1:
-            raise NotImplementedError(f"LayerNorm {where} ({path!r}) normalises over {shape}; only the last "
+            raise NotImplementedError(f"{name} {where} ({path!r}) normalises over {shape}; only the last "
                                       "dimension is supported")
-        i = self.emit(LayerNormNode((src,), shape, float(module.eps)), self.flat[src])
-        gamma = None if module.weight is None else _array(module.weight, f"weight of LayerNorm {path!r}")
-        beta = None if getattr(module, "bias", None) is None else _array(module.bias, f"bias of LayerNorm {path!r}")
+        if isinstance(module, nn.RMSNorm):  # eps=None: torch uses the float32 machine epsilon
+            eps = torch.finfo(torch.float32).eps if module.eps is None else float(module.eps)
+            i = self.emit(RMSNormNode((src,), shape, eps), self.flat[src])
+        else:
+            i = self.emit(LayerNormNode((src,), shape, float(module.eps)), self.flat[src])
+        gamma = None if module.weight is None else _array(module.weight, f"weight of {name} {path!r}")
+        beta = None if getattr(module, "bias", None) is None else _array(module.bias, f"bias of {name} {path!r}")
         if (gamma is not None and not (gamma == 1).all()) or (beta is not None and beta.any()):
             self.pending[i] = (np.ones(shape) if gamma is None else gamma, np.zeros(shape) if beta is None else beta,
                                path)
@@ -242,7 +250,7 @@ class _Builder:
             if kind == "GELU" and getattr(module, "approximate", "none") == "tanh":
                 fn = "gelu_tanh"
             return self.activation(fn, src)
-        if kind == "LayerNorm":
+        if kind in ("LayerNorm", "RMSNorm"):
             return self.layernorm(module, path, where, src)
         if kind == "Embedding":
             return self.embedding(module, path, where, src)
@@ -742,7 +750,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             fn = FX_ACTIVATIONS[t]
             if node.kwargs.get("approximate", "none") == "tanh":
                 fn = "gelu_tanh"
-            elif set(node.kwargs) - {"approximate"}:
+            elif set(node.kwargs) - {"approximate", "inplace"} or node.kwargs.get("inplace"):  # F.silu: inplace=False
                 raise NotImplementedError(f"{node.op} {t.__name__!r} {where} with {node.kwargs}")
             env[node] = b.activation(fn, arg(node, node.args[0]))
         elif node.op == "call_method" and t in ("tanh", "sigmoid") and len(node.args) == 1:
