@@ -228,3 +228,18 @@ def test_slth_train_vit_on_digits(tmp_path):
     assert (tmp_path / "vit" / "ticket.slth").exists()
     rebuilt = sm.from_ticket(tmp_path / "vit" / "ticket.slth")
     assert isinstance(rebuilt.encoder, nn.TransformerEncoder)
+
+
+def test_the_step_hooks_walk_finds_every_supermask_in_named_modules_order():
+    """after_step/regularization use a walk without module names; it must see the same supermasks, in the same
+    order, as the named walk (shared and nested modules included)."""
+    from slth.supermask import SupermaskConfig, apply_supermask
+    from slth.supermask.apply import _supermask_hooks, _supermasks
+
+    shared = nn.Linear(4, 4, bias=False)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Sequential(shared, nn.ReLU(), shared), nn.ModuleDict(
+        {"b": nn.Linear(4, 5), "a": nn.Sequential(nn.Linear(5, 2))}))
+    apply_supermask(net, SupermaskConfig(method="edge-popup", density=0.5), seed=0)
+    named = [(id(m), t, id(p)) for _, m, t, p in _supermasks(net)]
+    assert len(named) == 4
+    assert [(id(m), t, id(p)) for m, t, p in _supermask_hooks(net)] == named

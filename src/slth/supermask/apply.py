@@ -129,6 +129,25 @@ def _supermasks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Superma
                         yield name, module, tensor, p
 
 
+def _supermask_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, str, Supermask]]:
+    """(module, tensor name, supermask) in :func:`_supermasks`' order, without building module names: the
+    trainer walks the layers twice per step, and named_modules' prefix strings cost ~0.1 ms a step on a
+    three-layer MLP (a tenth of the supermask step's overhead)."""
+    stack, seen = [model], set()
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        plist = module._modules.get("parametrizations")
+        if plist is not None:
+            for tensor, chain in plist._modules.items():
+                for p in chain:
+                    if isinstance(p, Supermask):
+                        yield module, tensor, p
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+
+
 def _key(name: str, tensor: str) -> str:
     if tensor == "weight":
         return name
@@ -143,12 +162,12 @@ def supermask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, Superma
 
 
 def regularization(model: nn.Module) -> torch.Tensor | float:
-    return sum((p.regularization() for _, _, _, p in _supermasks(model)
+    return sum((p.regularization() for _, _, p in _supermask_hooks(model)
                 if type(p).regularization is not Supermask.regularization), 0.0)
 
 
 def after_step(model: nn.Module, step: int) -> None:
-    for _, module, tensor, p in _supermasks(model):
+    for module, tensor, p in _supermask_hooks(model):
         if type(p).after_step is not Supermask.after_step:  # skip the no-op hook (most methods)
             p.after_step(step, module.parametrizations[tensor].original)
 
