@@ -321,7 +321,10 @@ class Bernoulli(Supermask):
 
 
 def _sums(probs: torch.Tensor) -> tuple[float, float]:
-    p = probs.detach().double()
+    p = probs.detach()
+    if p.device.type == "mps":  # Apple GPUs have no float64: these two sums are taken on the CPU there
+        p = p.cpu()
+    p = p.double()
     return float(p.sum()), float((p * (1.0 - p)).sum())
 
 
