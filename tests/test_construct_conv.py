@@ -56,6 +56,48 @@ def test_conv_pair_shapes_and_block_rows_are_bit_identical():
     assert LayerLayout(**lay.to_json()) == lay
 
 
+def test_conv1d_network_is_within_bound_exact_masks_and_version_3(tmp_path):
+    """A 1-D CNN (Conv1d with padding, stride and dilation, BatchNorm1d folded, ReLU, Flatten, Linear) on signed
+    inputs, and a traced text model (Embedding, transpose, Conv1d, GELU, mean): each Conv1d is a Conv2d of kernel
+    (1, k) between an unsqueeze and a squeeze in the ticket."""
+    from slth import ticketfile
+
+    torch.manual_seed(0)
+    net = randomise_bn(nn.Sequential(nn.Conv1d(3, 6, 5, padding=2), nn.BatchNorm1d(6), nn.ReLU(),
+                                     nn.Conv1d(6, 4, 3, stride=2, dilation=2, bias=False), nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(4 * 5, 3)))
+    ticket = construct(net, 0.01, seed=0)
+    assert [op["op"] for op in ticket.config["ops"]].count("unsqueeze") == 4
+    assert ticket.stats["failures"] == 0
+    x = torch.rand(16, 3, 14) * 2 - 1
+    assert 0 < check_pointwise_bound(ticket, net, x) < 0.1
+    masks_times_random(ticket)
+    path = ticket.save(tmp_path / "c1.slth")
+    assert ticketfile.load(path).format_version == 3
+    loaded = Ticket.load(path)
+    with torch.no_grad():
+        assert torch.equal(loaded.to_module()(x), ticket.to_module()(x))
+
+    class TextCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(9, 6)
+            self.conv = nn.Conv1d(6, 5, 3, padding=1)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, idx):
+            h = torch.nn.functional.gelu(self.conv(self.tok(idx).transpose(1, 2)))
+            return self.head(h.mean(2))
+
+    text = TextCNN().eval()
+    with torch.no_grad():
+        text.tok.weight.mul_(0.5)
+    ticket = construct(text, 0.01, seed=1)
+    idx = torch.randint(0, 9, (8, 7), generator=torch.Generator().manual_seed(0))
+    assert 0 < check_pointwise_bound(ticket, text, idx) < 0.1
+    masks_times_random(ticket)
+
+
 def test_sequential_cnn_with_batchnorm_and_pools_is_within_bound_and_exact_masks(tmp_path):
     torch.manual_seed(0)
     net = randomise_bn(nn.Sequential(
@@ -183,7 +225,8 @@ class Mul(nn.Module):
     (nn.Sequential(nn.Conv2d(4, 4, 3, padding="same")), NotImplementedError, r"padding='same'"),
     (nn.Sequential(nn.Conv2d(2, 2, 1, padding=1)), NotImplementedError, r"Conv2d '0' has a bias .* padding"),
     (nn.Sequential(nn.Conv2d(2, 2, 3), nn.Softmax(1)), NotImplementedError, r"Softmax at position 1"),
-    (nn.Sequential(nn.Conv2d(2, 2, 3), nn.Conv1d(2, 2, 1)), NotImplementedError, r"Conv1d at position 1"),
+    (nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Conv1d(2, 2, 1)), NotImplementedError,
+     r"Conv1d at position 2 .* reads the 4-D output of Conv2d"),
     (nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)), NotImplementedError,
      r"BatchNorm2d at position 2"),
     (nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)), NotImplementedError, r"LSTM at position 1"),

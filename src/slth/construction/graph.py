@@ -31,7 +31,8 @@ from torch import nn
 
 from .network import (ACTIVATIONS, Activation, Add, Attention, Cat, ConstPair, EmbeddingPair, Expand, GetItem,
                       GraphNet, InputShift, LayerLayout, Matmul, Mean, MulConst, Normalize, Permute, RandomPair,
-                      QKScores, Reshape, Scale, Softmax, Split, VOMix, additive_mask, decode_index, resolve_sizes)
+                      QKScores, Reshape, Scale, Softmax, Split, Unsqueeze, VOMix, additive_mask, decode_index,
+                      resolve_sizes)
 
 
 def _jsonable(v):
@@ -469,6 +470,22 @@ class PermuteNode(Node):
 
 
 @dataclass(frozen=True)
+class UnsqueezeNode(Node):
+    """``x.unsqueeze(dim)``, or with ``squeeze`` ``x.squeeze(dim)``: a Conv1d is built as a Conv2d with kernel
+    (1, k) on (N, C, 1, L) between the two."""
+
+    dim: int = 2
+    squeeze: bool = False
+    kind: ClassVar[str] = "unsqueeze"
+
+    def bound(self, ins, ctx):
+        return _same(ins, lambda t, j: t.squeeze(self.dim) if self.squeeze else t.unsqueeze(self.dim))
+
+    def module(self, layouts):
+        return Unsqueeze(self.dim, self.squeeze)
+
+
+@dataclass(frozen=True)
 class GetItemNode(Node):
     """``x[index]`` with ints, slices (stored ``["slice", start, stop, step]``), None and ``"..."``."""
 
@@ -809,10 +826,11 @@ class MulConstNode(Node):
 KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (
     LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
     IdentityNode, ShiftNode, EmbeddingNode, ActivationNode, LayerNormNode, RMSNormNode, ConstNode, ReshapeNode,
-    ExpandNode, PermuteNode, GetItemNode, SplitNode, CatNode, MatmulNode, SoftmaxNode, AttentionNode, MeanNode,
-    MulConstNode, QKNode, VONode)}
+    ExpandNode, PermuteNode, UnsqueezeNode, GetItemNode, SplitNode, CatNode, MatmulNode, SoftmaxNode, AttentionNode,
+    MeanNode, MulConstNode, QKNode, VONode)}
 PRODUCT_KINDS = frozenset((QKNode.kind, VONode.kind))
-V3_KINDS = PRODUCT_KINDS | {RMSNormNode.kind}  # ticket format version 3: kinds a version-2 reader does not know
+# ticket format version 3: kinds a version-2 reader does not know
+V3_KINDS = PRODUCT_KINDS | {RMSNormNode.kind, UnsqueezeNode.kind}
 
 
 @dataclass(frozen=True)
@@ -860,8 +878,8 @@ class Graph:
         return Graph(nodes, self.chain)
 
     def format_version(self) -> int:
-        """1 when every op is one ticket files of format version 1 can hold, 3 with product-attention or RMSNorm
-        ops, else 2."""
+        """1 when every op is one ticket files of format version 1 can hold, 3 with product-attention, RMSNorm or
+        unsqueeze (Conv1d) ops, else 2."""
         if any(node.kind in V3_KINDS for node in self.nodes):
             return 3
         return 1 if all(node.kind in V1_KINDS for node in self.nodes) else 2

@@ -424,6 +424,17 @@ class Permute(nn.Module):
         return x.transpose(*self.dims) if self.transpose else x.permute(self.dims)
 
 
+class Unsqueeze(nn.Module):
+    """``x.unsqueeze(dim)`` or (``squeeze``) ``x.squeeze(dim)``."""
+
+    def __init__(self, dim: int, squeeze: bool = False):
+        super().__init__()
+        self.dim, self.squeeze = int(dim), bool(squeeze)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.squeeze(self.dim) if self.squeeze else x.unsqueeze(self.dim)
+
+
 def decode_index(index):
     """A stored index (list of ints, None, ``["slice", start, stop, step]``, ``"..."``) -> a torch index."""
     out = []

@@ -13,10 +13,11 @@ from torch import nn
 from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AttentionNode, AvgPoolNode,
                     CatNode, ConstNode, EmbeddingNode, ExpandNode, FlattenNode, GetItemNode, Graph, IdentityNode,
                     LayerNode, LayerNormNode, MatmulNode, MaxPoolNode, MeanNode, MulConstNode, Node, PermuteNode,
-                    QKNode, ReluNode, ReshapeNode, RMSNormNode, ShiftNode, SoftmaxNode, SplitNode, VONode)
+                    QKNode, ReluNode, ReshapeNode, RMSNormNode, ShiftNode, SoftmaxNode, SplitNode, UnsqueezeNode,
+                    VONode)
 
 SUPPORTED = (
-    "Flatten, Linear, Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding Linear/Conv2d), "
+    "Flatten, Linear, Conv1d and Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding layer), "
     "ReLU, GELU, SiLU, Tanh, Sigmoid, LayerNorm and RMSNorm (last dimension; the affine folded into the Linear "
     "layers that read it), Embedding (of the network input), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, "
     "AdaptiveMaxPool2d, Identity, Dropout, TransformerEncoderLayer, TransformerEncoder (nested nn.Sequential "
@@ -26,7 +27,7 @@ SUPPORTED = (
     "number"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
-LAYERS = ("Linear", "Conv2d")
+LAYERS = ("Linear", "Conv2d", "Conv1d")
 ATTENTION_MODES = ("projection", "product")  # construct(..., attention=): docs/construction.md, "Attention"
 
 
@@ -139,21 +140,47 @@ class _Builder:
         weight = _array(module.weight, f"weight of {kind} {path!r}")
         bias = None if module.bias is None else _array(module.bias, f"bias of {kind} {path!r}")
         conv = None
-        if kind == "Conv2d":
-            if self.flat[src]:
+        if kind in ("Conv2d", "Conv1d"):
+            reshaped = src >= 0 and isinstance(self.nodes[src], (PermuteNode, ReshapeNode))  # (N, L, E) -> (N, E, L)
+            if self.flat[src] and not (kind == "Conv1d" and reshaped):
                 raise NotImplementedError(
-                    f"Conv2d {where} ({path!r}) after a Linear is not supported (its input is flat)")
+                    f"{kind} {where} ({path!r}) after a Linear is not supported (its input is flat)")
             if module.groups != 1:
                 raise NotImplementedError(
-                    f"Conv2d {where} ({path!r}) has groups={module.groups}: grouped/depthwise convolutions are not "
+                    f"{kind} {where} ({path!r}) has groups={module.groups}: grouped/depthwise convolutions are not "
                     f"supported by construct(); supported: {SUPPORTED}")
             if isinstance(module.padding, str) or module.padding_mode != "zeros":
                 raise NotImplementedError(
-                    f"Conv2d {where} ({path!r}): padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
+                    f"{kind} {where} ({path!r}): padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
                     "only explicit zero padding is supported")
+            if kind == "Conv1d":  # a Conv2d with kernel (1, k) on (N, C, 1, L), between an unsqueeze and a squeeze
+                feeder = self._feeding_layer(src)
+                if feeder is not None and self.specs[feeder.index].conv is not None:
+                    raise NotImplementedError(
+                        f"Conv1d {where} ({path!r}) reads the 4-D output of Conv2d {self.specs[feeder.index].path!r}")
+                weight = weight[:, :, None, :]
+                conv = {"kernel": [1, *module.kernel_size], "stride": [1, *module.stride],
+                        "padding": [0, *module.padding], "dilation": [1, *module.dilation]}
+                src = self.emit(UnsqueezeNode((src,), 2), False)
+                out = self.linear(weight, bias, kind, path, where, src, conv)
+                return self.emit(UnsqueezeNode((out,), 2, squeeze=True), False)
             conv = {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride),
                     "padding": _pair(module.padding), "dilation": _pair(module.dilation)}
         return self.linear(weight, bias, kind, path, where, src, conv)
+
+    def _feeding_layer(self, src: int):
+        """The LayerNode whose output reaches ``src`` through shape-keeping elementwise ops and pooling only."""
+        node = self.nodes[src] if src >= 0 else None
+        while isinstance(node, (ReluNode, ActivationNode, MaxPoolNode, AvgPoolNode, IdentityNode)):
+            node = self.nodes[node.inputs[0]] if node.inputs[0] >= 0 else None
+        return node if isinstance(node, LayerNode) else None
+
+    def _layer_behind(self, src: int):
+        """The node ``src`` names, or the Conv1d layer behind its squeeze (BatchNorm1d and ReLU fold into it)."""
+        node = self.nodes[src] if src >= 0 else None
+        if isinstance(node, UnsqueezeNode) and node.squeeze:
+            return self.nodes[node.inputs[0]]
+        return node
 
     def linear(self, weight: np.ndarray, bias, kind: str, path: str, where: str, src: int, conv=None) -> int:
         """A Linear (or, with ``conv``, Conv2d) map from its float64 arrays: folds a pending LayerNorm affine
@@ -212,11 +239,11 @@ class _Builder:
         return i
 
     def batchnorm(self, module, kind: str, path: str, where: str, src: int, sole_user: bool = True) -> int:
-        node = self.nodes[src] if src >= 0 else None
+        node = self._layer_behind(src)
         if not isinstance(node, LayerNode) or not sole_user:
             raise NotImplementedError(
-                f"{kind} {where} ({path!r}) does not directly follow a Linear/Conv2d whose output only it reads; "
-                "only BatchNorm right after a layer can be folded")
+                f"{kind} {where} ({path!r}) does not directly follow a Linear/Conv1d/Conv2d whose output only it "
+                "reads; only BatchNorm right after a layer can be folded")
         if module.running_mean is None or module.running_var is None:
             raise NotImplementedError(
                 f"{kind} {where} ({path!r}) has no running statistics (track_running_stats=False)")
@@ -235,8 +262,9 @@ class _Builder:
         return src
 
     def relu(self, src: int) -> int:
-        if src >= 0 and isinstance(self.nodes[src], LayerNode):
-            self.specs[self.nodes[src].index].relu_after = True
+        layer = self._layer_behind(src)
+        if isinstance(layer, LayerNode):
+            self.specs[layer.index].relu_after = True
         return self.emit(ReluNode((src,)), self.flat[src])
 
     def module(self, module, path: str, where: str, src: int, sole_user: bool = True) -> int:
