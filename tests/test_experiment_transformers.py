@@ -103,16 +103,12 @@ def test_plan_size_equals_the_built_tickets():
 
 
 def test_attention_constructions_come_from_the_api(monkeypatch):
-    from slth.construction import api, target
+    from slth.construction import target
 
-    monkeypatch.delattr(api, "ATTENTIONS", raising=False)
-    monkeypatch.delattr(target, "ATTENTION_MODES", raising=False)
-    assert T.attentions() == ("projection",) and T.constructions() == ("pensia", "malach")
-    monkeypatch.setattr(api, "ATTENTIONS", ("projection", "product"), raising=False)
+    assert T.attentions() == target.ATTENTION_MODES
     assert T.constructions() == ("pensia", "product", "malach")
-    monkeypatch.delattr(api, "ATTENTIONS")
-    monkeypatch.setattr(target, "ATTENTION_MODES", ("projection", "product"), raising=False)
-    assert T.constructions() == ("pensia", "product", "malach")
+    monkeypatch.setattr(target, "ATTENTION_MODES", ("projection",))
+    assert T.constructions() == ("pensia", "malach")
     assert T.construct_kwargs("product") == {"method": "pensia", "attention": "product"}
     with pytest.raises(ValueError, match="unknown construction"):
         T.construct_kwargs("bogus")
@@ -143,14 +139,6 @@ def test_a_bad_option_is_one_line_on_the_command_line(tmp_path):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown --constructions bogus" in lines[0]
-
-
-def test_product_is_refused_where_construct_lacks_it(tmp_path):
-    if "product" in T.constructions():
-        pytest.skip("this slth.construct offers attention='product'")
-    result = CliRunner().invoke(app, ["experiment", "transformers", "--constructions", "product", "--vit-data",
-                                      "digits", "--out", str(tmp_path / "t.json")])
-    assert result.exit_code == 2 and "attention='product'" in result.output, result.output
 
 
 def test_command_line_shows_dir_for_data_folders():

@@ -368,7 +368,7 @@ def transformers_command(
     sweep_eps: str = typer.Option("0.1,0.03,0.01,0.003,0.001", help="eps values of the width-vs-eps table "
                                                                      "(first ViT data set)"),
     constructions: Optional[str] = typer.Option(
-        None, help="pensia, product (when slth.construct offers attention='product'), malach; default: all "
+        None, help="pensia, product (attention='product'), malach; default: all "
                    "available"),
     max_random_params: int = typer.Option(12_000_000, help="build a ticket only below this many random params "
                                                            "(above: its size is computed from the required n)"),
@@ -402,10 +402,7 @@ def transformers_command(
     if constructions is None:
         cons = list(available)
     else:
-        cons = names(constructions, "--constructions", ("pensia", "product", "malach"))
-        if "product" in cons and "product" not in available:
-            raise CommandError("--constructions product: slth.construct offers no attention='product' here "
-                               f"(its attention constructions: {', '.join(T.attentions())})")
+        cons = names(constructions, "--constructions", available)
     eps_v, sweep_v = floats(eps, "--eps"), floats(sweep_eps, "--sweep-eps")
     for e in (*eps_v, *sweep_v):
         if not (0 < e < 1):

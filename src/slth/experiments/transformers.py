@@ -47,17 +47,15 @@ PAPER = ("Pensia et al. 2020 (arXiv:2006.07990): every weight within eps by a Su
 
 # --------------------------------------------------------------------------- which constructions exist
 def attentions() -> tuple[str, ...]:
-    """The attention constructions ``slth.construct`` offers, the one place this experiment reads them from:
-    ``slth.construction.target.ATTENTION_MODES`` (where ``construct`` checks its ``attention=`` keyword), else
-    ``slth.construction.api.ATTENTIONS``, else only the per-projection one."""
-    from ..construction import api, target
+    """The attention constructions ``slth.construct`` offers (``slth.construction.target.ATTENTION_MODES``, where
+    ``construct`` checks its ``attention=`` keyword): the one place this experiment reads them from."""
+    from ..construction.target import ATTENTION_MODES
 
-    names = getattr(target, "ATTENTION_MODES", None) or getattr(api, "ATTENTIONS", None)
-    return tuple(names) if names else ("projection",)
+    return tuple(ATTENTION_MODES)
 
 
 def constructions() -> tuple[str, ...]:
-    """The constructions this experiment can run: pensia (pairs), product (when available), malach."""
+    """The constructions this experiment runs: pensia (pairs), product (attention="product"), malach."""
     return ("pensia", *(("product",) if "product" in attentions() else ()), "malach")
 
 
