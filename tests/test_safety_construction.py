@@ -96,7 +96,7 @@ def _nan_weight():
     (lambda: nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)), ValueError,
      r"Linear '1' expects 5 inputs but the previous Linear gives 3"),
     (lambda: nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.BatchNorm2d(2)), NotImplementedError,
-     r"BatchNorm2d at position 2 \('2'\) does not directly follow a Linear/Conv2d"),
+     r"BatchNorm2d at position 2 \('2'\) does not directly follow a Linear/Conv1d/Conv2d"),
     (lambda: nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False)), NotImplementedError,
      r"BatchNorm1d at position 1 \('1'\) has no running statistics"),
     (lambda: nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(5)), ValueError,
