@@ -41,8 +41,9 @@ def signed(*shape, seed=1):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def check(ticket, net, x, tolerance, tmp_path, kinds=()):
-    """Exact masks, measured <= certified bound (at the points x) and <= tolerance, save/load identical."""
+def check(ticket, net, x, tolerance, tmp_path, kinds=(), version=2):
+    """Exact masks, measured <= certified bound (at the points x) and <= tolerance, save/load identical
+    (a file of format ``version``)."""
     assert ticket.stats["failures"] == 0 and ticket.stats["max_weight_error"] <= EPS
     ops = [op["op"] for op in ticket.config["ops"]]
     assert set(kinds) <= set(ops), ops
@@ -60,7 +61,7 @@ def check(ticket, net, x, tolerance, tmp_path, kinds=()):
     assert (diff.numpy() <= bound + 1e-5).all(), (float(diff.max()), bound.max())
     assert 0 < float(diff.max()) <= tolerance, float(diff.max())
     path = ticket.save(tmp_path / "t.slth")
-    assert ticketfile.load(path).format_version == 2
+    assert ticketfile.load(path).format_version == version
     loaded = Ticket.load(path)
     assert loaded.digest() == ticket.digest()
     with torch.no_grad():

@@ -17,6 +17,7 @@ from slth.construction.bound import certified_bound_nd
 from slth.construction.target import parse_target
 from test_construct_attention import (BATCH, D, EPS, HEADS, T, Cross, Encoder, HandAttention, MaskedAttention, Padded,
                                       SelfAttention, TinyGPT, TinyViT, assert_causal, seeded, signed)
+from test_construct_attention import check as shared_check
 
 PRODUCT_OPS = {"qk_scores", "vo_mix"}
 
@@ -24,33 +25,13 @@ PRODUCT_OPS = {"qk_scores", "vo_mix"}
 def check(ticket, net, x, tolerance, tmp_path, product=1):
     """Exact masks, measured <= certified bound (at the points x) and <= tolerance, save/load identical (v3)."""
     s = ticket.stats
-    assert s["failures"] == 0 and s["max_weight_error"] <= EPS
     kinds = [op["op"] for op in ticket.config["ops"]]
     assert kinds.count("vo_mix") == product and kinds.count("qk_scores") == product * HEADS, kinds
     assert "attention" not in kinds  # no per-projection attention left
     assert ticket.config["attention"] == "product" and s["attention"]["product_attentions"] == product
     selectors = [ticket.layouts[i] for i in s["attention"]["product_layers"]]
     assert len(selectors) == 3 * product and not any(lay.signed_input or lay.relu_after for lay in selectors)
-    module = ticket.to_module()
-    pruned = dict(module.named_parameters())
-    rand = dict(ticket.random_module().named_parameters())
-    assert set(pruned) == set(rand) == set(ticket.masks)
-    for name in pruned:
-        assert torch.equal(pruned[name], rand[name] * ticket.masks[name]), name
-    with torch.no_grad():
-        out = module(x)
-        diff = (out - net(x)).abs().double().reshape(len(x), -1)
-    xb = x.double()
-    bound = certified_bound_nd(ticket, net, xb, xb, batched=True)
-    assert (diff.numpy() <= bound + 1e-5).all(), (float(diff.max()), bound.max())
-    assert 0 < float(diff.max()) <= tolerance, float(diff.max())
-    path = ticket.save(tmp_path / "t.slth")
-    assert ticketfile.load(path).format_version == 3
-    loaded = Ticket.load(path)
-    assert loaded.digest() == ticket.digest()
-    with torch.no_grad():
-        assert torch.equal(loaded.to_module()(x), out)
-    return module, float(diff.max()), float(bound.max())
+    return shared_check(ticket, net, x, tolerance, tmp_path, version=3)
 
 
 @pytest.mark.parametrize("causal", [False, True])
