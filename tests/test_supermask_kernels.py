@@ -76,6 +76,27 @@ def test_tracker_threshold_is_the_kth_largest_while_the_band_adapts():
     assert hits >= 25  # the band is doing its job: most steps select within it
 
 
+def test_the_band_follows_a_drifting_threshold_narrowly():
+    """Under weight decay the scores shrink every step and the threshold falls by about the same amount:
+    the band is centred on the predicted threshold, so it stays narrow (few values to revisit) and hits.
+    Centred on the last threshold instead, it held about 1,000 values here (each a second look at its block)."""
+    rng = np.random.default_rng(0)
+    n, k = 50_000, 20_000
+    scores = rng.standard_normal(n).astype(np.float32)
+    tracker = core.ThresholdTracker()
+    population, hits = [], 0
+    for step in range(60):
+        scores = scores * np.float32(0.995) + np.float32(1e-4) * rng.standard_normal(n).astype(np.float32)
+        center, width = tracker.center, tracker.width
+        if center is not None:
+            population.append(int(np.count_nonzero(np.abs(np.abs(scores) - center) <= width)))
+        thr = tracker.threshold(scores, k, absolute=True)
+        assert thr == np.sort(np.abs(scores))[-k]
+        hits += center is not None and abs(thr - center) <= width
+    assert hits >= 55
+    assert np.median(population[-30:]) < 300
+
+
 def test_nan_scores_are_refused_on_every_path():
     state = core.KernelState()
     s = torch.tensor([0.5, -1.0, 2.0, 0.1])

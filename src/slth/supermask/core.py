@@ -18,17 +18,22 @@ def kept_count(numel: int, density: float) -> int:
 
 
 class ThresholdTracker:
-    """Where a layer's last top-k threshold was, so that the next exact selection runs over a narrow
-    band around it (:mod:`slth.supermask._kernels`) instead of over every score.
+    """Where a layer's next top-k threshold is expected, so that the next exact selection runs over a
+    narrow band around it (:mod:`slth.supermask._kernels`) instead of over every score.
 
-    Only speed depends on it: the threshold is the exact k-th largest value whatever the band. The band's
-    half-width grows at least fourfold when it misses, follows the threshold's moves (:meth:`_adapt`) and
-    halves when the band holds more than 1/32 of the values.
+    Only speed depends on it: the threshold is the exact k-th largest value whatever the band. The band is
+    centred on the last threshold plus its drift (a running mean of its moves: under weight decay the
+    scores shrink and the threshold falls by a similar amount every step, so the prediction's error is a
+    fraction of the move). Its half-width grows at least fourfold when it misses, follows the prediction's
+    errors (:meth:`_adapt`) and halves when the band holds more than 1/32 of the values. Every value in the
+    band costs a second look at its block of 64 scores.
     """
 
     def __init__(self) -> None:
-        self.center: float | None = None
-        self.width = 0.0
+        self.center: float | None = None  # the band's centre for the next selection
+        self.width = 0.0  # its half-width
+        self._last: float | None = None  # the last threshold
+        self._drift = 0.0  # running mean of the threshold's moves
         self._band: np.ndarray | None = None
         self._index: np.ndarray | None = None
         self._ones: np.ndarray | None = None
@@ -78,17 +83,24 @@ class ThresholdTracker:
         self.masked_weight(self._ones, scores, k, out)
 
     def _adapt(self, thr: float, in_band: int, n: int) -> None:
-        """After a hit: keep the half-width a few times the threshold's last move (a miss costs a full
+        """After a hit: keep the half-width a few times the prediction's last error (a miss costs a full
         selection, ten passes' worth), but the band below 1/32 of the values (each band value costs a
         second look at its block)."""
-        moved = abs(thr - self.center)
+        error = abs(thr - self.center)
         if in_band > max(256, n >> 5):
             self.width *= 0.5
-        elif 3.0 * moved > self.width:
+        elif 3.0 * error > self.width:
             self.width *= 2.0
         else:
             self.width *= 0.95
-        self.center = thr
+        self._follow(thr)
+
+    def _follow(self, thr: float) -> None:
+        """Centre the next band on ``thr`` plus the drift, updated with the move to ``thr``."""
+        if self._last is not None:
+            self._drift = 0.5 * self._drift + 0.5 * (thr - self._last)
+        self._last = thr
+        self.center = thr + self._drift
 
     def _full(self, values: np.ndarray, k: int, absolute: bool):
         n = values.shape[0]
@@ -97,14 +109,14 @@ class ThresholdTracker:
             raise ValueError("cannot rank scores that contain NaN")
         thr = np.partition(full, n - k)[n - k]
         if not math.isfinite(thr):  # e.g. -inf (Gem-Miner's removed weights): no band to keep
-            self.center = None
+            self.center, self._last, self._drift = None, None, 0.0
             return thr
         if self.center is None:
             self.width = abs(float(thr)) * 1e-3
-        else:  # a miss: at least twice the move that missed it
+        else:  # a miss: at least twice the error that missed it
             self.width = max(4.0 * self.width, 2.0 * abs(float(thr) - self.center))
         self.width = max(self.width, abs(float(thr)) * 2.0**-20, 1e-30)
-        self.center = float(thr)
+        self._follow(float(thr))
         return thr
 
 
