@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--density", type=float, default=0.5)
+    parser.add_argument("--batches", type=int, default=1,
+                        help="distinct random batches the steps cycle through (1: the same batch every step)")
     parser.add_argument("--models", default="fc,lenet5,conv4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-peer", action="store_true", help="skip the reference implementation's edge-popup")
@@ -41,7 +43,7 @@ def main() -> None:
             continue
         for method in args.methods.split(","):
             r = step_times(model, method, density=args.density, batch_size=batch, input_shape=shape, steps=args.steps,
-                           repeats=args.repeats, peer=method == "edge-popup" and not args.no_peer)
+                           repeats=args.repeats, batches=args.batches, peer=method == "edge-popup" and not args.no_peer)
             rows.append(r)
             print(f"{model:7s} {method:11s} min: dense {1e3 * r['dense_step_min_s']:8.2f} ms  supermask "
                   f"{1e3 * r['supermask_step_min_s']:8.2f} ms  ratio {r['ratio_min']:.2f}   (median ratio "
@@ -50,7 +52,7 @@ def main() -> None:
                 print(f"{'':19s} min: peer  {1e3 * r['peer_step_min_s']:8.2f} ms  speed-up of slth over peer "
                       f"{r['speedup_min']:.2f}   (median {r['speedup']:.2f})", flush=True)
     print(f"\n{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"{datetime.date.today()}\n")
+          f"{args.batches} batch(es), {datetime.date.today()}\n")
     print("| model | batch | method | dense step, min (ms) | supermask step, min (ms) | ratio of minima "
           "| ratio of medians |")
     print("|---|---:|---|---:|---:|---:|---:|")

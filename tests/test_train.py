@@ -139,9 +139,12 @@ def test_width_sweep_writes_table_and_plot(tmp_path):
 def test_step_benchmark_reports_both_steps():
     from slth.supermask.bench import step_times
 
-    r = step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1)
+    r = step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1, batches=3)
     assert r["dense_step_s"] > 0 and r["supermask_step_s"] > 0
     assert r["ratio"] == pytest.approx(r["supermask_step_s"] / r["dense_step_s"])
+    assert r["batches"] == 3
+    with pytest.raises(ValueError, match="batches must be at least 1"):
+        step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, batches=0)
 
 
 def test_cifar10_training_with_augmentation(tmp_path):

@@ -86,6 +86,7 @@ def bench_supermask_step_command(
     batch_size: int = typer.Option(128),
     steps: int = typer.Option(50),
     input_shape: str = typer.Option("1,28,28"),
+    batches: int = typer.Option(1, help="distinct random batches the steps cycle through (1: the same batch)"),
     threads: Optional[int] = typer.Option(None),
     peer: Optional[bool] = typer.Option(None, "--peer/--no-peer",
                                         help="also time the reference implementation's edge-popup (hidden-networks' "
@@ -99,7 +100,7 @@ def bench_supermask_step_command(
         raise CommandError(f"--peer times the reference implementation's edge-popup; got --method {method}")
     set_threads(threads)
     result = step_times(model, method, width=width, density=density, batch_size=batch_size, steps=steps,
-                        input_shape=tuple(ints(input_shape, "--input-shape")),
+                        input_shape=tuple(ints(input_shape, "--input-shape")), batches=batches,
                         peer=method == "edge-popup" if peer is None else peer)
     result.pop("samples")
     result.pop("speedup_rounds", None)

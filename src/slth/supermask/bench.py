@@ -74,11 +74,15 @@ def peer_edge_popup(net):
 
 def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 1.0, density: float = 0.5,
                batch_size: int = 128, input_shape=(1, 28, 28), steps: int = 50, warmup: int = 10,
-               repeats: int = 3, seed: int = 0, peer: bool = False) -> dict:
+               repeats: int = 3, seed: int = 0, peer: bool = False, batches: int = 1) -> dict:
     """Seconds per SGD step (forward, backward, update, hooks) for ``dense`` and ``method``: the median and
     the minimum over ``repeats`` rounds of ``steps`` steps. With ``peer`` (edge-popup only) also for the
     reference implementation's edge-popup (:func:`peer_edge_popup`) on the same weights and scores, and
     ``speedup`` = peer step / slth step.
+
+    The steps cycle through ``batches`` distinct random batches (1: the same batch every step). With one
+    batch the gradients repeat and the top-k threshold moves more steadily than on a data stream, so the
+    band of the banded selection (:class:`slth.supermask.core.ThresholdTracker`) is narrower.
 
     The setups are timed alternately in one process, round by round, so that machine noise hits them alike;
     on a shared machine the minimum (least disturbed round) is the steadier ratio.
@@ -94,9 +98,11 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
     cfg = {m: TrainConfig(method=m, model=model, density=density, width=width).resolved() for m in ("dense", method)}
     if peer:
         cfg["peer"] = cfg[method]
+    if batches < 1:
+        raise ValueError(f"batches must be at least 1, got {batches}")
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, *input_shape, generator=gen)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    xs = torch.randn(batches, batch_size, *input_shape, generator=gen)
+    ys = torch.randint(0, 10, (batches, batch_size), generator=gen)
     setups = {}
     for m, c in cfg.items():
         net = build(model, input_shape, 10, seed=seed, width=width, supermask=c.supermask_config(), init=c.init)
@@ -110,7 +116,8 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
         net, opt = setups[m]
         start = time.perf_counter()
         for s in range(n):
-            loss = F.cross_entropy(net(x), y) + regularization(net)
+            b = (step0 + s) % batches  # every setup sees the same batch at the same step
+            loss = F.cross_entropy(net(xs[b]), ys[b]) + regularization(net)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -126,7 +133,7 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
     median = {m: sorted(v)[len(v) // 2] for m, v in samples.items()}
     best = {m: min(v) for m, v in samples.items()}  # least disturbed round: robust on a shared machine
     result = {"model": model, "method": method, "width": width, "density": density, "batch_size": batch_size,
-              "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
+              "batches": batches, "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
               "dense_step_s": median["dense"], "supermask_step_s": median[method],
               "ratio": median[method] / median["dense"],
               "dense_step_min_s": best["dense"], "supermask_step_min_s": best[method],
