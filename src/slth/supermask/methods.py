@@ -343,11 +343,13 @@ class IteRand(_Sampling):
         self.redraw, self.period, self.prob = redraw, period, prob
         self.register_buffer("generation", torch.zeros(shape, dtype=torch.int16))
 
-    @torch.no_grad()
     def after_step(self, step: int, weight: torch.Tensor) -> None:
-        if step % self.period:
+        if step % self.period:  # (before entering no_grad: that context costs more than this whole test)
             return
-        round_ = step // self.period
+        with torch.no_grad():
+            self._rerandomize(step // self.period, weight)
+
+    def _rerandomize(self, round_: int, weight: torch.Tensor) -> None:
         if round_ > torch.iinfo(torch.int16).max:
             raise OverflowError("IteRand: more re-randomisation rounds than an int16 generation can record")
         # the draws are made on the CPU (the layer's generator and the seeded re-draw), then moved to the
@@ -355,8 +357,9 @@ class IteRand(_Sampling):
         device = weight.device
         pruned = ~self.final_mask().to(device)
         chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob).to(device)
-        weight[chosen] = self.redraw(round_).to(device=device, dtype=weight.dtype)[chosen]
-        self.generation[chosen.to(self.generation.device)] = round_
+        # selections, not boolean indexing (a nonzero and a scatter each): the same values, several times faster
+        weight.copy_(torch.where(chosen, self.redraw(round_).to(device=device, dtype=weight.dtype), weight))
+        self.generation.masked_fill_(chosen.to(self.generation.device), round_)
 
 
 class GemMiner(Supermask):
