@@ -5,9 +5,10 @@ A supermask step ranks every score of a layer (235,200 first-layer scores for FC
 builds ``W * m``; against a dense step of a small MLP that is most of the extra work. Two observations
 make it cheap:
 
-* **The threshold moves little between steps.**  The k-th largest value lies in a band ``[lo, hi]``
-  around the last threshold whenever ``#(v > hi) < k <= #(v > hi) + #(lo <= v <= hi)``; then it is the
-  ``(k - #(v > hi))``-th largest of the (few) values in the band.  One pass counts and collects, a
+* **The threshold moves little between steps, and steadily.**  The k-th largest value lies in a band
+  ``[lo, hi]`` around the predicted threshold (:class:`slth.supermask.core.ThresholdTracker`) whenever
+  ``#(v > hi) < k <= #(v > hi) + #(lo <= v <= hi)``; then it is the ``(k - #(v > hi))``-th largest of the
+  (few) values in the band.  One pass counts and collects, a
   selection over the band finishes.  When the band misses (the first step, a large update) the
   selection runs over every value.  The result is the exact k-th largest value either
   way; the band only decides how much is selected over.
