@@ -8,16 +8,17 @@ batch already on the GPU (data loading is not measured). Median of ``--repeats``
 
     python benchmarks/bench_train_gpu.py --batch-size 256 --out gpu-train.json
     python benchmarks/bench_train_gpu.py --models resnet20 --methods dense,edge-popup --precisions bf16
+
+``--device cpu`` runs the same loop on the CPU (a dry run of the script; the tests use it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 INPUT = {"fc": (1, 28, 28)}  # every other model: CIFAR-shaped (3, 32, 32)
 
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (a dry run of the same loop)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -44,10 +46,17 @@ def main(argv=None) -> int:
     from slth.train.loop import _check_device_hooks
     from slth.train.runtime import autocast
 
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (run this on a machine with a GPU)")
         return 0
-    device = torch.device("cuda")
+    if device.type not in ("cuda", "cpu"):
+        raise SystemExit(f"--device must be cuda, cuda:N or cpu, got {args.device!r}")
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
     methods = args.methods.split(",") if args.methods else list(TRAIN_METHODS)
     rows = []
     for model in args.models.split(","):
@@ -70,11 +79,11 @@ def main(argv=None) -> int:
                     continue
                 opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9,
                                       weight_decay=cfg.weight_decay)
-                scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+                scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
                 step = [0]
 
                 def steps(n: int, net=net, opt=opt, scaler=scaler, precision=precision, step=step, x=x, y=y) -> float:
-                    torch.cuda.synchronize()
+                    sync()
                     start = time.perf_counter()
                     for _ in range(n):
                         with autocast(device, precision):
@@ -90,7 +99,7 @@ def main(argv=None) -> int:
                             scaler.update()
                         step[0] += 1
                         after_step(net, step[0])
-                    torch.cuda.synchronize()
+                    sync()
                     return n / (time.perf_counter() - start)
 
                 net.train()
@@ -101,7 +110,8 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{model} {precision} {method}: {row['steps_per_s']:.1f} steps/s", flush=True)
                 del net, opt
-                torch.cuda.empty_cache()
+                if cuda:
+                    torch.cuda.empty_cache()
     dense = {(r["model"], r["precision"]): r["steps_per_s"] for r in rows
              if r["method"] == "dense" and "steps_per_s" in r}
     print("\n| model | precision | method | steps/s | x dense |")
@@ -112,9 +122,12 @@ def main(argv=None) -> int:
             ratio = f"{r['steps_per_s'] / base:.2f}" if base else "-"
             print(f"| {r['model']} | {r['precision']} | {r['method']} | {r['steps_per_s']:.1f} | {ratio} |")
     if args.out:
-        record = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name(0),
-                  "torch": torch.__version__, "rows": rows}
-        Path(args.out).write_text(json.dumps(record, indent=1))
+        from slth._io import atomic_write_json
+
+        name = torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()})"
+        record = {"command": "python " + " ".join(sys.argv), "device": name, "torch": torch.__version__,
+                  "rows": rows}
+        atomic_write_json(args.out, record)
     return 0
 
 

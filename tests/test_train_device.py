@@ -199,3 +199,39 @@ def test_device_probe_refuses_a_hook_that_fails_there(monkeypatch):
     monkeypatch.setattr(IteRand, "after_step", broken)
     with pytest.raises(NotImplementedError, match="iterand cannot train on fake:0"):
         _check_device_hooks(model, Fake())
+
+
+def _gpu_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_train_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_runs_its_loop_on_the_cpu(tmp_path, capsys):
+    """benchmarks/bench_train_gpu.py's loop, dry-run on the CPU: every (model, precision, method) timed,
+    the table printed, the record written."""
+    out = tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--models", "fc,vit", "--methods", "dense,edge-popup,bernoulli", "--precisions",
+            "fp32,bf16", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch-size", "8", "--out", str(out)]
+    assert _gpu_benchmark().main(args) == 0
+    record = json.loads(out.read_text())
+    rows = {(r["model"], r["precision"], r["method"]): r for r in record["rows"]}
+    assert set(rows) == {(m, p, k) for m in ("fc", "vit") for p in ("fp32", "bf16")
+                         for k in ("dense", "edge-popup", "bernoulli")}
+    assert all(r["steps_per_s"] > 0 for r in rows.values())
+    assert record["device"].startswith("cpu")
+    assert "| vit | bf16 | edge-popup |" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_refuses_an_unknown_device_and_says_when_there_is_no_gpu(capsys):
+    bench = _gpu_benchmark()
+    with pytest.raises(SystemExit, match="--device must be"):
+        bench.main(["--device", "meta"])
+    if not torch.cuda.is_available():
+        assert bench.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
