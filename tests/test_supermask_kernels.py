@@ -280,3 +280,108 @@ def test_gem_miner_regulariser_switches_off_at_the_target_and_counts_fresh_after
     reg = gm.regularization()
     assert isinstance(reg, torch.Tensor)
     assert torch.allclose(reg, 1e-2 * gm.scores.detach().pow(2).sum())
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.int32 if a.dtype == np.float32 else np.int64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 700), st.integers(1, 5), st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from([0, 4]), st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+def test_parallel_kernels_equal_the_serial_ones_bit_for_bit(n, chunks, seed, dtype, grid, band):
+    """Every ``*_parallel`` kernel splits its serial kernel's loops into contiguous chunks: the same outputs
+    (signed zeros included), counts and statuses, for any number of chunks, on tails shorter than a block,
+    with ties (values on a coarse grid), a NaN, and bands that hit, miss or hold everything."""
+    from slth.supermask import _kernels as kernels
+
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal(n)
+    if grid:
+        scores = np.round(scores * grid) / grid
+    scores = scores.astype(dtype)
+    if seed % 7 == 0:
+        scores[seed % n] = np.nan
+    weight = (rng.standard_normal(n) * (rng.random(n) < 0.9)).astype(dtype)
+    grad = rng.standard_normal(n).astype(dtype)
+    k = 1 + seed % n
+    magnitude = np.sort(np.abs(scores[~np.isnan(scores)]))
+    center = magnitude[len(magnitude) // 2] if len(magnitude) else 0.0
+    width = band * (magnitude[-1] - magnitude[0] if len(magnitude) else 1.0)
+    lo, hi = float(center - width), float(center + width)
+    outs, idx = [np.full(n, 7.0, dtype) for _ in range(2)], [np.zeros(n, np.int64) for _ in range(2)]
+    a = kernels.masked_weight_banded(weight, scores, k, lo, hi, idx[0], outs[0])
+    b = kernels.masked_weight_banded_parallel(weight, scores, k, lo, hi, idx[1], outs[1], chunks)
+    assert a[0] == b[0] and a[2] == b[2]  # status and band size
+    assert a[0] != 0 or _bits(np.array([a[1]], dtype)) == _bits(np.array([b[1]], dtype))  # the threshold
+    if a[0] == 0:  # done: the whole output is defined
+        assert np.array_equal(_bits(outs[0]), _bits(outs[1]))
+    assert np.array_equal(idx[0][: a[2]], idx[1][: b[2]])  # the band's indices, in index order
+    clean = np.nan_to_num(scores)
+    for serial, parallel, args in (
+            (kernels.abs_straight_through_grad, kernels.abs_straight_through_grad_parallel, (grad, weight, clean)),
+            (kernels.alive_straight_through_grad, kernels.alive_straight_through_grad_parallel,
+             (grad, weight, rng.random(n) < 0.7)),
+            (kernels.product, kernels.product_parallel, (grad, weight))):
+        one, many = np.empty(n, dtype), np.empty(n, dtype)
+        serial(*args, one)
+        parallel(*args, many, chunks)
+        assert np.array_equal(_bits(one), _bits(many))
+    alive = rng.random(n) < 0.8
+    relaxed = rng.random(n).astype(dtype)
+    one, many = np.empty(n, dtype), np.empty(n, dtype)
+    assert kernels.rounded_masked_weight(weight, relaxed, alive, one) == \
+        kernels.rounded_masked_weight_parallel(weight, relaxed, alive, many, chunks)
+    assert np.array_equal(_bits(one), _bits(many))
+
+
+def test_large_layers_use_torch_s_threads_and_train_the_same_on_any_number(monkeypatch):
+    """Layers of at least PARALLEL_MIN weights run their kernels on torch's thread count (capped at numba's
+    pool), small ones on one; a few edge-popup and Gem-Miner steps give the same bits either way."""
+    from slth.supermask import _kernels as kernels
+    from slth.supermask.methods import SupermaskConfig
+    from slth.supermask import apply_supermask
+
+    assert core.kernel_threads(core.PARALLEL_MIN - 1) == 1
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert core.kernel_threads(core.PARALLEL_MIN) == 1
+        torch.set_num_threads(4)
+        pool = kernels.numba.config.NUMBA_NUM_THREADS
+        assert core.kernel_threads(core.PARALLEL_MIN) == kernels.usable_threads(4) == min(4, pool)
+    finally:
+        torch.set_num_threads(before)
+    calls = []
+    for name in ("masked_weight_banded_parallel", "abs_straight_through_grad_parallel",
+                 "rounded_masked_weight_parallel", "alive_straight_through_grad_parallel"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    x = torch.randn(32, 300, generator=torch.Generator().manual_seed(0))
+
+    kernel_threads = core.kernel_threads
+
+    def train(method: str, threads: int, chunks: int | None = None):
+        if chunks is not None:  # more chunks than threads: the split, not the thread count, is what varies
+            core.kernel_threads = lambda n: 1 if n < core.PARALLEL_MIN else chunks
+        torch.set_num_threads(threads)
+        try:
+            net = apply_supermask(torch.nn.Sequential(torch.nn.Linear(300, 256), torch.nn.ReLU(),
+                                                      torch.nn.Linear(256, 10)), SupermaskConfig(method=method), 0)
+            opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+            for _ in range(4):
+                opt.zero_grad()
+                net(x).square().mean().backward()
+                opt.step()
+            return [p.detach().clone() for p in net.parameters()] + [net(x).detach()]
+        finally:
+            torch.set_num_threads(before)
+            core.kernel_threads = kernel_threads
+
+    for method in ("edge-popup", "gem-miner"):
+        calls.clear()
+        one = train(method, 1)
+        assert not calls  # one thread: the serial kernels
+        for many in (train(method, 2), train(method, 1, chunks=3)):
+            assert all(torch.equal(a, b) for a, b in zip(one, many))
+        assert calls  # the parallel kernels ran

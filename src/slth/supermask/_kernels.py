@@ -20,15 +20,24 @@ Every function takes flat (1-D, contiguous) arrays of one float dtype (float32 o
 top-k and edge-popup kernels return exactly what the torch/numpy reference computes (same operations in
 the same order, same rounding); biprop's two kernels sum in float64 and agree with the reference to
 float32 rounding.
+
+**Threads.** Where torch runs on several threads its matrix products do, and single-threaded kernels would
+become the step's bottleneck; the ``*_parallel`` kernels split the serial loops into contiguous chunks on
+numba's threads, with the same results on any number of threads
+(:func:`slth.supermask.core.kernel_threads` decides how many, :func:`slth.supermask.core.run_kernel`
+calls them). Kernels whose floating-point sums the compiler reassociates (biprop's gradient, the
+Bernoulli draw's sums) stay serial: split, they would sum in another order.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
+import numba
 import numpy as np
 from llvmlite import ir as llvmlite_ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .._jit import ensure_cache
@@ -38,6 +47,20 @@ ensure_cache(__file__)  # before any cache=True decorator: a read-only install m
 from ._philox import stream_words, tie_words  # noqa: E402 - after ensure_cache: _philox's kernels are cache=True too
 
 _BLOCK = 64
+
+PARALLEL = threading.Lock()
+"""Held around every call of a ``*_parallel`` kernel: numba's fallback threading layer (workqueue, where
+neither TBB nor OpenMP is available) aborts the process when two threads launch parallel kernels at once."""
+
+
+def usable_threads(threads: int) -> int:
+    """``threads`` capped at the size of numba's thread pool."""
+    return max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def set_threads(threads: int) -> None:
+    """Run this thread's next parallel kernels on ``threads`` of numba's threads (at most its pool)."""
+    numba.set_num_threads(usable_threads(threads))
 
 
 @njit(cache=True, inline="always")
@@ -105,27 +128,21 @@ def masked_weight(weight, scores, threshold, k, out):
     return kept
 
 
-@njit(cache=True)
-def masked_weight_banded(weight, scores, k, lo, hi, band_idx, out):
-    """:func:`masked_weight` with the threshold found in the same pass, when it lies in ``[lo, hi]``.
-
-    One pass over ``|scores|`` writes ``out = weight * 1[|s| > hi]`` (the certainly kept weights), counts
-    the scores above ``hi`` and below ``lo`` and records the indices of the scores in ``[lo, hi]`` (in
-    index order, in ``band_idx``).  If the k-th largest |score| is in the band it is selected among the
-    band values and only the band entries of ``out`` are revisited (ties at the threshold: the first
-    ones in index order are kept).  Returns ``(status, threshold, in_band)``: status 0 done, 1 the band
-    missed (``out`` is then incomplete: fall back to a full selection), 2 a NaN score.
-    """
-    n = weight.shape[0]
+@njit(cache=True, inline="always")
+def _banded_pass(weight, scores, lo, hi, band_idx, out, c0, c1):
+    """The one pass of :func:`masked_weight_banded` over ``[c0, c1)`` (``c0`` a multiple of the block):
+    ``out = weight * 1[|s| > hi]`` there, and the indices of the scores in ``[lo, hi]``, in index order, to
+    ``band_idx[c0:]``. Returns (#above hi, #below lo, #in the band)."""
     above = 0
     below = 0
     nb = 0
-    for start in range(0, n, _BLOCK):
+    for start in range(c0, c1, _BLOCK):
         # views of the block, looped over range(len): with range(start, stop) numba's index may be negative
         # as far as LLVM knows, and the loop did not vectorise (3x slower on the FC first layer)
-        s = scores[start : start + _BLOCK]
-        w = weight[start : start + _BLOCK]
-        o = out[start : start + _BLOCK]
+        stop = min(c1, start + _BLOCK)
+        s = scores[start:stop]
+        w = weight[start:stop]
+        o = out[start:stop]
         a = 0
         b = 0
         for j in range(s.shape[0]):
@@ -139,8 +156,16 @@ def masked_weight_banded(weight, scores, k, lo, hi, band_idx, out):
         if s.shape[0] - a - b:  # the block holds band values (or a NaN): record their indices
             for j in range(s.shape[0]):
                 v = abs(s[j])
-                band_idx[nb] = start + j
+                band_idx[c0 + nb] = start + j
                 nb += np.int64(v >= lo) & np.int64(v <= hi)
+    return above, below, nb
+
+
+@njit(cache=True, inline="always")
+def _banded_finish(weight, scores, k, above, below, nb, band_idx, out):
+    """After the pass: the threshold selected among the band values and the band entries of ``out``
+    revisited; the return value of :func:`masked_weight_banded`."""
+    n = weight.shape[0]
     if above + nb + below < n:
         return 2, 0.0, nb
     if not (above < k <= above + nb):
@@ -167,6 +192,56 @@ def masked_weight_banded(weight, scores, k, lo, hi, band_idx, out):
 
 
 @njit(cache=True)
+def masked_weight_banded(weight, scores, k, lo, hi, band_idx, out):
+    """:func:`masked_weight` with the threshold found in the same pass, when it lies in ``[lo, hi]``.
+
+    One pass over ``|scores|`` writes ``out = weight * 1[|s| > hi]`` (the certainly kept weights), counts
+    the scores above ``hi`` and below ``lo`` and records the indices of the scores in ``[lo, hi]`` (in
+    index order, in ``band_idx``).  If the k-th largest |score| is in the band it is selected among the
+    band values and only the band entries of ``out`` are revisited (ties at the threshold: the first
+    ones in index order are kept).  Returns ``(status, threshold, in_band)``: status 0 done, 1 the band
+    missed (``out`` is then incomplete: fall back to a full selection), 2 a NaN score.
+    """
+    above, below, nb = _banded_pass(weight, scores, lo, hi, band_idx, out, 0, weight.shape[0])
+    return _banded_finish(weight, scores, k, above, below, nb, band_idx, out)
+
+
+def _chunk_size(n: int, chunks: int) -> int:
+    """Elements per chunk of a parallel kernel: ``n`` split ``chunks`` ways, rounded up to whole blocks."""
+    return ((n + chunks - 1) // chunks + _BLOCK - 1) // _BLOCK * _BLOCK
+
+
+_chunk_size_jit = njit(cache=True)(_chunk_size)
+
+
+@njit(cache=True, parallel=True)
+def masked_weight_banded_parallel(weight, scores, k, lo, hi, band_idx, out, chunks):
+    """:func:`masked_weight_banded` with its pass split into ``chunks`` contiguous chunks run on numba's
+    threads (each chunk's band indices go to its own stretch of ``band_idx``, then are moved together in
+    chunk order, so in index order): the same operations on every element, the same results."""
+    n = weight.shape[0]
+    per = _chunk_size_jit(n, chunks)
+    counts = np.zeros((chunks, 3), np.int64)
+    for c in prange(chunks):
+        c0 = min(n, c * per)
+        a, b, m = _banded_pass(weight, scores, lo, hi, band_idx, out, c0, min(n, c0 + per))
+        counts[c, 0] = a
+        counts[c, 1] = b
+        counts[c, 2] = m
+    above = 0
+    below = 0
+    nb = 0
+    for c in range(chunks):
+        c0 = min(n, c * per)
+        for j in range(counts[c, 2]):  # (nb <= c0: a chunk never overwrites what is still to move)
+            band_idx[nb + j] = band_idx[c0 + j]
+        above += counts[c, 0]
+        below += counts[c, 1]
+        nb += counts[c, 2]
+    return _banded_finish(weight, scores, k, above, below, nb, band_idx, out)
+
+
+@njit(cache=True)
 def abs_straight_through_grad(grad, weight, scores, out):
     """out = grad * weight * sign(scores): the score gradient of ``weight * GetSubnet(|scores|)``
     (straight-through mask, the sign from ``abs``), in torch's order, (grad * weight) * sign, and
@@ -176,6 +251,17 @@ def abs_straight_through_grad(grad, weight, scores, out):
         s = scores[i]
         sign = np.float32(s > 0) - np.float32(s < 0)
         out[i] = (grad[i] * weight[i]) * sign
+
+
+@njit(cache=True, parallel=True)
+def abs_straight_through_grad_parallel(grad, weight, scores, out, chunks):
+    """:func:`abs_straight_through_grad` over ``chunks`` contiguous chunks on numba's threads."""
+    n = grad.shape[0]
+    per = _chunk_size_jit(n, chunks)
+    for c in prange(chunks):
+        c0 = min(n, c * per)
+        c1 = min(n, c0 + per)
+        abs_straight_through_grad(grad[c0:c1], weight[c0:c1], scores[c0:c1], out[c0:c1])
 
 
 @njit(cache=True, inline="always")
@@ -266,6 +352,31 @@ def alive_straight_through_grad(grad, weight, alive, out):
     through), in torch's order."""
     for i in range(grad.shape[0]):
         out[i] = (grad[i] * weight[i]) * np.float32(alive[i])
+
+
+@njit(cache=True, parallel=True)
+def rounded_masked_weight_parallel(weight, scores, alive, out, chunks):
+    """:func:`rounded_masked_weight` over ``chunks`` contiguous chunks on numba's threads (the count is an
+    integer sum: the same on any number of threads)."""
+    n = weight.shape[0]
+    per = _chunk_size_jit(n, chunks)
+    on = np.zeros(chunks, np.int64)
+    for c in prange(chunks):
+        c0 = min(n, c * per)
+        c1 = min(n, c0 + per)
+        on[c] = rounded_masked_weight(weight[c0:c1], scores[c0:c1], alive[c0:c1], out[c0:c1])
+    return on.sum()
+
+
+@njit(cache=True, parallel=True)
+def alive_straight_through_grad_parallel(grad, weight, alive, out, chunks):
+    """:func:`alive_straight_through_grad` over ``chunks`` contiguous chunks on numba's threads."""
+    n = grad.shape[0]
+    per = _chunk_size_jit(n, chunks)
+    for c in prange(chunks):
+        c0 = min(n, c * per)
+        c1 = min(n, c0 + per)
+        alive_straight_through_grad(grad[c0:c1], weight[c0:c1], alive[c0:c1], out[c0:c1])
 
 
 @njit(cache=True, fastmath=_SUM_FLAGS)
@@ -484,3 +595,14 @@ def product(a, b, out):
     """out = a * b elementwise (the Bernoulli score gradient: upstream gradient times the factor)."""
     for i in range(a.shape[0]):
         out[i] = a[i] * b[i]
+
+
+@njit(cache=True, parallel=True)
+def product_parallel(a, b, out, chunks):
+    """:func:`product` over ``chunks`` contiguous chunks on numba's threads."""
+    n = a.shape[0]
+    per = _chunk_size_jit(n, chunks)
+    for c in prange(chunks):
+        c0 = min(n, c * per)
+        c1 = min(n, c0 + per)
+        product(a[c0:c1], b[c0:c1], out[c0:c1])

@@ -57,17 +57,20 @@ class ThresholdTracker:
                 return thr
         return self._full(values, k, absolute)
 
-    def masked_weight(self, weight: np.ndarray, scores: np.ndarray, k: int, out: np.ndarray) -> None:
+    def masked_weight(self, weight: np.ndarray, scores: np.ndarray, k: int, out: np.ndarray,
+                      threads: int = 1) -> None:
         """out = weight * (top-k mask of |scores|), exactly k kept (ties: the first in index order); in one
-        pass over the band around the last threshold when it holds the new one."""
+        pass over the band around the predicted threshold when it holds the new one, on ``threads`` of
+        numba's threads (:func:`kernel_threads`; the same result on any number)."""
         kernels = _kernels()
 
         n = scores.shape[0]
         if self.center is not None:
             if self._index is None or self._index.shape[0] < n:
                 self._index = np.empty(n, dtype=np.int64)
-            status, thr, in_band = kernels.masked_weight_banded(weight, scores, k, self.center - self.width,
-                                                                self.center + self.width, self._index, out)
+            status, thr, in_band = run_kernel(kernels.masked_weight_banded, kernels.masked_weight_banded_parallel,
+                                              threads, weight, scores, k, self.center - self.width,
+                                              self.center + self.width, self._index, out)
             if status == 2:
                 raise ValueError("cannot rank scores that contain NaN")
             if status == 0:
@@ -133,6 +136,31 @@ def _kernels():
 
 
 _KERNELS = None
+
+
+PARALLEL_MIN = 1 << 16  # below this many weights one thread is faster (waking numba's threads costs ~10 us)
+
+
+def kernel_threads(n: int) -> int:
+    """How many threads the kernels of a layer of ``n`` weights run on: torch's intra-op thread count
+    (``torch.set_num_threads``; capped at numba's pool) for large layers, one for small ones. Each
+    thread takes a contiguous chunk and the results are the same on any number of threads."""
+    if n < PARALLEL_MIN:
+        return 1
+    threads = torch.get_num_threads()
+    return 1 if threads < 2 else _kernels().usable_threads(threads)
+
+
+def run_kernel(serial, parallel, threads: int, *args):
+    """``serial(*args)`` when ``threads`` is 1, else ``parallel(*args, threads)`` on that many of numba's
+    threads: the same results either way (the parallel kernels split the serial loops into contiguous
+    chunks)."""
+    if threads < 2:
+        return serial(*args)
+    kernels = _kernels()
+    with kernels.PARALLEL:
+        kernels.set_threads(threads)
+        return parallel(*args, threads)
 
 
 def _numba_ok(*tensors: torch.Tensor) -> bool:
@@ -293,10 +321,11 @@ class MaskedWeight(torch.autograd.Function):
         state = state or KernelState()
         w, s = state.view("weight", weight), state.view("scores", scores)
         out = state.pool.take("weight", weight.shape, w.dtype)
-        state.tracker.masked_weight(w, s, k, out.reshape(-1))
+        threads = kernel_threads(w.shape[0])
+        state.tracker.masked_weight(w, s, k, out.reshape(-1), threads)
         # the backward pass's arrays, prepared here: after the forward pass each Python step costs more
         grad = state.pool.take("grad", weight.shape, w.dtype)
-        ctx.fused = (w, s, grad, torch.from_numpy(grad))
+        ctx.fused = (w, s, grad, torch.from_numpy(grad), threads)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -307,8 +336,9 @@ class MaskedWeight(torch.autograd.Function):
             return None, grad * weight * scores.sign(), None, None
         kernels = _kernels()
 
-        w, s, out, out_tensor = fused
-        kernels.abs_straight_through_grad(_flat(grad), w, s, out.reshape(-1))
+        w, s, out, out_tensor, threads = fused
+        run_kernel(kernels.abs_straight_through_grad, kernels.abs_straight_through_grad_parallel, threads,
+                   _flat(grad), w, s, out.reshape(-1))
         return None, out_tensor, None, None
 
 
@@ -333,7 +363,7 @@ class BinarizedWeight(torch.autograd.Function):
         flat_out = out.reshape(-1)
         c = state.magnitude(weight)
         if c:  # alpha = sum(c * m) / k = c exactly (float64 sums of k copies of a float32 are exact)
-            state.tracker.masked_weight(w, s, k, flat_out)
+            state.tracker.masked_weight(w, s, k, flat_out, kernel_threads(w.shape[0]))
             ctx.alpha, ctx.mask = c, None
         else:
             ctx.mask = state.pool.take("mask", s.shape, w.dtype)
@@ -386,9 +416,12 @@ class RoundedMaskedWeight(torch.autograd.Function):
         ctx.save_for_backward(weight, scores, alive)
         w, s, a = state.view("weight", weight), state.view("scores", scores), state.view("alive", alive)
         out = state.pool.take("weight", weight.shape, w.dtype)
-        state.last_count = (_identity(scores, alive), kernels.rounded_masked_weight(w, s, a, out.reshape(-1)))
+        threads = kernel_threads(w.shape[0])
+        on = run_kernel(kernels.rounded_masked_weight, kernels.rounded_masked_weight_parallel, threads, w, s, a,
+                        out.reshape(-1))
+        state.last_count = (_identity(scores, alive), int(on))
         grad = state.pool.take("grad", weight.shape, w.dtype)
-        ctx.fused = (w, a, grad, torch.from_numpy(grad))
+        ctx.fused = (w, a, grad, torch.from_numpy(grad), threads)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -399,8 +432,9 @@ class RoundedMaskedWeight(torch.autograd.Function):
         fused, ctx.fused = ctx.fused, None
         if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
             return None, grad * weight * alive, None, None
-        w, a, out, out_tensor = fused
-        kernels.alive_straight_through_grad(_flat(grad), w, a, out.reshape(-1))
+        w, a, out, out_tensor, threads = fused
+        run_kernel(kernels.alive_straight_through_grad, kernels.alive_straight_through_grad_parallel, threads,
+                   _flat(grad), w, a, out.reshape(-1))
         return None, out_tensor, None, None
 
 
@@ -473,7 +507,7 @@ class SampledMaskedWeight(torch.autograd.Function):
         if grad.dtype != weight.dtype or not grad.is_cpu:
             return None, grad * torch.from_numpy(factor).to(grad.device), None, None
         flat = factor.reshape(-1)
-        kernels.product(_flat(grad), flat, flat)
+        run_kernel(kernels.product, kernels.product_parallel, kernel_threads(flat.shape[0]), _flat(grad), flat, flat)
         return None, torch.from_numpy(factor), None, None
 
 
