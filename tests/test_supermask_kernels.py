@@ -327,6 +327,11 @@ def test_parallel_kernels_equal_the_serial_ones_bit_for_bit(n, chunks, seed, dty
         serial(*args, one)
         parallel(*args, many, chunks)
         assert np.array_equal(_bits(one), _bits(many))
+    effective = (np.sign(weight) * dtype(0.05)) * (rng.random(n) < 0.5)  # biprop's signed-constant W * m
+    one, many = np.empty(n, dtype), np.empty(n, dtype)
+    kernels.constant_binarized_grad(grad, effective, clean, 0.05, k, one)
+    kernels.constant_binarized_grad(grad, effective, clean, 0.05, k, many, chunks)
+    assert np.array_equal(_bits(one), _bits(many))
     alive = rng.random(n) < 0.8
     relaxed = rng.random(n).astype(dtype)
     one, many = np.empty(n, dtype), np.empty(n, dtype)
@@ -337,7 +342,7 @@ def test_parallel_kernels_equal_the_serial_ones_bit_for_bit(n, chunks, seed, dty
 
 def test_large_layers_use_torch_s_threads_and_train_the_same_on_any_number(monkeypatch):
     """Layers of at least PARALLEL_MIN weights run their kernels on torch's thread count (capped at numba's
-    pool), small ones on one; a few edge-popup and Gem-Miner steps give the same bits either way."""
+    pool), small ones on one; a few edge-popup, Gem-Miner and biprop steps give the same bits either way."""
     from slth.supermask import _kernels as kernels
     from slth.supermask.methods import SupermaskConfig
     from slth.supermask import apply_supermask
@@ -354,7 +359,8 @@ def test_large_layers_use_torch_s_threads_and_train_the_same_on_any_number(monke
         torch.set_num_threads(before)
     calls = []
     for name in ("masked_weight_banded_parallel", "abs_straight_through_grad_parallel",
-                 "rounded_masked_weight_parallel", "alive_straight_through_grad_parallel"):
+                 "rounded_masked_weight_parallel", "alive_straight_through_grad_parallel",
+                 "_constant_binarized_apply_parallel"):
         kernel = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     x = torch.randn(32, 300, generator=torch.Generator().manual_seed(0))
@@ -378,7 +384,7 @@ def test_large_layers_use_torch_s_threads_and_train_the_same_on_any_number(monke
             torch.set_num_threads(before)
             core.kernel_threads = kernel_threads
 
-    for method in ("edge-popup", "gem-miner"):
+    for method in ("edge-popup", "gem-miner", "biprop"):
         calls.clear()
         one = train(method, 1)
         assert not calls  # one thread: the serial kernels

@@ -25,8 +25,8 @@ float32 rounding.
 become the step's bottleneck; the ``*_parallel`` kernels split the serial loops into contiguous chunks on
 numba's threads, with the same results on any number of threads
 (:func:`slth.supermask.core.kernel_threads` decides how many, :func:`slth.supermask.core.run_kernel`
-calls them). Kernels whose floating-point sums the compiler reassociates (biprop's gradient, the
-Bernoulli draw's sums) stay serial: split, they would sum in another order.
+calls them). Sums the compiler reassociates (biprop's gradient's, the Bernoulli draw's) stay one serial
+loop: split, they would sum in another order; the Bernoulli draw stays serial as a whole.
 """
 
 from __future__ import annotations
@@ -301,21 +301,51 @@ def binarized_grad(grad, weight, scores, mask, alpha, k, out):
         out[i] = (grad[i] * alpha * _sign(w) + d_alpha * abs(w)) * _sign(scores[i])
 
 
-@njit(cache=True, fastmath=_SUM_FLAGS)
-def constant_binarized_grad(grad, effective, scores, alpha, k, out):
+def constant_binarized_grad(grad, effective, scores, alpha, k, out, chunks=1):
     """:func:`binarized_grad` for a weight of entries +-alpha (a signed-constant weight; then biprop's
     alpha is exactly that magnitude and its effective weight is edge-popup's ``W * m``), read from the
     forward pass's ``effective`` weight instead of the weight and the mask: ``effective[i]`` is
     +-alpha where kept and a zero carrying the weight's sign where pruned, so sign(w) is its sign bit and
-    m is ``effective != 0``.  The same arithmetic as :func:`binarized_grad`."""
+    m is ``effective != 0``.  The same arithmetic as :func:`binarized_grad`.
+
+    Two kernels: the float64 sum (one serial loop whatever ``chunks``), then each element, over
+    ``chunks`` contiguous chunks on numba's threads when ``chunks > 1``. The term through alpha,
+    d_alpha * alpha, is computed as (sum * alpha) / k: what the single fused kernel this replaces computed
+    (its compiler reassociated (sum / k) * alpha so), so the results are those of the earlier kernel, bit
+    for bit."""
+    shift = (_constant_binarized_total(grad, effective) * alpha) / k
+    if chunks > 1:
+        _constant_binarized_apply_parallel(grad, effective, scores, alpha, shift, out, chunks)
+    else:
+        _constant_binarized_apply(grad, effective, scores, alpha, shift, out)
+
+
+@njit(cache=True, fastmath=_SUM_FLAGS)
+def _constant_binarized_total(grad, effective):
+    """sum_i g_i sign(w_i) m_i in float64 (reassociated: vectorised partial sums)."""
     total = 0.0
     for i in range(grad.shape[0]):
         e = np.float64(effective[i])
         total += np.float64(grad[i]) * np.copysign(1.0, e) * np.float64(e != 0)
-    d_alpha = total / k
+    return total
+
+
+@njit(cache=True)
+def _constant_binarized_apply(grad, effective, scores, alpha, shift, out):
+    """out_i = (g_i alpha sign(w_i) + shift) sign(s_i), in float64, each element alone."""
     for i in range(grad.shape[0]):
         sign_w = np.copysign(1.0, np.float64(effective[i]))
-        out[i] = (grad[i] * alpha * sign_w + d_alpha * alpha) * _sign(scores[i])
+        out[i] = (grad[i] * alpha * sign_w + shift) * _sign(scores[i])
+
+
+@njit(cache=True, parallel=True)
+def _constant_binarized_apply_parallel(grad, effective, scores, alpha, shift, out, chunks):
+    n = grad.shape[0]
+    per = _chunk_size_jit(n, chunks)
+    for c in prange(chunks):
+        c0 = min(n, c * per)
+        c1 = min(n, c0 + per)
+        _constant_binarized_apply(grad[c0:c1], effective[c0:c1], scores[c0:c1], alpha, shift, out[c0:c1])
 
 
 @njit(cache=True)

@@ -362,15 +362,16 @@ class BinarizedWeight(torch.autograd.Function):
         out = state.pool.take("weight", weight.shape, w.dtype)
         flat_out = out.reshape(-1)
         c = state.magnitude(weight)
+        threads = kernel_threads(w.shape[0])
         if c:  # alpha = sum(c * m) / k = c exactly (float64 sums of k copies of a float32 are exact)
-            state.tracker.masked_weight(w, s, k, flat_out, kernel_threads(w.shape[0]))
+            state.tracker.masked_weight(w, s, k, flat_out, threads)
             ctx.alpha, ctx.mask = c, None
         else:
             ctx.mask = state.pool.take("mask", s.shape, w.dtype)
             state.tracker.mask(s, k, ctx.mask)
             ctx.alpha = kernels.binarized_weight(w, ctx.mask, k, flat_out)
         grad = state.pool.take("grad", weight.shape, w.dtype)
-        ctx.fused, ctx.k = (w, s, flat_out, grad, torch.from_numpy(grad)), k
+        ctx.fused, ctx.k = (w, s, flat_out, grad, torch.from_numpy(grad), threads), k
         result = torch.from_numpy(out)
         # the output too: the signed-constant backward reads it, and autograd then checks it is unchanged
         ctx.save_for_backward(weight, scores, result)
@@ -390,10 +391,11 @@ class BinarizedWeight(torch.autograd.Function):
                 s = scores.detach().requires_grad_(True)
                 reference = binarized_weight(weight, GetSubnet.apply(s.abs(), ctx.k), ctx.k)
                 return None, torch.autograd.grad(reference, s, grad)[0], None, None
-        w, s, effective, out, out_tensor = fused
+        w, s, effective, out, out_tensor, threads = fused
         g = _flat(grad.to(weight.dtype))
-        if mask is None:
-            kernels.constant_binarized_grad(g, effective, s, ctx.alpha, ctx.k, out.reshape(-1))
+        if mask is None:  # (its parallel form takes the thread count as its chunk count)
+            run_kernel(kernels.constant_binarized_grad, kernels.constant_binarized_grad, threads, g, effective, s,
+                       ctx.alpha, ctx.k, out.reshape(-1))
         else:
             kernels.binarized_grad(g, w, s, mask, ctx.alpha, ctx.k, out.reshape(-1))
         return None, out_tensor, None, None
