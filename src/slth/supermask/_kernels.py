@@ -85,7 +85,7 @@ def band_count(values, absolute, lo, hi, band):
     below = 0
     nb = 0
     for start in range(0, n, _BLOCK):
-        block = values[start : start + _BLOCK]  # a view: range(len) below, see masked_weight_banded
+        block = values[start : start + _BLOCK]  # a view: range(len) below, see _banded_pass
         a = 0
         b = 0
         c = 0
