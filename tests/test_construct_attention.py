@@ -133,6 +133,11 @@ def test_two_layer_causal_encoder_seq_first(tmp_path):
     net = seeded(Encoder())
     ticket = construct(net, EPS, seed=0)
     assert len(ticket.layouts) == 12
+    check_seq_first_encoder(ticket, net, tmp_path)
+
+
+def check_seq_first_encoder(ticket, net, tmp_path):
+    """The sequence-first causal Encoder's ticket: close, causal, within its bound, saved and loaded exactly."""
     x = signed(T, BATCH, D)  # (L, N, E)
     module = ticket.to_module()
     with torch.no_grad():
