@@ -161,6 +161,22 @@ def _train(model: str, data: str, data_dir, *, model_args: dict, data_args: dict
     return net, info
 
 
+def _construct_each(target, eps_values: Sequence[float], constructions_: Sequence[str], evaluate: Callable, *,
+                    seed: int, nonnegative_input: bool, max_random_params: int, log: Callable) -> list[dict[str, Any]]:
+    """One row per (eps, construction), in that order: :func:`_build`, then ``evaluate(ticket, row, label)`` on
+    every ticket built (rows of tickets above the cap say so instead). Each ticket is dropped once measured."""
+    rows = []
+    for eps in eps_values:
+        for c in constructions_:
+            ticket, row = _build(target, eps, c, seed=seed, nonnegative_input=nonnegative_input,
+                                 max_random_params=max_random_params, log=log)
+            if ticket is not None:
+                evaluate(ticket, row, f"  {c} eps {eps:g}")
+            rows.append(row)
+            del ticket
+    return rows
+
+
 def _build(target, eps: float, construction: str, *, seed: int, nonnegative_input: bool, max_random_params: int,
            log: Callable) -> tuple[Any, dict[str, Any]]:
     """(ticket or None, row): Malach (and Pensia) are sized first and not built above ``max_random_params``."""
@@ -207,23 +223,20 @@ def run_vit(data: str, data_dir, *, model_args: dict, epochs: int, eps_values: S
                           normalize=False)
     log(f"vit on {data}: test accuracy {info['test_accuracy']:.4f} after {epochs} epochs "
         f"({info['wall_seconds']:.0f} s)")
-    tickets, built = [], {}
-    for eps in eps_values:
-        for c in constructions_:
-            ticket, row = _build(target, eps, c, seed=seed, nonnegative_input=True,
-                                 max_random_params=max_random_params, log=log)
-            if ticket is not None:
-                with Stopwatch() as sw:
-                    m = measure(ticket.to_module(), target, x, y, batch_size=500)
-                row.update(target_accuracy=m["target_accuracy"], ticket_accuracy=m["ticket_accuracy"],
-                           top1_agreement=m["top1_agreement"], max_logit_diff=m["max_logit_diff"],
-                           test_examples=m["examples"], measure_seconds=sw.wall)
-                log(f"  {c} eps {eps:g}: ticket {m['ticket_accuracy']:.4f} (target {m['target_accuracy']:.4f}), "
-                    f"agreement {m['top1_agreement']:.4f}, max |dlogit| {m['max_logit_diff']:.3g}, "
-                    f"{row['random_params']:,} random / {row['kept_params']:,} kept, {row['seconds']:.1f} s")
-            built[(c, eps)] = row
-            tickets.append(row)
-            del ticket
+
+    def evaluate(ticket, row: dict, label: str) -> None:
+        with Stopwatch() as sw:
+            m = measure(ticket.to_module(), target, x, y, batch_size=500)
+        row.update(target_accuracy=m["target_accuracy"], ticket_accuracy=m["ticket_accuracy"],
+                   top1_agreement=m["top1_agreement"], max_logit_diff=m["max_logit_diff"],
+                   test_examples=m["examples"], measure_seconds=sw.wall)
+        log(f"{label}: ticket {m['ticket_accuracy']:.4f} (target {m['target_accuracy']:.4f}), "
+            f"agreement {m['top1_agreement']:.4f}, max |dlogit| {m['max_logit_diff']:.3g}, "
+            f"{row['random_params']:,} random / {row['kept_params']:,} kept, {row['seconds']:.1f} s")
+
+    tickets = _construct_each(target, eps_values, constructions_, evaluate, seed=seed, nonnegative_input=True,
+                              max_random_params=max_random_params, log=log)
+    built = {(row["construction"], row["eps"]): row for row in tickets}
     out = {"data": data, "train": info, "input_range": [lo, hi], "test_examples": int(len(y)), "tickets": tickets}
     if sweep:
         out["width_vs_eps"] = width_sweep(target, sweep_eps, constructions_, built, seed=seed,
@@ -274,20 +287,17 @@ def run_gpt(*, model_args: dict, data_args: dict, epochs: int, eps_values: Seque
         x, y = x[:test_size], y[:test_size]
     log(f"gpt: test perplexity {info.get('test_perplexity', float('nan')):.3f} after {epochs} epochs "
         f"({info['wall_seconds']:.0f} s)")
-    tickets = []
-    for eps in eps_values:
-        for c in constructions_:
-            ticket, row = _build(target, eps, c, seed=seed, nonnegative_input=False,
-                                 max_random_params=max_random_params, log=log)
-            if ticket is not None:
-                with Stopwatch() as sw:
-                    m = measure_lm(ticket.to_module(), target, x, y)
-                row.update(m, measure_seconds=sw.wall)
-                log(f"  {c} eps {eps:g}: perplexity ticket {m['ticket_perplexity']:.4f} / target "
-                    f"{m['target_perplexity']:.4f}, agreement {m['top1_agreement']:.4f}, "
-                    f"{row['random_params']:,} random / {row['kept_params']:,} kept, {row['seconds']:.1f} s")
-            tickets.append(row)
-            del ticket
+
+    def evaluate(ticket, row: dict, label: str) -> None:
+        with Stopwatch() as sw:
+            m = measure_lm(ticket.to_module(), target, x, y)
+        row.update(m, measure_seconds=sw.wall)
+        log(f"{label}: perplexity ticket {m['ticket_perplexity']:.4f} / target "
+            f"{m['target_perplexity']:.4f}, agreement {m['top1_agreement']:.4f}, "
+            f"{row['random_params']:,} random / {row['kept_params']:,} kept, {row['seconds']:.1f} s")
+
+    tickets = _construct_each(target, eps_values, constructions_, evaluate, seed=seed, nonnegative_input=False,
+                              max_random_params=max_random_params, log=log)
     return {"data": "pystdlib-chars", "train": info, "test_windows": int(len(y)), "tickets": tickets}
 
 
