@@ -206,12 +206,13 @@ def masked_weight_banded(weight, scores, k, lo, hi, band_idx, out):
     return _banded_finish(weight, scores, k, above, below, nb, band_idx, out)
 
 
-def _chunk_size(n: int, chunks: int) -> int:
-    """Elements per chunk of a parallel kernel: ``n`` split ``chunks`` ways, rounded up to whole blocks."""
-    return ((n + chunks - 1) // chunks + _BLOCK - 1) // _BLOCK * _BLOCK
-
-
-_chunk_size_jit = njit(cache=True)(_chunk_size)
+@njit(cache=True, inline="always")
+def _chunk(n, chunks, c):
+    """``[c0, c1)``, chunk ``c`` of a parallel kernel over ``n`` elements split ``chunks`` ways: contiguous, in
+    order, each a whole number of blocks but the last."""
+    per = ((n + chunks - 1) // chunks + _BLOCK - 1) // _BLOCK * _BLOCK
+    c0 = min(n, c * per)
+    return c0, min(n, c0 + per)
 
 
 @njit(cache=True, parallel=True)
@@ -219,12 +220,10 @@ def masked_weight_banded_parallel(weight, scores, k, lo, hi, band_idx, out, chun
     """:func:`masked_weight_banded` with its pass split into ``chunks`` contiguous chunks run on numba's
     threads (each chunk's band indices go to its own stretch of ``band_idx``, then are moved together in
     chunk order, so in index order): the same operations on every element, the same results."""
-    n = weight.shape[0]
-    per = _chunk_size_jit(n, chunks)
     counts = np.zeros((chunks, 3), np.int64)
     for c in prange(chunks):
-        c0 = min(n, c * per)
-        a, b, m = _banded_pass(weight, scores, lo, hi, band_idx, out, c0, min(n, c0 + per))
+        c0, c1 = _chunk(weight.shape[0], chunks, c)
+        a, b, m = _banded_pass(weight, scores, lo, hi, band_idx, out, c0, c1)
         counts[c, 0] = a
         counts[c, 1] = b
         counts[c, 2] = m
@@ -232,7 +231,7 @@ def masked_weight_banded_parallel(weight, scores, k, lo, hi, band_idx, out, chun
     below = 0
     nb = 0
     for c in range(chunks):
-        c0 = min(n, c * per)
+        c0 = _chunk(weight.shape[0], chunks, c)[0]
         for j in range(counts[c, 2]):  # (nb <= c0: a chunk never overwrites what is still to move)
             band_idx[nb + j] = band_idx[c0 + j]
         above += counts[c, 0]
@@ -256,11 +255,8 @@ def abs_straight_through_grad(grad, weight, scores, out):
 @njit(cache=True, parallel=True)
 def abs_straight_through_grad_parallel(grad, weight, scores, out, chunks):
     """:func:`abs_straight_through_grad` over ``chunks`` contiguous chunks on numba's threads."""
-    n = grad.shape[0]
-    per = _chunk_size_jit(n, chunks)
     for c in prange(chunks):
-        c0 = min(n, c * per)
-        c1 = min(n, c0 + per)
+        c0, c1 = _chunk(grad.shape[0], chunks, c)
         abs_straight_through_grad(grad[c0:c1], weight[c0:c1], scores[c0:c1], out[c0:c1])
 
 
@@ -340,11 +336,8 @@ def _constant_binarized_apply(grad, effective, scores, alpha, shift, out):
 
 @njit(cache=True, parallel=True)
 def _constant_binarized_apply_parallel(grad, effective, scores, alpha, shift, out, chunks):
-    n = grad.shape[0]
-    per = _chunk_size_jit(n, chunks)
     for c in prange(chunks):
-        c0 = min(n, c * per)
-        c1 = min(n, c0 + per)
+        c0, c1 = _chunk(grad.shape[0], chunks, c)
         _constant_binarized_apply(grad[c0:c1], effective[c0:c1], scores[c0:c1], alpha, shift, out[c0:c1])
 
 
@@ -388,12 +381,9 @@ def alive_straight_through_grad(grad, weight, alive, out):
 def rounded_masked_weight_parallel(weight, scores, alive, out, chunks):
     """:func:`rounded_masked_weight` over ``chunks`` contiguous chunks on numba's threads (the count is an
     integer sum: the same on any number of threads)."""
-    n = weight.shape[0]
-    per = _chunk_size_jit(n, chunks)
     on = np.zeros(chunks, np.int64)
     for c in prange(chunks):
-        c0 = min(n, c * per)
-        c1 = min(n, c0 + per)
+        c0, c1 = _chunk(weight.shape[0], chunks, c)
         on[c] = rounded_masked_weight(weight[c0:c1], scores[c0:c1], alive[c0:c1], out[c0:c1])
     return on.sum()
 
@@ -401,11 +391,8 @@ def rounded_masked_weight_parallel(weight, scores, alive, out, chunks):
 @njit(cache=True, parallel=True)
 def alive_straight_through_grad_parallel(grad, weight, alive, out, chunks):
     """:func:`alive_straight_through_grad` over ``chunks`` contiguous chunks on numba's threads."""
-    n = grad.shape[0]
-    per = _chunk_size_jit(n, chunks)
     for c in prange(chunks):
-        c0 = min(n, c * per)
-        c1 = min(n, c0 + per)
+        c0, c1 = _chunk(grad.shape[0], chunks, c)
         alive_straight_through_grad(grad[c0:c1], weight[c0:c1], alive[c0:c1], out[c0:c1])
 
 
@@ -630,9 +617,6 @@ def product(a, b, out):
 @njit(cache=True, parallel=True)
 def product_parallel(a, b, out, chunks):
     """:func:`product` over ``chunks`` contiguous chunks on numba's threads."""
-    n = a.shape[0]
-    per = _chunk_size_jit(n, chunks)
     for c in prange(chunks):
-        c0 = min(n, c * per)
-        c1 = min(n, c0 + per)
+        c0, c1 = _chunk(a.shape[0], chunks, c)
         product(a[c0:c1], b[c0:c1], out[c0:c1])
