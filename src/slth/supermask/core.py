@@ -144,7 +144,8 @@ PARALLEL_MIN = 1 << 16  # below this many weights one thread is faster (waking n
 def kernel_threads(n: int) -> int:
     """How many threads the kernels of a layer of ``n`` weights run on: torch's intra-op thread count
     (``torch.set_num_threads``; capped at numba's pool) for large layers, one for small ones. Each
-    thread takes a contiguous chunk and the results are the same on any number of threads."""
+    thread takes a contiguous chunk and the kernels' results are the same on any number of threads
+    (torch's own ops around them may round differently on another thread count: docs/training.md)."""
     if n < PARALLEL_MIN:
         return 1
     threads = torch.get_num_threads()
