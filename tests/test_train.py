@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,6 +111,20 @@ def test_cli_train_logs_one_line_per_epoch_when_not_on_a_terminal(tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "train loss" in line]
     assert [line.split(":")[0] for line in lines] == ["edge-popup fc epoch 1/2", "edge-popup fc epoch 2/2"]
+    assert result.output.count("epoch 1/2") == 1  # the log line only: no final frame of a progress bar
+
+
+def test_train_logs_each_epoch_once_to_a_file(tmp_path):
+    """stdout redirected to a file (nohup, CI): each epoch is one line, not a line and then a bar's frame."""
+    log = tmp_path / "log.txt"
+    with log.open("w") as f:
+        done = subprocess.run([sys.executable, "-m", "slth", "train", "--data", "digits", "--hidden", "16",
+                               "--epochs", "2", "--threads", "1", "--out", str(tmp_path / "run")],
+                              stdout=f, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert text.count("epoch 1/2") == 1 and text.count("epoch 2/2") == 1, text
+    assert "━" not in text, text
 
 
 def test_random_crop_flip_is_a_crop_of_the_padded_image():

@@ -76,10 +76,14 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 
 def _progress(quiet: bool):
+    """A live bar on a terminal; elsewhere (a log file, CI) none: the loop logs one line per epoch instead."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console()
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[status]}"), disable=quiet, transient=False)
+                    TextColumn("{task.fields[status]}"), console=console, disable=quiet or not console.is_terminal,
+                    transient=False)
 
 
 def rank_slice(m: int, world: int, rank: int) -> tuple[int, int]:
