@@ -10,6 +10,7 @@ import torch
 
 import slth
 from slth._jit import warm_up
+from slth.subsetsum import compile_kernels
 from slth import construct
 
 SCRIPT = """
@@ -27,7 +28,7 @@ def _net():
 
 
 def test_stats_separate_compile_seconds_from_the_work_and_the_digest_ignores_both():
-    warm_up("subsetsum")
+    warm_up(compile_kernels)
     a = construct(_net(), eps=0.05, nonnegative_input=True)
     assert a.stats["compile_seconds"] == 0.0  # already warm in this process
     assert a.stats["seconds"] > 0
@@ -57,3 +58,10 @@ def test_construct_works_where_no_numba_cache_can_be_written(tmp_path):
     assert "numba cannot write its cache" in run.stderr
     assert any(tmp.glob("slth-numba-cache-*/*/*.nbi"))  # cached after all, in the fallback directory
     assert run.stdout.strip().splitlines()[-1] == construct(_net(), eps=0.05, nonnegative_input=True).digest()
+
+
+def test_warm_up_takes_compile_functions_only():
+    import pytest
+
+    with pytest.raises(TypeError, match="compile functions"):
+        warm_up("subsetsum")

@@ -2,9 +2,9 @@
 
 numba compiles a kernel on its first call in a process, or loads it from its on-disk cache
 (``NUMBA_CACHE_DIR``, else ``__pycache__`` beside the source). A cold start (an empty cache) costs
-seconds that belong to no particular job, so a job calls :func:`warm_up` with the kernel groups it
+seconds that belong to no particular job, so a job calls :func:`warm_up` with the compile functions of the kernels it
 needs *before* its clock starts and reports the returned seconds separately (``ticket.stats``:
-``"seconds"`` is the work, ``"compile_seconds"`` the warm-up). Groups already warm in this process
+``"seconds"`` is the work, ``"compile_seconds"`` the warm-up). Kernels already warm in this process
 cost nothing and return 0.
 
 Where no cache directory can be written (a read-only install: ``NUMBA_CACHE_DIR`` unset or not
@@ -21,8 +21,9 @@ import os
 import tempfile
 import time
 import warnings
+from typing import Callable
 
-_WARM: set[str] = set()
+_WARM: set[Callable[[], object]] = set()
 
 
 def _probe():  # pragma: no cover - never called; its code object is relabelled with a module's file
@@ -47,32 +48,18 @@ def ensure_cache(module_file: str) -> None:
     numba.config.CACHE_DIR = fallback
 
 
-def _subsetsum() -> None:
-    import numpy as np
-
-    from .subsetsum.core import solve_sparsest
-
-    # one tiny batch of the types the real calls use: the same specialisation, compiled or loaded once
-    solve_sparsest(np.array([[0.5, -0.25]]), np.array([0.25]), 0.01)
-
-
-GROUPS = {
-    # the SubsetSum chunk kernel (minimal-error and sparsest searches); not the 1-D shared-values kernel
-    "subsetsum": _subsetsum,
-}
-
-
-def warm_up(*groups: str) -> float:
-    """Compile (or load from numba's cache) the kernels of ``groups`` (names in :data:`GROUPS`);
-    returns the seconds this call spent, 0.0 when they were already warm in this process."""
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown:
-        raise ValueError(f"unknown kernel group(s) {unknown}; valid: {sorted(GROUPS)}")
-    todo = [g for g in dict.fromkeys(groups) if g not in _WARM]
+def warm_up(*kernels: Callable[[], object]) -> float:
+    """Compile (or load from numba's cache) kernels by calling each of ``kernels`` once (each kernel module
+    offers one such function, e.g. :func:`slth.subsetsum.compile_kernels`); returns the seconds this call
+    spent, 0.0 when they were already warm in this process."""
+    bad = [k for k in kernels if not callable(k)]
+    if bad:
+        raise TypeError(f"warm_up takes the kernel modules' compile functions, got {bad!r}")
+    todo = [k for k in dict.fromkeys(kernels) if k not in _WARM]
     if not todo:
         return 0.0
     start = time.perf_counter()
-    for group in todo:
-        GROUPS[group]()
-        _WARM.add(group)
+    for kernel in todo:
+        kernel()
+        _WARM.add(kernel)
     return time.perf_counter() - start

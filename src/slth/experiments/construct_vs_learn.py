@@ -46,8 +46,9 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
     log(f"dense {tm['test_accuracy']:.4f} in {sw.wall:.0f} s")
     # numba compiles (or loads) the SubsetSum kernels on first use; not part of a construction's cost
     from .._jit import warm_up
+    from ..subsetsum import compile_kernels
 
-    warm_up("subsetsum")
+    warm_up(compile_kernels)
     with Stopwatch() as sw:
         ticket = construct(target, eps, seed=seed, nonnegative_input=True, n=construct_n)
     m = measure(ticket.to_module(), target, data.x_test, data.y_test)

@@ -309,13 +309,14 @@ def run(vit_data: Sequence[tuple[str, Any]], *, vit_args: dict, vit_epochs: int,
         log: Callable = print) -> dict[str, Any]:
     """``vit_data``: (data set name, its folder or None). Returns the record body (without the header)."""
     from .._jit import warm_up
+    from ..subsetsum import compile_kernels
 
     unknown = [c for c in constructions_ if c not in constructions()]
     if unknown:
         raise ValueError(f"unknown or unavailable construction(s) {', '.join(unknown)}; available here: "
                          f"{', '.join(constructions())} (attention constructions of slth.construct: "
                          f"{', '.join(attentions())})")
-    compile_seconds = warm_up("subsetsum")  # numba: once per process, not part of any construction's seconds
+    compile_seconds = warm_up(compile_kernels)  # numba: once per process, not part of any construction's seconds
     start = time.perf_counter()
     out: dict[str, Any] = {"attentions": list(attentions()), "constructions": list(constructions_),
                            "numba_compile_seconds": compile_seconds, "vit": []}

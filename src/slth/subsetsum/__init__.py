@@ -6,7 +6,7 @@
 * :mod:`slth.subsetsum.reference` -- brute force and MIP (OR-Tools CP-SAT, Gurobi) references.
 """
 
-from .core import MAX_N, Solution, solve, solve_sparsest
+from .core import MAX_N, Solution, compile_kernels, solve, solve_sparsest
 from .probability import required_n, sample_values
 
-__all__ = ["MAX_N", "Solution", "solve", "solve_sparsest", "required_n", "sample_values"]
+__all__ = ["MAX_N", "Solution", "compile_kernels", "solve", "solve_sparsest", "required_n", "sample_values"]

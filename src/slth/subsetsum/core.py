@@ -158,3 +158,10 @@ def solve_sparsest(values: Any, targets: Any, eps: Any) -> Solution:
         _kernels.solve_batch(values, targets, eps_arr, True, _chunks(rows), out.mask, out.error, out.sum,
                              out.feasible)
     return out
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) the SubsetSum chunk kernel -- the minimal-error and sparsest
+    searches, not the 1-D shared-values kernel -- with one tiny batch of the types the real calls use (the
+    same specialisation). Pass it to :func:`slth._jit.warm_up` to keep the compile off a job's clock."""
+    solve_sparsest(np.array([[0.5, -0.25]]), np.array([0.25]), 0.01)
