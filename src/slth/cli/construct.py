@@ -161,7 +161,7 @@ def demo_cmd(
     epochs: int = typer.Option(40, help="target training epochs"),
 ) -> None:
     """The main job on embedded digits: train a target MLP, construct its ticket, compare, plot error vs n."""
-    from ..construction.demo import run_demo
+    from ..experiments.demo import run_demo
 
     if epochs < 1:
         raise CommandError(f"--epochs must be >= 1, got {epochs}")

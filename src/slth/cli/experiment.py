@@ -108,7 +108,7 @@ def width_curves_command(
 
     from rich.console import Console
 
-    from ..construction.demo import train_target
+    from ..train.target import train_target
     from ..data import load_dataset
     from ..experiments import width_curves as wc
     from ..experiments.record import Stopwatch, header, write_record

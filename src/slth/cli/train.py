@@ -174,7 +174,7 @@ def _train_dense_mlp(arch, data, data_dir, epochs, seed, lr, out) -> None:
 
     from .._io import atomic_torch_save
     from ..data import load_dataset
-    from ..construction.demo import train_target
+    from ..train.target import train_target
     from ..construction.target import mlp
 
     widths = [int(x) for x in arch.split("-")] if all(p.isdigit() for p in arch.split("-")) else None

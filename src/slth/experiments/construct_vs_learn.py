@@ -28,7 +28,7 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
         methods: Sequence[str], density: float, seed: int, max_width: float = 64.0, construct_n: int | None = None,
         log=print) -> dict[str, Any]:
     from ..construction import construct
-    from ..construction.demo import train_target
+    from ..train.target import train_target
     from ..construction.report import measure
     from ..data import load_dataset
     from ..train import TrainConfig, train

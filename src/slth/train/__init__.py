@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .config import TRAIN_METHODS, TrainConfig
 from .loop import Run, evaluate, fit, random_crop_flip, train
+from .target import train_target
 
-__all__ = ["TRAIN_METHODS", "TrainConfig", "train", "fit", "Run", "evaluate", "random_crop_flip"]
+__all__ = ["TRAIN_METHODS", "TrainConfig", "train", "fit", "Run", "evaluate", "random_crop_flip", "train_target"]

@@ -1,27 +1,13 @@
-"""``slth demo``: train a small target MLP on digits, construct its ticket, report, and plot error vs n."""
+"""``slth demo``, the main job: train a small target MLP on digits, construct its ticket, report, and plot error
+vs n. It sits above construction and training, since it uses both."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._io import atomic_write, atomic_write_json
-
-
-def train_target(data: str = "digits", data_dir=None, *, hidden=(64,), epochs: int = 40, seed: int = 0,
-                 lr: float = 0.05, quiet: bool = True) -> tuple[torch.nn.Sequential, dict]:
-    """Dense training with slth's one trainer (no biases, unnormalised [0, 1] inputs, as in Pensia Exp. 1)."""
-    from ..train import TrainConfig, train
-
-    cfg = TrainConfig(method="dense", model="fc", data=data, data_dir=None if data_dir is None else str(data_dir),
-                      hidden=tuple(hidden), epochs=epochs, seed=seed, normalize=False, lr=lr)
-    with tempfile.TemporaryDirectory() as tmp:
-        run = train(cfg, tmp, quiet=quiet)
-    return run.model.layers.eval(), run.metrics
 
 
 def run_demo(out: str | Path = "slth-demo", *, eps: float = 0.01, seed: int = 0, epochs: int = 40,
@@ -29,10 +15,11 @@ def run_demo(out: str | Path = "slth-demo", *, eps: float = 0.01, seed: int = 0,
     from rich.console import Console
     from rich.table import Table
 
+    from ..construction.api import construct
+    from ..construction.bound import certified_bound
+    from ..construction.report import measure
     from ..data import load_dataset
-    from .api import construct
-    from .bound import certified_bound
-    from .report import measure
+    from ..train.target import train_target
 
     console = Console(quiet=quiet)
     out = Path(out)
