@@ -62,7 +62,7 @@ def test_quick_record_renders(quick, tmp_path):
     from slth.report import generate
 
     res, _ = quick
-    text = generate(res, tmp_path / "results.md").read_text()
+    text = generate(res, tmp_path / "results.md", experiments=EXPERIMENTS).read_text()
     section = text[text.index("## Transformers"):]
     for heading in ("### ViT on digits", "### Width factor needed vs eps", "### char-GPT", "### Goals"):
         assert heading in section

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from slth.cli import app
+from slth.experiments import EXPERIMENTS
 
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -24,7 +25,7 @@ def _run(args: list[str], out: Path) -> dict:
 def _renders(tmp_path: Path) -> str:
     from slth.report import generate
 
-    return generate(tmp_path / "res", tmp_path / "results.md").read_text()
+    return generate(tmp_path / "res", tmp_path / "results.md", experiments=EXPERIMENTS).read_text()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from slth.report.freshness import check, read_preserving
+from slth.experiments import EXPERIMENTS
 
 
 def _git(repo, *args):
@@ -81,7 +82,7 @@ def test_behaviour_preserving_commits_are_not_counted(repo, tmp_path):
 
 
 def test_report_marks_stale_and_unchecked_records(tmp_path, monkeypatch):
-    """End to end through generate(): the marks appear under the records' sections."""
+    """End to end through generate(, experiments=EXPERIMENTS): the marks appear under the records' sections."""
     from slth.report import core, freshness
 
     results = tmp_path / "results"
@@ -101,11 +102,11 @@ def test_report_marks_stale_and_unchecked_records(tmp_path, monkeypatch):
         return freshness.Freshness("unknown", "no commit")
 
     monkeypatch.setattr(freshness, "check", fake_check)
-    text = core.generate(results, tmp_path / "r.md").read_text()
+    text = core.generate(results, tmp_path / "r.md", experiments=EXPERIMENTS).read_text()
     assert "**Stale** (`a.json`)" in text and "def5678 a change" in text
     assert "**Not checked** (`b.json`)" in text
     assert "0 record(s) match the current code, 1 are stale" in text
-    plain = core.generate(results, tmp_path / "r2.md", check_freshness=False).read_text()
+    plain = core.generate(results, tmp_path / "r2.md", check_freshness=False, experiments=EXPERIMENTS).read_text()
     assert "Stale" not in plain and "Freshness" not in plain
     assert Path(tmp_path / "r2.md").exists()
 
@@ -122,9 +123,9 @@ def test_a_folder_of_training_runs_is_one_table_with_freshness(tmp_path):
            "epochs": [{"train_accuracy": 0.8}]}
     (runs / "a.json").write_text(json.dumps(run))
     (runs / "b.json").write_text(json.dumps({**run, "method": "dense", "target_density": 1.0}))
-    text = core.generate(results, tmp_path / "r.md").read_text()
+    text = core.generate(results, tmp_path / "r.md", experiments=EXPERIMENTS).read_text()
     assert text.count("## Training runs") == 1 and "| `a` | edge-popup" in text and "| `b` | dense" in text
     assert "**Not current** (`b`, `a`)" in text or "**Not current** (`a`, `b`)" in text
     (runs / "c.json").write_text(json.dumps({"experiment": "planted"}))
     with pytest.raises(core.ReportError, match="only slth train metrics"):
-        core.generate(results, tmp_path / "r.md")
+        core.generate(results, tmp_path / "r.md", experiments=EXPERIMENTS)

@@ -8,6 +8,7 @@ import pytest
 
 from slth.report.core import Context, Record, ReportError, _markdown, detect_kind, load_records, render
 from slth.report.freshness import read_preserving
+from slth.experiments import EXPERIMENTS
 
 TRAIN_RUN = {"method": "dense", "model": "fc", "config": {}, "test_accuracy": 0.5, "finished": True}
 
@@ -62,19 +63,19 @@ def test_markdown_fragment_must_be_text(tmp_path):
 def test_unknown_record_kind(tmp_path):
     record = Record(tmp_path / "x.json", "no-such-experiment", {})
     with pytest.raises(ReportError, match=r"no renderer for kind\(s\) \['no-such-experiment'\]"):
-        render([record], _ctx(tmp_path))
+        render([record], _ctx(tmp_path), EXPERIMENTS)
 
 
 def test_renderer_failure_names_the_record(tmp_path):
     record = Record(tmp_path / "p.json", "planted", {"experiment": "planted"})
     with pytest.raises(ReportError, match=r"p\.json: cannot render as 'planted': KeyError"):
-        render([record], _ctx(tmp_path))
+        render([record], _ctx(tmp_path), EXPERIMENTS)
 
 
 def test_report_linking_a_missing_plot(tmp_path):
     record = Record(tmp_path / "note.md", "markdown", "see ![plot](gone.png)\n")
     with pytest.raises(ReportError, match=r"links plots that do not exist: \['gone\.png'\]"):
-        render([record], _ctx(tmp_path))
+        render([record], _ctx(tmp_path), EXPERIMENTS)
 
 
 @pytest.mark.parametrize("line", ["abc12 too short", "zzzzzzz not hex", "abcdef1"])

@@ -19,9 +19,10 @@ def report_command(
     out: Path = typer.Option(Path("docs/results.md"), help="the markdown file to (re)generate"),
 ) -> None:
     """Regenerate docs/results.md (tables beside the papers' numbers, PNG plots) from the recorded runs."""
+    from ..experiments import EXPERIMENTS
     from ..report.core import generate, load_records
 
     existing_dir(results, "--results")
     output_file(out, "--out")
-    path = generate(results, out)
+    path = generate(results, out, experiments=EXPERIMENTS)
     typer.echo(f"rendered {len(load_records(results))} records -> {path}")

@@ -16,7 +16,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 PAPER = ("Pensia et al. Exp. 1 (MNIST 784-500-10, eps 0.01): constructed ticket with 8,337,000 random / 3,725,871 "
          "kept params in 21.5 h on 36 cores, reported at the target's 97.19 %. Ramanujan et al. (edge-popup): a "
@@ -90,8 +90,8 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
 # --------------------------------------------------------------------------- report section
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report import plots
-    from ..report.format import table, pct, provenance
+    from . import sections
+    from .sections import table, pct, provenance
 
     d = record.data
     s = d["settings"]
@@ -106,7 +106,7 @@ def render(record: Record, ctx: Context) -> str:
             wall += f" ({r['wall_seconds_with_target_training']:.1f} wall with target training)"
         rows.append([r["row"], f"{pct(r['accuracy'])} %", f"{r['random_params']:,}" if r["random_params"] else "-",
                      f"{r['kept_params']:,}", f"{r['trained_params']:,}", wall])
-    plt = plots.pyplot()
+    plt = sections.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, r in enumerate(d["rows"]):
         x = max(r["random_params"], r["kept_params"])
@@ -117,7 +117,7 @@ def render(record: Record, ctx: Context) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    path = plots.save(fig, ctx.plot_path(record))
+    path = sections.save(fig, ctx.plot_path(record))
     return "\n".join([
         f"## Construction vs learning ({d['data']}, target {d['arch']})\n",
         f"The same target architecture and data: dense training ({s['dense_epochs']} epochs), the ticket "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 
 PAPER_EXP1 = {
@@ -97,7 +97,7 @@ def exp1_markdown(record: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- report section
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report.format import provenance
+    from .sections import provenance
 
     d = record.data
     for run in d["runs"]:

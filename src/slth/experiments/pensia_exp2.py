@@ -22,7 +22,7 @@ from torch import nn
 from .masking import normal_weight
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 KINDS = ("structure-linear", "structure-relu", "wide")  # the compared networks
 
@@ -168,8 +168,8 @@ def run(net: str, data, *, densities: Sequence[float], kinds: Sequence[str], epo
 # --------------------------------------------------------------------------- report section
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report import plots
-    from ..report.format import table, pct, provenance
+    from . import sections
+    from .sections import table, pct, provenance
 
     d = record.data
     s = d["settings"]
@@ -194,7 +194,7 @@ def render(record: Record, ctx: Context) -> str:
            f"30-150, densities {s['densities']} only; same lr ({s['lr_fc']} FC, {s['lr_lenet5']} LeNet5), momentum, "
            f"wd {s['weight_decay']}, cosine, batch {s['batch_size']}, normalisation {s['normalisation']}. LeNet5: "
            "random frozen convolutions, their features computed once (the same function).\n"]
-    plt = plots.pyplot()
+    plt = sections.pyplot()
     fig, axes = plt.subplots(1, len(d["results"]), figsize=(5.5 * len(d["results"]), 4), squeeze=False)
     for ax, res in zip(axes[0], d["results"]):
         for i, kind in enumerate(KINDS):
@@ -208,11 +208,11 @@ def render(record: Record, ctx: Context) -> str:
                 ax.semilogx(ks, [paper_rows[k][i] for k in ks], "s--", color=f"C{i}", alpha=0.5,
                             label=f"{kind} (paper)")
         ax.set(xlabel="kept weights (%)", ylabel="test accuracy (%)", title=f"{res['net']} on MNIST")
-        plots.plain_log_ticks(ax.xaxis)
+        sections.plain_log_ticks(ax.xaxis)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = plots.save(fig, ctx.plot_path(record))
+    path = sections.save(fig, ctx.plot_path(record))
     out.append(ctx.image(path, "Exp. 2 accuracy vs kept fraction") + "\n")
     for res in d["results"]:
         by = {(r["kind"], round(100 * r["density"], 6)): r for r in res["rows"]}

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 TASKS = ("relu", "circle", "helix", "mnist")
 
@@ -325,8 +325,8 @@ def _label(row: dict) -> str:
 
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report import plots
-    from ..report.format import table, pct, provenance
+    from . import sections
+    from .sections import table, pct, provenance
 
     d = record.data
     s = d["settings"]
@@ -343,7 +343,7 @@ def render(record: Record, ctx: Context) -> str:
            f"per method, source hidden widths {s['hidden']}, target depth {s['depth']}; MNIST: "
            f"{s['mnist_train_size']:,} training examples, {s['mnist_epochs']} epochs, source hidden "
            f"{s['mnist_hidden']}; {s['lr']}.\n"]
-    plt = plots.pyplot()
+    plt = sections.pyplot()
     tasks = d["tasks"]
     at1 = [r for t in tasks for r in t["rows"] if r.get("overlap") is not None and r["method"] != "planted ticket"
            and r.get("density_multiple", 1) == 1]
@@ -364,7 +364,7 @@ def render(record: Record, ctx: Context) -> str:
         ax.tick_params(axis="x", rotation=45, labelsize=7)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = plots.save(fig, ctx.plot_path(record))
+    path = sections.save(fig, ctx.plot_path(record))
     out.append(ctx.image(path, "overlap of found and planted masks") + "\n")
     for t in tasks:
         reg = t["kind"] == "regression"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one training run."""
-    from ..report.format import pct, table
+    from .sections import pct, table
 
     d = record.data
     rows = [[d["method"], d["model"], d["data"], f"{d['width']:g}", f"{d['density']:.4f}", f"{d['kept_params']:,}",
@@ -39,7 +39,7 @@ PUBLISHED = {
 def render_set(record: Record, ctx: Context) -> str:
     """One table for a folder of ``slth train`` runs, each row marked with its freshness."""
     from . import EXPERIMENTS
-    from ..report.format import pct, table
+    from .sections import pct, table
 
     depends_on = EXPERIMENTS["train-runs"].depends_on
     rows, marks = [], {}

@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 VIT_DATA = ("digits", "mnist", "fashion-mnist")
 GOAL_AGREEMENT = 0.995  # ViT: top-1 agreement at eps 1e-3
@@ -380,8 +380,8 @@ def _learned(ctx: Context, spec: dict) -> list[tuple[str, float, dict | None]]:
 
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report import plots
-    from ..report.format import pct, provenance, table
+    from . import sections
+    from .sections import pct, provenance, table
 
     d = record.data
     s = d["settings"]
@@ -453,7 +453,7 @@ def render(record: Record, ctx: Context) -> str:
                 src = "built" if r["source"] == "built" else "computed"
                 row.append(f"{r['width_factor']:.1f}x ({nr}; {src})")
             table_rows.append(row)
-        plt = plots.pyplot()
+        plt = sections.pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for i, c in enumerate(cons):
             pts = sorted((r["eps"], r["width_factor"], r["source"] == "built") for r in rows_
@@ -467,11 +467,11 @@ def render(record: Record, ctx: Context) -> str:
         ax.invert_xaxis()
         ax.set(xlabel="eps (per-weight tolerance)", ylabel="width factor (random / target params)",
                title=f"ViT ({sweep['data']}): width needed vs eps (filled: built, open: computed)")
-        plots.plain_log_ticks(ax.yaxis)
+        sections.plain_log_ticks(ax.yaxis)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = plots.save(fig, ctx.plot_path(record))
+        path = sections.save(fig, ctx.plot_path(record))
         out.append(f"### Width factor needed vs eps (ViT, {sweep['data']})\n")
         out.append("Random params / target params of the ViT ticket that `construct` builds for each eps (n per "
                    "layer chosen for P(error <= eps) >= 0.99). *Built*: a ticket was constructed; *computed*: from "

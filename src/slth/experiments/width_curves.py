@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 PAPER = {
     "pensia": "Pensia et al. 2020: width factor O(log(d·l/eps)); their Exp. 1 used n = 21 products per weight "
@@ -166,11 +166,11 @@ def run(targets: Sequence[tuple[str, Any, Any, Any]], *, eps_values: Sequence[fl
 # --------------------------------------------------------------------------- report section
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report import plots
-    from ..report.format import table, pct, provenance
+    from . import sections
+    from .sections import table, pct, provenance
 
     d = record.data
-    plt = plots.pyplot()
+    plt = sections.pyplot()
     out = ["## Width: logarithmic (Pensia) vs polynomial (Malach)\n",
            "Tickets of the same trained targets over the same seeded random tensors, at fixed n random products "
            "per target weight, no redraws: Pensia = minimal-error SubsetSum of the n products, Malach = the single "
@@ -198,11 +198,11 @@ def render(record: Record, ctx: Context) -> str:
         axes[1].set(xlabel="width factor", ylabel="max |ticket - target| logit (test set)", title="output error")
         axes[2].set(xlabel="width factor", ylabel="test accuracy (%)", title="ticket accuracy")
         for ax in axes:
-            plots.plain_log_ticks(ax.xaxis)
+            sections.plain_log_ticks(ax.xaxis)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = plots.save(fig, ctx.plot_path(record, f"-{t['name']}"))
+        path = sections.save(fig, ctx.plot_path(record, f"-{t['name']}"))
         out.append(f"### Target: {t['name']} ({t['arch']}, {t['target_params']:,} weights, "
                    f"test accuracy {pct(t['target_accuracy'])} %)\n")
         out.append(ctx.image(path, f"width curves, {t['name']}") + "\n")
@@ -258,7 +258,7 @@ def render(record: Record, ctx: Context) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = plots.save(fig, ctx.plot_path(record, "-subsetsum"))
+    path = sections.save(fig, ctx.plot_path(record, "-subsetsum"))
     out.append("### SubsetSum error vs n against the 2^-n law\n")
     out.append(f"Values {law['values']}, targets {law['targets']}; exact minimal error (`slth.subsetsum.solve`). "
                f"Least-squares fit of log2(median error) over n >= {fit.get('min_n', '?')}: "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 from .._io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
     from ..train import TrainConfig
 
 
@@ -98,7 +98,7 @@ def plot(result: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- report section
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report.format import provenance
+    from .sections import provenance
 
     d = record.data
     path = ctx.plot_path(record)

@@ -7,6 +7,7 @@ records and return markdown that puts each reproduced number beside the paper's.
 is a pure function of the records (no timestamps of its own), and every image it links must exist.
 """
 
-from .core import Record, ReportError, generate, kinds, load_records, render
+from ..experiments.sections import Context, Record, ReportError
+from .core import generate, kinds, load_records, render
 
-__all__ = ["kinds", "Record", "ReportError", "generate", "load_records", "render"]
+__all__ = ["kinds", "Context", "Record", "ReportError", "generate", "load_records", "render"]
