@@ -12,7 +12,7 @@ import argparse
 import datetime
 import platform
 
-from slth.subsetsum import bench
+from slth.bench import subsetsum as bench
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 Times forward + backward + SGD update + method hooks for each (model, method) against the dense step of
 the same model, alternating the two so machine noise hits both alike. For edge-popup it also times, in the
 same rounds, the reference implementation's way (hidden-networks' ``GetSubnet``: a full sort of the scores per
-forward; ``slth.supermask.bench.peer_edge_popup``) unless ``--no-peer``. Prints markdown tables for
+forward; ``slth.bench.supermask.peer_edge_popup``) unless ``--no-peer``. Prints markdown tables for
 docs/benchmarks.md ("Learning by pruning").
 """
 
@@ -17,7 +17,7 @@ import platform
 
 import torch
 
-from slth.supermask.bench import step_times
+from slth.bench.supermask import step_times
 from slth.supermask.methods import METHODS
 
 CASES = [("fc", (1, 28, 28), 128), ("lenet5", (1, 28, 28), 128), ("conv4", (1, 28, 28), 64)]

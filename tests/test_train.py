@@ -153,7 +153,7 @@ def test_width_sweep_writes_table_and_plot(tmp_path):
 
 
 def test_step_benchmark_reports_both_steps():
-    from slth.supermask.bench import step_times
+    from slth.bench.supermask import step_times
 
     r = step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1, batches=3)
     assert r["dense_step_s"] > 0 and r["supermask_step_s"] > 0
@@ -188,7 +188,7 @@ def test_peer_edge_popup_computes_what_slth_edge_popup_computes(model):
     import torch.nn.functional as F
 
     from slth.supermask import SupermaskConfig, build
-    from slth.supermask.bench import peer_edge_popup
+    from slth.bench.supermask import peer_edge_popup
 
     cfg = SupermaskConfig("edge-popup", density=0.5)
     ours, peer = (build(model, (1, 28, 28), 10, seed=3, supermask=cfg).train() for _ in range(2))
@@ -211,7 +211,7 @@ def test_peer_edge_popup_computes_what_slth_edge_popup_computes(model):
 
 
 def test_step_benchmark_times_the_peer_implementation():
-    from slth.supermask.bench import step_times
+    from slth.bench.supermask import step_times
 
     r = step_times("fc", "edge-popup", input_shape=(1, 8, 8), batch_size=16, steps=2, warmup=1, repeats=1, peer=True)
     assert r["peer_step_s"] > 0 and r["speedup"] == pytest.approx(r["peer_step_s"] / r["supermask_step_s"])

@@ -40,7 +40,7 @@ def bench_subsetsum(
     from rich.console import Console
     from rich.table import Table
 
-    from ..subsetsum import bench
+    from ..bench import subsetsum as bench
 
     try:
         n = list(n) + [int(extra) for extra in ctx.args]
@@ -94,7 +94,7 @@ def bench_supermask_step_command(
 ) -> None:
     """Time a supermask training step against the dense step at the same width (one process); for edge-popup
     also the reference implementation's step (``speedup`` = its step / slth's)."""
-    from ..supermask.bench import step_times
+    from ..bench.supermask import step_times
 
     if peer and method != "edge-popup":
         raise CommandError(f"--peer times the reference implementation's edge-popup; got --method {method}")

@@ -39,7 +39,7 @@ class BenchRow:
 
 def instances(n: int, batch: int, seed: int, values: str = "product") -> tuple[np.ndarray, np.ndarray]:
     """``batch`` random instances: n values from ``values`` (see ``sample_values``), targets U[-1,1]."""
-    from .probability import sample_values
+    from ..subsetsum.probability import sample_values
 
     rng = np.random.default_rng([seed, n])
     vals = sample_values(rng, (batch, n), values)
@@ -60,9 +60,8 @@ def run(ns, batch: int, *, threads: int | None = None, seed: int = 0, repeats: i
     import numba
 
     from .._jit import warm_up
-    from .core import compile_kernels
-    from . import solve, solve_sparsest
-    from .reference import available_mip_solvers, solve_mip
+    from ..subsetsum import compile_kernels, solve, solve_sparsest
+    from ..subsetsum.reference import available_mip_solvers, solve_mip
 
     threads = threads or numba.config.NUMBA_NUM_THREADS
     previous = numba.get_num_threads()

@@ -53,8 +53,8 @@ def peer_edge_popup(net):
     import torch
     from torch.nn.utils import parametrize
 
-    from .apply import _supermasks
-    from .methods import EdgePopup
+    from ..supermask.apply import _supermasks
+    from ..supermask.methods import EdgePopup
 
     classes = _peer_classes()
     for _, module, tensor, p in list(_supermasks(net)):
@@ -90,7 +90,7 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
     import torch
     import torch.nn.functional as F
 
-    from . import after_step, build, regularization
+    from ..supermask import after_step, build, regularization
     from ..train.config import TrainConfig
 
     if peer and method != "edge-popup":
