@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import Solution
+from .solution import Solution
 
 _PAIRS_PER_CHUNK = 1 << 22
 

@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._kernels import MAX_N
+from .solution import Solution
 
 __all__ = ["Solution", "solve", "solve_sparsest", "MAX_N"]
-
-
-@dataclass(frozen=True)
-class Solution:
-    """SubsetSum results for a batch of B instances over n values.
-
-    mask:     (B, n) bool -- the chosen subset of each row.
-    error:    (B,) float64 -- |sum - target|.
-    sum:      (B,) float64 -- the sum of the chosen values (left to right within each half).
-    feasible: (B,) bool -- error <= eps (``solve_sparsest``); all True for ``solve``.
-    """
-
-    mask: np.ndarray
-    error: np.ndarray
-    sum: np.ndarray
-    feasible: np.ndarray
-
-    @property
-    def count(self) -> np.ndarray:
-        """Number of chosen elements per row."""
-        return self.mask.sum(axis=1)
-
-    def __len__(self) -> int:
-        return self.mask.shape[0]
 
 
 def _as_float64(x: Any, name: str) -> np.ndarray:
