@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     from slth.construction import construct
     from slth.construction.report import measure
-    from slth.construction.zoo import build_target
+    from slth.models.zoo import build_target
     from slth.data import load_dataset
 
     data = load_dataset(args.data, args.data_dir)

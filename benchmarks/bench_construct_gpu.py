@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import torch
 
     from slth.construction import construct
-    from slth.construction.zoo import build_target
+    from slth.models.zoo import build_target
 
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (run this on a machine with a GPU)")

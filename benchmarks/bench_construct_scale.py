@@ -11,7 +11,7 @@ of ``slth.construct`` for a backend/worker count, and writes one JSON record per
 
 Random-init weights: every conv is PyTorch's default (Kaiming-uniform, a=sqrt(5)) with the BatchNorm
 statistics at their defaults, folded; the construction cost depends on the shapes and n, not on training.
-gpt2-small: GPT-2's initialisation (:func:`slth.construction.zoo.gpt2_small`). Its random network (~3e9
+gpt2-small: GPT-2's initialisation (:func:`slth.models.zoo.gpt2_small`). Its random network (~3e9
 weights) is never materialised: the ticket's masks are held as bits and the ticket is saved and digested.
 """
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     import torch
 
     from slth.construction import construct
-    from slth.construction.zoo import build_target
+    from slth.models.zoo import build_target
 
     torch.manual_seed(args.seed)
     if args.target == "resnet18":

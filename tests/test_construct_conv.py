@@ -9,7 +9,7 @@ from slth.construction import Ticket, construct
 from slth.construction.bound import certified_bound_nd, realised_kernels
 from slth.construction.network import LayerLayout, b_rows, bias_tap, layer_tensors
 from slth.construction.target import parse_target
-from slth.construction.zoo import ResNet18, build_target
+from slth.models.zoo import ResNet18, build_target
 
 
 def randomise_bn(net, seed=0):

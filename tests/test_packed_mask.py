@@ -76,7 +76,7 @@ def test_gpt2_small_target_and_a_ticket_held_as_bits(tmp_path):
     import torch
 
     from slth.construction import Ticket, construct
-    from slth.construction.zoo import build_target
+    from slth.models.zoo import build_target
 
     torch.manual_seed(0)
     full = build_target("gpt2-small", (1024,), 50257)

@@ -926,7 +926,7 @@ def load_target(path, arch: str | None = None, *, input_shape=None, num_classes:
     """A target from a file: a state_dict (``torch.save``) of :func:`mlp` ``(arch)`` -- biases are
     inferred from its keys, a ``layers.`` prefix (slth's FC model) is accepted --, a state_dict of a named
     architecture (``arch`` = ``lenet5``, ``conv4``, ``resnet20``, ``resnet18``, ... with ``input_shape``
-    and ``num_classes``; see :mod:`slth.construction.zoo`) or, without ``arch``, a TorchScript module
+    and ``num_classes``; see :mod:`slth.models.zoo`) or, without ``arch``, a TorchScript module
     (``torch.jit.save``)."""
     from pathlib import Path
 
@@ -954,7 +954,7 @@ def load_target(path, arch: str | None = None, *, input_shape=None, num_classes:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict (a dict of tensors)")
     if not all(part.isdigit() for part in arch.split("-")):
-        from .zoo import build_target
+        from ..models.zoo import build_target
 
         input_shape = saved_kwargs.pop("input_shape", None) if input_shape is None else input_shape
         num_classes = saved_kwargs.pop("num_classes", None) if num_classes is None else num_classes

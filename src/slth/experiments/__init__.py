@@ -47,7 +47,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                _CONSTRUCTION + ("train/", "models/", "data/", "experiments/width_curves.py")),
     Experiment("pensia-exp1", "pensia_exp1", 20, _CONSTRUCTION + ("data/", "experiments/pensia_exp1.py")),
     Experiment("pensia-exp2", "pensia_exp2", 30,
-               ("supermask/", "data/", "experiments/pensia_exp2.py", "experiments/masking.py")),
+               ("supermask/", "data/", "models/redlayer.py", "experiments/pensia_exp2.py", "experiments/masking.py")),
     Experiment("planted", "planted", 40,
                _CONSTRUCTION + _LEARNING + ("data/", "experiments/planted.py", "experiments/masking.py")),
     Experiment("construct-vs-learn", "construct_vs_learn", 50,

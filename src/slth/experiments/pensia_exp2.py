@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from ..models.redlayer import Expand, RedLayer
 from .masking import normal_weight
 
 if TYPE_CHECKING:
@@ -37,29 +38,6 @@ PAPER_FC2 = {
 PAPER_LENET5 = {"total_params": 300_170, "dense_accuracy": 98.4,
                 "note": "their LeNet5 curves behave like FC2's (docs/theory.md §2.9); "
                         "per-sparsity numbers not in our copy"}
-
-
-class Expand(nn.Module):
-    """x (B, d_in) -> (B, d_in·r) with entry j·r + k = x_j · weight[k, j]."""
-
-    def __init__(self, d_in: int, r: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(r, d_in))
-
-    def forward(self, x):
-        return (x.unsqueeze(2) * self.weight.t().unsqueeze(0)).flatten(1)
-
-
-class RedLayer(nn.Module):
-    def __init__(self, d_in: int, d_out: int, r: int, relu: bool = True):
-        super().__init__()
-        self.expand = Expand(d_in, r)
-        self.act = nn.ReLU() if relu else nn.Identity()
-        self.mix = nn.Linear(r * d_in, d_out, bias=False)
-        self.d_in = d_in
-
-    def forward(self, x):
-        return self.mix(self.act(self.expand(x)))
 
 
 def lenet5_features(seed: int) -> nn.Sequential:

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.planted import Planted
+
 if TYPE_CHECKING:
     from .sections import Context, Record
 
@@ -43,26 +45,6 @@ PAPER = ("Fischer & Burkholz (Plant 'n' Seek): planted tickets of known, extreme
          "by current pruning algorithms, which reach worse accuracy than the planted ticket at the same "
          "sparsity; they conclude the sparsity limits are algorithmic. (Their exact numbers are not "
          "verified in our copy of the paper, docs/theory.md §8.6; only the qualitative claim is quoted.)")
-
-
-class Planted(nn.Module):
-    """Bias-free ReLU MLP with a fixed output scale: ``layers`` (Sequential of Linear/ReLU), ``scale``."""
-
-    def __init__(self, widths: list[int], output_scale: float = 1.0):
-        super().__init__()
-        mods: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            mods.append(nn.Linear(a, b, bias=False))
-            if i < len(widths) - 2:
-                mods.append(nn.ReLU())
-        self.layers = nn.Sequential(*mods)
-        self.register_buffer("scale", torch.tensor(float(output_scale)))
-
-    def forward(self, x):
-        return self.layers(x.flatten(1)) * self.scale
-
-    def linear_names(self) -> list[str]:
-        return [f"layers.{i}" for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
 
 
 def _knots_layer(n_in: int, knots: list[tuple[int, float, float]]) -> np.ndarray:

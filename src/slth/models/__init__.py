@@ -19,6 +19,10 @@ gpt      small causal char-level GPT: token Embedding + positional embedding, 2 
          dim 64 (x width), 4 heads, GELU MLP 4 x dim, causal mask, LayerNorm, Linear head (``tie``:
          the embedding's); input shape (context,) of token ids, output (N, context, vocab)
 ======== ==================================================================
+
+Every model class of slth lives in this package, also those outside the registry: :mod:`.zoo` (construction
+targets: ImageNet ResNet-18, GPT-2 small's shape), :mod:`.redlayer` (Pensia et al.'s Exp. 2 structure) and
+:mod:`.planted` (the Plant 'n' Seek network).
 """
 
 from __future__ import annotations

@@ -20,13 +20,13 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.resnet import BasicBlock
+from .resnet import BasicBlock
 
 
 class ResNet18(nn.Module):
     def __init__(self, input_shape: Sequence[int] = (3, 224, 224), num_classes: int = 1000, width: float = 1.0):
         super().__init__()
-        from ..models import scaled
+        from . import scaled
 
         channels = [scaled(c, width) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(input_shape[0], channels[0], 7, 2, 3, bias=False)
@@ -53,7 +53,7 @@ def gpt2_small(input_shape: Sequence[int] = (1024,), num_classes: int = 50257, w
 
     import torch
 
-    from ..models import GPT
+    from . import GPT
 
     depth = 12
     model = GPT(tuple(input_shape), num_classes, width=width, dim=768, depth=depth, heads=12, mlp_ratio=4.0, tie=True)
@@ -73,7 +73,7 @@ def build_target(name: str, input_shape: Sequence[int], num_classes: int, width:
                  **model_kwargs) -> nn.Module:
     """A target architecture by name: :data:`TARGETS` or the model registry (lenet5, conv4, resnet20, vit, gpt,
     ...); ``model_kwargs`` go to a registry model's constructor (e.g. gpt's ``dim``, ``depth``)."""
-    from ..models import MODELS, build_model
+    from . import MODELS, build_model
 
     if name in TARGETS:
         if model_kwargs:
