@@ -323,3 +323,71 @@ def test_example_inputs_are_checked_before_any_work(tmp_path):
     assert not (tmp_path / "wd").exists()
     with pytest.raises(ValueError, match="example_inputs must be a tuple of tensors"):
         construct(net, EPS, example_inputs=[[1.0]])
+
+
+# -- parameters the construction cannot realise: one error naming them, before any work, nothing written ---------
+class WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.rnn = nn.LSTM(4, 3, batch_first=True)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.fc(x))
+        return out
+
+
+class WithPReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.PReLU(4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+class Gain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.full((4,), 0.5))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class WithGain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.scale, self.head = nn.Linear(4, 4), Gain(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.scale(self.fc(x)))
+
+
+@pytest.mark.parametrize("make, parameter, module", [
+    (WithLSTM, "'rnn.weight_ih_l0'", "module 'rnn'"),
+    (WithPReLU, "'block.1.weight'", "module 'block.1'"),
+    (WithGain, "'scale.gain'", "module 'scale'"),
+])
+def test_unrealisable_parameters_are_named_before_any_work(make, parameter, module, tmp_path):
+    work = tmp_path / "work"
+    with pytest.raises(NotImplementedError) as info:
+        construct(make().eval(), EPS, workdir=str(work))
+    first = str(info.value).splitlines()[0]
+    assert parameter in first and module in first and "cannot realise" in first, first
+    assert not work.exists()
+
+
+def test_cli_refuses_an_unrealisable_parameter_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 2))), str(model))
+    out, work = tmp_path / "new" / "t.slth", tmp_path / "work"
+    r = CliRunner().invoke(app, ["construct", str(model), "-o", str(out), "--workdir", str(work)])
+    assert r.exit_code == 2, r.output
+    assert "'1.weight'" in r.output and "PReLU" in r.output
+    assert not out.parent.exists() and not work.exists()

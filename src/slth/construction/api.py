@@ -99,11 +99,12 @@ def construct(
         raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
     if example_inputs is not None:
         check_example_inputs(target, example_inputs)
-    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock
-    compile_seconds = warm_up("subsetsum") if method == "pensia" else 0.0
     start = time.perf_counter()
     box = input_range_of(input_range, nonnegative_input)
-    graph, linears = parse_target(target, input_range=box, attention=attention)
+    graph, linears = parse_target(target, input_range=box, attention=attention)  # refuses a bad target first
+    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock
+    compile_seconds = warm_up("subsetsum") if method == "pensia" else 0.0
+    start += compile_seconds
     if n is None:
         ns = [None] * len(linears)
     elif isinstance(n, (int, np.integer)):

@@ -973,6 +973,11 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             if not divide and scalar(x) is not None:
                 x, y = y, x
             c = scalar(y)
+            other = node_value(y)
+            if c is None and isinstance(other, _Const) and isinstance(other.value, torch.Tensor):
+                raise NotImplementedError(f"{node.op} {getattr(t, '__name__', t)!r} {where}: activations multiplied "
+                                          f"elementwise by the tensor {other.key!r} of the target; only a number "
+                                          "factor is supported")
             if c is None or not isinstance(x, fx.Node):
                 raise NotImplementedError(f"{node.op} {getattr(t, '__name__', t)!r} {where}: the product of two "
                                           "activations is only supported as a matmul (x * number is)")
