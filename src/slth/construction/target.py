@@ -24,7 +24,8 @@ SUPPORTED = (
     "allowed); other modules are traced with torch.fx, which adds residual additions (x + y, x + constant), "
     "MultiheadAttention (self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, "
     "matmul of activations, x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * "
-    "number"
+    "number, unbind, F.layer_norm / F.rms_norm on the target's parameters; shape assertions and code that does not "
+    "reach the output are dropped"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d", "Conv1d")
