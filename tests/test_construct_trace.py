@@ -223,6 +223,24 @@ def test_functional_layer_norm_folds_like_the_module(tmp_path):
         assert (a.weight == b.weight).all() and (a.bias == b.bias).all()
 
 
+def test_functional_linear_is_a_layer(tmp_path):
+    """``F.linear(x, self.weight, self.bias)`` on the module's parameters: a Linear layer, its LayerNorm folded."""
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.fc1, self.fc2 = nn.LayerNorm(D), nn.Linear(D, 2 * D), nn.Linear(2 * D, 3, bias=False)
+
+        def forward(self, x):
+            h = F.relu(F.linear(self.norm(x), self.fc1.weight, self.fc1.bias))
+            return F.linear(h, self.fc2.weight)
+
+    net = _norm_affines(seeded(Functional()))
+    _, layers = parse_target(net)
+    assert [spec.path for spec in layers] == ["norm+fc1", "fc2"] and layers[0].relu_after
+    ticket = construct(net, EPS, seed=0)
+    check(ticket, net, signed(BATCH, D), 0.05, tmp_path)
+
+
 def test_unbind_along_a_negative_dim(tmp_path):
     class Unbinds(nn.Module):
         def __init__(self):

@@ -24,8 +24,8 @@ SUPPORTED = (
     "allowed); other modules are traced with torch.fx, which adds residual additions (x + y, x + constant), "
     "MultiheadAttention (self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, "
     "matmul of activations, x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * "
-    "number, unbind, F.layer_norm / F.rms_norm on the target's parameters; shape assertions and code that does not "
-    "reach the output are dropped"
+    "number, unbind, F.linear / F.layer_norm / F.rms_norm on the target's parameters; shape assertions and code "
+    "that does not reach the output are dropped"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d", "Conv1d")
@@ -1068,6 +1068,18 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             full = ("slice", None, None, None)
             env[node] = _Parts(lambda i, src=src, dim=dim: b.op(GetItemNode(
                 (src,), (*[full] * dim, i) if dim >= 0 else ("...", i, *[full] * (-dim - 1)))), "unbind")
+        elif node.op == "call_function" and t is F.linear:  # F.linear(x, self.weight, self.bias): a Linear layer
+            a = {**dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
+            w, bias = node_value(a["weight"]), node_value(a.get("bias"))
+            for v in (w, bias):
+                if v is not None and not (isinstance(v, _Const) and isinstance(v.value, torch.Tensor)):
+                    raise NotImplementedError(f"linear {where}: its weight and bias must be parameters or constants "
+                                              "of the target, not computed from the input")
+            if w.value.dim() != 2:
+                raise NotImplementedError(f"linear {where}: weight {w.key!r} has shape {tuple(w.value.shape)}")
+            env[node] = b.linear(_array(w.value, f"weight {w.key!r}"),
+                                 None if bias is None else _array(bias.value, f"bias {bias.key!r}"), "Linear",
+                                 w.key.removesuffix(".weight"), where, arg(node, a["input"]))
         elif node.op == "call_function" and t in (F.layer_norm, F.rms_norm):
             rms = t is F.rms_norm
             names = ("input", "normalized_shape", "weight", *(() if rms else ("bias",)), "eps")
