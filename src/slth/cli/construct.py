@@ -65,8 +65,8 @@ def construct_cmd(
     if attention not in ("projection", "product"):
         raise CommandError(f"--attention must be projection or product, got {attention!r}")
     existing_file(model, "model")
-    output_file(out, "--out")
-    output_dir(workdir, "--workdir")
+    if out.is_dir():
+        raise CommandError(f"--out: {out} is a directory, expected a file name")
     target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
     try:
         from ..construction.target import input_range_of
@@ -74,6 +74,12 @@ def construct_cmd(
         input_range_of(input_range, nonnegative_input)
     except ValueError as exc:
         raise CommandError(f"--input-range: {exc}") from None
+    from ..construction.target import parse_target
+
+    # a target the construction cannot take is refused before --out's folder or --workdir is created
+    parse_target(target, nonnegative_input=nonnegative_input, input_range=input_range, attention=attention)
+    output_file(out, "--out")
+    output_dir(workdir, "--workdir")
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
                        input_range=input_range, sparse=not dense_subsets, progress=True, workers=workers,
                        backend=backend, address=address, workdir=None if workdir is None else str(workdir),

@@ -14,7 +14,7 @@ from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob
 from .graph import plan_scales
 from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
-from .target import input_range_of, parse_target
+from .target import check_example_inputs, input_range_of, parse_target
 from .ticket import Ticket
 
 
@@ -46,6 +46,7 @@ def construct(
     chunk_instances: int = CHUNK_INSTANCES,
     device: str | None = None,
     attention: str = "projection",
+    example_inputs=None,
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
 
@@ -77,6 +78,11 @@ def construct(
     multi-head attention pruned for the merged maps W_q^h W_k^h^T and W_v^h W_o^h, Otsuka et al.,
     arXiv:2511.04217). Attention written by hand (``scaled_dot_product_attention``, matmul + softmax) is built
     per projection in both modes (listed in ``stats["attention"]``). See docs/construction.md, "Attention".
+
+    ``example_inputs``: a tuple of inputs (one tensor, with its batch dimension) the target is run on before any
+    work, so that a target that fails on its inputs (a shape assertion, a dtype) is refused at once. The ticket
+    does not depend on them: sizes are read from the ticket's own input when it runs. Optional ``forward``
+    arguments that default to None are fixed to None when tracing.
     """
     from .target import ATTENTION_MODES
 
@@ -92,11 +98,14 @@ def construct(
         raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
     if not isinstance(chunk_instances, int) or chunk_instances < 1:
         raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
-    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock
-    compile_seconds = warm_up(compile_kernels) if method == "pensia" else 0.0
+    if example_inputs is not None:
+        check_example_inputs(target, example_inputs)
     start = time.perf_counter()
     box = input_range_of(input_range, nonnegative_input)
-    graph, linears = parse_target(target, input_range=box, attention=attention)
+    graph, linears = parse_target(target, input_range=box, attention=attention)  # refuses a bad target first
+    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock
+    compile_seconds = warm_up(compile_kernels) if method == "pensia" else 0.0
+    start += compile_seconds
     if n is None:
         ns = [None] * len(linears)
     elif isinstance(n, (int, np.integer)):

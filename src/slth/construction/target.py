@@ -24,7 +24,8 @@ SUPPORTED = (
     "allowed); other modules are traced with torch.fx, which adds residual additions (x + y, x + constant), "
     "MultiheadAttention (self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, "
     "matmul of activations, x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * "
-    "number"
+    "number, unbind, F.linear / F.layer_norm / F.rms_norm on the target's parameters; shape assertions and code "
+    "that does not reach the output are dropped"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d", "Conv1d")
@@ -79,6 +80,16 @@ def _walk(module, prefix: str):
             yield from _walk(child, path)
         else:
             yield path, child
+
+
+def _held(module, path: str) -> str:
+    """``; it holds parameters 'a.w', ... that the construction cannot realise`` for a refused module with
+    parameters (the names as in the target's ``named_parameters()``)."""
+    names = [f"{path}.{name}" if path else name for name, _ in module.named_parameters()]
+    if not names:
+        return ""
+    shown = ", ".join(repr(n) for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"; it holds parameter(s) {shown}, which the construction cannot realise"
 
 
 def _array(t: torch.Tensor, what: str) -> np.ndarray:
@@ -222,17 +233,25 @@ class _Builder:
         """LayerNorm or (``nn.RMSNorm``) RMSNorm: the normalisation as a node, its affine pending (folded into the
         Linear layers that read it, else realised as a diagonal pair)."""
         name = type(module).__name__
-        shape = tuple(int(v) for v in module.normalized_shape)
+        rms = isinstance(module, nn.RMSNorm)
+        eps = module.eps
+        if rms and eps is None:  # eps=None: torch uses the float32 machine epsilon
+            eps = torch.finfo(torch.float32).eps
+        return self.normalise(name, module.normalized_shape, eps, module.weight, getattr(module, "bias", None),
+                              path, where, src, rms)
+
+    def normalise(self, name: str, normalized_shape, eps, weight, bias, path: str, where: str, src: int,
+                  rms: bool = False) -> int:
+        """A LayerNorm (``rms``: RMSNorm) with shape, eps and affine tensors (None: absent), from a module or from
+        a call of ``F.layer_norm`` / ``F.rms_norm`` on parameters of the target."""
+        shape = tuple(int(v) for v in normalized_shape)
         if len(shape) != 1:
             raise NotImplementedError(f"{name} {where} ({path!r}) normalises over {shape}; only the last "
                                       "dimension is supported")
-        if isinstance(module, nn.RMSNorm):  # eps=None: torch uses the float32 machine epsilon
-            eps = torch.finfo(torch.float32).eps if module.eps is None else float(module.eps)
-            i = self.emit(RMSNormNode((src,), shape, eps), self.flat[src])
-        else:
-            i = self.emit(LayerNormNode((src,), shape, float(module.eps)), self.flat[src])
-        gamma = None if module.weight is None else _array(module.weight, f"weight of {name} {path!r}")
-        beta = None if getattr(module, "bias", None) is None else _array(module.bias, f"bias of {name} {path!r}")
+        node = RMSNormNode if rms else LayerNormNode
+        i = self.emit(node((src,), shape, float(eps)), self.flat[src])
+        gamma = None if weight is None else _array(weight, f"weight of {name} {path!r}")
+        beta = None if bias is None else _array(bias, f"bias of {name} {path!r}")
         if (gamma is not None and not (gamma == 1).all()) or (beta is not None and beta.any()):
             self.pending[i] = (np.ones(shape) if gamma is None else gamma, np.zeros(shape) if beta is None else beta,
                                path)
@@ -311,7 +330,8 @@ class _Builder:
             raise NotImplementedError(f"MultiheadAttention {where} ({path!r}) inside an nn.Sequential: it takes "
                                       "(query, key, value) and returns a tuple; call it from a module's forward")
         raise NotImplementedError(
-            f"layer {kind} {where} ({path!r}) is not supported by construct(); supported: {SUPPORTED}")
+            f"layer {kind} {where} ({path!r}) is not supported by construct(){_held(module, path)}\n"
+            f"supported: {SUPPORTED}")
 
     def adaptive(self, kind: str, output_size, src: int) -> int:
         size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
@@ -514,6 +534,24 @@ def input_range_of(input_range, nonnegative_input: bool = False) -> tuple[float,
     return lo, hi
 
 
+def check_example_inputs(target, example_inputs) -> tuple:
+    """``example_inputs`` as a tuple of tensors, after running ``target`` on them (no gradients): a target that
+    fails on its own example inputs is refused with the error it raised."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs or \
+            not all(isinstance(x, torch.Tensor) for x in example_inputs):
+        raise ValueError(f"example_inputs must be a tuple of tensors (the target's positional inputs), got "
+                         f"{type(example_inputs).__name__}")
+    try:
+        with torch.no_grad():
+            target(*example_inputs)
+    except Exception as exc:
+        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in example_inputs)
+        raise ValueError(f"example_inputs: the target fails on them ({shapes}): {type(exc).__name__}: {exc}") from None
+    return tuple(example_inputs)
+
+
 def parse_options(config: dict) -> dict:
     """The :func:`parse_target` arguments a ticket was built with (from its config)."""
     return {"nonnegative_input": config["nonnegative_input"], "input_range": config.get("input_range"),
@@ -586,6 +624,13 @@ class _Dim:
     div: int = 1
 
 
+@dataclass(frozen=True)
+class _Size:
+    """An int computed from traced sizes that no single ``x.size(d) * m // k`` expresses (``n_h * n_w``)."""
+
+    what: str  # the fx node's name
+
+
 class _Parts:
     """The outputs of a split / chunk (made on first use) or of a MultiheadAttention call."""
 
@@ -646,6 +691,103 @@ def _encode_index(idx, where: str) -> tuple:
     return tuple(out)
 
 
+# calls that only check the target's input (shape asserts; fx's check that an input fixed to None is None): dropped
+_CHECKS = tuple(f for f in (torch._assert, getattr(torch, "_assert_async", None),
+                            getattr(torch, "_assert_tensor_metadata", None), getattr(torch, "_check", None))
+                if f is not None)
+
+
+def _in_place(node) -> bool:
+    """A node that may change one of its inputs: kept even when nothing reads its result."""
+    import operator
+
+    name = getattr(node.target, "__name__", node.target) if node.op != "call_module" else ""
+    if node.op in ("call_method", "call_function") and isinstance(name, str) and name.endswith("_") \
+            and not name.endswith("__"):
+        return True
+    if node.op == "call_function" and node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+        return True
+    return bool(node.kwargs.get("inplace")) or (
+        node.op == "call_module" and bool(getattr(node.graph.owning_module.get_submodule(node.target), "inplace", 0)))
+
+
+def _trace(target: nn.Module):
+    """``target`` traced with torch.fx (torch.nn modules stay leaves), with its optional inputs that default to
+    None fixed to None, and every node that does not reach the output dropped: shape assertions
+    (``torch._assert(h == 224, ...)``), the sizes and comparisons they read, unused outputs. In-place calls and
+    other impure nodes stay."""
+    import inspect
+
+    import torch.fx as fx
+    from torch.fx._symbolic_trace import _assert_is_none
+
+    try:
+        params = list(inspect.signature(target.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    fixed = {p.name: None for p in params[1:] if p.kind in kinds and p.default is None}
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True  # node.stack_trace: refusals name the file and line of the op
+    try:
+        graph = tracer.trace(target, concrete_args=fixed or None)
+    except Exception as exc:
+        raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
+                                  f"({type(exc).__name__}: {exc})") from None
+    gm = fx.GraphModule(tracer.root, graph, type(target).__name__)
+    gm.meta["fixed_to_none"] = set()  # the placeholders of the inputs fixed to None
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op == "call_function" and (node.target in _CHECKS or node.target is _assert_is_none):
+            if node.target is _assert_is_none:
+                gm.meta["fixed_to_none"].add(node.args[0].name)
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or _in_place(n))
+    return gm
+
+
+def _source_line(node) -> str | None:
+    """``file:line`` of the user code that made ``node`` (the innermost stack frame outside torch)."""
+    import os
+    import re
+
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    found = None
+    for file, line in re.findall(r'File "([^"]+)", line (\d+)', node.stack_trace or ""):
+        if not file.startswith(torch_dir):
+            found = f"{file}:{line}"
+    return found
+
+
+def _module_path(node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(next(reversed(stack.values()))[0]) if stack else ""
+
+
+def _located(exc: Exception, node, gm) -> Exception:
+    """``exc`` with where the refused node comes from (file:line, module path) and the parameters it reads on the
+    first line of its message."""
+    first, _, rest = str(exc).partition("\n")
+    where = [f"module {_module_path(node)!r}" if _module_path(node) else "the target's own forward"]
+    line = _source_line(node)
+    if line:
+        where.insert(0, line)
+    params = []
+    for n in node.all_input_nodes:
+        if n.op == "get_attr":
+            try:
+                value = gm.get_parameter(n.target)
+            except AttributeError:
+                continue
+            if isinstance(value, nn.Parameter):
+                params.append(repr(n.target))
+    note = ""
+    if params and node.op != "call_module":
+        note = f"; it reads parameter(s) {', '.join(params)}, which the construction cannot realise there"
+    return type(exc)(f"{first} [{', '.join(where)}]{note}" + (f"\n{rest}" if rest else ""))
+
+
 def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
               attention: str = "projection") -> tuple[Graph, list[LinearSpec]]:
     import builtins
@@ -654,14 +796,11 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
 
     import torch.fx as fx
 
-    try:
-        gm = fx.symbolic_trace(target)  # torch.nn modules (attention, transformer layers included) stay leaves
-    except Exception as exc:
-        raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
-                                  f"({type(exc).__name__}: {exc})") from None
+    gm = _trace(target)
     modules = dict(gm.named_modules())
     FX_ACTIVATIONS = {F.gelu: "gelu", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
                       F.sigmoid: "sigmoid"}
+    SIZE_OPS = (operator.mul, operator.floordiv, operator.add, operator.sub)
     b = _Builder(nonnegative_input, graph=True, shift=shift, attention=attention)
     env: dict = {}
     out = None
@@ -686,8 +825,9 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             value = value.item()
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    def sizes_of(node, values):
-        """reshape / expand sizes: ints and traced sizes (x.size(d) * m // k) of other values."""
+    def sizes_of(node, values, reshape: bool = False):
+        """reshape / expand sizes: ints and traced sizes (x.size(d) * m // k) of other values; for a reshape one
+        other arithmetic of sizes (``n_h * n_w``) is left to reshape (-1)."""
         if len(values) == 1 and isinstance(values[0], (tuple, list)):
             values = values[0]
         refs, spec = [], []
@@ -701,9 +841,33 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
                 spec.append((refs.index(v.ref), v.dim, v.mul, v.div))
             elif isinstance(v, int):
                 spec.append(int(v))
+            elif isinstance(v, _Size) and reshape:
+                spec.append(v)
             else:
                 raise NotImplementedError(f"{node.target!r} at node {node.name!r} with size {v!r}")
+        unknown = [i for i, v in enumerate(spec) if isinstance(v, _Size)]
+        if unknown:  # one size the ticket cannot compute from its inputs' sizes: reshape infers it (-1), exactly
+            if len(unknown) > 1 or -1 in spec:
+                raise NotImplementedError(
+                    f"{node.target!r} at node {node.name!r}: the sizes {', '.join(spec[i].what for i in unknown)} are "
+                    "arithmetic of traced sizes beyond x.size(d) * m // k, and at most one size of a reshape (none "
+                    "of an expand) may be; write the others as x.size(d) or -1")
+            spec[unknown[0]] = -1
         return tuple(refs), tuple(spec)
+
+    def size_arithmetic(node):
+        """``h // p``, ``2 * n``, ``n_h * n_w``, ``n + 1`` on traced sizes: a :class:`_Dim` where one entry
+        x.size(d) * m // k says it, else a :class:`_Size`."""
+        x, y = (node_value(a) for a in node.args)
+        x, y = (v.value if isinstance(v, _Const) else v for v in (x, y))
+        if node.target is operator.mul and isinstance(y, _Dim) and isinstance(x, int):
+            x, y = y, x
+        if isinstance(x, _Dim) and isinstance(y, int) and not isinstance(y, bool):
+            if node.target is operator.mul and x.div == 1:
+                return dataclasses.replace(x, mul=x.mul * y)
+            if node.target is operator.floordiv and y > 0:
+                return dataclasses.replace(x, div=x.div * y)
+        return _Size(node.name)
 
     def is_fn(node, functions=(), methods=()):
         return (node.op == "call_function" and node.target in functions) or \
@@ -715,20 +879,24 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
     def bind(fn, node):
         return inspect.signature(fn).bind(*node.args, **node.kwargs).arguments
 
-    for node in gm.graph.nodes:
+    def step(node) -> None:
+        nonlocal out, seen_input
         where = f"at node {node.name!r}"
         if node.op == "placeholder":
+            if node.name in gm.meta["fixed_to_none"]:  # an optional input fixed to None
+                env[node] = None
+                return
             if seen_input:
                 raise NotImplementedError(f"target takes more than one input ({node.name!r})")
             seen_input = True
             env[node] = -1
-            continue
+            return
         if node.op == "get_attr":
             value = gm
             for part in node.target.split("."):
                 value = getattr(value, part)
             env[node] = _Const(value, node.target)
-            continue
+            return
         if node.op in ("call_function", "call_method", "call_module") and \
                 all(isinstance(env[n], _Const) for n in node.all_input_nodes):
             # a constant sub-expression (positional embeddings of arange(T), masks, ...): evaluate it now
@@ -742,9 +910,12 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
                 else:
                     value = modules[node.target](*cargs, **ckwargs)
             env[node] = _Const(value, node.name)
-            continue
+            return
         t = node.target
-        if node.op == "call_module" and _type_name(modules[t]) in TRANSFORMER_MODULES:
+        if node.op == "call_function" and t in SIZE_OPS and \
+                any(isinstance(node_value(a), (_Dim, _Size)) for a in node.args):
+            env[node] = size_arithmetic(node)
+        elif node.op == "call_module" and _type_name(modules[t]) in TRANSFORMER_MODULES:
             module = modules[t]
             kind = _type_name(module)
             a = bind(module.forward, node)
@@ -800,18 +971,18 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
                 and len(node.args) == 2 and not node.kwargs:
             x, y = node.args
             divide = t in (operator.truediv, torch.div, "div")
-            if isinstance(x, fx.Node) and isinstance(env[x], _Dim) and not divide:
-                env[node] = dataclasses.replace(env[x], mul=env[x].mul * int(scalar(y)))
-                continue
             if not divide and scalar(x) is not None:
                 x, y = y, x
             c = scalar(y)
+            other = node_value(y)
+            if c is None and isinstance(other, _Const) and isinstance(other.value, torch.Tensor):
+                raise NotImplementedError(f"{node.op} {getattr(t, '__name__', t)!r} {where}: activations multiplied "
+                                          f"elementwise by the tensor {other.key!r} of the target; only a number "
+                                          "factor is supported")
             if c is None or not isinstance(x, fx.Node):
                 raise NotImplementedError(f"{node.op} {getattr(t, '__name__', t)!r} {where}: the product of two "
                                           "activations is only supported as a matmul (x * number is)")
             env[node] = b.op(MulConstNode((arg(node, x),), float(1.0 / c if divide else c)))
-        elif node.op == "call_function" and t is operator.floordiv and isinstance(env.get(node.args[0]), _Dim):
-            env[node] = dataclasses.replace(env[node.args[0]], div=env[node.args[0]].div * int(scalar(node.args[1])))
         elif is_fn(node, (operator.matmul, torch.matmul, torch.bmm), ("matmul", "bmm")):
             x, y = node.args[:2]
             c = env[y] if isinstance(y, fx.Node) else None
@@ -836,7 +1007,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             else:
                 env[node] = b.op(GetItemNode((arg(node, node.args[0]),), _encode_index(idx, where)))
         elif is_fn(node, (torch.reshape,), ("reshape", "view")):
-            refs, spec = sizes_of(node, node.args[1:] or (node.kwargs.get("shape"),))
+            refs, spec = sizes_of(node, node.args[1:] or (node.kwargs.get("shape"),), reshape=True)
             src = arg(node, node.args[0])
             env[node] = b.op(ReshapeNode((src, *refs), spec))
         elif is_fn(node, (), ("expand",)):
@@ -891,12 +1062,52 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             env[node] = b.flatten(arg(node, node.args[0]), int(start), int(end))
+        elif is_fn(node, (torch.unbind,), ("unbind",)):  # q, k, v = qkv.unbind(0): x[i] along dim, per output
+            src = arg(node, node.args[0])
+            dim = int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0))
+            full = ("slice", None, None, None)
+            env[node] = _Parts(lambda i, src=src, dim=dim: b.op(GetItemNode(
+                (src,), (*[full] * dim, i) if dim >= 0 else ("...", i, *[full] * (-dim - 1)))), "unbind")
+        elif node.op == "call_function" and t is F.linear:  # F.linear(x, self.weight, self.bias): a Linear layer
+            a = {**dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
+            w, bias = node_value(a["weight"]), node_value(a.get("bias"))
+            for v in (w, bias):
+                if v is not None and not (isinstance(v, _Const) and isinstance(v.value, torch.Tensor)):
+                    raise NotImplementedError(f"linear {where}: its weight and bias must be parameters or constants "
+                                              "of the target, not computed from the input")
+            if w.value.dim() != 2:
+                raise NotImplementedError(f"linear {where}: weight {w.key!r} has shape {tuple(w.value.shape)}")
+            env[node] = b.linear(_array(w.value, f"weight {w.key!r}"),
+                                 None if bias is None else _array(bias.value, f"bias {bias.key!r}"), "Linear",
+                                 w.key.removesuffix(".weight"), where, arg(node, a["input"]))
+        elif node.op == "call_function" and t in (F.layer_norm, F.rms_norm):
+            rms = t is F.rms_norm
+            names = ("input", "normalized_shape", "weight", *(() if rms else ("bias",)), "eps")
+            a = {**dict(zip(names, node.args)), **node.kwargs}
+            affine = []
+            for key in ("weight", "bias"):
+                v = node_value(a.get(key))
+                if v is not None and not (isinstance(v, _Const) and isinstance(v.value, torch.Tensor)):
+                    raise NotImplementedError(f"{getattr(t, '__name__', t)} {where}: its {key} must be a parameter "
+                                              "or constant of the target, not computed from the input")
+                affine.append(None if v is None else v.value)
+            eps = scalar(a.get("eps"))
+            if eps is None:  # rms_norm's eps=None: torch uses the float32 machine epsilon
+                eps = torch.finfo(torch.float32).eps if rms else 1e-5
+            path = ".".join(filter(None, (_module_path(node), node.name)))
+            env[node] = b.normalise("RMSNorm" if rms else "LayerNorm", a["normalized_shape"], eps, *affine, path,
+                                    where, b.plain(arg(node, a["input"])), rms)
         elif node.op == "output":
             out = arg(node, node.args[0])
         else:
             name = getattr(t, "__name__", t)
             raise NotImplementedError(
-                f"{node.op} {name!r} {where} is not supported by construct(); supported: {SUPPORTED}")
+                f"{node.op} {name!r} {where} is not supported by construct()\nsupported: {SUPPORTED}")
+    for node in gm.graph.nodes:
+        try:
+            step(node)
+        except (NotImplementedError, ValueError) as exc:
+            raise _located(exc, node, gm) from None
     return b.finish(out)
 
 
