@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slth import supermask as sm
+from slth.supermask.apply import _supermask_hooks
 from slth.supermask.init import GAIN
 from slth.ticketfile import TicketFileError
 
@@ -205,6 +206,7 @@ def test_a_tied_plain_torch_model_is_masked_once_and_its_ticket_keeps_the_tie(tm
     assert sm.tied_tensors(model) == {"head.weight": "emb.weight"}
     assert [t.name for t in sm.prunable_tensors(model)] == ["emb.weight"]
     assert len([p for p in model.parameters() if p.requires_grad]) == 1
+    assert len(list(_supermask_hooks(model))) == 1  # the trainer's hooks run once per step for the tied tensor
     assert torch.equal(model.norm.weight, torch.ones(8))  # a norm of the user's own code: frozen at 1
     x = torch.randint(0, 11, (4, 5), generator=torch.Generator().manual_seed(0))
     _, reached = _train(model, lambda m: F.cross_entropy(m(x).flatten(0, 1), x.flatten()), steps=3)
