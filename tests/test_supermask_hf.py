@@ -175,6 +175,24 @@ def test_bert_classifier_masks_every_linear_and_embedding_and_rebuilds(tmp_path)
     _round_trip(model, make, tmp_path, x)
 
 
+def test_t5_ties_three_places_to_one_mask_and_freezes_its_t5_layernorms(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=True)
+    make = lambda: transformers.T5ForConditionalGeneration(config)  # noqa: E731
+    model = sm.apply_supermask(make(), sm.SupermaskConfig("edge-popup", 0.5), seed=6)
+    report = sm.supermask_report(model)
+    assert dict(report.tied) == {f"{place}.weight": "shared.weight"
+                                 for place in ("encoder.embed_tokens", "decoder.embed_tokens", "lm_head")}
+    assert {(f.value, f.role) for f in report.frozen} == {("one", "norm")}  # every T5LayerNorm, nothing else
+    x = _tokens(n=2, seed=4)
+    model.eval()
+    rebuilt = sm.from_ticket(sm.to_ticket(model, tmp_path / "t5.slth"), model=make())
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x, labels=x).logits, rebuilt(input_ids=x, labels=x).logits)
+    assert rebuilt.lm_head.weight is rebuilt.shared.weight is rebuilt.encoder.embed_tokens.weight
+
+
 # the rules themselves, on plain torch modules (no transformers needed)
 
 
