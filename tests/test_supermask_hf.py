@@ -23,7 +23,8 @@ VOCAB, SEQ = 64, 16
 def _gpt2(**overrides):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0, **overrides)
+                                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                     attn_pdrop=0.0, **overrides)  # no dropout: the losses are deterministic
     return lambda: transformers.GPT2LMHeadModel(config)
 
 
@@ -38,7 +39,8 @@ def _llama():
 def _bert():
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32, num_labels=3)
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=3,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return lambda: transformers.BertForSequenceClassification(config)
 
 
@@ -49,7 +51,7 @@ def _tokens(n=8, seed=0):
 def _train(model, loss_fn, steps=6):
     """A few edge-popup steps; returns the losses and whether every score tensor got a non-zero gradient."""
     scores = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(scores, lr=sm.METHODS["edge-popup"].lr, momentum=0.9)
+    opt = torch.optim.SGD(scores, lr=0.1, momentum=0.9)
     model.train()
     losses, reached = [], set()
     for step in range(1, steps + 1):
@@ -171,7 +173,7 @@ def test_bert_classifier_masks_every_linear_and_embedding_and_rebuilds(tmp_path)
 
     x, y = _tokens(seed=2), torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(3))
     losses, reached = _train(model, lambda m: F.cross_entropy(m(x).logits, y))
-    assert reached and min(losses[1:]) < losses[0]
+    assert reached and losses[-1] < losses[0]
     _round_trip(model, make, tmp_path, x)
 
 
