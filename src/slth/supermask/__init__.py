@@ -4,8 +4,8 @@
 gives a registry model whose weights are frozen seeded draws, each masked by a
 ``torch.nn.utils.parametrize`` parametrization (see :mod:`slth.supermask.methods`). Only the ``scores``
 are trainable. ``apply_supermask(model, config, seed)`` does the same to the user's own module (weights
-in Linear, Conv1d, Conv2d, Embedding, MultiheadAttention; ``supermask_report`` says what it masked and
-what it froze). ``to_ticket`` / ``from_ticket`` write and rebuild the learned ticket (seed + masks).
+in Linear, Conv1d, Conv2d, Embedding, MultiheadAttention, transformers' Conv1D; ``supermask_report`` says
+what it masked and what it froze). ``to_ticket`` / ``from_ticket`` write and rebuild the learned ticket (seed + masks).
 
 ``density`` is always the kept fraction.
 
@@ -20,8 +20,8 @@ _EXPORTS = {
     "apply": ("FrozenTensor", "MaskedTensor", "SupermaskReport", "after_epoch", "after_step", "apply_supermask",
               "build", "final_masks", "mask_counts", "regularization", "supermask_layers", "supermask_report"),
     "core": ("GetSubnet", "kept_count", "topk_mask"),
-    "init": ("INITS", "MASKABLE", "derive_seed", "freeze_plan", "init_weights", "layer_densities", "prunable_layers",
-             "prunable_tensors"),
+    "init": ("INITS", "MASKABLE", "derive_seed", "freeze_plan", "init_weights", "is_library_norm",
+             "is_transposed_linear", "layer_densities", "prunable_layers", "prunable_tensors", "tied_tensors"),
     "methods": ("METHODS", "Method", "SupermaskConfig"),
     "ticket": ("from_ticket", "load_ticket", "materialize", "to_ticket"),
 }

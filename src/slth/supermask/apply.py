@@ -1,8 +1,9 @@
 """Putting supermasks on a model: seeded build, parametrization, the trainer's hooks, the report.
 
 :func:`apply_supermask` takes any ``nn.Module`` whose weights sit in Linear, Conv1d, Conv2d, Embedding and
-MultiheadAttention layers (:data:`slth.supermask.init.MASKABLE`); :func:`supermask_report` says which
-tensors it masked and at what value it froze every other one (:func:`slth.supermask.init.freeze_plan`).
+MultiheadAttention layers (:data:`slth.supermask.init.MASKABLE`) or transformers' Conv1D;
+:func:`supermask_report` says which tensors it masked and at what value it froze every other one
+(:func:`slth.supermask.init.freeze_plan`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..seeding import derive_seed, generator
-from .init import (MASKABLE, draw_weight, freeze_plan, init_weights, layer_densities, prunable_tensors, raw_tensor)
+from .init import (MASKABLE_NAMES, _own_modules, draw_weight, freeze_plan, init_weights, is_norm, layer_densities,
+                   prunable_tensors, raw_tensor, tensor_fan_in, tied_tensors)
 from .methods import METHODS, Supermask, SupermaskConfig
 
 DENSE_INIT = "kaiming-normal"
@@ -40,26 +42,38 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
     name for its ``weight``) with ``config.method``'s parametrization at that density, leaving the
     weights as they are. Its scores are drawn from ``(seed, "scores", key)`` as :data:`METHODS` says;
     sampled masks from ``(seed, "sample", key)``. ``redraw(key, generation)`` gives re-drawn weights
-    (IteRand); ``fan_in`` overrides the fan of a key's score scale (default: the product of the tensor's
-    trailing dimensions); ``divide_scores`` see :func:`slth.supermask.methods.uniform_scores`.
-    ``config.density``, ``init`` and ``distribution`` are not read here."""
+    (IteRand); ``fan_in`` overrides the fan of a key's score scale (default:
+    :func:`slth.supermask.init.tensor_fan_in`, the product of the tensor's trailing dimensions);
+    ``divide_scores`` see :func:`slth.supermask.methods.uniform_scores`. A masked tensor that other places
+    share (a tied output layer) gets the same parametrization there: one set of scores, one mask, and every
+    place computes the same effective tensor. ``config.density``, ``init`` and ``distribution`` are not
+    read here."""
     method = METHODS[config.method]
     if method.redraws and redraw is None:
         raise ValueError(f"{config.method} re-draws pruned weights: it needs redraw(name, generation)")
     modules = dict(model.named_modules())
+    places: dict[int, list[tuple[nn.Module, str]]] = {}  # tensor -> every (module, name) holding it
+    for _, m in _own_modules(model):
+        for t, param in m._parameters.items():
+            if param is not None:
+                places.setdefault(id(param), []).append((m, t))
     for p in model.parameters():
         p.requires_grad_(False)
     for key, density in densities.items():
         module, tensor = _target(modules, key)
         if parametrize.is_parametrized(module, tensor):
             raise ValueError(f"{key!r} is already parametrized (a model takes one supermask)")
-        shape = getattr(module, tensor).shape
-        fan = (fan_in or {}).get(key, math.prod(shape[1:]))
+        raw = getattr(module, tensor)
+        shape = raw.shape
+        fan = (fan_in or {}).get(key, tensor_fan_in(module, tensor, shape))
         u = torch.rand(shape, generator=generator(seed, "scores", key))
         scores = method.scores(u, fan, density, divide=divide_scores)
         p = method.make(shape, density, scores, config=config, sample_seed=derive_seed(seed, "sample", key),
                         redraw=None if redraw is None else partial(redraw, key))
         parametrize.register_parametrization(module, tensor, p, unsafe=True)
+        for other, name in places.get(id(raw), ()):  # the tensor's other places: the same parametrization
+            if other is not module or name != tensor:
+                parametrize.register_parametrization(other, name, p, unsafe=True)
     return model
 
 
@@ -68,11 +82,15 @@ def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.
     trainable parameters, everything else is frozen at a value ``seed`` alone reproduces.
 
     ``model`` is any module whose weights sit in Linear, Conv1d, Conv2d, Embedding or MultiheadAttention
-    layers: each such weight (MultiheadAttention: its input projection; ``out_proj`` is a Linear) is
-    drawn from ``config.init`` and masked. Biases are frozen at 0, normalisation layers at weight 1 and
-    bias 0, free parameters of the model's own modules (a positional embedding, a class token) at a
-    seeded N(0, 1) draw; other layers holding parameters are refused with a ``TypeError`` naming them
-    (:func:`slth.supermask.init.freeze_plan`). Buffers are left as constructed; a ticket stores them.
+    layers or transformers' Conv1D: each such weight (MultiheadAttention: its input projection;
+    ``out_proj`` is a Linear) is drawn from ``config.init`` and masked. Biases are frozen at 0,
+    normalisation layers (torch's, and other libraries' such as ``LlamaRMSNorm``:
+    :func:`slth.supermask.init.is_library_norm`) at weight 1 and bias 0, free parameters of the model's
+    own modules (a positional embedding, a class token) at a seeded N(0, 1) draw; other layers holding
+    parameters are refused with a ``TypeError`` naming them (:func:`slth.supermask.init.freeze_plan`). A
+    tensor shared by several layers (GPT-2's output layer tied to its token embedding) is masked once and
+    stays shared (:func:`slth.supermask.init.tied_tensors`). Buffers are left as constructed; a ticket
+    stores them.
     :func:`supermask_report` lists what was masked and what frozen; :func:`slth.supermask.to_ticket`
     writes the learned ticket, :func:`slth.supermask.from_ticket` rebuilds it into a fresh instance.
     """
@@ -82,7 +100,7 @@ def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.
     targets = {t.key: t for t in prunable_tensors(model)}
     if not targets:
         raise ValueError(f"{type(model).__name__} has no weights to mask: supermasks go on the weights of "
-                         f"{', '.join(t.__name__ for t in MASKABLE)} layers")
+                         f"{MASKABLE_NAMES} layers")
     densities = layer_densities(model, config.density, config.distribution)
     init_weights(model, seed, config.init, densities)
 
@@ -116,8 +134,9 @@ def build(model: str, input_shape, num_classes: int, *, seed: int, width: float 
     return net
 
 
-def _supermasks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Supermask]]:
-    """(module name, module, tensor name, its supermask) for every masked tensor of ``model``."""
+def _supermask_places(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Supermask]]:
+    """(module name, module, tensor name, its supermask) for every place of a masked tensor of ``model``: a
+    tied tensor's supermask at each of its places."""
     for name, module in model.named_modules():
         # == parametrize.is_parametrized(module), without nn.Module.__getattr__'s failed lookup on every
         # plain module (the trainer walks the layers twice per step)
@@ -129,11 +148,21 @@ def _supermasks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Superma
                         yield name, module, tensor, p
 
 
+def _supermasks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Supermask]]:
+    """(module name, module, tensor name, its supermask) for every masked tensor of ``model``, once: a tied
+    tensor at its first place only."""
+    seen = set()
+    for name, module, tensor, p in _supermask_places(model):
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield name, module, tensor, p
+
+
 def _supermask_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, str, Supermask]]:
     """(module, tensor name, supermask) in :func:`_supermasks`' order, without building module names: the
     trainer walks the layers twice per step, and named_modules' prefix strings cost ~0.1 ms a step on a
     three-layer MLP (a tenth of the supermask step's overhead)."""
-    stack, seen = [model], set()
+    stack, seen, masks = [model], set(), set()
     while stack:
         module = stack.pop()
         if id(module) in seen:
@@ -143,7 +172,8 @@ def _supermask_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, str, Superma
         if plist is not None:
             for tensor, chain in plist._modules.items():
                 for p in chain:
-                    if isinstance(p, Supermask):
+                    if isinstance(p, Supermask) and id(p) not in masks:  # a tied tensor's: once
+                        masks.add(id(p))
                         yield module, tensor, p
         stack.extend(child for child in reversed(module._modules.values()) if child is not None)
 
@@ -204,6 +234,7 @@ class FrozenTensor:
     name: str
     shape: tuple[int, ...]
     value: str  # "zero", "one", "normal" (seeded N(0, 1)): see slth.supermask.init.freeze_plan
+    role: str = ""  # "bias", "norm" (a normalisation layer's weight or bias), "free" (a free parameter)
 
 
 @dataclass(frozen=True)
@@ -215,13 +246,16 @@ class SupermaskReport:
     masked: tuple[MaskedTensor, ...]
     frozen: tuple[FrozenTensor, ...]
     buffers: tuple[str, ...]
+    tied: tuple[tuple[str, str], ...] = ()  # (name, the name it is tied to): one tensor, masked or frozen once
 
     def __str__(self) -> str:
         values = {"zero": "frozen at 0", "one": "frozen at 1", "normal": "frozen at a seeded N(0, 1) draw"}
         kept, total = sum(m.kept for m in self.masked), sum(math.prod(m.shape) for m in self.masked)
         lines = [f"{self.method} supermask: {len(self.masked)} masked tensors, {kept:,} of {total:,} weights kept"]
         lines += [f"  masked  {m.name} {tuple(m.shape)} density {m.density:.4g}" for m in self.masked]
-        lines += [f"  dense   {f.name} {tuple(f.shape)} {values[f.value]}" for f in self.frozen]
+        lines += [f"  dense   {f.name} {tuple(f.shape)} {values[f.value]}{f' ({f.role})' if f.role else ''}"
+                  for f in self.frozen]
+        lines += [f"  tied    {name} is {first} (one tensor: one mask, one set of scores)" for name, first in self.tied]
         lines += [f"  buffer  {b} (as constructed; stored in the ticket)" for b in self.buffers]
         return "\n".join(lines)
 
@@ -234,7 +268,13 @@ def supermask_report(model: nn.Module) -> SupermaskReport:
     spec = getattr(model, "slth_spec", None) or {}
     method = (spec.get("supermask") or {}).get("method") or type(masks[0][3]).__name__
     masked = tuple(MaskedTensor(f"{n}.{t}", tuple(p.scores.shape), p.density, p.k) for n, _, t, p in masks)
-    frozen = tuple(FrozenTensor(name, tuple(raw_tensor(module, tensor).shape), value)
+    frozen = tuple(FrozenTensor(name, tuple(raw_tensor(module, tensor).shape), value, _role(module, value))
                    for name, module, tensor, value in freeze_plan(model) if value != "masked")
     buffers = tuple(name for name, _ in model.named_buffers() if ".parametrizations." not in f".{name}")
-    return SupermaskReport(method, masked, frozen, buffers)
+    return SupermaskReport(method, masked, frozen, buffers, tuple(tied_tensors(model).items()))
+
+
+def _role(module: nn.Module, value: str) -> str:
+    if value == "normal":
+        return "free"
+    return "norm" if is_norm(module) else "bias"

@@ -61,11 +61,58 @@ def check_init(init: str) -> None:
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)
 """The module types whose weights a supermask masks (``MultiheadAttention``: ``in_proj_weight``, or
-``q/k/v_proj_weight`` when the key and value sizes differ; its ``out_proj`` is a Linear)."""
+``q/k/v_proj_weight`` when the key and value sizes differ; its ``out_proj`` is a Linear). transformers'
+``Conv1D`` is masked too (:func:`is_transposed_linear`)."""
+
+MASKABLE_NAMES = ", ".join(t.__name__ for t in MASKABLE) + " or transformers' Conv1D"
 
 NORMS = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None))
               if t is not None)
-"""Normalisation layers: their affine weight and bias are frozen at 1 and 0 (``reset_parameters``)."""
+"""Normalisation layers: their affine weight and bias are frozen at 1 and 0 (``reset_parameters``). Those
+of other libraries and of the user's own code are frozen the same way (:func:`is_library_norm`)."""
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2, GPT, ...): ``y = x @ weight + bias`` with
+    ``weight`` of shape (nx, nf), a Linear that stores its weight transposed, so its fan-in is
+    ``weight.shape[0]``. Recognised without importing transformers: a class named ``Conv1D`` (torch's own
+    is ``Conv1d``) with integer attributes ``nx`` and ``nf`` and a 2-D ``weight`` of shape (nx, nf)."""
+    if not any(c.__name__ == "Conv1D" for c in type(module).__mro__):
+        return False
+    nx, nf = getattr(module, "nx", None), getattr(module, "nf", None)
+    try:
+        weight = raw_tensor(module, "weight")
+    except AttributeError:
+        return False
+    return (isinstance(nx, int) and isinstance(nf, int) and isinstance(weight, torch.Tensor)
+            and tuple(weight.shape) == (nx, nf))
+
+
+def _elementwise(t: torch.Tensor) -> bool:
+    """One value per feature: at most one dimension longer than 1 ((C,), (1, C, 1, 1), ...)."""
+    return t.dim() >= 1 and sum(d > 1 for d in t.shape) <= 1
+
+
+def is_library_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer defined outside torch (transformers' ``LlamaRMSNorm``,
+    ``T5LayerNorm``, your own ``RMSNorm``), frozen like torch's own at weight 1 and bias 0. The rule: a
+    class outside ``torch`` whose name contains ``Norm``, whose own parameters are a ``weight`` and/or a
+    ``bias``, each elementwise (:func:`_elementwise`: one value per feature, never a matrix) and of one
+    shape, and none of whose submodules holds a parameter."""
+    cls = type(module)
+    if cls.__module__.split(".")[0] == "torch" or "norm" not in cls.__name__.lower():
+        return False
+    params = {k: v for k, v in module._parameters.items() if v is not None}
+    if not params or set(params) - {"weight", "bias"} or len({tuple(v.shape) for v in params.values()}) != 1:
+        return False
+    if not all(_elementwise(v) for v in params.values()):
+        return False
+    return not any(True for child in module.children() for _ in child.parameters())
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer, torch's (:data:`NORMS`) or another library's (:func:`is_library_norm`)."""
+    return isinstance(module, NORMS) or is_library_norm(module)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,11 +140,19 @@ class Target:
 
     @property
     def fan_in(self) -> int:
-        return math.prod(self.shape[1:])
+        return tensor_fan_in(self.module, self.tensor, self.shape)
 
     def raw(self) -> torch.Tensor:
         """The stored tensor (under a parametrization: its ``original``)."""
         return raw_tensor(self.module, self.tensor)
+
+
+def tensor_fan_in(module: nn.Module, tensor: str, shape) -> int:
+    """Fan-in of a masked tensor, for its init and its score scale: the product of its trailing dimensions
+    (Linear, Conv, Embedding), ``shape[0]`` for transformers' transposed ``Conv1D``."""
+    if tensor == "weight" and is_transposed_linear(module):
+        return int(shape[0])
+    return math.prod(shape[1:])
 
 
 def raw_tensor(module: nn.Module, tensor: str) -> torch.Tensor:
@@ -112,18 +167,23 @@ def _maskable_tensors(module: nn.Module) -> tuple[str, ...]:
         if module._qkv_same_embed_dim:
             return ("in_proj_weight",)
         return ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-    if isinstance(module, MASKABLE):
+    if isinstance(module, MASKABLE) or is_transposed_linear(module):
         return ("weight",)
     return ()
 
 
 def prunable_tensors(model: nn.Module) -> list[Target]:
-    """The tensors a supermask masks, in module order: the weight of every Linear, Conv1d, Conv2d and
-    Embedding, and MultiheadAttention's input projection (:data:`MASKABLE`)."""
-    targets = []
+    """The tensors a supermask masks, in module order: the weight of every Linear, Conv1d, Conv2d,
+    Embedding and transformers' Conv1D, and MultiheadAttention's input projection (:data:`MASKABLE`). A
+    tensor that several layers share (a tied output layer) is listed once, at its first layer
+    (:func:`tied_tensors`)."""
+    targets, seen = [], set()
     for name, module in _own_modules(model):
         for tensor in _maskable_tensors(module):
-            targets.append(Target(name, tensor, module, tuple(raw_tensor(module, tensor).shape)))
+            raw = raw_tensor(module, tensor)
+            if id(raw) not in seen:
+                seen.add(id(raw))
+                targets.append(Target(name, tensor, module, tuple(raw.shape)))
     return targets
 
 
@@ -154,51 +214,87 @@ def draw_weight(target: Target, seed: int, init: str, density: float = 1.0, gene
 FREE_STD = 1.0  # a free parameter (positional embedding, class token) ~ N(0, 1), as nn.Embedding's default
 
 
+def _frozen_value(name: str, module: nn.Module, tensor: str) -> str:
+    """How :func:`freeze_plan` freezes parameter ``tensor`` of ``module`` (not a masked one), or a
+    ``TypeError`` saying why it cannot."""
+    if isinstance(module, MASKABLE) or is_transposed_linear(module):
+        if tensor.endswith("bias") or tensor in ("bias_k", "bias_v"):
+            return "zero"
+        raise TypeError(f"{type(module).__name__} at {name!r} has a parameter {tensor!r} slth does not know")
+    if is_norm(module):
+        return "one" if tensor == "weight" else "zero"
+    if type(module).__module__.split(".")[0] == "torch":
+        raise TypeError(f"{type(module).__name__} at {name!r} holds parameters ({', '.join(module._parameters)}) "
+                        f"that slth can neither mask nor freeze: supermasks go on {MASKABLE_NAMES} weights; "
+                        "normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) are frozen "
+                        "at weight 1, bias 0")
+    if tensor == "weight" or tensor.endswith("_weight"):
+        shape = tuple(module._parameters[tensor].shape)
+        raise TypeError(f"{type(module).__name__} at {name!r} holds a weight {tensor!r} {shape} that slth cannot "
+                        f"mask: put it in one of {MASKABLE_NAMES}. A normalisation layer -- a class named *Norm* "
+                        "whose only parameters are an elementwise weight and bias (one value per feature) and "
+                        "whose submodules hold none -- is frozen at weight 1, bias 0; other free parameters, such "
+                        "as a positional embedding, at a seeded N(0, 1) draw")
+    return "normal"
+
+
+def _tensor_places(model: nn.Module):
+    """(name, module, tensor, value) for every place that holds a parameter of ``model``, in module order
+    (masked tensors first within a module): a tensor that several places share is listed at each."""
+    for name, module in _own_modules(model):
+        maskable = _maskable_tensors(module)
+        for tensor in maskable:
+            yield f"{name}.{tensor}", module, tensor, "masked"
+        for tensor, param in module._parameters.items():
+            if param is not None and tensor not in maskable:
+                yield (f"{name}.{tensor}" if name else tensor), module, tensor, _frozen_value(name, module, tensor)
+
+
+_VERBS = {"masked": "mask", "zero": "freeze at 0", "one": "freeze at 1", "normal": "freeze at a seeded N(0, 1) draw"}
+
+
+def _places(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str, str]], dict[str, str]]:
+    """(:func:`freeze_plan`, :func:`tied_tensors`) in one walk; refuses ties it cannot keep."""
+    plan, ties, first = [], {}, {}
+    for full, module, tensor, value in _tensor_places(model):
+        raw = raw_tensor(module, tensor)
+        fan = tensor_fan_in(module, tensor, raw.shape) if value == "masked" else None
+        if id(raw) in first:
+            other, other_value, other_fan = first[id(raw)]
+            if (value, fan) != (other_value, other_fan):
+                why = (f"fan-in {fan} there, {other_fan} at the first" if value == other_value
+                       else f"slth would {_VERBS[value]} the one and {_VERBS[other_value]} the other")
+                raise TypeError(f"{full!r} is the same tensor as {other!r} ({why}): slth keeps a tie only between "
+                                "places it treats alike (masked weights of one fan-in, biases, norm weights); "
+                                "untie them")
+            ties[full] = other
+            continue
+        first[id(raw)] = (full, value, fan)
+        plan.append((full, module, tensor, value))
+    return plan, ties
+
+
 def freeze_plan(model: nn.Module) -> list[tuple[str, nn.Module, str, str]]:
     """How :func:`init_weights` sets every parameter of ``model``: (parameter name, module, tensor, value)
     with value one of ``"masked"`` (a :func:`prunable_tensors` entry: drawn from ``init``), ``"zero"``
-    (biases), ``"one"`` (normalisation weights), ``"normal"`` (free parameters of the user's own modules,
-    such as a positional embedding or class token: seeded N(0, 1), keyed by the parameter's name).
+    (biases), ``"one"`` (normalisation weights: :func:`is_norm`), ``"normal"`` (free parameters of the
+    user's own modules, such as a positional embedding or class token: seeded N(0, 1), keyed by the
+    parameter's name).
 
-    Raises ``TypeError`` for a parameter it cannot place: one of a torch.nn module other than
-    :data:`MASKABLE` and :data:`NORMS` (an LSTM, Conv3d, ...), or a ``weight`` of the user's own module
-    (a layer holding weights that slth cannot mask). Tied (shared) parameters are refused too.
+    A tensor that several places share (tied parameters, such as GPT-2's output layer and token embedding)
+    is listed once, at its first place in module order: it is set once and stays shared
+    (:func:`tied_tensors` lists the other places). Raises ``TypeError`` for a parameter it cannot place:
+    one of a torch.nn module other than :data:`MASKABLE` and :data:`NORMS` (an LSTM, Conv3d, ...), a
+    ``weight`` of another module that is no normalisation layer (:func:`is_library_norm`), or a tie
+    between places treated differently (a masked weight shared with a free parameter).
     """
-    plan, seen = [], {}
-    for name, module in _own_modules(model):
-        maskable = set(_maskable_tensors(module))
-        for tensor in maskable:
-            plan.append((f"{name}.{tensor}", module, tensor, "masked"))
-        for tensor, param in module._parameters.items():
-            if param is None or tensor in maskable:
-                continue
-            full = f"{name}.{tensor}" if name else tensor
-            if id(param) in seen:
-                raise TypeError(f"{full!r} is the same tensor as {seen[id(param)]!r}: slth cannot mask or "
-                                "freeze tied parameters; untie them")
-            seen[id(param)] = full
-            if isinstance(module, MASKABLE):
-                if tensor.endswith("bias") or tensor in ("bias_k", "bias_v"):
-                    value = "zero"
-                else:
-                    raise TypeError(f"{type(module).__name__} at {name!r} has a parameter {tensor!r} slth does "
-                                    "not know")
-            elif isinstance(module, NORMS):
-                value = "one" if tensor == "weight" else "zero"
-            elif type(module).__module__.split(".")[0] == "torch":
-                raise TypeError(f"{type(module).__name__} at {name!r} holds parameters "
-                                f"({', '.join(module._parameters)}) that slth can neither mask nor freeze: "
-                                f"supermasks go on {', '.join(t.__name__ for t in MASKABLE)} weights; normalisation "
-                                "layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) are frozen at weight "
-                                "1, bias 0")
-            elif tensor == "weight" or tensor.endswith("_weight"):
-                raise TypeError(f"{type(module).__name__} at {name!r} holds a weight {tensor!r} that slth cannot "
-                                f"mask: put it in one of {', '.join(t.__name__ for t in MASKABLE)} (other free "
-                                "parameters, such as a positional embedding, are frozen at a seeded N(0, 1) draw)")
-            else:
-                value = "normal"
-            plan.append((full, module, tensor, value))
-    return plan
+    return _places(model)[0]
+
+
+def tied_tensors(model: nn.Module) -> dict[str, str]:
+    """``{name: first name}`` for every parameter place of ``model`` that holds the same tensor as an
+    earlier one (GPT-2: ``{"lm_head.weight": "transformer.wte.weight"}``); names as in ``state_dict``."""
+    return _places(model)[1]
 
 
 @torch.no_grad()

@@ -8,8 +8,10 @@ is stored as ``extras["generation/<name>"]`` (int16, in mask order); buffers tha
 
 A ticket of a registry model (:func:`slth.supermask.build`) names the model and its arguments, so
 ``from_ticket(path)`` rebuilds it. A ticket of the user's own model (:func:`slth.supermask.apply_supermask`)
-names the model's class and lists its parameter and buffer names and shapes; ``from_ticket(path,
-model=fresh_instance)`` rebuilds it into a fresh instance after checking that they match.
+names the model's class and lists its parameter and buffer names and shapes, and which parameters share
+one tensor (``config["ties"]``, present only for a model with ties); ``from_ticket(path,
+model=fresh_instance)`` rebuilds it into a fresh instance after checking that they match. A tied tensor
+has one mask, stored under its first name; the rebuilt instance keeps the tie.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 from torch import nn
 
 from .. import ticketfile
-from .apply import _supermasks
-from .init import draw_weight, init_weights, layer_densities, prunable_tensors
+from .apply import _supermask_places, _supermasks
+from .init import draw_weight, init_weights, layer_densities, prunable_tensors, tied_tensors
 from .methods import METHODS, SupermaskConfig
 
 KIND = "learned-supermask"
@@ -64,6 +66,18 @@ def _check_layout(expected: dict[str, list[int]], model: nn.Module, what: str) -
                                              f"{type(model).__name__} lacks")
 
 
+def _check_ties(expected: dict[str, str], model: nn.Module, what: str) -> None:
+    """Raise a :class:`ticketfile.TicketFileError` if ``model`` shares tensors other than ``expected`` says
+    (a ticket of a tied model rebuilds into a tied instance, an untied one into an untied one)."""
+    got = tied_tensors(model)
+    if got != expected:
+        def say(ties):
+            return ", ".join(f"{a} = {b}" for a, b in ties.items()) or "none"
+
+        raise ticketfile.TicketFileError(f"{type(model).__name__} ties {say(got)}; the {what} ties {say(expected)}: a "
+                                         "ticket rebuilds into the architecture it was learned on")
+
+
 @torch.no_grad()
 def materialize(model: nn.Module, into: nn.Module | None = None) -> nn.Module:
     """A plain model whose weights are ``model``'s effective weights under the final masks: a fresh
@@ -84,11 +98,13 @@ def materialize(model: nn.Module, into: nn.Module | None = None) -> nn.Module:
         plain = _plain_model(spec)
     else:
         _check_layout(_plain_layout(model), into, "the supermasked model")
+        _check_ties(tied_tensors(model), into, "supermasked model")
         plain = into
     was_training = model.training
     model.eval()
     try:
-        effective = {f"{name}.{tensor}": getattr(module, tensor) for name, module, tensor, _ in _supermasks(model)}
+        effective = {f"{name}.{tensor}": getattr(module, tensor)
+                     for name, module, tensor, _ in _supermask_places(model)}
         source = model.state_dict()
         plain.load_state_dict({k: effective[k] if k in effective else source[k] for k in plain.state_dict()})
     finally:
@@ -131,6 +147,9 @@ def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticket
     if spec.get("model") is None:  # the user's own model: its class and layout, checked when rebuilt
         config = {"kind": KIND, "model": None, "class": spec["class"], "layout": _plain_layout(model),
                   "init": spec["init"], "supermask": spec["supermask"]}
+        ties = tied_tensors(model)
+        if ties:  # only then: the tickets of untied models stay as they were
+            config["ties"] = ties
     else:
         config = {"kind": KIND, "model": spec["model"], "model_kwargs": spec["model_kwargs"],
                   "init": spec["init"], "supermask": spec["supermask"]}
@@ -165,6 +184,7 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
         what = config.get("class") or f"registry model {config['model']!r}"
         _check_layout(config["layout"] if config.get("model") is None else _plain_layout(_plain_model(config)),
                       model, what)
+        _check_ties(config.get("ties", {}), model, f"ticket ({what})")
     densities = layer_densities(model, sm.density, sm.distribution)
     init_weights(model, ticket.seed, sm.init, densities)
     targets = {t.name: t for t in prunable_tensors(model)}
