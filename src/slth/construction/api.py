@@ -10,8 +10,8 @@ from torch import nn
 
 from .._jit import warm_up
 from ..subsetsum import compile_kernels
-from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, REACH, LayerJob, choose_n, merge_layer
-from .graph import plan_scales
+from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, LayerJob, choose_n, merge_layer
+from .graph import REACH, plan_scales
 from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
 from .target import check_example_inputs, input_range_of, parse_target

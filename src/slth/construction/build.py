@@ -10,12 +10,10 @@ from ..subsetsum import Solution, required_n, solve, solve_sparsest
 from ..subsetsum.core import MAX_N
 from ..ticketfile import BitPacker, PackedMask
 from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
+from .graph import Graph, LayerNode, plan_scales as plan_graph_scales
 from .target import LinearSpec
 
 METHODS = ("pensia", "malach")
-# Largest |target| (after rescaling) a block is asked to reach. n products of U[0,1]·U[-1,1] reach
-# about ±n/8 on average, so 1 is comfortably inside for the n we use; rare misses are redrawn.
-REACH = 1.0
 MAX_REDRAW_ROUNDS = 8  # default bound on redraw rounds of the blocks that miss eps
 # largest n (random values per weight) each method accepts: the exact SubsetSum engine's limit for
 # Pensia's construction; Malach's single pick only needs memory for its n candidates
@@ -207,8 +205,6 @@ def merge_layer(job: LayerJob, chunks: list[ChunkResult]) -> LayerResult:
 def plan_scales(linears: list[LinearSpec]) -> tuple[list[float], list[float]]:
     """Per-layer weight scales s_l >= 1 and cumulative bias scales of a chain of layers (see
     :func:`slth.construction.graph.plan_scales`, which plans any construction graph)."""
-    from .graph import Graph, LayerNode, plan_scales as plan
-
     chain = Graph(tuple(LayerNode((i - 1,), i) for i in range(len(linears))), chain=True)
-    p = plan(chain, linears)
+    p = plan_graph_scales(chain, linears)
     return list(p.layer_scales), list(p.bias_scales)
