@@ -326,7 +326,7 @@ def variants_command(
     densities: str = typer.Option("0.5,0.1", help="kept fractions"),
     seeds: str = typer.Option("0,1,2"),
     epochs: int = typer.Option(6, help="6: Gem-Miner's reference variant prunes once (after epoch 6)"),
-    train_size: int = typer.Option(10000, help="training examples (the first ones of the split)"),
+    train_size: int = typer.Option(5000, help="training examples (the first ones of the split)"),
     quick: bool = typer.Option(False, help="tiny setting for tests (digits, fc, one density, one seed, 1 epoch)"),
     out: Path = typer.Option(RESULTS / "variants.json"),
     threads: Optional[int] = typer.Option(None),
