@@ -206,6 +206,19 @@ def test_reference_scaled_init_at_density_one_is_refused():
     SupermaskConfig(method="edge-popup", density=1.0, init="scaled-kaiming-normal")  # slth: fan * 1
 
 
+def test_reference_scaled_init_refuses_a_dense_erk_layer_before_changing_the_model():
+    from slth.supermask import apply_supermask
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))  # erk: layer 2 dense
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = SupermaskConfig(method="edge-popup", density=0.9, distribution="erk", init="scaled-signed-constant",
+                          variant="reference")
+    with pytest.raises(ValueError, match="density 1 .*2"):
+        apply_supermask(net, cfg, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(p.requires_grad is False for p in net.parameters())  # not frozen either
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="variant 'nope'"):
         SupermaskConfig(variant="nope")
