@@ -18,10 +18,22 @@ gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda    
             per-epoch schedule over the first 3/4 of training (Sreenivasan et al. 2022)
 ==========  ===================================================================  ====================
 
+**Variants.** ``SupermaskConfig(variant="reference")`` runs each method as its reference code does
+(docs/reference-code.md): edge-popup and biprop keep ``n - int((1 - density) n)`` weights (hidden-networks'
+``GetSubnet``), ties going to the last indices; biprop's score gradient is straight-through (not through
+alpha) and alpha divides by ``int(density n)``; IteRand ranks the signed scores against their
+``100 (1 - density)`` percentile, its scores start at kaiming_uniform's bound and it re-draws after steps
+``period - 1, 2 period - 1, ...``; Gem-Miner prunes the lowest active scores of all layers together every
+``GEM_MINER_PERIOD`` epochs (:meth:`GemMiner.after_epoch_all`), its regulariser covers every score and never
+switches off, and its final mask is the rounded scores; Bernoulli samples sigmoid(s) with no shift and no
+temperature, its final mask the most probable one (s > 0). The default ``"slth"`` is the table above, on the
+fused kernels; the reference variant uses torch ops around them.
+
 **Adding a method** touches this file and one line of :mod:`slth._names` (its name, which the train
 command's help lists without importing torch): its parametrization class (a :class:`Supermask`) and one
 :class:`Method` entry in :data:`METHODS` -- how its parametrization is made, how its scores start, its
-default learning rate, weight decay and init (``slth train`` reads them), and the weight a ticket
+default learning rate, weight decay and init (``slth train`` reads them), its reference variant's defaults
+(:class:`ReferenceDefaults`, taken from the reference repository's config), and the weight a ticket
 rebuilds from a mask. :func:`slth.supermask.apply_supermask`, the trainer's config, tickets and the
 experiments all read the entry.
 """
