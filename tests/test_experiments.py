@@ -93,3 +93,17 @@ def test_plant_reproduces_target_and_redlayer_counts():
     with torch.no_grad():
         layer.expand.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]))
     assert layer.expand(torch.tensor([[1.0, 1.0, 1.0]])).tolist() == [[1.0, 10.0, 2.0, 20.0, 3.0, 30.0]]
+
+
+def test_variants_quick(res, tmp_path):
+    from slth.supermask.methods import METHODS
+
+    rec = _run(["experiment", "variants", "--threads", "1"], res / "variants.json")
+    assert rec["experiment"] == "variants" and rec["settings"]["quick"]
+    pairs = {(m, v) for m in METHODS for v in ("slth", "reference")}
+    assert {(r["method"], r["variant"]) for r in rec["runs"]} == pairs
+    for r in rec["runs"]:  # each variant trains at its own default learning rate
+        assert r["lr"] == METHODS[r["method"]].default_lr(r["variant"])
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["steps_to_reach"] >= r["steps_per_epoch"]
+    text = _renders(tmp_path)
+    assert "## Supermask variants" in text and "reference acc. %" in text

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "vit", "gpt")
 METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")  # supermask methods ("dense": none)
+# supermask variants (SupermaskConfig.variant): slth's own semantics, or each method as its reference code runs it
+VARIANT_NAMES = ("slth", "reference")
 
 
 def check_registry(what: str, registry, names: tuple[str, ...]) -> None:

@@ -318,6 +318,52 @@ def pensia_exp2_command(
     console.print(f"Exp. 2 in {sw.wall:.0f} s -> {out}")
 
 
+@app.command("variants")
+def variants_command(
+    data_dir: Optional[Path] = typer.Option(None, help="MNIST directory (not needed with --quick)"),
+    methods: str = typer.Option("edge-popup,bernoulli,biprop,iterand,gem-miner", help="supermask methods"),
+    models: str = typer.Option("fc,lenet5"),
+    densities: str = typer.Option("0.5,0.1", help="kept fractions"),
+    seeds: str = typer.Option("0,1,2"),
+    epochs: int = typer.Option(6, help="6: Gem-Miner's reference variant prunes once (after epoch 6)"),
+    train_size: int = typer.Option(5000, help="training examples (the first ones of the split)"),
+    quick: bool = typer.Option(False, help="tiny setting for tests (digits, fc, one density, one seed, 1 epoch)"),
+    out: Path = typer.Option(RESULTS / "variants.json"),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Each supermask method in slth's variant against its reference-code variant, same seeds."""
+    from rich.console import Console
+
+    from ..experiments import variants as V
+    from ..experiments.record import Stopwatch, header, write_record
+    from ..supermask.methods import METHODS
+
+    method_list = names(methods, "--methods", tuple(METHODS))
+    model_list = names(models, "--models", ("fc", "lenet5"))
+    dens, seed_list = floats(densities, "--densities"), ints(seeds, "--seeds")
+    data = "mnist"
+    if quick:
+        data, model_list, dens, seed_list, epochs, train_size = "digits", ["fc"], [0.5], [0], 1, 256
+    elif data_dir is None:
+        raise CommandError("variants needs --data-dir (a folder with the MNIST idx files), or --quick")
+    existing_dir(data_dir, "--data-dir")
+    if epochs < 1 or train_size < 1:
+        raise CommandError("--epochs and --train-size must be >= 1")
+    output_file(out, "--out")
+    set_threads(threads)
+    console = Console()
+    with Stopwatch() as sw:
+        body = V.run(data, data_dir, methods=method_list, models=model_list, densities=dens, seeds=seed_list,
+                     epochs=epochs, train_size=train_size, log=console.print)
+    settings = {"data": data, "methods": method_list, "models": model_list, "densities": dens, "seeds": seed_list,
+                "epochs": epochs, "train_size": train_size, "batch_size": 128, "quick": quick,
+                "optimizer": "SGD momentum 0.9, cosine per step; lr, weight decay and init: each variant's defaults",
+                "threads": threads}
+    write_record({**header("variants", settings), **body, "wall_seconds": sw.wall}, out)
+    console.print(V.table(body["runs"]))
+    console.print(f"variants in {sw.wall:.0f} s -> {out}")
+
+
 def _key_values(text: str, what: str) -> dict[str, str]:
     """``"patch=7,depth=4"`` -> {"patch": "7", "depth": "4"} (the registry converts and checks the values)."""
     out: dict[str, str] = {}

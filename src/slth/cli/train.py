@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .._names import METHOD_NAMES, MODEL_NAMES
+from .._names import METHOD_NAMES, MODEL_NAMES, VARIANT_NAMES
 from ._common import CommandError, ints, output_dir, output_file, threads as set_threads
 
 DATA_HELP = ("digits (embedded), mnist, fashion-mnist, cifar10 or pystdlib-chars (the Python standard library's "
@@ -51,6 +51,8 @@ def train_command(
     rerand_period: int = typer.Option(300, help="iterand: steps between re-randomisations"),
     rerand_prob: float = typer.Option(0.1, help="iterand: probability a pruned weight is re-drawn"),
     score_l2: float = typer.Option(1e-4, help="gem-miner: lambda of the score regulariser"),
+    variant: str = typer.Option("slth", help=" | ".join(VARIANT_NAMES) + ": slth's semantics, or each method "
+                                "exactly as its reference code (and its defaults; docs/reference-code.md)"),
     device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)"),
     workers: int = typer.Option(0, help="DataLoader worker processes (streamed data sets)"),
@@ -72,7 +74,8 @@ def train_command(
                          weight_decay=weight_decay, init=init, distribution=distribution,
                          hidden=ints(hidden, "--hidden"), model_args=_pairs(model_arg or []),
                          data_args=_pairs(data_arg or [], "--data-arg"), augment=augment,
-                         rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2, device=device,
+                         rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2, variant=variant,
+                         device=device,
                          precision=precision, workers=workers, image_size=image_size)
     set_threads(threads)
     output_dir(out, "--out")

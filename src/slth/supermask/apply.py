@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..seeding import derive_seed, generator
-from .init import (MASKABLE_NAMES, _own_modules, draw_weight, freeze_plan, init_weights, is_norm, layer_densities,
-                   prunable_tensors, raw_tensor, tensor_fan_in, tied_tensors)
+from .init import (MASKABLE_NAMES, _own_modules, check_variant_init, draw_weight, freeze_plan, init_fractions,
+                   init_weights, is_norm, layer_densities, prunable_tensors, raw_tensor, tensor_fan_in, tied_tensors)
 from .methods import METHODS, Supermask, SupermaskConfig
 
 DENSE_INIT = "kaiming-normal"
@@ -67,7 +67,7 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
         shape = raw.shape
         fan = (fan_in or {}).get(key, tensor_fan_in(module, tensor, shape))
         u = torch.rand(shape, generator=generator(seed, "scores", key))
-        scores = method.scores(u, fan, density, divide=divide_scores)
+        scores = method.score_init(config.variant)(u, fan, density, divide=divide_scores)
         p = method.make(shape, density, scores, config=config, sample_seed=derive_seed(seed, "sample", key),
                         redraw=None if redraw is None else partial(redraw, key))
         parametrize.register_parametrization(module, tensor, p, unsafe=True)
@@ -102,10 +102,12 @@ def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.
         raise ValueError(f"{type(model).__name__} has no weights to mask: supermasks go on the weights of "
                          f"{MASKABLE_NAMES} layers")
     densities = layer_densities(model, config.density, config.distribution)
-    init_weights(model, seed, config.init, densities)
+    check_variant_init(config.init, config.variant, densities)
+    fractions = init_fractions(densities, config.variant)  # what the scaled inits scale the fan by
+    init_weights(model, seed, config.init, fractions)
 
     def redraw(key: str, generation: int) -> torch.Tensor:  # the same seeded draw from_ticket repeats
-        return draw_weight(targets[key], seed, config.init, densities[key], generation=generation)
+        return draw_weight(targets[key], seed, config.init, fractions[key], generation=generation)
 
     mask_tensors(model, config, densities, seed, redraw=redraw)
     model.slth_spec = {"model": None, "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -203,8 +205,13 @@ def after_step(model: nn.Module, step: int) -> None:
 
 
 def after_epoch(model: nn.Module, epoch: int, epochs: int) -> None:
+    """Each supermask class's :meth:`Supermask.after_epoch_all` over the model's layers of that class (in
+    model order): per layer, or across layers where a method acts globally."""
+    layers: dict[type, list[Supermask]] = {}
     for _, _, _, p in _supermasks(model):
-        p.after_epoch(epoch, epochs)
+        layers.setdefault(type(p), []).append(p)
+    for kind, group in layers.items():
+        kind.after_epoch_all(group, epoch, epochs)
 
 
 def final_masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,6 +17,26 @@ def kept_count(numel: int, density: float) -> int:
     return min(numel, max(1, math.floor(numel * density + 0.5)))
 
 
+def reference_kept_count(numel: int, density: float) -> int:
+    """Number of weights hidden-networks' ``GetSubnet`` keeps at ``prune_rate = density`` (its prune_rate is
+    the kept fraction): it zeroes the ``int((1 - density) * numel)`` lowest, so it keeps the rest (Python
+    floats, truncation: 211,681 of 300 x 784 at 0.9 where round-half-up keeps 211,680). Zero for a tiny
+    density, as there; biprop and edge-popup's reference variant (:mod:`slth.supermask.methods`)."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density (kept fraction) must lie in (0, 1], got {density}")
+    return numel - int((1 - density) * numel)
+
+
+def percentile_threshold(values: torch.Tensor, sparsity: float) -> float:
+    """IteRand's ``percentile(scores, 100 * sparsity)``: the k-th smallest value with
+    ``k = 1 + round(0.01 * q * (n - 1))`` (Python's round, half to even), ``q = sparsity * 100``."""
+    flat = values.detach().reshape(-1)
+    if bool(torch.isnan(flat).any()):
+        raise ValueError("cannot rank scores that contain NaN")
+    k = 1 + round(.01 * float(sparsity * 100) * (flat.numel() - 1))
+    return flat.kthvalue(k).values.item()
+
+
 class ThresholdTracker:
     """Where a layer's next top-k threshold is expected, so that the next exact selection runs over a
     narrow band around it (:mod:`slth.supermask._kernels`) instead of over every score.
@@ -257,9 +277,9 @@ class KernelState:
 
 
 def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
-              tracker: ThresholdTracker | None = None) -> torch.Tensor:
+              tracker: ThresholdTracker | None = None, last_ties: bool = False) -> torch.Tensor:
     """Mask (0/1 of ``dtype``) of the ``k`` largest entries of ``scores``: exactly ``k``, ties kept in
-    index order.
+    index order (``last_ties``: the last tied indices, as hidden-networks' ascending sort keeps them).
 
     On CPU the threshold is an exact selection in numba (over a band around the last threshold when a
     ``tracker`` is given; :class:`ThresholdTracker`), and the mask is built in numpy, whose comparisons
@@ -269,15 +289,17 @@ def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
     n = flat.numel()
     if k >= n:
         return torch.ones_like(scores, dtype=dtype)
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=dtype)
     if _numba_ok(flat):
         values = _flat(flat)
         threshold = (tracker or ThresholdTracker()).threshold(values, k)
         threshold = values.dtype.type(threshold)
         mask = values >= threshold
         surplus = int(np.count_nonzero(mask)) - k
-        if surplus:  # ties at the threshold: keep the first ones in index order
+        if surplus:  # ties at the threshold: keep the first ones in index order (or the last)
             tied = np.flatnonzero(values == threshold)
-            mask[tied[len(tied) - surplus :]] = False
+            mask[tied[:surplus] if last_ties else tied[len(tied) - surplus :]] = False
         if dtype != torch.bool:  # convert in numpy: cheaper than torch's bool -> float copy here
             mask = mask.astype(torch.empty((), dtype=dtype).numpy().dtype)
         return torch.from_numpy(mask).view(scores.shape)
@@ -288,7 +310,7 @@ def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
     surplus = int(mask.sum()) - k
     if surplus:
         tied = torch.nonzero(flat == threshold).squeeze(1)
-        mask[tied[len(tied) - surplus :]] = False
+        mask[tied[:surplus] if last_ties else tied[len(tied) - surplus :]] = False
     return mask.view_as(scores).to(dtype)
 
 
@@ -302,6 +324,26 @@ class GetSubnet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None, None
+
+
+class StraightThroughWeight(torch.autograd.Function):
+    """The reference variant's effective weight with edge-popup's straight-through score gradient:
+    forward returns ``effective`` (computed by the caller from a mask of ``scores``), backward
+    dL/ds = dL/dW_eff * W (* sign(s) when the mask ranked |s|). hidden-networks and biprop pass the
+    gradient this way (biprop's ``GetQuantnet_binary`` returns g * |W| for the mask, times sign(W) from
+    the product: W, not alpha); IteRand ranks the signed scores (``absolute=False``)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, effective: torch.Tensor, absolute: bool):
+        ctx.save_for_backward(weight, scores)
+        ctx.absolute = absolute
+        return effective
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, scores = ctx.saved_tensors
+        g = grad * weight
+        return None, g * scores.sign() if ctx.absolute else g, None, None
 
 
 class MaskedWeight(torch.autograd.Function):

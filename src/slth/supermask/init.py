@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .._names import VARIANT_NAMES
 from ..seeding import derive_seed as derive_seed  # re-exported: slth.supermask.derive_seed
 from ..seeding import generator
 from .core import kept_count
@@ -44,8 +45,11 @@ def _scaled_signed_constant(shape, fan_in, density, gen):
     return _signs(shape, gen).mul_(GAIN / math.sqrt(fan_in * density))
 
 
-# "scaled" variants divide fan_in by the layer's density (kept fraction), as hidden-networks' scale_fan
-# does with its kept fraction, so that the pruned layer keeps the variance of a dense Kaiming layer.
+# "scaled" variants multiply fan_in by the layer's density (kept fraction), so that the pruned layer keeps
+# the variance of a dense Kaiming layer. hidden-networks' scale_fan (utils/builder.py) multiplies the fan by
+# (1 - prune_rate), and its prune_rate is the KEPT fraction (GetSubnet keeps n - int((1 - prune_rate) n)):
+# it scales by the pruned fraction. The two agree at density 0.5 only; variant="reference" draws the scaled
+# inits as hidden-networks does (:func:`init_fractions`).
 INITS: dict[str, Callable[..., torch.Tensor]] = {
     "kaiming-normal": _kaiming_normal,
     "scaled-kaiming-normal": _scaled_kaiming_normal,
@@ -57,6 +61,26 @@ INITS: dict[str, Callable[..., torch.Tensor]] = {
 def check_init(init: str) -> None:
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid names: {', '.join(sorted(INITS))}")
+
+
+VARIANTS = VARIANT_NAMES
+
+
+def init_fractions(densities: dict[str, float], variant: str) -> dict[str, float]:
+    """The fraction a scaled init multiplies each tensor's fan_in by: its density, or in the reference variant
+    1 - density (hidden-networks' ``fan * (1 - prune_rate)``, its prune_rate the kept fraction)."""
+    if variant == "reference":
+        return {key: 1.0 - d for key, d in densities.items()}
+    return dict(densities)
+
+
+def check_variant_init(init: str, variant: str, densities: dict[str, float]) -> None:
+    """Refuse a scaled init at density 1 in the reference variant (hidden-networks' fan * (1 - 1) = 0)."""
+    if variant == "reference" and init.startswith("scaled-"):
+        full = [key or "the model" for key, d in densities.items() if not d < 1.0]
+        if full:
+            raise ValueError(f"variant 'reference' draws {init} with fan_in * (1 - density), which is 0 at density 1 "
+                             f"({', '.join(full)}): choose an unscaled init or a density below 1")
 
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)

@@ -18,10 +18,22 @@ gem-miner   s in [0, 1], m = 1[s > 0.5] on the not-yet-removed set, + lambda    
             per-epoch schedule over the first 3/4 of training (Sreenivasan et al. 2022)
 ==========  ===================================================================  ====================
 
+**Variants.** ``SupermaskConfig(variant="reference")`` runs each method as its reference code does
+(docs/reference-code.md): edge-popup and biprop keep ``n - int((1 - density) n)`` weights (hidden-networks'
+``GetSubnet``), ties going to the last indices; biprop's score gradient is straight-through (not through
+alpha) and alpha divides by ``int(density n)``; IteRand ranks the signed scores against their
+``100 (1 - density)`` percentile, its scores start at kaiming_uniform's bound and it re-draws after steps
+``period - 1, 2 period - 1, ...``; Gem-Miner prunes the lowest active scores of all layers together every
+``GEM_MINER_PERIOD`` epochs (:meth:`GemMiner.after_epoch_all`), its regulariser covers every score and never
+switches off, and its final mask is the rounded scores; Bernoulli samples sigmoid(s) with no shift and no
+temperature, its final mask the most probable one (s > 0). The default ``"slth"`` is the table above, on the
+fused kernels; the reference variant uses torch ops around them.
+
 **Adding a method** touches this file and one line of :mod:`slth._names` (its name, which the train
 command's help lists without importing torch): its parametrization class (a :class:`Supermask`) and one
 :class:`Method` entry in :data:`METHODS` -- how its parametrization is made, how its scores start, its
-default learning rate, weight decay and init (``slth train`` reads them), and the weight a ticket
+default learning rate, weight decay and init (``slth train`` reads them), its reference variant's defaults
+(:class:`ReferenceDefaults`, taken from the reference repository's config), and the weight a ticket
 rebuilds from a mask. :func:`slth.supermask.apply_supermask`, the trainer's config, tickets and the
 experiments all read the entry.
 """
@@ -40,9 +52,9 @@ from torch import nn
 from .._names import METHOD_NAMES, check_registry
 from ._philox import PhiloxStream, tie_words
 from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
-                   SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, _flat, _identity, _kernels,
-                   _numba_ok, kept_count, topk_mask)
-from .init import DISTRIBUTIONS, check_init
+                   SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, StraightThroughWeight, _flat,
+                   _identity, _kernels, _numba_ok, kept_count, percentile_threshold, reference_kept_count, topk_mask)
+from .init import DISTRIBUTIONS, VARIANTS, check_init, check_variant_init
 
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the Bernoulli kernel reads its random bytes from uint32 words
@@ -60,15 +72,21 @@ class SupermaskConfig:
     rerand_period: int = 300  # IteRand: optimizer steps between re-randomisations (K_per)
     rerand_prob: float = 0.1  # IteRand: probability that a pruned weight is re-drawn
     score_l2: float = 1e-4  # Gem-Miner: lambda of the sparsity regulariser lambda * sum(s^2)
+    # "slth" (slth's own semantics, the fast kernels) or "reference" (each method as its reference code runs
+    # it; the table at the top of this module and docs/reference-code.md say what changes)
+    variant: str = "slth"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown supermask method {self.method!r}; valid names: {', '.join(sorted(METHODS))}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANTS)}")
         if self.init is None:
-            object.__setattr__(self, "init", METHODS[self.method].init)
+            object.__setattr__(self, "init", METHODS[self.method].default_init(self.variant))
         if not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0:
             raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
         check_init(self.init)
+        check_variant_init(self.init, self.variant, {"": self.density})
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
@@ -79,17 +97,27 @@ class SupermaskConfig:
 class Supermask(nn.Module):
     """Base parametrization: ``weight -> effective_weight(weight, mask)`` with ``scores`` the only parameter."""
 
-    def __init__(self, shape: torch.Size, density: float, scores: torch.Tensor):
+    def __init__(self, shape: torch.Size, density: float, scores: torch.Tensor, variant: str = "slth"):
         super().__init__()
         self.density = float(density)
-        self.k = kept_count(math.prod(shape), density)
+        self.reference = variant == "reference"  # run as the method's reference code (SupermaskConfig.variant)
+        count = reference_kept_count if self.reference else kept_count
+        self.k = count(math.prod(shape), density)
         self.scores = nn.Parameter(scores.reshape(shape).clone())
         self.kernels = KernelState()  # speed only: last threshold, reusable buffers, cached views
         self.tracker = self.kernels.tracker
 
     def final_mask(self) -> torch.Tensor:
-        """The deterministic boolean mask with exactly ``k`` kept weights."""
-        return topk_mask(self.scores.detach().abs(), self.k, tracker=self.tracker)
+        """The deterministic boolean mask with exactly ``k`` kept weights (ties: the first in index order;
+        the reference variant keeps the last, as hidden-networks' ascending sort does)."""
+        return topk_mask(self.scores.detach().abs(), self.k, tracker=self.tracker, last_ties=self.reference)
+
+    def _reference_training_weight(self, weight: torch.Tensor, absolute: bool = True) -> torch.Tensor:
+        """The reference variant's training weight: the eval-mode weight under the same mask (torch ops),
+        with the straight-through score gradient dL/dW_eff * W (* sign(s)) of the reference code."""
+        with torch.no_grad():
+            effective = self.effective_weight(weight, self.final_mask().to(device=weight.device, dtype=weight.dtype))
+        return StraightThroughWeight.apply(weight, self.scores, effective, absolute)
 
     def training_mask(self) -> torch.Tensor:
         return GetSubnet.apply(self.scores.abs(), self.k, self.tracker)
@@ -117,9 +145,19 @@ class Supermask(nn.Module):
     def after_epoch(self, epoch: int, epochs: int) -> None:
         """Called after epoch ``epoch`` (1-based) of ``epochs``."""
 
+    @classmethod
+    def after_epoch_all(cls, layers: list["Supermask"], epoch: int, epochs: int) -> None:
+        """The trainer's per-epoch hook for all of a model's layers of this class (:func:`slth.supermask.
+        after_epoch`): each layer's :meth:`after_epoch`, unless a method acts across layers (Gem-Miner's
+        reference variant prunes globally)."""
+        for p in layers:
+            p.after_epoch(epoch, epochs)
+
 
 class EdgePopup(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.reference:
+            return self._reference_training_weight(weight)
         # == weight * GetSubnet.apply(scores.abs(), k), fused (tests/test_supermask.py checks they agree)
         return MaskedWeight.apply(weight, self.scores, self.k, self.kernels)
 
@@ -130,11 +168,23 @@ def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> tor
     return alpha * torch.sign(weight) * mask
 
 
+def biprop_divisor(variant: str, numel: int, density: float, kept: int) -> int:
+    """The count biprop divides ||m * W||_1 by: ``kept`` = ||m||_0, or in the reference variant
+    ``int(density * numel)`` (chrundle/biprop's ``num_unpruned = int(k * scores.numel())``)."""
+    return int(density * numel) if variant == "reference" else kept
+
+
 class BiProp(Supermask):
+    def __init__(self, shape, density, scores, variant: str = "slth"):
+        super().__init__(shape, density, scores, variant)
+        self.divisor = biprop_divisor(variant, math.prod(shape), density, self.k)
+
     def effective_weight(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return binarized_weight(weight, mask, self.k)
+        return binarized_weight(weight, mask, self.divisor)
 
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.reference:  # straight-through: the score gradient does not pass through alpha
+            return self._reference_training_weight(weight)
         if _numba_ok(weight, self.scores) and self.k < weight.numel():
             # == binarized_weight(weight, GetSubnet.apply(scores.abs(), k), k), fused (tested against it)
             return BinarizedWeight.apply(weight, self.scores, self.k, self.kernels)
@@ -144,8 +194,8 @@ class BiProp(Supermask):
 class _Sampling(Supermask):
     """A method with its own random stream; its state travels in ``state_dict`` (resume is exact)."""
 
-    def __init__(self, shape, density, scores, sample_seed: int):
-        super().__init__(shape, density, scores)
+    def __init__(self, shape, density, scores, sample_seed: int, variant: str = "slth"):
+        super().__init__(shape, density, scores, variant)
         self.generator = torch.Generator().manual_seed(sample_seed)
 
     def get_extra_state(self):
@@ -178,8 +228,8 @@ class Bernoulli(Supermask):
     the draw count travels in ``state_dict`` (resume is exact).
     """
 
-    def __init__(self, shape, density, scores, sample_seed: int):
-        super().__init__(shape, density, scores)
+    def __init__(self, shape, density, scores, sample_seed: int, variant: str = "slth"):
+        super().__init__(shape, density, scores, variant)
         # buffers, so they travel in state_dict and a resumed run continues identically
         self.register_buffer("shift", torch.zeros(()))
         self.register_buffer("temperature", torch.ones(()))
@@ -197,6 +247,8 @@ class Bernoulli(Supermask):
         self.stream.draws = int(state["draws"])
 
     def final_mask(self) -> torch.Tensor:
+        if self.reference:  # the most probable mask, p > 1/2 (the reference samples in eval mode too)
+            return self.scores.detach() > 0
         return topk_mask(self.scores.detach(), self.k)  # the k most probable weights
 
     def probabilities(self, shift: float | None = None) -> torch.Tensor:
@@ -273,7 +325,11 @@ class Bernoulli(Supermask):
     def _control(self, sample: Callable, evaluate: Callable, b: float, inv_t: float) -> tuple[float, float]:
         """Draw at shift ``b`` (``sample(b)`` draws and returns (sum p, sum p (1 - p))); if the expected
         count is too far off, solve for the shift and draw again. Returns (the shift of the draw that
-        stands, the shift for the next draw: one Newton step toward sum(p) = k)."""
+        stands, the shift for the next draw: one Newton step toward sum(p) = k). The reference variant
+        draws at shift 0 and keeps it there (p = sigmoid(s), as Zhou et al.'s code)."""
+        if self.reference:
+            sample(0.0)
+            return 0.0, 0.0
         total, var = sample(b)
         excess = total - self.k
         if not (abs(excess) <= 0.5 or abs(excess) <= 0.25 * math.sqrt(var)):  # (NaN fails both)
@@ -317,7 +373,8 @@ class Bernoulli(Supermask):
 
     @torch.no_grad()
     def after_epoch(self, epoch: int, epochs: int) -> None:
-        self.temperature.fill_(max(1.0 - epoch / epochs, 1.0 / epochs))
+        if not self.reference:  # the reference code has no temperature
+            self.temperature.fill_(max(1.0 - epoch / epochs, 1.0 / epochs))
 
 
 def _sums(probs: torch.Tensor) -> tuple[float, float]:
@@ -335,19 +392,31 @@ class IteRand(_Sampling):
     ticket can rebuild the frozen weights from the seed alone.
     """
 
-    training_weight = EdgePopup.training_weight
-
     def __init__(self, shape, density, scores, sample_seed: int, redraw: Callable[[int], torch.Tensor],
-                 period: int, prob: float):
-        super().__init__(shape, density, scores, sample_seed)
+                 period: int, prob: float, variant: str = "slth"):
+        super().__init__(shape, density, scores, sample_seed, variant)
         self.redraw, self.period, self.prob = redraw, period, prob
         self.register_buffer("generation", torch.zeros(shape, dtype=torch.int16))
 
+    def final_mask(self) -> torch.Tensor:
+        if self.reference:  # dchiji-ntt/iterand's GetSubnet: signed scores at or above the sparsity percentile
+            scores = self.scores.detach()
+            return scores >= percentile_threshold(scores, 1.0 - self.density)
+        return super().final_mask()
+
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.reference:
+            return self._reference_training_weight(weight, absolute=False)
+        return EdgePopup.training_weight(self, weight)
+
     def after_step(self, step: int, weight: torch.Tensor) -> None:
-        if step % self.period:  # (before entering no_grad: that context costs more than this whole test)
+        # the reference re-draws before iteration it when (it + 1) % period == 0, it counting from 0: after
+        # steps period - 1, 2 period - 1, ...
+        done = step + 1 if self.reference else step
+        if done % self.period:  # (before entering no_grad: that context costs more than this whole test)
             return
         with torch.no_grad():
-            self._rerandomize(step // self.period, weight)
+            self._rerandomize(done // self.period, weight)
 
     def _rerandomize(self, round_: int, weight: torch.Tensor) -> None:
         if round_ > torch.iinfo(torch.int16).max:
@@ -362,11 +431,14 @@ class IteRand(_Sampling):
         self.generation.masked_fill_(chosen.to(self.generation.device), round_)
 
 
+GEM_MINER_PERIOD = 5  # the reference variant prunes every 5 epochs (pruning_is_enough's --iter-period default)
+
+
 class GemMiner(Supermask):
     """Relaxed scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, and a shrinking removable set."""
 
-    def __init__(self, shape, density, scores, score_l2: float):
-        super().__init__(shape, density, scores)
+    def __init__(self, shape, density, scores, score_l2: float, variant: str = "slth"):
+        super().__init__(shape, density, scores, variant)
         self.score_l2 = score_l2
         self.register_buffer("alive", torch.ones(shape, dtype=torch.bool))
 
@@ -374,6 +446,8 @@ class GemMiner(Supermask):
         return self.scores.detach().masked_fill(~self.alive, -math.inf)
 
     def final_mask(self) -> torch.Tensor:
+        if self.reference:  # pruning_is_enough's naive rounding: the rounded mask on the remaining set
+            return (self.scores.detach() > 0.5) & self.alive
         return topk_mask(self._ranked_scores(), self.k)
 
     def training_mask(self) -> torch.Tensor:
@@ -388,6 +462,8 @@ class GemMiner(Supermask):
         # The pull toward pruning stops once the rounded mask is down to the target: Gem-Miner reaches its
         # sparsity through lambda, but a fixed lambda overshoots (MNIST FC, lr 3: 1.2 % of the first layer
         # left on at a 50 % target) and the final top-k then switches on weights that were never trained on.
+        if self.reference:  # pruning_is_enough: lmbda * ||scores||_2^2 over all scores, always on
+            return self.score_l2 * torch.norm(self.scores, p=2) ** 2
         counted = self.kernels.last_count  # this step's forward pass counted them
         if counted is not None and counted[0] == _identity(self.scores, self.alive):
             on = counted[1]
@@ -409,8 +485,35 @@ class GemMiner(Supermask):
         two) then trains at the target, so the network recovers from the last removal before the end."""
         return max(1, epochs - max(1, epochs // 4))
 
+    @classmethod
+    @torch.no_grad()
+    def after_epoch_all(cls, layers: list["GemMiner"], epoch: int, epochs: int) -> None:
+        """The reference variant prunes across all layers (pruning_is_enough ``prune``, ``hc_iter`` with
+        ``prune_type: BottomK``): after 0-based epoch e with e % PERIOD == 0 and e > 0 it removes the
+        ceil(rate * active) lowest |scores| of all still-active weights (ties at the threshold too), rate =
+        1 - target ** (1 / floor((epochs - 1) / PERIOD)), target the kept fraction over all layers. With
+        fewer than PERIOD + 1 epochs it never prunes."""
+        reference = [p for p in layers if p.reference]
+        super().after_epoch_all([p for p in layers if not p.reference], epoch, epochs)
+        e = epoch - 1
+        rounds = math.floor((epochs - 1) / GEM_MINER_PERIOD)
+        if not reference or e % GEM_MINER_PERIOD or e == 0 or rounds == 0:
+            return
+        total = sum(p.alive.numel() for p in reference)
+        target = sum(p.density * p.alive.numel() for p in reference) / total
+        rate = 1.0 - math.exp(math.log(target) / rounds)
+        active = torch.cat([p.scores.detach()[p.alive].abs().reshape(-1).cpu() for p in reference])
+        count = int(np.ceil(rate * active.numel()))
+        if count <= 0:
+            return
+        threshold = torch.sort(active).values[count - 1].item()
+        for p in reference:
+            p.alive &= p.scores.detach().abs() > threshold
+
     @torch.no_grad()
     def after_epoch(self, epoch: int, epochs: int) -> None:
+        if self.reference:  # the model-level hook above prunes
+            return
         # geometric schedule: after epoch e the removable set keeps density ** (e / P) of the layer, P above
         n = self.alive.numel()
         fraction = self.density ** min(1.0, epoch / self.pruning_epochs(epochs))
@@ -444,6 +547,25 @@ def unit_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = 
     return u
 
 
+def kaiming_uniform_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+    """Scores ~ U(-sqrt(6 / fan_in), sqrt(6 / fan_in)): ``kaiming_uniform_(mode="fan_in",
+    nonlinearity="relu")``, IteRand's score init (dchiji-ntt/iterand ``init_mode_mask: kaiming_uniform``)."""
+    centred = 2.0 * u - 1.0
+    return centred / math.sqrt(fan_in / 6.0) if divide else centred * math.sqrt(6.0 / fan_in)
+
+
+@dataclass(frozen=True)
+class ReferenceDefaults:
+    """A method's ``variant="reference"`` defaults, from its reference repository's config ``source``;
+    ``scores`` the reference's score init where it differs from slth's (None: the same)."""
+
+    lr: float
+    weight_decay: float
+    init: str
+    source: str
+    scores: Callable[..., torch.Tensor] | None = None
+
+
 @dataclass(frozen=True)
 class Method:
     """Everything slth knows about one supermask method; :data:`METHODS` holds one per method.
@@ -467,6 +589,23 @@ class Method:
     final_weight: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = masked_weight
     paper: str = ""
     doc: str = ""
+    reference: ReferenceDefaults | None = None  # variant="reference": defaults and score init
+    # the count final_weight is given: (variant, numel, density, kept) -> int; None: kept
+    final_count: Callable[[str, int, float, int], int] | None = None
+
+    def default_lr(self, variant: str = "slth") -> float:
+        return self.reference.lr if variant == "reference" else self.lr
+
+    def default_weight_decay(self, variant: str = "slth") -> float:
+        return self.reference.weight_decay if variant == "reference" else self.weight_decay
+
+    def default_init(self, variant: str = "slth") -> str:
+        return self.reference.init if variant == "reference" else self.init
+
+    def score_init(self, variant: str = "slth") -> Callable[..., torch.Tensor]:
+        if variant == "reference" and self.reference.scores is not None:
+            return self.reference.scores
+        return self.scores
 
 
 # Learning rates: score learning in the papers uses 0.1 for ~100 epochs; for the short CPU budgets here
@@ -475,30 +614,45 @@ class Method:
 # Gem-Miner's scores live in [0, 1]: their rates are the best of {1, 10, 50, 100, 200, 500} and
 # {0.01, 0.1, 1, 3} on digits (FC 64-300-100-10, density 0.5, 10 epochs).
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("edge-popup", lambda shape, density, scores, **_: EdgePopup(shape, density, scores),
+    Method("edge-popup", lambda shape, density, scores, *, config, **_: EdgePopup(shape, density, scores,
+                                                                                   config.variant),
            uniform_scores, lr=1.0, weight_decay=1e-4,
            paper="Ramanujan et al. 2020, What's Hidden in a Randomly Weighted Neural Network?, arXiv 1911.13299",
-           doc="top-k of |scores|, straight-through gradients"),
-    Method("bernoulli", lambda shape, density, scores, *, sample_seed, **_: Bernoulli(shape, density, scores,
-                                                                                       sample_seed),
+           doc="top-k of |scores|, straight-through gradients",
+           reference=ReferenceDefaults(0.1, 1e-4, "signed-constant",
+                                       "allenai/hidden-networks configs/smallscale/fc/fc_usc_unsigned.yml")),
+    Method("bernoulli", lambda shape, density, scores, *, config, sample_seed, **_: Bernoulli(
+               shape, density, scores, sample_seed, config.variant),
            logit_shifted_scores, lr=500.0, weight_decay=0.0,
            paper="Zhou et al. 2019, Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask, arXiv 1905.01067",
-           doc="masks sampled from sigmoid(scores), expected density held at the target, annealed temperature"),
-    Method("biprop", lambda shape, density, scores, **_: BiProp(shape, density, scores),
+           doc="masks sampled from sigmoid(scores), expected density held at the target, annealed temperature",
+           reference=ReferenceDefaults(100.0, 0.0, "signed-constant",
+                                       "uber-research/deconstructing-lottery-tickets README (train_supermask.py "
+                                       "--opt sgd --lr 100, momentum 0.9)", scores=uniform_scores)),
+    Method("biprop", lambda shape, density, scores, *, config, **_: BiProp(shape, density, scores, config.variant),
            uniform_scores, lr=1.0, weight_decay=1e-4, final_weight=binarized_weight,
            paper="Diffenderfer & Kailkhura 2021, Multi-Prize Lottery Ticket Hypothesis, arXiv 2103.09377",
-           doc="edge-popup's mask over binarised weights alpha * sign(W), alpha = mean |W| over the kept"),
+           doc="edge-popup's mask over binarised weights alpha * sign(W), alpha = mean |W| over the kept",
+           reference=ReferenceDefaults(0.1, 1e-4, "scaled-kaiming-normal",
+                                       "chrundle/biprop configs/smallscale/conv4/conv4_kn_unsigned.yml"),
+           final_count=biprop_divisor),
     Method("iterand", lambda shape, density, scores, *, config, sample_seed, redraw, **_: IteRand(
                shape, density, scores, sample_seed, redraw=redraw, period=config.rerand_period,
-               prob=config.rerand_prob),
+               prob=config.rerand_prob, variant=config.variant),
            uniform_scores, lr=1.0, weight_decay=1e-4, redraws=True,
            paper="Chijiwa et al. 2021, Pruning Randomly Initialized Neural Networks with Iterative "
                  "Randomization, arXiv 2106.09269",
-           doc="edge-popup that periodically re-draws pruned weights from the init"),
+           doc="edge-popup that periodically re-draws pruned weights from the init",
+           reference=ReferenceDefaults(0.1, 1e-4, "signed-constant",
+                                       "dchiji-ntt/iterand config.yaml (cifar10_sgd, cifar10_resnet18_sc_iterand; "
+                                       "weight decay 1e-4 for convs)", scores=kaiming_uniform_scores)),
     Method("gem-miner", lambda shape, density, scores, *, config, **_: GemMiner(shape, density, scores,
-                                                                               score_l2=config.score_l2),
+                                                                               score_l2=config.score_l2,
+                                                                               variant=config.variant),
            unit_scores, lr=3.0, weight_decay=0.0,  # its own regulariser instead (score_l2)
            paper="Sreenivasan et al. 2022, Rare Gems: Finding Lottery Tickets at Initialization, arXiv 2202.12002",
-           doc="scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, a shrinking removable set"),
+           doc="scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, a shrinking removable set",
+           reference=ReferenceDefaults(0.1, 0.0, "signed-constant",
+                                       "ksreenivasan/pruning_is_enough configs/ablation_ep_gm_resnet20_059/gm.yml")),
 )}
 check_registry("supermask method", METHODS, METHOD_NAMES)  # slth train --help lists them without torch

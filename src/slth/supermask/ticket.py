@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import ticketfile
 from .apply import _supermask_places, _supermasks
-from .init import draw_weight, init_weights, layer_densities, prunable_tensors, tied_tensors
+from .init import draw_weight, init_fractions, init_weights, layer_densities, prunable_tensors, tied_tensors
 from .methods import METHODS, SupermaskConfig
 
 KIND = "learned-supermask"
@@ -186,12 +186,14 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
                       model, what)
         _check_ties(config.get("ties", {}), model, f"ticket ({what})")
     densities = layer_densities(model, sm.density, sm.distribution)
-    init_weights(model, ticket.seed, sm.init, densities)
+    fractions = init_fractions(densities, sm.variant)
+    init_weights(model, ticket.seed, sm.init, fractions)
     targets = {t.name: t for t in prunable_tensors(model)}
     if set(ticket.masks) != set(targets):
         raise ticketfile.TicketFileError(f"ticket masks {sorted(ticket.masks)} do not match the model's layers "
                                          f"{sorted(targets)}")
-    final_weight = METHODS[sm.method].final_weight
+    method = METHODS[sm.method]
+    final_weight = method.final_weight
     for key, mask_np in ticket.masks.items():
         target = targets[key]
         raw = target.raw()
@@ -204,12 +206,15 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
             kept = weight[mask]
             for g in np.unique(generations):
                 if g:
-                    redraw = draw_weight(target, ticket.seed, sm.init, densities[target.key], generation=int(g))
+                    redraw = draw_weight(target, ticket.seed, sm.init, fractions[target.key], generation=int(g))
                     sel = torch.from_numpy(generations == g)
                     kept[sel] = redraw[mask][sel]
             weight[mask] = kept
         # the same arithmetic as the parametrization in eval mode, hence bit-identical
-        raw.copy_(final_weight(weight, mask.to(weight.dtype), int(mask.sum())))
+        count = int(mask.sum())
+        if method.final_count is not None:  # biprop's alpha divisor (its reference variant: int(density * n))
+            count = method.final_count(sm.variant, mask.numel(), densities[target.key], count)
+        raw.copy_(final_weight(weight, mask.to(weight.dtype), count))
     buffers = dict(model.named_buffers())
     for key, value in ticket.extras.items():
         kind, _, name = key.partition("/")

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+from .._names import VARIANT_NAMES
 from ..supermask.methods import METHODS, SupermaskConfig
 from .runtime import check_device_name, check_precision, check_precision_name
 
@@ -15,6 +16,15 @@ TRAIN_METHODS = ("dense", *METHODS)
 DEFAULT_LR = {"dense": 0.01, **{name: m.lr for name, m in METHODS.items()}}
 DEFAULT_WEIGHT_DECAY = {"dense": 5e-4, **{name: m.weight_decay for name, m in METHODS.items()}}
 DEFAULT_INIT = {"dense": "kaiming-normal", **{name: m.init for name, m in METHODS.items()}}
+
+
+def default(what: str, method: str, variant: str = "slth"):
+    """``what`` ("lr", "weight_decay" or "init") of ``method``: the tables above, or with ``variant="reference"``
+    the method's reference defaults (its METHODS entry's ``reference``: the reference repository's config)."""
+    table = {"lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY, "init": DEFAULT_INIT}[what]
+    if method == "dense" or variant != "reference":
+        return table[method]
+    return getattr(METHODS[method].reference, what)
 
 RUNTIME_FIELDS = ("device", "workers")  # change where a run executes, not its results
 
@@ -55,6 +65,7 @@ class TrainConfig:
     rerand_period: int = 300
     rerand_prob: float = 0.1
     score_l2: float = 1e-4
+    variant: str = "slth"  # supermask semantics: "slth" or "reference" (slth.supermask.SupermaskConfig.variant)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, GPU only)
     image_size: int | None = None  # image-folder data: side of the square crops (default 224)
     # where it runs, not what it computes: excluded from the identity a resumed run must match
@@ -94,6 +105,8 @@ class TrainConfig:
                 raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.hidden is not None and self.model != "fc":
             raise ValueError("hidden sizes apply to the fc model only")
+        if self.variant not in VARIANT_NAMES:
+            raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANT_NAMES)}")
         if self.method != "dense":
             self.supermask_config()  # validates init, distribution and method hyper-parameters
 
@@ -101,9 +114,10 @@ class TrainConfig:
         """This config with every ``None`` default replaced by the method's default."""
         return replace(
             self,
-            lr=DEFAULT_LR[self.method] if self.lr is None else float(self.lr),
-            weight_decay=DEFAULT_WEIGHT_DECAY[self.method] if self.weight_decay is None else float(self.weight_decay),
-            init=DEFAULT_INIT[self.method] if self.init is None else self.init,
+            lr=default("lr", self.method, self.variant) if self.lr is None else float(self.lr),
+            weight_decay=(default("weight_decay", self.method, self.variant) if self.weight_decay is None
+                          else float(self.weight_decay)),
+            init=default("init", self.method, self.variant) if self.init is None else self.init,
             augment=self._default_augment() if self.augment is None else self.augment,
             image_size=self._default_image_size() if self.image_size is None else int(self.image_size),
             hidden=None if self.hidden is None else tuple(int(h) for h in self.hidden),
@@ -128,8 +142,9 @@ class TrainConfig:
         if self.method == "dense":
             return None
         return SupermaskConfig(method=self.method, density=float(self.density),
-                               init=self.init or DEFAULT_INIT[self.method], distribution=self.distribution,
-                               rerand_period=self.rerand_period, rerand_prob=self.rerand_prob, score_l2=self.score_l2)
+                               init=self.init or default("init", self.method, self.variant),
+                               distribution=self.distribution, rerand_period=self.rerand_period,
+                               rerand_prob=self.rerand_prob, score_l2=self.score_l2, variant=self.variant)
 
     def to_dict(self) -> dict:
         d = asdict(self)
