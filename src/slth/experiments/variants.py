@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
-    from ..report.core import Context, Record
+    from .sections import Context, Record
 
 REACH = 0.005  # "reached": within half a point of the run's final accuracy
 
@@ -120,7 +120,7 @@ def verdicts(runs: list[dict]) -> dict[str, str]:
 
 
 def table(runs: list[dict]) -> str:
-    from ..report.format import table as md_table
+    from .sections import table as md_table
 
     rows = []
     s = summary(runs)
@@ -166,7 +166,7 @@ def plot(record: dict, path) -> None:
 # --------------------------------------------------------------------------- report section
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
-    from ..report.format import provenance
+    from .sections import provenance
 
     d = record.data
     st = d["settings"]
