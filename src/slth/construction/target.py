@@ -31,6 +31,10 @@ LAYERS = ("Linear", "Conv2d", "Conv1d")
 ATTENTION_MODES = ("projection", "product")  # construct(..., attention=): docs/construction.md, "Attention"
 
 
+class UntraceableError(NotImplementedError):
+    """torch.fx cannot trace the target (``construct`` then replaces its modules instead, ``modules.py``)."""
+
+
 @dataclass
 class LinearSpec:
     """One target Linear (weight (d_out, d_in)) or Conv2d (weight (c_out, c_in, kh, kw), geometry in
@@ -657,7 +661,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
     try:
         gm = fx.symbolic_trace(target)  # torch.nn modules (attention, transformer layers included) stay leaves
     except Exception as exc:
-        raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
+        raise UntraceableError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
                                   f"({type(exc).__name__}: {exc})") from None
     modules = dict(gm.named_modules())
     FX_ACTIVATIONS = {F.gelu: "gelu", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
