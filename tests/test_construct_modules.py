@@ -82,7 +82,7 @@ def _check_causal_lm(target, ticket, loaded, cls, config):
     assert ticket.replaces_modules and ticket.stats["failures"] == 0 and ticket.stats["max_weight_error"] <= EPS
     fresh = cls(config)  # a different random init: its own weights must not matter
     pruned = loaded.to_module(model=fresh)
-    assert type(pruned) is cls and pruned is not fresh
+    assert type(pruned) is cls and pruned is fresh  # rebuilt in place, as supermask.from_ticket(path, model=)
     x = torch.randint(0, 64, (16, 24), generator=torch.Generator().manual_seed(0))
     m = measure(pruned, target, x)
     assert m["examples"] == 16 * 24
@@ -137,15 +137,14 @@ def test_bert_classifier_ticket_agrees_with_the_target(tmp_path_factory):
 
 def test_pruned_weights_are_random_weights_times_masks(gpt2):
     _, ticket, loaded = gpt2
-    fresh = T.GPT2LMHeadModel(gpt2_config())
-    pruned = loaded.to_module(model=fresh)
-    random = loaded.random_module(model=fresh)
+    pruned = loaded.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    random = loaded.random_module(model=T.GPT2LMHeadModel(gpt2_config()))
     assert set(loaded.masks) <= dict(pruned.named_parameters()).keys()
     for name, mask in loaded.masks.items():
         assert torch.equal(pruned.get_parameter(name), random.get_parameter(name) * mask)
     assert sum(int(m.sum()) for m in loaded.masks.values()) == ticket.stats["kept_params"]
-    # the fresh instance is copied, not changed
-    assert isinstance(fresh.transformer.h[0].attn.c_attn, T.pytorch_utils.Conv1D)
+    with pytest.raises(ValueError, match="'transformer.wte' of the model is a EmbeddingLeaf"):
+        loaded.to_module(model=pruned)  # not a fresh instance: refused
 
 
 def test_to_module_without_a_fresh_instance_is_refused(gpt2):
@@ -157,8 +156,11 @@ def test_to_module_without_a_fresh_instance_is_refused(gpt2):
 def test_a_fresh_instance_of_another_shape_is_refused_before_anything_is_built(gpt2):
     _, _, loaded = gpt2
     other = T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=64, n_positions=32))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(ValueError, match="transformer.wte.*shape"):
         loaded.to_module(model=other)
+    assert other.state_dict().keys() == before.keys()  # refused before any change
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match="has no module 'transformer.h.1"):
         loaded.to_module(model=T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64,
                                                                 n_positions=32)))
@@ -311,3 +313,28 @@ def test_measure_compares_sequence_outputs_position_by_position():
     assert m["examples"] == 20 and m["top1_agreement"] == 1.0 and m["max_logit_diff"] == 0.0
     y = x.argmax(-1)
     assert measure(Seq(), Seq(), x, y)["target_accuracy"] == 1.0
+
+
+# -- slth construct DIR (a save_pretrained directory) -----------------------------------------------------------
+def test_cli_constructs_a_save_pretrained_directory(tmp_path):
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    target = _build(T.GPT2LMHeadModel, gpt2_config())
+    target.save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "t.slth"
+    r = CliRunner().invoke(app, ["construct", str(tmp_path / "gpt2"), "--eps", "0.01", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ticket = Ticket.load(out)
+    assert ticket.config["model"].endswith("GPT2LMHeadModel") and ticket.config["eps"] == 0.01
+    pruned = ticket.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    x = _prompts()
+    with torch.no_grad():
+        assert (pruned(x).logits - target(x).logits).abs().max() < 0.5
+    r = CliRunner().invoke(app, ["evaluate", str(out)])
+    assert r.exit_code != 0 and "evaluate it in Python" in str(r.output) + str(r.exception)
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(app, ["construct", str(tmp_path / "empty"), "-o", str(tmp_path / "u.slth")])
+    assert r.exit_code != 0 and "without config.json" in str(r.output) + str(r.exception)
+    assert not (tmp_path / "u.slth").exists()

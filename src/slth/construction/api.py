@@ -82,8 +82,8 @@ def construct(
     per projection in both modes (listed in ``stats["attention"]``). See docs/construction.md, "Attention".
 
     ``construction``: ``"auto"`` (default) reads the target into a construction graph (a chain, or a torch.fx
-    trace) and, when torch.fx cannot trace it (any Hugging Face model, say), replaces every weight-holding leaf
-    module of a copy of it by its pair instead (``slth.construction.modules``; the ticket rebuilds with
+    trace) and, when torch.fx cannot trace it (any Hugging Face model, say), builds a ticket that replaces every
+    weight-holding leaf module by its pair instead (``slth.construction.modules``; the ticket rebuilds with
     ``ticket.to_module(model=fresh_instance)``, has no certified bound, and names the first module it could
     not trace in ``config["untraced"]``); ``"graph"`` only the former, ``"modules"`` only the latter. See
     docs/construction.md, "Any model: module replacement".

@@ -1,12 +1,12 @@
-"""Construction by module replacement: every weight-holding leaf of a *copy* of the model becomes its pair.
+"""Construction by module replacement: every weight-holding leaf of the model becomes its pruned random pair.
 
 ``construct`` reads a model with torch.fx into a construction graph when it can. A model torch.fx cannot trace
 (every Hugging Face transformer, say) is built here instead: each weight-holding leaf module is read as the
-same layer specs the traced construction uses (:class:`~slth.construction.target.LinearSpec`), its random
-pair's masks come from the same chunked SubsetSum jobs, and the leaf is replaced, inside a ``copy.deepcopy`` of
-the model, by a module holding that pair. The pair stays in the data path (x -> b(relu(a(x)))), so the copy is
-still the user's class: its own ``forward``, ``generate()`` and caches run unchanged over the pruned random
-weights.
+same layer specs the traced construction uses (:class:`~slth.construction.target.LinearSpec`) and its random
+pair's masks come from the same chunked SubsetSum jobs; the target is only read. ``Ticket.to_module(model=fresh)``
+then replaces each such leaf of a fresh instance of the class, in place, by a module holding its pair. The pair
+stays in the data path (x -> b(relu(a(x)))), so the ticket is still the user's class: its own ``forward``,
+``generate()`` and caches run unchanged over the pruned random weights.
 
 What replaces what (``KINDS``):
 
@@ -34,13 +34,12 @@ its use cannot be seen) -- is refused by its full name before any work.
 one pair *per use*: the embedding realises E^T on one-hot indices (nonnegative inputs, n units per token), the
 head realises E on signed hidden states (2n units per feature): two different maps, each a pair within eps of
 its target; a pair is a two-layer network, not a weight tensor that could be shared. The ticket records the ties
-(``stats["tied_parameters"]``); its copy keeps both module names (``get_input_embeddings()`` /
+(``stats["tied_parameters"]``); the rebuilt model keeps both module names (``get_input_embeddings()`` /
 ``get_output_embeddings()`` give the two pairs). The same module instance under two paths is one pair at both.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -385,14 +384,14 @@ def check_model(model: nn.Module, leaves: list[Leaf], layouts: list[LayerLayout]
                 raise ValueError(f"module {path!r} of the model normalises {info[2]}, the ticket's {leaf.shape}")
 
 
-def replaced(model: nn.Module, leaves: list[Leaf], built: dict[str, nn.Module]) -> nn.Module:
-    """A deep copy of ``model`` with each leaf's module (``built[leaf.path]``) set at its path and aliases."""
-    out = copy.deepcopy(model)
+def install(model: nn.Module, leaves: list[Leaf], built: dict[str, nn.Module]) -> nn.Module:
+    """Set each leaf's new module (``built[leaf.path]``) at its path and aliases of ``model``, in place (check the
+    model with :func:`check_model` first); returns ``model``."""
     for leaf in leaves:
         for path in (leaf.path, *leaf.aliases):
-            parent, name = _locate(out, path)
+            parent, name = _locate(model, path)
             setattr(parent, name, built[leaf.path])
-    return out
+    return model
 
 
 def first_untraceable(model: nn.Module, trace_error: str) -> str:
@@ -423,5 +422,5 @@ def first_untraceable(model: nn.Module, trace_error: str) -> str:
     return f"{where}: {error}".strip()
 
 
-__all__ = ["KINDS", "Leaf", "ModulePlan", "plan_modules", "check_model", "replaced", "first_untraceable",
+__all__ = ["KINDS", "Leaf", "ModulePlan", "plan_modules", "check_model", "install", "first_untraceable",
            "LeafPair", "Conv1dPair", "EmbeddingLeaf", "NormLeaf", "BatchNormLeaf"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import ticketfile
 from .graph import Graph
-from .modules import Leaf, check_model, replaced
+from .modules import Leaf, check_model, install
 from .network import LayerLayout, apply_redraws, layer_tensors
 
 KIND = "constructed"
@@ -64,7 +64,7 @@ class Ticket:
     @property
     def replaces_modules(self) -> bool:
         """Built by module replacement (``construct(..., construction="modules")`` or a model torch.fx cannot
-        trace): the ticket is a copy of the model's own class, rebuilt with ``to_module(model=fresh)``."""
+        trace): the ticket is the model's own class, rebuilt in a fresh instance by ``to_module(model=fresh)``."""
         return self.config.get("construction") == "modules"
 
     @property
@@ -113,8 +113,7 @@ class Ticket:
             if model is None:
                 raise ValueError(
                     f"this ticket replaced the weight-holding modules of a {self.config['model']}; pass a fresh "
-                    "instance of that class to rebuild it into: to_module(model=...) (its own weights are not used; "
-                    "it is copied, not changed)")
+                    "instance of that class to rebuild it in: to_module(model=...) (its own weights are not used)")
             leaves = self.leaves
             check_model(model, leaves, self.layouts, self.config["model"])
             built = {path: m.to(device) for path, m in self._replacements().items()}
@@ -131,7 +130,7 @@ class Ticket:
                     value = value.to(device)
                     params[name].copy_(value * self.masks[name].to(device) if masked else value)
         if self.replaces_modules:
-            module = replaced(model, leaves, built).to(device)
+            module = install(model, leaves, built).to(device)
         return module.eval()
 
     def random_module(self, *, max_params: int | None = MAX_RANDOM_PARAMS, device=None,
@@ -153,8 +152,10 @@ class Ticket:
         """The ticket: every weight is 0 or exactly the seeded random weight. ``device``: move it there.
 
         A ticket built by module replacement (:attr:`replaces_modules`) is the model's own class: pass a fresh
-        instance, ``to_module(model=GPT2LMHeadModel(config))``; it is deep-copied and each replaced module of the
-        copy becomes its pruned pair (the instance's own weights are never read, and it is not changed)."""
+        instance, ``to_module(model=GPT2LMHeadModel(config))`` (as ``slth.supermask.from_ticket(path, model=)``):
+        it is checked (every replaced path present, of the ticket's kind and sizes; else ``ValueError`` before any
+        change), each replaced module becomes its pruned pair in place (the instance's own weights of those
+        modules are never read) and it is returned in eval mode."""
         return self._fill(True, device, model)
 
     def digest(self) -> str:
