@@ -338,3 +338,41 @@ def test_cli_constructs_a_save_pretrained_directory(tmp_path):
     r = CliRunner().invoke(app, ["construct", str(tmp_path / "empty"), "-o", str(tmp_path / "u.slth")])
     assert r.exit_code != 0 and "without config.json" in str(r.output) + str(r.exception)
     assert not (tmp_path / "u.slth").exists()
+
+
+class Encoder(nn.Module):
+    """An nn.TransformerEncoderLayer (its MultiheadAttention called with a causal mask and a padding mask) and a
+    sequence-first MultiheadAttention with kdim != embed_dim, behind data-dependent control flow."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 2, kdim=8, vdim=8)
+        self.mem = nn.Linear(16, 8)
+        self.head = nn.Linear(16, 20)
+
+    def forward(self, idx):
+        if idx.sum() < 0:
+            idx = -idx
+        h = self.emb(idx)
+        causal = torch.ones(idx.shape[1], idx.shape[1], dtype=torch.bool).triu(1)  # True = not attended
+        h = self.layer(h, src_mask=causal, src_key_padding_mask=idx == 0, is_causal=True)
+        m = self.mem(h).transpose(0, 1)
+        out, weights = self.cross(h.transpose(0, 1), m, m, need_weights=True)
+        return self.head(out.transpose(0, 1) + h), weights
+
+
+def test_multihead_attention_by_module_replacement():
+    torch.manual_seed(0)
+    target = _jitter_norms(Encoder()).eval()
+    ticket = slth.construct(target, eps=EPS, seed=0)
+    kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
+    assert kinds["layer.self_attn"] == "mha" and kinds["cross"] == "mha" and "layer.self_attn.out_proj" not in kinds
+    pruned = ticket.to_module(model=Encoder())
+    idx = torch.randint(0, 20, (6, 9), generator=torch.Generator().manual_seed(0))
+    idx[:, -2:] = 0  # padding
+    with torch.no_grad():
+        (want, w_want), (got, w_got) = target(idx), pruned(idx)
+    assert torch.isfinite(got).all() and (got - want).abs().max() < 0.02
+    assert w_got.shape == w_want.shape and (w_got - w_want).abs().max() < 0.01

@@ -194,9 +194,11 @@ def _construct_modules(target: nn.Module, untraced: str, n, **run_args) -> Ticke
     if not specs:
         raise ValueError(f"{type(target).__name__} has no weight to construct (its norms have identity affines)")
     ns = _ns(n, len(specs), run_args["method"])
-    scales = [leaf.scale for leaf in sorted((x for x in plan.leaves if x.layer is not None), key=lambda x: x.layer)]
+    by_layer = {i: (s, prefix) for leaf in plan.leaves for i, s, prefix in zip(leaf.layers, leaf.scales,
+                                                                                  leaf.prefixes)}
+    scales = [by_layer[i][0] for i in range(len(specs))]
+    prefixes = [by_layer[i][1] for i in range(len(specs))]
     modules = [leaf.to_json() for leaf in plan.leaves]
-    prefixes = [leaf.prefix for leaf in sorted((x for x in plan.leaves if x.layer is not None), key=lambda x: x.layer)]
     results, masks, redraws, stats, run = solve_layers(specs, ns, scales, scales, modules, prefixes, **run_args)
     stats["tied_parameters"] = [list(group) for group in plan.tied]
     config = {

@@ -83,8 +83,8 @@ class Ticket:
     def _prefixes(self) -> list[str]:
         """Per layer, where its pair sits in the ticket's module (its parameters' name prefix)."""
         if self.replaces_modules:
-            return [leaf.prefix for leaf in sorted((x for x in self.leaves if x.layer is not None),
-                                                   key=lambda x: x.layer)]
+            prefixes = {layer: prefix for leaf in self.leaves for layer, prefix in zip(leaf.layers, leaf.prefixes)}
+            return [prefixes[i] for i in range(len(prefixes))]
         return [str(pos) for pos in self.graph.layer_positions()]
 
     def _layer_states(self):
