@@ -35,20 +35,20 @@ def models(vocab: int, context: int):
     }
 
 
-def train(model, data, seconds: float, seed: int) -> dict:
+def train(model, data, seconds: float, seed: int, batch: int = 16) -> dict:
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     start, steps = time.perf_counter(), 0
     g = torch.Generator().manual_seed(seed)
     while time.perf_counter() - start < seconds:
-        idx = torch.randint(0, len(data.x_train), (32,), generator=g)
+        idx = torch.randint(0, len(data.x_train), (batch,), generator=g)
         loss = model(data.x_train[idx], labels=data.x_train[idx]).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         steps += 1
-    return {"steps": steps, "seconds": time.perf_counter() - start, "last_loss": float(loss)}
+    return {"steps": steps, "seconds": time.perf_counter() - start, "last_loss": float(loss.detach()), "batch": batch}
 
 
 @torch.no_grad()

@@ -376,3 +376,42 @@ def test_multihead_attention_by_module_replacement():
         (want, w_want), (got, w_got) = target(idx), pruned(idx)
     assert torch.isfinite(got).all() and (got - want).abs().max() < 0.02
     assert w_got.shape == w_want.shape and (w_got - w_want).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("module, message", [
+    (nn.MultiheadAttention(8, 2, add_bias_kv=True), "add_bias_kv"),
+    (nn.Conv2d(4, 4, 3, groups=2), "groups=2"),
+    (nn.Conv2d(2, 2, 3, padding="same"), "only explicit zero padding"),
+    (nn.Conv2d(2, 2, 3, padding=2), "bias and padding"),
+    (nn.BatchNorm1d(4, track_running_stats=False), "no running statistics"),
+    (nn.Embedding(5, 4, max_norm=1.0), "max_norm"),
+    (nn.LayerNorm((3, 4)), "only the last dimension"),
+])
+def test_leaves_module_replacement_cannot_realise_are_refused_by_name(module, message, no_work):
+    model = nn.ModuleDict({"piece": module, "fc": nn.Linear(4, 4)})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)  # non-trivial norm affines
+    with pytest.raises(NotImplementedError, match=message):
+        slth.construct(model, eps=0.01, construction="modules")
+
+
+def test_a_fresh_instance_with_other_options_is_refused():
+    target = nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2), "fc": nn.Linear(8, 8)})
+    ticket = slth.construct(target, eps=0.05, construction="modules")
+    other = nn.ModuleDict({"attn": nn.MultiheadAttention(8, 4), "fc": nn.Linear(8, 8)})
+    with pytest.raises(ValueError, match="'attn' of the model has .*'heads': 4"):
+        ticket.to_module(model=other)
+    assert isinstance(other.attn, nn.MultiheadAttention)  # unchanged
+    assert type(ticket.to_module(model=nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2),
+                                                      "fc": nn.Linear(8, 8)})).attn).__name__ == "AttentionLeaf"
+
+
+def test_cli_refuses_arch_with_a_directory(tmp_path):
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    (tmp_path / "m").mkdir()
+    r = CliRunner().invoke(app, ["construct", str(tmp_path / "m"), "--arch", "4-4", "-o", str(tmp_path / "t.slth")])
+    assert r.exit_code != 0 and "--arch is for state_dict files" in str(r.output) + str(r.exception)
