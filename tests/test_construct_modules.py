@@ -240,12 +240,12 @@ def no_work(monkeypatch):
 
 
 @pytest.mark.parametrize("model, name", [(WithLSTM(), "rnn.weight_ih_l0"), (WithPReLU(), "act.weight"),
-                                         (WithClassToken(), "cls_token"), (WithOddNorm(), "norm.weight")])
+                                         (WithOddNorm(), "norm.weight")])
 def test_unrealisable_parameters_are_refused_by_full_name_before_any_work(model, name, no_work):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NotImplementedError, match=f"parameter '{name}'"):
         slth.construct(model, eps=0.01, construction="modules")
-    if isinstance(model, (WithPReLU, WithClassToken)):  # untraceable: auto falls back to module replacement
+    if isinstance(model, WithPReLU):  # untraceable: auto falls back to module replacement, which refuses
         with pytest.raises(NotImplementedError, match=f"parameter '{name}'"):
             slth.construct(model, eps=0.01)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -415,3 +415,22 @@ def test_cli_refuses_arch_with_a_directory(tmp_path):
     (tmp_path / "m").mkdir()
     r = CliRunner().invoke(app, ["construct", str(tmp_path / "m"), "--arch", "4-4", "-o", str(tmp_path / "t.slth")])
     assert r.exit_code != 0 and "--arch is for state_dict files" in str(r.output) + str(r.exception)
+
+
+def test_a_free_parameter_is_a_constant_realised_by_bias_units(tmp_path):
+    torch.manual_seed(0)
+    target = WithClassToken().eval()
+    ticket = slth.construct(target, eps=EPS, seed=0)  # untraceable: module replacement
+    const = [leaf for leaf in ticket.leaves if leaf.kind == "const"]
+    assert [(c.path, c.options["shape"]) for c in const] == [("cls_token", (1, 4))]
+    fresh = WithClassToken()
+    pruned = Ticket.load(ticket.save(tmp_path / "t.slth")).to_module(model=fresh)
+    assert "cls_token" in dict(pruned.named_buffers()) and "cls_token" not in dict(pruned.named_parameters())
+    assert (pruned.cls_token - target.cls_token).abs().max() <= EPS  # every entry within eps
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        assert (pruned(x) - target(x)).abs().max() < 0.02
+    other = WithClassToken()
+    other.cls_token = nn.Parameter(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="parameter 'cls_token' of the model has shape"):
+        ticket.to_module(model=other)

@@ -28,9 +28,14 @@ What replaces what (``KINDS``):
 * ``mha``: ``nn.MultiheadAttention`` (its forward reads ``in_proj_weight`` itself, so the module is replaced as a
   whole) -> :class:`AttentionLeaf`, four pairs W_q, W_k, W_v, W_o with the same call signature and masks.
 
-Every other parameter -- of another module type (``nn.LSTM``, ``nn.PReLU``) or a free parameter of a non-leaf
-module (a class token, say: without a trace its use cannot be seen) -- is refused by its full name before any
-work.
+* ``const``: a free parameter of a module with children (a class token, a positional embedding, a bias held
+  outside a layer) -> a pair with bias units only (:class:`ConstLeaf`, the traced construction's
+  :class:`~slth.construction.network.ConstPair`) whose output, each entry within eps of the parameter, replaces
+  the parameter as a buffer of the same name. Without a trace its use is not seen: the value is realised, whatever
+  the forward then does with it.
+
+Every parameter of another leaf type (``nn.LSTM``, ``nn.PReLU``, a norm that is not weight * normalise(x), ...)
+is refused by its full name before any work.
 
 **Tied parameters** (one tensor under two names, GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) get
 one pair *per use*: the embedding realises E^T on one-hot indices (nonnegative inputs, n units per token), the
@@ -50,10 +55,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .network import EmbeddingPair, LayerLayout, Normalize, RandomPair
+from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
 from .target import LinearSpec, _array
 
-KINDS = ("linear", "conv1d_t", "conv1d", "conv2d", "embedding", "layernorm", "rmsnorm", "batchnorm", "mha")
+KINDS = ("linear", "conv1d_t", "conv1d", "conv2d", "embedding", "layernorm", "rmsnorm", "batchnorm", "mha", "const")
 SUPPORTED_LEAVES = ("Linear, transformers' Conv1D, Conv1d/Conv2d (groups 1, zero padding), Embedding, LayerNorm, "
                     "RMSNorm (torch's or a library's weight-only RMSNorm), eval-mode BatchNorm1d/2d, "
                     "MultiheadAttention")
@@ -172,6 +177,18 @@ class AttentionLeaf(nn.Module):
         return out, weights
 
 
+class ConstLeaf(ConstPair):
+    """A free parameter (class token, positional embedding, ...) as a pair of bias units only, times ``factor``:
+    called without input it gives the realised constant, which replaces the parameter as a buffer."""
+
+    def __init__(self, layout: LayerLayout, shape, factor: float = 1.0):
+        super().__init__(layout, shape)
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self) -> torch.Tensor:
+        return super().forward() * self.factor
+
+
 @dataclass(frozen=True)
 class Leaf:
     """One replaced module: where it sits (``path``; ``aliases``: other paths of the same instance), what it
@@ -223,6 +240,8 @@ class Leaf:
             return EmbeddingLeaf(*pairs[0])
         if self.kind in ("layernorm", "rmsnorm"):
             return NormLeaf(opt["shape"], opt["eps"], self.kind == "layernorm", LeafPair(*pairs[0]) if pairs else None)
+        if self.kind == "const":
+            return ConstLeaf(*pairs[0][:1], opt["shape"], pairs[0][1])
         if self.kind == "mha":
             return AttentionLeaf(*(LeafPair(*pair) for pair in pairs), heads=opt["heads"],
                                  batch_first=opt["batch_first"], dropout=opt["dropout"])
@@ -409,6 +428,7 @@ def plan_modules(model: nn.Module) -> ModulePlan:
         owned.setdefault(owner, []).append(full)
     # refuse first (every parameter checked before any spec is read)
     handled: dict[int, tuple] = {}
+    consts: list[tuple] = []  # (full parameter name, [its spec], options) of the free parameters
     # an attention's out_proj is its own: the attention is one replaced module
     inside = {id(m) for key, mha in modules.items() if isinstance(mha, nn.MultiheadAttention)
               for m in mha.modules() if m is not mha}
@@ -417,19 +437,21 @@ def plan_modules(model: nn.Module) -> ModulePlan:
         if key in inside or not list(module.parameters(recurse=False)):
             continue
         has_children = any(True for _ in module.children()) and not isinstance(module, nn.MultiheadAttention)
-        info = None if has_children else _leaf(path, module)
+        if has_children:  # free parameters of a module with children: constants, realised by bias units
+            for name, param in module.named_parameters(recurse=False):
+                full = f"{path}.{name}" if path else name
+                arr = _array(param, f"parameter {full!r}")
+                consts.append((full, [LinearSpec(full, np.zeros((arr.size, 0)), arr.reshape(-1).copy(), True)],
+                               {"shape": tuple(int(v) for v in arr.shape)}))
+            continue
+        info = _leaf(path, module)
         if info is None:
             full = next(n for p in paths[key] for n in owned.get(p, []))
-            if has_children:
-                raise NotImplementedError(
-                    f"parameter {full!r} is a free parameter of {type(module).__name__} {path!r}: module replacement "
-                    "cannot see how its forward uses it (torch.fx could not trace the model); only weights of leaf "
-                    f"modules are realised ({SUPPORTED_LEAVES})")
             raise NotImplementedError(
                 f"parameter {full!r} belongs to {type(module).__name__} {path!r}, which module replacement cannot "
                 f"realise; supported weight-holding modules: {SUPPORTED_LEAVES}")
         handled[key] = info
-    if not handled:
+    if not handled and not consts:
         raise ValueError("the model has no weight-holding module to construct")
     leaves, specs = [], []
     for key, (kind, leaf_specs, options) in handled.items():
@@ -437,6 +459,9 @@ def plan_modules(model: nn.Module) -> ModulePlan:
         layers = tuple(range(len(specs), len(specs) + len(leaf_specs)))
         specs += leaf_specs
         leaves.append(Leaf(path, kind, layers, tuple(_scale(spec) for spec in leaf_specs), options, tuple(aliases)))
+    for full, leaf_specs, options in consts:
+        leaves.append(Leaf(full, "const", (len(specs),), (_scale(leaf_specs[0]),), options))
+        specs += leaf_specs
     names: dict[int, list[str]] = {}
     for full, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(full)
@@ -457,6 +482,16 @@ def check_model(model: nn.Module, leaves: list[Leaf], layouts: list[LayerLayout]
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (a fresh {model_class}), got {type(model).__name__}")
     for leaf in leaves:
+        if leaf.kind == "const":
+            try:
+                param = model.get_parameter(leaf.path)
+            except AttributeError:
+                raise ValueError(f"the model has no parameter {leaf.path!r}, which the ticket realises (the ticket "
+                                 f"was built for a {model_class})") from None
+            if tuple(param.shape) != tuple(leaf.options["shape"]):
+                raise ValueError(f"parameter {leaf.path!r} of the model has shape {tuple(param.shape)}, the "
+                                 f"ticket's {tuple(leaf.options['shape'])}")
+            continue
         for path in (leaf.path, *leaf.aliases):
             try:
                 module = model.get_submodule(path)
@@ -487,6 +522,13 @@ def install(model: nn.Module, leaves: list[Leaf], built: dict[str, nn.Module]) -
     """Set each leaf's new module (``built[leaf.path]``) at its path and aliases of ``model``, in place (check the
     model with :func:`check_model` first); returns ``model``."""
     for leaf in leaves:
+        if leaf.kind == "const":  # the free parameter becomes a buffer holding its realised value
+            owner, name = _locate(model, leaf.path)
+            with torch.no_grad():
+                value = built[leaf.path]().detach()
+            delattr(owner, name)
+            owner.register_buffer(name, value)
+            continue
         for path in (leaf.path, *leaf.aliases):
             parent, name = _locate(model, path)
             setattr(parent, name, built[leaf.path])
