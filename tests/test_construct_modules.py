@@ -434,3 +434,13 @@ def test_a_free_parameter_is_a_constant_realised_by_bias_units(tmp_path):
     other.cls_token = nn.Parameter(torch.zeros(1, 5))
     with pytest.raises(ValueError, match="parameter 'cls_token' of the model has shape"):
         ticket.to_module(model=other)
+
+
+def test_module_replacement_uses_the_chunk_runner_and_its_work_dir(tmp_path):
+    torch.manual_seed(0)
+    target = WithClassToken().eval()
+    whole = slth.construct(target, eps=EPS, seed=0)
+    chunked = slth.construct(target, eps=EPS, seed=0, chunk_instances=3, workdir=str(tmp_path / "w"))
+    assert chunked.run["chunks"] > len(chunked.layouts) and chunked.digest() == whole.digest()
+    resumed = slth.construct(target, eps=EPS, seed=0, chunk_instances=3, workdir=str(tmp_path / "w"), resume=True)
+    assert resumed.run["computed"] == 0 and resumed.digest() == whole.digest()
