@@ -9,7 +9,8 @@ A ticket file is a safetensors file. Its tensors are
 
 Its ``__metadata__`` holds ``format = "slth-ticket"``, ``format_version`` (1; 2 for constructed tickets
 whose config uses what version 1 cannot describe: ops such as ``shift`` or an ``input_range``; 3 for those
-using the product-attention ops ``qk_scores`` / ``vo_mix`` of ``construct(..., attention="product")``; the file
+using the product-attention ops ``qk_scores`` / ``vo_mix`` of ``construct(..., attention="product")``; 4 for those
+built by module replacement, whose masks name modules of a model class rather than a construction graph; the file
 layout is the same, so an older reader refuses them cleanly instead of misreading them), ``seed``, ``config``
 (JSON), ``shapes`` (JSON) and ``checksum``: SHA-256 over the config, the seed and every tensor's
 name, dtype, shape and bytes. Loading parses the header itself, never unpickles, and raises
@@ -33,8 +34,8 @@ import numpy as np
 from ._io import atomic_write_bytes
 
 FORMAT = "slth-ticket"
-FORMAT_VERSION = 3  # the newest version this code reads and writes
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # the newest version this code reads and writes
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class TicketFileError(ValueError):

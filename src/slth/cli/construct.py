@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 
 def construct_cmd(
     model: Path = typer.Argument(
-        ..., help="target: a state_dict file (with --arch) or a TorchScript file (nn.Sequential)"),
+        ..., help="target: a state_dict file (with --arch), a TorchScript file (nn.Sequential) or a transformers "
+                  "save_pretrained directory (config.json + weights, read locally)"),
     out: Path = typer.Option(..., "-o", "--out", help="ticket file to write (.slth)"),
     arch: Optional[str] = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, "
                                                   "conv2, conv4, conv6, resnet20, resnet18"),
@@ -64,20 +65,32 @@ def construct_cmd(
         raise CommandError("--resume needs --workdir")
     if attention not in ("projection", "product"):
         raise CommandError(f"--attention must be projection or product, got {attention!r}")
-    existing_file(model, "model")
+    if model.is_dir():
+        if arch is not None:
+            raise CommandError(f"{model} is a directory (a save_pretrained model); --arch is for state_dict files")
+    else:
+        existing_file(model, "model")
     if out.is_dir():
         raise CommandError(f"--out: {out} is a directory, expected a file name")
-    target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
+    if model.is_dir():
+        target = load_pretrained(model)
+    else:
+        target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
     try:
         from ..construction.target import input_range_of
 
         input_range_of(input_range, nonnegative_input)
     except ValueError as exc:
         raise CommandError(f"--input-range: {exc}") from None
-    from ..construction.target import parse_target
+    from ..construction.target import UntraceableError, parse_target
 
     # a target the construction cannot take is refused before --out's folder or --workdir is created
-    parse_target(target, nonnegative_input=nonnegative_input, input_range=input_range, attention=attention)
+    try:
+        parse_target(target, nonnegative_input=nonnegative_input, input_range=input_range, attention=attention)
+    except UntraceableError:  # built by module replacement (construct's default "auto"): its refusals, first
+        from ..construction.modules import plan_modules
+
+        plan_modules(target)
     output_file(out, "--out")
     output_dir(workdir, "--workdir")
     ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
@@ -93,6 +106,27 @@ def construct_cmd(
     console.print(ticket.summary())
     console.print(f"wrote {path} ({size:,} bytes, "
                   f"{8 * size / ticket.stats['target_params']:.2f} bits per target weight)")
+
+
+def load_pretrained(path: Path):
+    """A transformers model written by ``save_pretrained(path)``: its config (``AutoConfig``) and weights, read
+    from the directory only (``local_files_only=True``; never a hub), built as the class its config names
+    (``architectures``), else ``AutoModel``. transformers is imported here, by the CLI only."""
+    if not (path / "config.json").is_file():
+        raise CommandError(f"{path} is a directory without config.json: not a save_pretrained directory")
+    try:
+        import transformers
+    except ImportError:
+        raise CommandError(f"{path}: a save_pretrained directory needs transformers (pip install transformers)") \
+            from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        names = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, names[0], None) if names else None
+        model = (cls or transformers.AutoModel).from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CommandError(f"{path}: cannot load the saved model ({type(exc).__name__}: {exc})") from None
+    return model.eval()
 
 
 def evaluate_cmd(
@@ -125,6 +159,9 @@ def evaluate_cmd(
     output_file(json_out, "--json")
     console = Console()
     ticket = Ticket.load(ticket_path)
+    if ticket.replaces_modules:
+        raise CommandError(f"{ticket_path} replaced the modules of a {ticket.config['model']}; evaluate it in Python: "
+                           "Ticket.load(path).to_module(model=<a fresh instance>) and slth.construction.measure")
     dataset = load_dataset(data, data_dir)
     module = ticket.to_module()
     reference = module

@@ -14,8 +14,11 @@ from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, LayerJob, choos
 from .graph import REACH, plan_scales
 from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
-from .target import check_example_inputs, input_range_of, parse_target
+from .modules import first_untraceable, plan_modules
+from .target import LinearSpec, UntraceableError, check_example_inputs, input_range_of, parse_target
 from .ticket import Ticket
+
+CONSTRUCTIONS = ("auto", "graph", "modules")  # construct(..., construction=): docs/construction.md, "Any model"
 
 
 def _progress(enabled: bool):
@@ -47,6 +50,7 @@ def construct(
     device: str | None = None,
     attention: str = "projection",
     example_inputs=None,
+    construction: str = "auto",
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
 
@@ -83,6 +87,13 @@ def construct(
     work, so that a target that fails on its inputs (a shape assertion, a dtype) is refused at once. The ticket
     does not depend on them: sizes are read from the ticket's own input when it runs. Optional ``forward``
     arguments that default to None are fixed to None when tracing.
+
+    ``construction``: ``"auto"`` (default) reads the target into a construction graph (a chain, or a torch.fx
+    trace) and, when torch.fx cannot trace it (any Hugging Face model, say), builds a ticket that replaces every
+    weight-holding leaf module by its pair instead (``slth.construction.modules``; the ticket rebuilds with
+    ``ticket.to_module(model=fresh_instance)``, has no certified bound, and names the first module it could
+    not trace in ``config["untraced"]``); ``"graph"`` only the former, ``"modules"`` only the latter. See
+    docs/construction.md, "Any model: module replacement".
     """
     from .target import ATTENTION_MODES
 
@@ -98,97 +109,48 @@ def construct(
         raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
     if not isinstance(chunk_instances, int) or chunk_instances < 1:
         raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
-    if example_inputs is not None:
-        check_example_inputs(target, example_inputs)
-    start = time.perf_counter()
-    box = input_range_of(input_range, nonnegative_input)
-    graph, linears = parse_target(target, input_range=box, attention=attention)  # refuses a bad target first
-    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock
-    compile_seconds = warm_up(compile_kernels) if method == "pensia" else 0.0
-    start += compile_seconds
-    if n is None:
-        ns = [None] * len(linears)
-    elif isinstance(n, (int, np.integer)):
-        ns = [int(n)] * len(linears)
-    else:
-        ns = [int(x) for x in n]
-        if len(ns) != len(linears):
-            raise ValueError(f"n has {len(ns)} entries but the target has {len(linears)} Linear/Conv2d layers")
-    max_n = MAX_N_PER_METHOD[method]
-    if any(x is not None and not (1 <= x <= max_n) for x in ns):
-        raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"unknown construction {construction!r}; valid: {', '.join(CONSTRUCTIONS)}")
     if not (isinstance(p, (int, float)) and 0 < p < 1):
         raise ValueError(f"p (per-weight success probability used to choose n) must be in (0, 1), got {p!r}")
     if not isinstance(max_redraw_rounds, int) or max_redraw_rounds < 0:
         raise ValueError(f"max_redraw_rounds must be an int >= 0, got {max_redraw_rounds!r}")
+    if example_inputs is not None:
+        check_example_inputs(target, example_inputs)
+    start = time.perf_counter()
+    box = input_range_of(input_range, nonnegative_input)
+    untraced = None
+    if construction == "modules":
+        untraced = "construct(..., construction='modules') replaced the modules without tracing the model"
+    else:
+        try:
+            graph, linears = parse_target(target, input_range=box, attention=attention)
+        except UntraceableError as exc:
+            if construction == "graph":
+                raise
+            untraced = first_untraceable(target, str(exc))
+    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock (after the
+    # target was read, so that a target the construction cannot take is refused first)
+    compile_seconds = warm_up(compile_kernels) if method == "pensia" else 0.0
+    start += compile_seconds
+    run_args = dict(seed=int(seed), eps=float(eps), method=method, sparse=bool(sparse), p=p,
+                    max_redraw_rounds=max_redraw_rounds, device=device, chunk_instances=chunk_instances,
+                    progress=progress, workers=workers, backend=backend, address=address, workdir=workdir,
+                    resume=resume, start=start, compile_seconds=compile_seconds)
+    if untraced is not None:
+        if box is not None or attention != "projection":
+            raise ValueError(f"{type(target).__name__} is built by module replacement ({untraced}), which reads "
+                             "every layer's input as signed: nonnegative_input / input_range and attention='product' "
+                             "need the traced construction")
+        return _construct_modules(target, untraced, n, **run_args)
+    ns = _ns(n, len(linears), method)
     plan = plan_scales(graph, linears)
     graph = graph.with_plan(plan)  # the planned join factors
     scales, bias_scales, output_scale = list(plan.layer_scales), list(plan.bias_scales), plan.output_scale
     ops = graph.to_json()
-    jobs = []
-    for index, spec in enumerate(linears):
-        if spec.d_in == 0:  # a constant of the target: only bias units, n from its entries
-            n_l = ns[index] or choose_n(method, eps / bias_scales[index], spec.bias / bias_scales[index], p)
-        else:
-            n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
-        conv = spec.conv or {}
-        layout = LayerLayout(
-            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not (spec.nonnegative_input or spec.selector),
-            bias=spec.bias is not None, relu_after=spec.relu_after, kernel=tuple(conv.get("kernel", ())),
-            stride=tuple(conv.get("stride", (1, 1))), padding=tuple(conv.get("padding", (0, 0))),
-            dilation=tuple(conv.get("dilation", (1, 1))),
-        )
-        jobs.append(LayerJob(index, layout, int(seed), scales[index], bias_scales[index], float(eps), method,
-                             bool(sparse), max_redraw_rounds, device))
-    chunks = plan_chunks(jobs, chunk_instances)
-    target_params = sum(spec.params for spec in linears)
     selector_layers = [i for i, spec in enumerate(linears) if spec.selector]
-    work = None
-    if workdir is not None:
-        work = WorkDir(workdir, fingerprint(jobs, linears, ops, chunks), resume=resume)
-    with _progress(progress) as bar:
-        task = bar.add_task("constructing", total=len(chunks))
-        bar.update(task, description=f"{len(linears)} layers, {len(chunks)} chunks")
-        computed, run = run_chunks(jobs, linears, chunks, workers=workers, backend=backend, address=address,
-                                   workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
-        del linears, spec  # the target's float64 weights (1 GB for GPT-2 small) are no longer needed
-        # one copy of the per-weight errors (10^8 of them for GPT-2 small): each layer's go into one array
-        all_errors = np.empty(sum(job.layout.d_out * (job.layout.d_in * job.layout.taps + job.layout.bias)
-                                  for job in jobs))
-        results, at = [], 0
-        for job in jobs:
-            r = merge_layer(job, take_layer_chunks(job.index, chunks, computed, work))
-            all_errors[at : at + r.errors.size] = r.errors
-            at += r.errors.size
-            results.append(dataclasses.replace(r, errors=None))
-        del computed
-        if at != all_errors.size:
-            raise AssertionError(f"merged {at} weight errors, expected {all_errors.size}")
     prefixes = [str(pos) for pos in graph.layer_positions()]
-    masks = {f"{prefix}.{name}": m for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
-    redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
-    # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
-    redraws = redraws[np.lexsort((redraws[:, 3], redraws[:, 2], redraws[:, 1], redraws[:, 0]))]
-    stats = {
-        "target_params": int(target_params),
-        "random_params": int(sum(r.layout.random_params for r in results)),
-        "random_params_counting": "block-structured: first random layer as its block-diagonal entries "
-        "(n or 2n per input, + bias units), second random layer dense; = n x target weights + first-layer scalars",
-        "random_params_dense_theorem": int(sum(r.layout.dense_theorem_params for r in results)),
-        "kept_params": int(sum(m.count() for m in masks.values())),
-        "max_weight_error": float(max(r.max_weight_error for r in results)),
-        "max_weight_error_per_layer": [r.max_weight_error for r in results],
-        "weight_error_median": float(np.median(all_errors, overwrite_input=True)),  # partitions in place
-        "weight_error_p99": float(np.quantile(all_errors, 0.99, overwrite_input=True)),
-        "eps_met": bool(all(r.failures == 0 for r in results)),
-        "n_per_layer": [r.layout.n for r in results],
-        "failures": int(sum(r.failures for r in results)),
-        "failures_per_layer": [r.failures for r in results],
-        "redraws": int(len(redraws)),
-        "layer_scales": scales,
-        "seconds": time.perf_counter() - start,
-        "compile_seconds": compile_seconds,
-    }
+    results, masks, redraws, stats, run = solve_layers(linears, ns, scales, bias_scales, ops, prefixes, **run_args)
     if attention == "product":  # only here: projection tickets (and their digests) stay as they were
         kinds = [node.kind for node in graph.nodes]
         stats["attention"] = {
@@ -216,3 +178,136 @@ def construct(
     ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": workers,
                   "backend": backend, "computed_names": run.computed_names}
     return ticket
+
+
+def _ns(n, layers: int, method: str) -> list[int | None]:
+    """``n`` (None, one int or one per layer) as one entry per layer, checked."""
+    if n is None:
+        ns = [None] * layers
+    elif isinstance(n, (int, np.integer)):
+        ns = [int(n)] * layers
+    else:
+        ns = [int(x) for x in n]
+        if len(ns) != layers:
+            raise ValueError(f"n has {len(ns)} entries but the target has {layers} Linear/Conv2d layers")
+    max_n = MAX_N_PER_METHOD[method]
+    if any(x is not None and not (1 <= x <= max_n) for x in ns):
+        raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
+    return ns
+
+
+def _construct_modules(target: nn.Module, untraced: str, n, **run_args) -> Ticket:
+    """Module replacement (``modules.py``): every weight-holding leaf of a copy of ``target`` becomes its pair,
+    solved by the same layer jobs and chunk runner as the traced construction. Refuses (before any work) a
+    parameter it cannot realise, by its full name."""
+    plan = plan_modules(target)
+    specs = list(plan.specs)
+    if not specs:
+        raise ValueError(f"{type(target).__name__} has no weight to construct (its norms have identity affines)")
+    ns = _ns(n, len(specs), run_args["method"])
+    by_layer = {i: (s, prefix) for leaf in plan.leaves for i, s, prefix in zip(leaf.layers, leaf.scales,
+                                                                                  leaf.prefixes)}
+    scales = [by_layer[i][0] for i in range(len(specs))]
+    prefixes = [by_layer[i][1] for i in range(len(specs))]
+    modules = [leaf.to_json() for leaf in plan.leaves]
+    results, masks, redraws, stats, run = solve_layers(specs, ns, scales, scales, modules, prefixes, **run_args)
+    stats["tied_parameters"] = [list(group) for group in plan.tied]
+    config = {
+        "construction": "modules",
+        "model": plan.model,
+        "method": run_args["method"],
+        "eps": run_args["eps"],
+        "sparse": run_args["sparse"],
+        "reach": REACH,
+        "modules": modules,
+        "layers": [r.layout.to_json() for r in results],
+        "untraced": untraced,
+    }
+    ticket = Ticket(seed=run_args["seed"], config=config, packed=masks, redraws=redraws, stats=stats)
+    ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed,
+                  "workers": run_args["workers"], "backend": run_args["backend"],
+                  "computed_names": run.computed_names}
+    return ticket
+
+
+def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, *, seed: int, eps: float,
+               method: str, sparse: bool, p: float, max_redraw_rounds: int, device: str | None) -> list[LayerJob]:
+    """One :class:`LayerJob` per target layer: its random pair's layout (n chosen from eps unless given) and
+    its planned scales. Shared by the traced construction and the module replacement (``modules.py``)."""
+    jobs = []
+    for index, spec in enumerate(linears):
+        if spec.d_in == 0:  # a constant of the target: only bias units, n from its entries
+            n_l = ns[index] or choose_n(method, eps / bias_scales[index], spec.bias / bias_scales[index], p)
+        else:
+            n_l = ns[index] or choose_n(method, eps / scales[index], spec.weight / scales[index], p)
+        conv = spec.conv or {}
+        layout = LayerLayout(
+            d_in=spec.d_in, d_out=spec.d_out, n=n_l, signed_input=not (spec.nonnegative_input or spec.selector),
+            bias=spec.bias is not None, relu_after=spec.relu_after, kernel=tuple(conv.get("kernel", ())),
+            stride=tuple(conv.get("stride", (1, 1))), padding=tuple(conv.get("padding", (0, 0))),
+            dilation=tuple(conv.get("dilation", (1, 1))),
+        )
+        jobs.append(LayerJob(index, layout, int(seed), scales[index], bias_scales[index], float(eps), method,
+                             bool(sparse), max_redraw_rounds, device))
+    return jobs
+
+
+def solve_layers(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, ops, prefixes: list[str], *,
+                 seed: int, eps: float, method: str, sparse: bool, p: float, max_redraw_rounds: int,
+                 device: str | None, chunk_instances: int, progress: bool, workers: int, backend: str,
+                 address: str | None, workdir: str | None, resume: bool, start: float, compile_seconds: float):
+    """The layers' jobs (:func:`layer_jobs`), then run every layer's chunks (checkpointed in ``workdir``), merge
+    them and collect the masks (named
+    ``"<prefix>.a.weight"`` etc.), the canonical redraw records and the ticket's stats. ``ops`` fingerprints the
+    construction's structure for the work dir. Empties ``linears`` once its chunks are solved (their float64
+    weights are the largest thing held). Returns (results, masks, redraws, stats, run)."""
+    jobs = layer_jobs(linears, ns, scales, bias_scales, seed=seed, eps=eps, method=method, sparse=sparse, p=p,
+                      max_redraw_rounds=max_redraw_rounds, device=device)
+    chunks = plan_chunks(jobs, chunk_instances)
+    target_params = sum(spec.params for spec in linears)
+    work = None
+    if workdir is not None:
+        work = WorkDir(workdir, fingerprint(jobs, linears, ops, chunks), resume=resume)
+    with _progress(progress) as bar:
+        task = bar.add_task("constructing", total=len(chunks))
+        bar.update(task, description=f"{len(linears)} layers, {len(chunks)} chunks")
+        computed, run = run_chunks(jobs, linears, chunks, workers=workers, backend=backend, address=address,
+                                   workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
+        linears.clear()  # the target's float64 weights (1 GB for GPT-2 small) are no longer needed
+        # one copy of the per-weight errors (10^8 of them for GPT-2 small): each layer's go into one array
+        all_errors = np.empty(sum(job.layout.d_out * (job.layout.d_in * job.layout.taps + job.layout.bias)
+                                  for job in jobs))
+        results, at = [], 0
+        for job in jobs:
+            r = merge_layer(job, take_layer_chunks(job.index, chunks, computed, work))
+            all_errors[at : at + r.errors.size] = r.errors
+            at += r.errors.size
+            results.append(dataclasses.replace(r, errors=None))
+        del computed
+        if at != all_errors.size:
+            raise AssertionError(f"merged {at} weight errors, expected {all_errors.size}")
+    masks = {f"{prefix}.{name}": m for prefix, r in zip(prefixes, results) for name, m in r.masks.items()}
+    redraws = np.array([rd for r in results for rd in r.redraws], dtype=np.int64).reshape(-1, 4)
+    # canonical order: the same ticket whatever the chunking, workers or backend (replay is per block, by round)
+    redraws = redraws[np.lexsort((redraws[:, 3], redraws[:, 2], redraws[:, 1], redraws[:, 0]))]
+    stats = {
+        "target_params": int(target_params),
+        "random_params": int(sum(r.layout.random_params for r in results)),
+        "random_params_counting": "block-structured: first random layer as its block-diagonal entries "
+        "(n or 2n per input, + bias units), second random layer dense; = n x target weights + first-layer scalars",
+        "random_params_dense_theorem": int(sum(r.layout.dense_theorem_params for r in results)),
+        "kept_params": int(sum(m.count() for m in masks.values())),
+        "max_weight_error": float(max(r.max_weight_error for r in results)),
+        "max_weight_error_per_layer": [r.max_weight_error for r in results],
+        "weight_error_median": float(np.median(all_errors, overwrite_input=True)),  # partitions in place
+        "weight_error_p99": float(np.quantile(all_errors, 0.99, overwrite_input=True)),
+        "eps_met": bool(all(r.failures == 0 for r in results)),
+        "n_per_layer": [r.layout.n for r in results],
+        "failures": int(sum(r.failures for r in results)),
+        "failures_per_layer": [r.failures for r in results],
+        "redraws": int(len(redraws)),
+        "layer_scales": [job.scale for job in jobs],
+        "seconds": time.perf_counter() - start,
+        "compile_seconds": compile_seconds,
+    }
+    return results, masks, redraws, stats, run

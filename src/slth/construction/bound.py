@@ -32,6 +32,16 @@ from .network import RandomPair
 from .target import parse_options, parse_target
 
 
+def refuse_untraced(ticket, what: str) -> None:
+    """``NotImplementedError`` for a ticket built by module replacement: ``what`` needs the construction graph,
+    which only a traced model has; names the first module torch.fx could not trace."""
+    if ticket.replaces_modules:
+        raise NotImplementedError(
+            f"{what} needs the traced construction graph, and this ticket replaced the modules of a "
+            f"{ticket.config['model']} that torch.fx could not trace ({ticket.config['untraced']}); measure its "
+            "error on data with slth.construction.measure instead")
+
+
 def realised_kernels(ticket, module=None) -> list[dict]:
     """Per layer, the kernels the pruned random pair realises in the target's units (float64 tensors):
     ``pos`` (on relu(x)), ``neg`` (on relu(-x)) or None, ``bias`` or None."""
@@ -66,6 +76,7 @@ def certified_bound(ticket, target, lo=None, hi=None, *, center=None, radius=Non
     first layer is a convolution, else the flat input (d,). Default box: the ticket's ``input_range`` if it
     was built with one, [0, 1] for a ticket built with ``nonnegative_input``, else [-1, 1]. Returns the bound
     per output (flattened)."""
+    refuse_untraced(ticket, "certified_bound")
     first = ticket.layouts[0]
     if input_shape is None:
         if first.conv:
@@ -100,6 +111,7 @@ def certified_bound_nd(ticket, target, lo, hi, *, batched: bool = False) -> np.n
     broadcast to one input's shape, e.g. (C, H, W)); returns the bound per output (flattened).
     ``batched=True``: lo/hi are (B, C, H, W), B boxes at once (e.g. lo = hi = a batch of points); returns
     (B, outputs)."""
+    refuse_untraced(ticket, "certified_bound")
     graph, specs = parse_target(target, **parse_options(ticket.config))
     lo = torch.as_tensor(lo, dtype=torch.float64)
     hi = torch.as_tensor(hi, dtype=torch.float64)

@@ -32,6 +32,10 @@ LAYERS = ("Linear", "Conv2d", "Conv1d")
 ATTENTION_MODES = ("projection", "product")  # construct(..., attention=): docs/construction.md, "Attention"
 
 
+class UntraceableError(NotImplementedError):
+    """torch.fx cannot trace the target (``construct`` then replaces its modules instead, ``modules.py``)."""
+
+
 @dataclass
 class LinearSpec:
     """One target Linear (weight (d_out, d_in)) or Conv2d (weight (c_out, c_in, kh, kw), geometry in
@@ -732,8 +736,8 @@ def _trace(target: nn.Module):
     try:
         graph = tracer.trace(target, concrete_args=fixed or None)
     except Exception as exc:
-        raise NotImplementedError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
-                                  f"({type(exc).__name__}: {exc})") from None
+        raise UntraceableError(f"target {_type_name(target)} is not an nn.Sequential and torch.fx cannot trace it "
+                               f"({type(exc).__name__}: {exc})") from None
     gm = fx.GraphModule(tracer.root, graph, type(target).__name__)
     gm.meta["fixed_to_none"] = set()  # the placeholders of the inputs fixed to None
     for node in reversed(list(gm.graph.nodes)):

@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import ticketfile
 from .graph import Graph
+from .modules import Leaf, check_model, install
 from .network import LayerLayout, apply_redraws, layer_tensors
 
 KIND = "constructed"
@@ -61,33 +62,80 @@ class Ticket:
         return [LayerLayout(**layer) for layer in self.config["layers"]]
 
     @property
+    def replaces_modules(self) -> bool:
+        """Built by module replacement (``construct(..., construction="modules")`` or a model torch.fx cannot
+        trace): the ticket is the model's own class, rebuilt in a fresh instance by ``to_module(model=fresh)``."""
+        return self.config.get("construction") == "modules"
+
+    @property
+    def leaves(self) -> list[Leaf]:
+        """The replaced modules of a module-replacement ticket (empty for a traced one)."""
+        return [Leaf.from_json(d) for d in self.config.get("modules", [])]
+
+    @property
     def graph(self) -> Graph:
         """The ticket's construction graph, read from ``config["ops"]`` (planned join factors included)."""
+        if self.replaces_modules:
+            raise ValueError(f"this ticket replaced the modules of a {self.config['model']} and has no construction "
+                             f"graph (the model was not traced: {self.config['untraced']})")
         return Graph.from_json(self.config["ops"])
+
+    def _prefixes(self) -> list[str]:
+        """Per layer, where its pair sits in the ticket's module (its parameters' name prefix)."""
+        if self.replaces_modules:
+            prefixes = {layer: prefix for leaf in self.leaves for layer, prefix in zip(leaf.layers, leaf.prefixes)}
+            return [prefixes[i] for i in range(len(prefixes))]
+        return [str(pos) for pos in self.graph.layer_positions()]
 
     def _layer_states(self):
         """Per layer, its seeded tensors after redraws (one layer in memory at a time)."""
-        for index, (pos, layout) in enumerate(zip(self.graph.layer_positions(), self.layouts)):
-            prefix = str(pos)
+        for index, (prefix, layout) in enumerate(zip(self._prefixes(), self.layouts)):
             tensors = layer_tensors(self.seed, index, layout)
             apply_redraws(self.seed, index, layout, tensors["b.weight"], self.redraws)
             yield {f"{prefix}.{name}": torch.from_numpy(arr) for name, arr in tensors.items()}
 
+    def _replacements(self) -> dict[str, nn.Module]:
+        """A module-replacement ticket's new modules (zero weights), by the path they replace."""
+        layouts = self.layouts
+        return {leaf.path: leaf.module(layouts) for leaf in self.leaves}
+
+    def _param_shapes(self) -> dict[str, tuple]:
+        if self.replaces_modules:
+            return {f"{path}.{name}": tuple(p.shape) for path, m in self._replacements().items()
+                    for name, p in m.named_parameters()}
+        return {name: tuple(p.shape) for name, p in self._skeleton().named_parameters()}
+
     def _skeleton(self) -> nn.Sequential:
         return self.graph.module(self.layouts, self.config["output_scale"])
 
-    def _fill(self, masked: bool, device) -> nn.Sequential:
-        module = self._skeleton().to(device)
-        params = dict(module.named_parameters())
+    def _fill(self, masked: bool, device, model: nn.Module | None = None) -> nn.Module:
+        if self.replaces_modules:
+            if model is None:
+                raise ValueError(
+                    f"this ticket replaced the weight-holding modules of a {self.config['model']}; pass a fresh "
+                    "instance of that class to rebuild it in: to_module(model=...) (its own weights are not used)")
+            leaves = self.leaves
+            check_model(model, leaves, self.layouts, self.config["model"])
+            built = {path: m.to(device) for path, m in self._replacements().items()}
+            params = {f"{path}.{name}": p for path, m in built.items() for name, p in m.named_parameters()}
+        else:
+            if model is not None:
+                raise ValueError("model= is for tickets built by module replacement; this ticket is its own network "
+                                 "(to_module() builds it)")
+            module = self._skeleton().to(device)
+            params = dict(module.named_parameters())
         with torch.no_grad():
             for layer in self._layer_states():
                 for name, value in layer.items():
                     value = value.to(device)
                     params[name].copy_(value * self.masks[name].to(device) if masked else value)
+        if self.replaces_modules:
+            module = install(model, leaves, built).to(device)
         return module.eval()
 
-    def random_module(self, *, max_params: int | None = MAX_RANDOM_PARAMS, device=None) -> nn.Sequential:
-        """The unpruned random network (same parameter names as :meth:`to_module`).
+    def random_module(self, *, max_params: int | None = MAX_RANDOM_PARAMS, device=None,
+                      model: nn.Module | None = None) -> nn.Module:
+        """The unpruned random network (same parameter names as :meth:`to_module`; ``model`` as there).
 
         Refuses (``ValueError``) when it has more than ``max_params`` parameters; pass ``max_params=None``
         to build it anyway. ``device``: build it there (e.g. ``"cuda"``).
@@ -98,12 +146,17 @@ class Ticket:
                 f"the random network has {total:,} parameters (> max_params={max_params:,}, about "
                 f"{4 * total / 2**30:.1f} GiB as float32); it is never needed to use the ticket (to_module() "
                 "builds the pruned one). Pass max_params=None to materialise it anyway.")
-        return self._fill(False, device)
+        return self._fill(False, device, model)
 
-    def to_module(self, *, device=None) -> nn.Sequential:
-        """The ticket: every weight is 0 or exactly the seeded random weight. ``device``: build it there
-        (the random tensors are drawn on the CPU, layer by layer, then masked on the device)."""
-        return self._fill(True, device)
+    def to_module(self, *, device=None, model: nn.Module | None = None) -> nn.Module:
+        """The ticket: every weight is 0 or exactly the seeded random weight. ``device``: move it there.
+
+        A ticket built by module replacement (:attr:`replaces_modules`) is the model's own class: pass a fresh
+        instance, ``to_module(model=GPT2LMHeadModel(config))`` (as ``slth.supermask.from_ticket(path, model=)``):
+        it is checked (every replaced path present, of the ticket's kind and sizes; else ``ValueError`` before any
+        change), each replaced module becomes its pruned pair in place (the instance's own weights of those
+        modules are never read) and it is returned in eval mode."""
+        return self._fill(True, device, model)
 
     def digest(self) -> str:
         """SHA-256 of everything that defines the ticket: seed, config, masks, redraws and the stats
@@ -128,7 +181,8 @@ class Ticket:
             config=config,
             masks=dict(self.packed),
             extras={"redraws": np.asarray(self.redraws, dtype=np.int64).reshape(-1, 4)},
-            format_version=max(self.graph.format_version(), 2 if "input_range" in self.config else 1),
+            format_version=4 if self.replaces_modules else max(self.graph.format_version(),
+                                                               2 if "input_range" in self.config else 1),
         )
         return ticketfile.save(path, tf)
 
@@ -148,7 +202,7 @@ class Ticket:
                 redraws=tf.extras.get("redraws", np.zeros((0, 4), np.int64)),
                 stats=stats,
             )
-            expected = {name: tuple(p.shape) for name, p in ticket._skeleton().named_parameters()}
+            expected = ticket._param_shapes()
         except (KeyError, TypeError, ValueError) as exc:
             raise ticketfile.TicketFileError(f"{path}: ticket config is malformed ({exc})") from None
         got = {name: tuple(m.shape) for name, m in ticket.packed.items()}

@@ -1,0 +1,446 @@
+"""Module replacement: models torch.fx cannot trace (Hugging Face transformers) become tickets of their own class.
+
+Each weight-holding leaf of a copy of the model is replaced by its pruned random pair; the ticket rebuilds into a
+fresh instance (``to_module(model=fresh)``) whose own ``forward`` and ``generate()`` run over the pruned weights.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import slth
+from slth.construction import Ticket, certified_bound, measure
+from slth.construction import api
+from slth.construction.modules import plan_modules
+
+T = pytest.importorskip("transformers")
+
+EPS = 1e-3
+# initializer_range 0.1 (not transformers' 0.02) stands in for a trained model's spread of logits: with 0.02 a tiny
+# random model's logits are near-ties almost everywhere, and top-1 agreement then measures the ties
+
+
+def _jitter_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every norm a non-trivial affine (a fresh model's is the identity, which needs no pair)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() or ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def gpt2_config():
+    return T.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0,
+                        eos_token_id=0, pad_token_id=0, initializer_range=0.1)
+
+
+def llama_config():
+    return T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0,
+                         eos_token_id=0, pad_token_id=0, initializer_range=0.1)
+
+
+def bert_config():
+    return T.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+
+
+def _build(cls, config, seed=0):
+    torch.manual_seed(seed)
+    return _jitter_norms(cls(config).eval(), seed)
+
+
+def _construct(target, tmp_path_factory):
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    ticket = slth.construct(target, eps=EPS, seed=0)
+    after = target.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)  # unchanged
+    path = ticket.save(tmp_path_factory.mktemp("t") / "t.slth")
+    loaded = Ticket.load(path)
+    assert loaded.digest() == ticket.digest()
+    return ticket, loaded
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    target = _build(T.GPT2LMHeadModel, gpt2_config())
+    return target, *_construct(target, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    target = _build(T.LlamaForCausalLM, llama_config())
+    return target, *_construct(target, tmp_path_factory)
+
+
+def _prompts(n=8, length=6, seed=1):
+    return torch.randint(1, 64, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _check_causal_lm(target, ticket, loaded, cls, config):
+    assert ticket.replaces_modules and ticket.stats["failures"] == 0 and ticket.stats["max_weight_error"] <= EPS
+    fresh = cls(config)  # a different random init: its own weights must not matter
+    pruned = loaded.to_module(model=fresh)
+    assert type(pruned) is cls and pruned is fresh  # rebuilt in place, as supermask.from_ticket(path, model=)
+    x = torch.randint(0, 64, (16, 24), generator=torch.Generator().manual_seed(0))
+    m = measure(pruned, target, x)
+    assert m["examples"] == 16 * 24
+    assert m["max_logit_diff"] < 0.25, m
+    assert m["top1_agreement"] >= 0.95, m
+    with torch.no_grad():
+        want, got = target(x).logits, pruned(x).logits
+    top2 = want.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 2 * m["max_logit_diff"]  # no tie within the measured error
+    assert clear.float().mean() > 0.3 and (want.argmax(-1) == got.argmax(-1))[clear].all()
+    prompts = _prompts()
+    with torch.no_grad():
+        want = target.generate(prompts, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        got = pruned.generate(prompts, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert got.shape == want.shape
+    print("generate: identical continuations", (got == want).all(dim=1).float().mean().item(), m)
+    assert (got == want).all(dim=1).float().mean() >= 0.75  # a near-tie of a random tiny model may flip a token
+    return pruned
+
+
+def test_gpt2_ticket_is_a_gpt2_that_generates_like_the_target(gpt2):
+    target, ticket, loaded = gpt2
+    pruned = _check_causal_lm(target, ticket, loaded, T.GPT2LMHeadModel, gpt2_config())
+    kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
+    assert kinds["transformer.h.0.attn.c_attn"] == "conv1d_t" and kinds["transformer.wte"] == "embedding"
+    assert kinds["transformer.h.1.ln_2"] == "layernorm" and kinds["lm_head"] == "linear"
+    # the tie lm_head.weight is wte.weight is recorded; each use is its own pair (one pair per use)
+    assert sorted(ticket.stats["tied_parameters"][0]) == ["lm_head.weight", "transformer.wte.weight"]
+    assert pruned.get_output_embeddings() is pruned.lm_head and pruned.get_input_embeddings() is pruned.transformer.wte
+
+
+def test_llama_gqa_rmsnorm_ticket_generates_like_the_target(llama):
+    target, ticket, loaded = llama
+    assert target.config.num_key_value_heads < target.config.num_attention_heads
+    _check_causal_lm(target, ticket, loaded, T.LlamaForCausalLM, llama_config())
+    kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
+    assert kinds["model.layers.0.input_layernorm"] == "rmsnorm"  # LlamaRMSNorm, by duck typing
+    assert kinds["model.layers.1.mlp.gate_proj"] == "linear"
+
+
+def test_bert_classifier_ticket_agrees_with_the_target(tmp_path_factory):
+    target = _build(T.BertForSequenceClassification, bert_config())
+    ticket, loaded = _construct(target, tmp_path_factory)
+    pruned = loaded.to_module(model=T.BertForSequenceClassification(bert_config()))
+    x = torch.randint(0, 64, (32, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = target(x).logits, pruned(x).logits
+    assert want.shape == got.shape == (32, 3)
+    assert (want - got).abs().max() < 0.05
+    assert (want.argmax(-1) == got.argmax(-1)).float().mean() >= 0.95
+
+
+def test_pruned_weights_are_random_weights_times_masks(gpt2):
+    _, ticket, loaded = gpt2
+    pruned = loaded.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    random = loaded.random_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    assert set(loaded.masks) <= dict(pruned.named_parameters()).keys()
+    for name, mask in loaded.masks.items():
+        assert torch.equal(pruned.get_parameter(name), random.get_parameter(name) * mask)
+    assert sum(int(m.sum()) for m in loaded.masks.values()) == ticket.stats["kept_params"]
+    with pytest.raises(ValueError, match="'transformer.wte' of the model is a EmbeddingLeaf"):
+        loaded.to_module(model=pruned)  # not a fresh instance: refused
+
+
+def test_to_module_without_a_fresh_instance_is_refused(gpt2):
+    _, _, loaded = gpt2
+    with pytest.raises(ValueError, match="GPT2LMHeadModel; pass a fresh instance"):
+        loaded.to_module()
+
+
+def test_a_fresh_instance_of_another_shape_is_refused_before_anything_is_built(gpt2):
+    _, _, loaded = gpt2
+    other = T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=64, n_positions=32))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="transformer.wte.*shape"):
+        loaded.to_module(model=other)
+    assert other.state_dict().keys() == before.keys()  # refused before any change
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="has no module 'transformer.h.1"):
+        loaded.to_module(model=T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64,
+                                                                n_positions=32)))
+
+
+def test_certified_bound_names_the_first_piece_torch_fx_could_not_trace(gpt2):
+    target, ticket, _ = gpt2
+    assert ticket.config["untraced"].startswith("GPT2Attention 'transformer.h.0.attn'")
+    with pytest.raises(NotImplementedError, match="certified_bound needs the traced.*transformer.h.0.attn"):
+        certified_bound(ticket, target)
+
+
+# -- refusals, before any work ----------------------------------------------------------------------------------
+class WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(self.inp(x))[0]
+
+
+class WithPReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.PReLU()
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this model
+            x = -x
+        return self.act(self.fc(x))
+
+
+class WithClassToken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.cls_token = nn.Parameter(torch.randn(1, 4))
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.fc(torch.cat([self.cls_token.expand(len(x), 1, 4), x], dim=1))
+
+
+class GemmaStyleRMSNorm(nn.Module):
+    """Named like an RMSNorm, but scales by (1 + weight): the duck-typing check must refuse it."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d))
+        self.eps = 1e-6
+
+    def forward(self, x):
+        return nn.functional.rms_norm(x, (x.shape[-1],), None, self.eps) * (1 + self.weight)
+
+
+class WithOddNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = GemmaStyleRMSNorm(4)
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if any layer would be solved."""
+    def boom(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(api, "solve_layers", boom)
+
+
+@pytest.mark.parametrize("model, name", [(WithLSTM(), "rnn.weight_ih_l0"), (WithPReLU(), "act.weight"),
+                                         (WithOddNorm(), "norm.weight")])
+def test_unrealisable_parameters_are_refused_by_full_name_before_any_work(model, name, no_work):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NotImplementedError, match=f"parameter '{name}'"):
+        slth.construct(model, eps=0.01, construction="modules")
+    if isinstance(model, WithPReLU):  # untraceable: auto falls back to module replacement, which refuses
+        with pytest.raises(NotImplementedError, match=f"parameter '{name}'"):
+            slth.construct(model, eps=0.01)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_module_replacement_refuses_what_only_the_traced_construction_can_do(gpt2, no_work):
+    target, _, _ = gpt2
+    with pytest.raises(ValueError, match="input_range.*need the traced construction"):
+        slth.construct(target, eps=0.01, input_range=(0, 1))
+    with pytest.raises(ValueError, match="unknown construction"):
+        slth.construct(target, eps=0.01, construction="trace")
+    with pytest.raises(NotImplementedError, match="torch.fx cannot trace"):
+        slth.construct(target, eps=0.01, construction="graph")
+
+
+# -- plain torch models by module replacement -------------------------------------------------------------------
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm1d(4)
+        self.c2 = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.ln = nn.LayerNorm(8)
+        self.rms = nn.RMSNorm(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):  # x: (N, 3, 8)
+        h = torch.relu(self.bn1(self.c1(x)))  # (N, 4, 8)
+        h = self.bn2(self.c2(h.unsqueeze(1))).mean(1)  # (N, 4, 8)
+        return self.fc(self.rms(self.ln(h))).mean(1)
+
+
+def test_torch_leaves_conv_batchnorm_norms_by_module_replacement():
+    torch.manual_seed(0)
+    target = _jitter_norms(ConvNet())
+    with torch.no_grad():
+        for bn in (target.bn1, target.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    target.eval()
+    ticket = slth.construct(target, eps=EPS, seed=0, construction="modules")
+    assert [leaf.kind for leaf in ticket.leaves] == ["conv1d", "batchnorm", "conv2d", "batchnorm", "layernorm",
+                                                     "rmsnorm", "linear"]
+    pruned = ticket.to_module(model=ConvNet())
+    x = torch.randn(64, 3, 8)
+    with torch.no_grad():
+        assert (pruned(x) - target(x)).abs().max() < 0.02
+
+
+def test_a_shared_module_instance_is_one_pair_at_both_paths():
+    shared = nn.Linear(4, 4)
+    model = nn.ModuleDict({"a": shared, "b": shared})
+    plan = plan_modules(model)
+    assert len(plan.specs) == 1 and plan.leaves[0].aliases == ("b",) and plan.tied == ()
+
+
+def test_measure_compares_sequence_outputs_position_by_position():
+    class Seq(nn.Module):
+        def forward(self, x):
+            return x
+
+    x = torch.randn(4, 5, 7)
+    m = measure(Seq(), Seq(), x)
+    assert m["examples"] == 20 and m["top1_agreement"] == 1.0 and m["max_logit_diff"] == 0.0
+    y = x.argmax(-1)
+    assert measure(Seq(), Seq(), x, y)["target_accuracy"] == 1.0
+
+
+# -- slth construct DIR (a save_pretrained directory) -----------------------------------------------------------
+def test_cli_constructs_a_save_pretrained_directory(tmp_path):
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    target = _build(T.GPT2LMHeadModel, gpt2_config())
+    target.save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "t.slth"
+    r = CliRunner().invoke(app, ["construct", str(tmp_path / "gpt2"), "--eps", "0.01", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ticket = Ticket.load(out)
+    assert ticket.config["model"].endswith("GPT2LMHeadModel") and ticket.config["eps"] == 0.01
+    pruned = ticket.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    x = _prompts()
+    with torch.no_grad():
+        assert (pruned(x).logits - target(x).logits).abs().max() < 0.5
+    r = CliRunner().invoke(app, ["evaluate", str(out)])
+    assert r.exit_code != 0 and "evaluate it in Python" in str(r.output) + str(r.exception)
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(app, ["construct", str(tmp_path / "empty"), "-o", str(tmp_path / "u.slth")])
+    assert r.exit_code != 0 and "without config.json" in str(r.output) + str(r.exception)
+    assert not (tmp_path / "u.slth").exists()
+
+
+class Encoder(nn.Module):
+    """An nn.TransformerEncoderLayer (its MultiheadAttention called with a causal mask and a padding mask) and a
+    sequence-first MultiheadAttention with kdim != embed_dim, behind data-dependent control flow."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 2, kdim=8, vdim=8)
+        self.mem = nn.Linear(16, 8)
+        self.head = nn.Linear(16, 20)
+
+    def forward(self, idx):
+        if idx.sum() < 0:
+            idx = -idx
+        h = self.emb(idx)
+        causal = torch.ones(idx.shape[1], idx.shape[1], dtype=torch.bool).triu(1)  # True = not attended
+        h = self.layer(h, src_mask=causal, src_key_padding_mask=idx == 0, is_causal=True)
+        m = self.mem(h).transpose(0, 1)
+        out, weights = self.cross(h.transpose(0, 1), m, m, need_weights=True)
+        return self.head(out.transpose(0, 1) + h), weights
+
+
+def test_multihead_attention_by_module_replacement():
+    torch.manual_seed(0)
+    target = _jitter_norms(Encoder()).eval()
+    ticket = slth.construct(target, eps=EPS, seed=0)
+    kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
+    assert kinds["layer.self_attn"] == "mha" and kinds["cross"] == "mha" and "layer.self_attn.out_proj" not in kinds
+    pruned = ticket.to_module(model=Encoder())
+    idx = torch.randint(0, 20, (6, 9), generator=torch.Generator().manual_seed(0))
+    idx[:, -2:] = 0  # padding
+    with torch.no_grad():
+        (want, w_want), (got, w_got) = target(idx), pruned(idx)
+    assert torch.isfinite(got).all() and (got - want).abs().max() < 0.02
+    assert w_got.shape == w_want.shape and (w_got - w_want).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("module, message", [
+    (nn.MultiheadAttention(8, 2, add_bias_kv=True), "add_bias_kv"),
+    (nn.Conv2d(4, 4, 3, groups=2), "groups=2"),
+    (nn.Conv2d(2, 2, 3, padding="same"), "only explicit zero padding"),
+    (nn.Conv2d(2, 2, 3, padding=2), "bias and padding"),
+    (nn.BatchNorm1d(4, track_running_stats=False), "no running statistics"),
+    (nn.Embedding(5, 4, max_norm=1.0), "max_norm"),
+    (nn.LayerNorm((3, 4)), "only the last dimension"),
+])
+def test_leaves_module_replacement_cannot_realise_are_refused_by_name(module, message, no_work):
+    model = nn.ModuleDict({"piece": module, "fc": nn.Linear(4, 4)})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)  # non-trivial norm affines
+    with pytest.raises(NotImplementedError, match=message):
+        slth.construct(model, eps=0.01, construction="modules")
+
+
+def test_a_fresh_instance_with_other_options_is_refused():
+    target = nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2), "fc": nn.Linear(8, 8)})
+    ticket = slth.construct(target, eps=0.05, construction="modules")
+    other = nn.ModuleDict({"attn": nn.MultiheadAttention(8, 4), "fc": nn.Linear(8, 8)})
+    with pytest.raises(ValueError, match="'attn' of the model has .*'heads': 4"):
+        ticket.to_module(model=other)
+    assert isinstance(other.attn, nn.MultiheadAttention)  # unchanged
+    assert type(ticket.to_module(model=nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2),
+                                                      "fc": nn.Linear(8, 8)})).attn).__name__ == "AttentionLeaf"
+
+
+def test_cli_refuses_arch_with_a_directory(tmp_path):
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    (tmp_path / "m").mkdir()
+    r = CliRunner().invoke(app, ["construct", str(tmp_path / "m"), "--arch", "4-4", "-o", str(tmp_path / "t.slth")])
+    assert r.exit_code != 0 and "--arch is for state_dict files" in str(r.output) + str(r.exception)
+
+
+def test_a_free_parameter_is_a_constant_realised_by_bias_units(tmp_path):
+    torch.manual_seed(0)
+    target = WithClassToken().eval()
+    ticket = slth.construct(target, eps=EPS, seed=0)  # untraceable: module replacement
+    const = [leaf for leaf in ticket.leaves if leaf.kind == "const"]
+    assert [(c.path, c.options["shape"]) for c in const] == [("cls_token", (1, 4))]
+    fresh = WithClassToken()
+    pruned = Ticket.load(ticket.save(tmp_path / "t.slth")).to_module(model=fresh)
+    assert "cls_token" in dict(pruned.named_buffers()) and "cls_token" not in dict(pruned.named_parameters())
+    assert (pruned.cls_token - target.cls_token).abs().max() <= EPS  # every entry within eps
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        assert (pruned(x) - target(x)).abs().max() < 0.02
+    other = WithClassToken()
+    other.cls_token = nn.Parameter(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="parameter 'cls_token' of the model has shape"):
+        ticket.to_module(model=other)
+
+
+def test_module_replacement_uses_the_chunk_runner_and_its_work_dir(tmp_path):
+    torch.manual_seed(0)
+    target = WithClassToken().eval()
+    whole = slth.construct(target, eps=EPS, seed=0)
+    chunked = slth.construct(target, eps=EPS, seed=0, chunk_instances=3, workdir=str(tmp_path / "w"))
+    assert chunked.run["chunks"] > len(chunked.layouts) and chunked.digest() == whole.digest()
+    resumed = slth.construct(target, eps=EPS, seed=0, chunk_instances=3, workdir=str(tmp_path / "w"), resume=True)
+    assert resumed.run["computed"] == 0 and resumed.digest() == whole.digest()
