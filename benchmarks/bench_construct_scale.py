@@ -8,11 +8,16 @@ of ``slth.construct`` for a backend/worker count, and writes one JSON record per
     python benchmarks/bench_construct_scale.py --workers 2 --out bench-r18-w2.json
     python benchmarks/bench_construct_scale.py --backend ray --workers 2 --out bench-r18-ray2.json
     python benchmarks/bench_construct_scale.py --target gpt2-small --workdir WD --out bench-gpt2-w1.json
+    python benchmarks/bench_construct_scale.py --target hf-gpt2-small --workdir WD --generate 8 --out bench-hf.json
 
 Random-init weights: every conv is PyTorch's default (Kaiming-uniform, a=sqrt(5)) with the BatchNorm
 statistics at their defaults, folded; the construction cost depends on the shapes and n, not on training.
 gpt2-small: GPT-2's initialisation (:func:`slth.models.zoo.gpt2_small`). Its random network (~3e9
 weights) is never materialised: the ticket's masks are held as bits and the ticket is saved and digested.
+hf-gpt2-small: transformers' own ``GPT2LMHeadModel(GPT2Config())`` (124M parameters, its random init; biases,
+LayerNorm affines and the tied head included), built by module replacement. ``--generate N`` then rebuilds the
+ticket into a fresh ``GPT2LMHeadModel`` (the random network materialised, float32) and runs its own greedy
+``generate()`` for N tokens, timed and measured apart from the construction.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from slth.experiments.record import machine
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", default="resnet18", choices=["resnet18", "gpt2-small"])
+    ap.add_argument("--target", default="resnet18", choices=["resnet18", "gpt2-small", "hf-gpt2-small"])
     ap.add_argument("--eps", type=float, default=1e-3)
     ap.add_argument("--n", type=int, default=None, help="values per weight (default: chosen per layer from eps)")
     ap.add_argument("--workers", type=int, default=1)
@@ -41,6 +46,9 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=1024, help="gpt2-small: context length")
     ap.add_argument("--workdir", default=None, help="checkpoint directory (default: in memory)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hf-layers", type=int, default=12, help="hf-gpt2-small: layers (12 = GPT-2 small)")
+    ap.add_argument("--hf-embd", type=int, default=768, help="hf-gpt2-small: width (768 = GPT-2 small)")
+    ap.add_argument("--generate", type=int, default=0, help="hf-gpt2-small: greedy tokens from the rebuilt ticket")
     ap.add_argument("--save", default=None, help="also save the ticket here")
     ap.add_argument("--out", default=None, help="JSON record to write")
     args = ap.parse_args(argv)
@@ -55,10 +63,19 @@ def main(argv=None) -> int:
     if args.target == "resnet18":
         target = build_target("resnet18", (3, args.image, args.image), 1000, width=args.width).eval()
         described = f"ResNet-18 (ImageNet layout, width {args.width}, {args.image}px), random init"
-    else:
+    elif args.target == "gpt2-small":
         target = build_target("gpt2-small", (args.context,), 50257, width=args.width).eval()
         described = (f"GPT-2-small shape (12 layers, width {args.width} x d 768, 12 heads, vocabulary 50,257, context "
                      f"{args.context}, tied head, no biases), GPT-2 init")
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf_config = GPT2Config(n_positions=args.context, n_layer=args.hf_layers, n_embd=args.hf_embd,
+                               n_head=max(1, args.hf_embd // 64))  # GPT-2's head size 64
+        target = GPT2LMHeadModel(hf_config).eval()
+        described = (f"transformers GPT2LMHeadModel ({args.hf_layers} layers, d {args.hf_embd}, "
+                     f"{hf_config.n_head} heads, vocabulary {hf_config.vocab_size}, context {args.context}, tied "
+                     "head), transformers' random init, module replacement")
     target_params = sum(p.numel() for p in target.parameters())
     load_start = os.getloadavg()
     start = time.perf_counter()
@@ -94,10 +111,35 @@ def main(argv=None) -> int:
         "numba_threads": numba.get_num_threads(),
         "machine": machine(),
     }
+    if args.generate:
+        record.update(_generate(ticket, target, args.generate, args.seed))
     print(json.dumps(record, indent=2))
     if args.out:
         atomic_write_json(args.out, record)
     return 0
+
+
+def _generate(ticket, target, tokens: int, seed: int) -> dict:
+    """Rebuild the ticket into a fresh instance of the target's class and run its own greedy ``generate()``:
+    seconds, peak RSS after, and how many of the ``tokens`` match the target's greedy continuation."""
+    import torch
+
+    t0 = time.perf_counter()
+    fresh = type(target)(target.config)
+    model = ticket.to_module(model=fresh).eval()
+    build_seconds = time.perf_counter() - t0
+    prompt = torch.randint(0, target.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(seed))
+    settings = dict(max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(prompt, **settings)
+    generate_seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        expected = target.generate(prompt, **settings)
+    return {"generate_tokens": tokens, "rebuild_seconds": round(build_seconds, 1),
+            "generate_seconds": round(generate_seconds, 1),
+            "generate_matches_target": int((out[0, 8:] == expected[0, 8:]).sum()),
+            "peak_rss_after_generate_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
 if __name__ == "__main__":
