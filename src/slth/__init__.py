@@ -15,8 +15,13 @@ whatever was imported before.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what a type checker sees of the lazy exports below (nothing is imported at run time)
+    from .construction.api import construct
+    from .construction.ticket import Ticket
 
 # exported name -> module that defines it
 _EXPORTS = {

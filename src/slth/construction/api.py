@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -133,7 +134,7 @@ def construct(
     # target was read, so that a target the construction cannot take is refused first)
     compile_seconds = warm_up(compile_kernels) if method == "pensia" else 0.0
     start += compile_seconds
-    run_args = dict(seed=int(seed), eps=float(eps), method=method, sparse=bool(sparse), p=p,
+    run_args: dict[str, Any] = dict(seed=int(seed), eps=float(eps), method=method, sparse=bool(sparse), p=p,
                     max_redraw_rounds=max_redraw_rounds, device=device, chunk_instances=chunk_instances,
                     progress=progress, workers=workers, backend=backend, address=address, workdir=workdir,
                     resume=resume, start=start, compile_seconds=compile_seconds)
@@ -183,7 +184,7 @@ def construct(
 def _ns(n, layers: int, method: str) -> list[int | None]:
     """``n`` (None, one int or one per layer) as one entry per layer, checked."""
     if n is None:
-        ns = [None] * layers
+        ns: list[int | None] = [None] * layers
     elif isinstance(n, (int, np.integer)):
         ns = [int(n)] * layers
     else:
@@ -280,8 +281,10 @@ def solve_layers(linears: list[LinearSpec], ns: list[int | None], scales, bias_s
         results, at = [], 0
         for job in jobs:
             r = merge_layer(job, take_layer_chunks(job.index, chunks, computed, work))
-            all_errors[at : at + r.errors.size] = r.errors
-            at += r.errors.size
+            errors = r.errors
+            assert errors is not None  # merge_layer returns them; they are dropped from the result here
+            all_errors[at : at + errors.size] = errors
+            at += errors.size
             results.append(dataclasses.replace(r, errors=None))
         del computed
         if at != all_errors.size:

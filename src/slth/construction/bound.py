@@ -62,6 +62,7 @@ def realised_kernels(ticket, module=None) -> list[dict]:
         prod = (blocks * a.abs().reshape(1, d_in, g, n, *kdims)).sum(dim=3) * scale
         bias = None
         if layout.bias:
+            assert pair.a.bias is not None  # a layout with bias units has them
             beta = pair.a.bias.detach().double()
             bb = b[:, d_in * layout.units :] * beta.reshape(1, -1, *kdims)
             bias = bb.reshape(layout.d_out, -1).sum(dim=1) * bias_scale

@@ -27,7 +27,7 @@ class LayerResult:
     bias_scale: float  # its bias was divided by the product of scales up to here
     masks: dict[str, PackedMask]
     max_weight_error: float
-    errors: np.ndarray  # every weight's (and bias's) |realised - target|, target scale
+    errors: np.ndarray | None  # every weight's (and bias's) |realised - target|, target scale; None once merged
     failures: int
     redraws: list[tuple[int, int, int, int]] = field(default_factory=list)
 

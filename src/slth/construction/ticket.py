@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, cast
 
 import numpy as np
 import torch
@@ -109,13 +109,15 @@ class Ticket:
         return self.graph.module(self.layouts, self.config["output_scale"])
 
     def _fill(self, masked: bool, device, model: nn.Module | None = None) -> nn.Module:
+        module: nn.Module
         if self.replaces_modules:
             if model is None:
                 raise ValueError(
                     f"this ticket replaced the weight-holding modules of a {self.config['model']}; pass a fresh "
                     "instance of that class to rebuild it in: to_module(model=...) (its own weights are not used)")
+            host: nn.Module = model
             leaves = self.leaves
-            check_model(model, leaves, self.layouts, self.config["model"])
+            check_model(host, leaves, self.layouts, self.config["model"])
             built = {path: m.to(device) for path, m in self._replacements().items()}
             params = {f"{path}.{name}": p for path, m in built.items() for name, p in m.named_parameters()}
         else:
@@ -130,7 +132,7 @@ class Ticket:
                     value = value.to(device)
                     params[name].copy_(value * self.masks[name].to(device) if masked else value)
         if self.replaces_modules:
-            module = install(model, leaves, built).to(device)
+            module = install(host, leaves, built).to(device)
         return module.eval()
 
     def random_module(self, *, max_params: int | None = MAX_RANDOM_PARAMS, device=None,
@@ -198,7 +200,7 @@ class Ticket:
             ticket = cls(
                 seed=tf.seed,
                 config=config,
-                packed=dict(tf.masks),
+                packed=cast("dict[str, ticketfile.PackedMask]", dict(tf.masks)),  # packed_masks=True
                 redraws=tf.extras.get("redraws", np.zeros((0, 4), np.int64)),
                 stats=stats,
             )
