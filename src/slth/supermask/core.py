@@ -385,6 +385,12 @@ class MaskedWeight(torch.autograd.Function):
         return None, out_tensor, None, None
 
 
+def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
+    """biprop's effective weight alpha * sign(W) * m, alpha = ||m * W||_1 / ||m||_0 (per layer)."""
+    alpha = (weight.abs() * mask).sum() / kept
+    return alpha * torch.sign(weight) * mask
+
+
 class BinarizedWeight(torch.autograd.Function):
     """biprop's ``alpha * sign(W) * GetSubnet(|scores|, k)`` with alpha = sum(|W| * m) / k, fused on CPU
     (:func:`slth.supermask._kernels.binarized_weight`; sums in float64, so it agrees with the unfused
@@ -429,8 +435,6 @@ class BinarizedWeight(torch.autograd.Function):
         mask, ctx.mask = ctx.mask, None
         if fused is None or not grad.is_cpu:  # a second backward pass through a retained graph
             with torch.enable_grad():
-                from .methods import binarized_weight
-
                 s = scores.detach().requires_grad_(True)
                 reference = binarized_weight(weight, GetSubnet.apply(s.abs(), ctx.k), ctx.k)
                 return None, torch.autograd.grad(reference, s, grad)[0], None, None

@@ -53,7 +53,8 @@ from .._names import METHOD_NAMES, check_registry
 from ._philox import PhiloxStream, tie_words
 from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
                    SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, StraightThroughWeight, _flat,
-                   _identity, _kernels, _numba_ok, kept_count, percentile_threshold, reference_kept_count, topk_mask)
+                   _identity, _kernels, _numba_ok, binarized_weight, kept_count, percentile_threshold,
+                   reference_kept_count, topk_mask)
 from .init import DISTRIBUTIONS, VARIANTS, check_init, check_variant_init
 
 
@@ -160,12 +161,6 @@ class EdgePopup(Supermask):
             return self._reference_training_weight(weight)
         # == weight * GetSubnet.apply(scores.abs(), k), fused (tests/test_supermask.py checks they agree)
         return MaskedWeight.apply(weight, self.scores, self.k, self.kernels)
-
-
-def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
-    """biprop's effective weight alpha * sign(W) * m, alpha = ||m * W||_1 / ||m||_0 (per layer)."""
-    alpha = (weight.abs() * mask).sum() / kept
-    return alpha * torch.sign(weight) * mask
 
 
 def biprop_divisor(variant: str, numel: int, density: float, kept: int) -> int:
