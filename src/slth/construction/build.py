@@ -1,4 +1,6 @@
-"""construct(): trained ReLU MLP -> ticket over a seeded random network (Pensia et al. / Malach et al.)."""
+"""One target layer's masks: its :class:`LayerJob` (layout, scales, eps, method), solved chunk by chunk by SubsetSum
+(Pensia et al., arXiv 2006.07990) or a single pick (Malach et al., arXiv 2002.00585), with redraws of the blocks
+that miss eps, and the chunks merged into a :class:`LayerResult`. ``construct`` (:mod:`.api`) plans the jobs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Read a target network into a flat list of operations the construction understands."""
+"""Read a target network into a construction graph: an ``nn.Sequential`` chain, or a torch.fx trace (asserts and
+dead code dropped, optional None inputs fixed), each op turned into a typed node of :mod:`.graph` and each
+weight-holding layer into a :class:`LinearSpec` (:func:`parse_target`). A target torch.fx cannot trace raises
+:class:`UntraceableError` (``construct`` then replaces its modules instead, :mod:`.modules`); every other refusal
+names the op's file, line and module. :func:`load_target` reads a saved target from disk."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The whole idea of learning by pruning, in a few lines: a mask computed from scores in the forward
-pass, passed straight through in the backward pass (Ramanujan et al. 2020, ``GetSubnet``)."""
+"""The machinery under every supermask method: kept counts and thresholds, top-k masks (with a threshold tracker
+that narrows the search to a band), and the autograd functions that compute a mask from scores in the forward
+pass and pass the gradient straight through in the backward pass (Ramanujan et al., arXiv 1911.13299,
+``GetSubnet``), fused with the masked weight on CPU by the numba kernels of :mod:`._kernels` (run on torch's
+thread count for large layers, :func:`kernel_threads`). The methods built from them: :mod:`.methods`."""
 
 from __future__ import annotations
 
