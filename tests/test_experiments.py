@@ -92,3 +92,12 @@ def test_plant_reproduces_target_and_redlayer_counts():
     with torch.no_grad():
         layer.expand.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]))
     assert layer.expand(torch.tensor([[1.0, 1.0, 1.0]])).tolist() == [[1.0, 10.0, 2.0, 20.0, 3.0, 30.0]]
+
+
+def test_a_record_without_its_renderer_is_refused_before_it_is_written(tmp_path):
+    from slth.experiments.record import write_record
+
+    with pytest.raises(ValueError, match="a record needs an 'experiment' key naming its renderer"):
+        write_record({"settings": {}}, tmp_path / "r" / "record.json")
+    assert not (tmp_path / "r").exists()
+    assert json.loads(write_record({"experiment": "x"}, tmp_path / "ok.json").read_text()) == {"experiment": "x"}
