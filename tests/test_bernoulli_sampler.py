@@ -74,6 +74,11 @@ def test_the_kernels_sigmoid_is_within_two_ulp_of_float64(z):
         assert 0.0 <= float(out[0]) < 1e-37
 
 
+def test_the_kernels_sigmoid_is_not_called_from_python():  # its body is numba's overload
+    with pytest.raises(NotImplementedError, match="sigmoid is a numba function"):
+        _kernels.sigmoid(0.0)
+
+
 def test_the_kernels_sigmoid_propagates_nan():
     out = np.empty(2, dtype=np.float32)
     _kernels.sigmoid_array(np.array([np.nan, 0.0], dtype=np.float32), out)

@@ -325,6 +325,15 @@ def test_iterand_redraws_from_cpu_draws_moved_to_the_weights_device():
     assert torch.equal(layer.generation, chosen.to(torch.int16))
 
 
+def test_iterand_refuses_a_round_its_generation_cannot_record_before_it_redraws():
+    layer = _iterand_layer(lambda generation: torch.zeros(6, 5))
+    weight = torch.ones(6, 5)
+    period = 2  # _iterand_layer's
+    with pytest.raises(OverflowError, match="more re-randomisation rounds than an int16 generation can record"):
+        layer.after_step(period * (torch.iinfo(torch.int16).max + 1), weight)
+    assert torch.equal(weight, torch.ones(6, 5)) and not layer.generation.any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_iterand_redraws_on_cuda_what_it_redraws_on_the_cpu():
     fresh = torch.randn(6, 5, generator=torch.Generator().manual_seed(9))

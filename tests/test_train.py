@@ -166,6 +166,8 @@ def test_step_benchmark_reports_both_steps():
     assert r["batches"] == 3
     with pytest.raises(ValueError, match="batches must be at least 1"):
         step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, batches=0)
+    with pytest.raises(ValueError, match="the peer implementation is edge-popup's; got method 'biprop'"):
+        step_times("fc", "biprop", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, peer=True)
 
 
 def test_cifar10_training_with_augmentation(tmp_path):
