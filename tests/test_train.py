@@ -102,6 +102,10 @@ def test_from_dict_refuses_unknown_fields():
     (["--density", "0"], "density"),
     (["--density", "1.2"], "density"),
     (["--data", "mnist"], "needs data_dir"),
+    (["--method", "gem-miner", "--score-l2", "-0.5"], "score_l2 (the score penalty's lambda) must be a finite number"),
+    (["--method", "iterand", "--rerand-period", "0"], "rerand_period (optimizer steps between re-draws) must be an"),
+    (["--method", "iterand", "--rerand-prob", "2"], "rerand_prob (probability of a re-draw) must lie in [0, 1], got 2"),
+    (["--data", "pystdlib-chars", "--data-arg", "context=abc"], "option context='abc' of data set pystdlib-chars"),
 ])
 def test_cli_bad_arguments(tmp_path, args, message):
     result = _cli(["train", "--out", str(tmp_path / "run"), "--quiet", *args])
