@@ -130,6 +130,20 @@ def test_cifar10_errors(tmp_path):
         load_dataset("cifar10", tmp_path)
 
 
+def test_idx_too_short_for_a_magic_number(tmp_path):
+    short = tmp_path / "s"
+    short.write_bytes(b"\x00\x00")
+    with pytest.raises(ValueError, match=r"s: not an IDX file \(only 2 bytes\)"):
+        read_idx(short)
+
+
+def test_idx_images_and_labels_of_different_lengths_are_refused(tmp_path):
+    arrays = _fake_mnist(tmp_path)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", arrays["train-labels-idx1-ubyte"][:-1], compress=True)
+    with pytest.raises(ValueError, match=r"dataset 'mnist': train images \(20, 28, 28\) and labels \(19,\) do not"):
+        load_dataset("mnist", tmp_path)
+
+
 def test_idx_labels_above_9_are_refused_when_loading(tmp_path):  # not as a device assert in training
     arrays = _fake_mnist(tmp_path)
     labels = arrays["t10k-labels-idx1-ubyte"].copy()

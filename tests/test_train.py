@@ -65,7 +65,8 @@ def test_existing_run_needs_resume_and_matching_config(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "magnitude", "edge-popup"), ("model", "vgg", "lenet5"), ("data", "imagenet", "fashion-mnist"),
+    ("method", "magnitude", "edge-popup"), ("model", "vgg", "unknown model 'vgg'; valid names: .*lenet5"),
+    ("data", "imagenet", "unknown dataset 'imagenet'; valid names: .*fashion-mnist"),
     ("density", 0.0, "density"), ("density", 1.5, "density"), ("density", -0.2, "density"),
     ("width", 0, "width"), ("epochs", 0, "epochs"), ("init", "xavier", "signed-constant"),
     ("density", True, r"density \(kept fraction\) must lie in \(0, 1\], got True"),  # a bool is not 1.0
