@@ -197,6 +197,14 @@ def test_pystdlib_chars_refuses_each_bad_option_by_name(option, value, message):
         load_pystdlib_chars(**{option: value})
 
 
+def test_pystdlib_chars_refuses_a_test_split_shorter_than_the_context():
+    from slth.data.text import load_pystdlib_chars
+
+    with pytest.raises(ValueError, match=r"pystdlib-chars: the test split \(0 characters of 0 files under .*\) is too "
+                                         r"small for a context of 8; raise max_bytes"):
+        load_pystdlib_chars(context=8, max_bytes=1, test_every=2)  # one file, in the train split
+
+
 def test_token_dataset_refuses_windows_of_the_wrong_type_or_none():
     from slth.data import TokenDataset
 

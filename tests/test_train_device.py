@@ -163,6 +163,15 @@ def test_a_torchrun_variable_that_is_not_an_integer_is_a_clear_error(monkeypatch
         runtime.setup("cpu")
 
 
+def test_torchrun_without_torch_distributed_is_a_clear_error(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="WORLD_SIZE=2, but this torch has no torch.distributed"):
+        runtime.setup("cpu")
+
+
 def test_fit_trains_a_dense_sequential(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
