@@ -172,6 +172,16 @@ def test_torchrun_without_torch_distributed_is_a_clear_error(monkeypatch):
         runtime.setup("cpu")
 
 
+def test_torchrun_on_mps_is_refused_before_a_process_group_starts(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("a process group was started"))
+    with pytest.raises(ValueError, match="several processes on MPS are not supported; use --device cpu under torchrun"):
+        runtime.setup("mps")
+
+
 def test_fit_trains_a_dense_sequential(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
