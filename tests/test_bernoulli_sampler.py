@@ -239,6 +239,15 @@ def test_bad_scores_and_old_checkpoints_are_refused():
         layer.set_extra_state({"generator": torch.Generator().get_state()})
 
 
+def test_the_shift_control_and_its_solver_each_refuse_a_count_that_is_not_finite():
+    layer, _ = _layer(50, torch.float32, 2)
+    finite = lambda b: (25.0, 10.0)  # noqa: E731 (an expected count of k: the draw stands)
+    with pytest.raises(ValueError, match="Bernoulli supermask scores contain NaN"):
+        layer._control(lambda b: (math.nan, math.nan), finite, 0.0, 1.0)  # refused before any solving
+    with pytest.raises(ValueError, match="Bernoulli supermask scores contain NaN"):
+        layer._solve(lambda b: (math.nan, 0.0), 0.0, 1.0)
+
+
 def test_resume_continues_the_stream():
     a, weight = _layer(400, torch.float32, 4)
     for _ in range(3):
