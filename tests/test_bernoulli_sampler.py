@@ -74,6 +74,11 @@ def test_the_kernels_sigmoid_is_within_two_ulp_of_float64(z):
         assert 0.0 <= float(out[0]) < 1e-37
 
 
+def test_the_kernels_sigmoid_is_not_called_from_python():  # its body is numba's overload
+    with pytest.raises(NotImplementedError, match="sigmoid is a numba function"):
+        _kernels.sigmoid(0.0)
+
+
 def test_the_kernels_sigmoid_propagates_nan():
     out = np.empty(2, dtype=np.float32)
     _kernels.sigmoid_array(np.array([np.nan, 0.0], dtype=np.float32), out)
@@ -232,6 +237,15 @@ def test_bad_scores_and_old_checkpoints_are_refused():
         layer.training_mask()
     with pytest.raises(ValueError, match="older slth"):
         layer.set_extra_state({"generator": torch.Generator().get_state()})
+
+
+def test_the_shift_control_and_its_solver_each_refuse_a_count_that_is_not_finite():
+    layer, _ = _layer(50, torch.float32, 2)
+    finite = lambda b: (25.0, 10.0)  # noqa: E731 (an expected count of k: the draw stands)
+    with pytest.raises(ValueError, match="Bernoulli supermask scores contain NaN"):
+        layer._control(lambda b: (math.nan, math.nan), finite, 0.0, 1.0)  # refused before any solving
+    with pytest.raises(ValueError, match="Bernoulli supermask scores contain NaN"):
+        layer._solve(lambda b: (math.nan, 0.0), 0.0, 1.0)
 
 
 def test_resume_continues_the_stream():

@@ -130,6 +130,92 @@ def test_cifar10_errors(tmp_path):
         load_dataset("cifar10", tmp_path)
 
 
+def test_idx_too_short_for_a_magic_number(tmp_path):
+    short = tmp_path / "s"
+    short.write_bytes(b"\x00\x00")
+    with pytest.raises(ValueError, match=r"s: not an IDX file \(only 2 bytes\)"):
+        read_idx(short)
+
+
+def test_idx_images_and_labels_of_different_lengths_are_refused(tmp_path):
+    arrays = _fake_mnist(tmp_path)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", arrays["train-labels-idx1-ubyte"][:-1], compress=True)
+    with pytest.raises(ValueError, match=r"dataset 'mnist': train images \(20, 28, 28\) and labels \(19,\) do not"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_idx_labels_above_9_are_refused_when_loading(tmp_path):  # not as a device assert in training
+    arrays = _fake_mnist(tmp_path)
+    labels = arrays["t10k-labels-idx1-ubyte"].copy()
+    labels[3] = 10
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, compress=True)
+    with pytest.raises(ValueError, match="dataset 'mnist': labels above 9 in .*t10k-labels-idx1-ubyte.gz"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_cifar10_batch_that_is_not_a_batch_dict(tmp_path):
+    _fake_cifar(tmp_path)
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR-10 python batch \(expected a dict, got list\)"):
+        load_dataset("cifar10", tmp_path)
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 1]}, fh)
+    with pytest.raises(ValueError, match=r"test_batch: CIFAR-10 batch lacks 'data' or 'labels' \(has \['data', "):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_dataset_refuses_images_or_labels_of_the_wrong_type():
+    x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64)
+    Dataset("d", x, y, x, y, 10, (0.0,), (1.0,))
+    with pytest.raises(ValueError, match=r"d test: images must be float32 \(N, C, H, W\), got torch.float64"):
+        Dataset("d", x, y, x.double(), y, 10, (0.0,), (1.0,))
+    with pytest.raises(ValueError, match=r"d train: labels must be int64 of length 4, got torch.int64 \(3,\)"):
+        Dataset("d", x, y[:3], x, y, 10, (0.0,), (1.0,))
+
+
+def test_data_set_options_are_converted_once_or_refused():
+    from slth.data import check_data_args
+
+    assert check_data_args("pystdlib-chars", [("context", "8")]) == (("context", 8),)
+    with pytest.raises(ValueError, match="data set option 'context' given twice"):  # not: the last one wins
+        check_data_args("pystdlib-chars", [("context", "8"), ("context", "9")])
+    with pytest.raises(ValueError, match="option context='abc' of data set pystdlib-chars: expected int"):
+        check_data_args("pystdlib-chars", {"context": "abc"})  # not: the default used
+    with pytest.raises(ValueError, match="unknown option 'ctx' of data set pystdlib-chars; its options: context"):
+        check_data_args("pystdlib-chars", {"ctx": 8})
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("context", 0, "context must be >= 1, got 0"), ("max_bytes", 0, "max_bytes must be >= 1, got 0"),
+    ("test_every", 1, "test_every must be >= 2, got 1"),
+])
+def test_pystdlib_chars_refuses_each_bad_option_by_name(option, value, message):
+    from slth.data.text import load_pystdlib_chars
+
+    with pytest.raises(ValueError, match=f"pystdlib-chars: {message}$"):
+        load_pystdlib_chars(**{option: value})
+
+
+def test_pystdlib_chars_refuses_a_test_split_shorter_than_the_context():
+    from slth.data.text import load_pystdlib_chars
+
+    with pytest.raises(ValueError, match=r"pystdlib-chars: the test split \(0 characters of 0 files under .*\) is too "
+                                         r"small for a context of 8; raise max_bytes"):
+        load_pystdlib_chars(context=8, max_bytes=1, test_every=2)  # one file, in the train split
+
+
+def test_token_dataset_refuses_windows_of_the_wrong_type_or_none():
+    from slth.data import TokenDataset
+
+    x = torch.zeros(3, 5, dtype=torch.int64)
+    TokenDataset("t", x, x, x, x, 98)
+    with pytest.raises(ValueError, match=r"t train: inputs and targets must be int64 \(N, context\) of one shape"):
+        TokenDataset("t", x.float(), x, x, x, 98)
+    with pytest.raises(ValueError, match=r"t test: no windows \(the corpus is too small for the context\)"):
+        TokenDataset("t", x, x, x[:0], x[:0], 98)
+
+
 @pytest.mark.data
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_real_idx_data(name):

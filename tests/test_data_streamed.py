@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +99,36 @@ def test_image_folder(tmp_path):
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train"):
+    with pytest.raises(FileNotFoundError, match=r"dataset 'image-folder': no directory .*train \(expected"):
         open_dataset("image-folder", tmp_path)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(FileNotFoundError, match="dataset 'image-folder': .*train has no class sub-directories"):
+        open_dataset("image-folder", tmp_path)
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=r"no \.png/\.jpg/\.jpeg images under .*train/<class>/"):
+        open_dataset("image-folder", tmp_path)
+    (tmp_path / "val").rmdir()
+    make_image_folder(tmp_path / "noval")
+    shutil.rmtree(tmp_path / "noval" / "val")
+    with pytest.raises(FileNotFoundError, match=r"dataset 'image-folder': no directory .*noval/val \(expected"):
+        open_dataset("image-folder", tmp_path / "noval")
+    shutil.rmtree(tmp_path / "train")
     make_image_folder(tmp_path)
     (tmp_path / "val" / "wolf").mkdir()
     with pytest.raises(ValueError, match="wolf"):
         open_dataset("image-folder", tmp_path)
     with pytest.raises(ValueError, match="image-folder"):
         open_dataset("cifar100", tmp_path, image_size=32)
+
+
+def test_image_folder_without_pillow_says_how_to_install_it(monkeypatch):
+    from slth.data.streamed import _pillow
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL raises ImportError
+    with pytest.raises(ModuleNotFoundError, match="image-folder data sets are decoded with Pillow: pip install pillow"):
+        _pillow()
 
 
 def test_training_on_cifar100_does_not_depend_on_workers(tmp_path):

@@ -107,3 +107,12 @@ def test_variants_quick(res, tmp_path):
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["steps_to_reach"] >= r["steps_per_epoch"]
     text = _renders(tmp_path)
     assert "## Supermask variants" in text and "reference acc. %" in text
+
+
+def test_a_record_without_its_renderer_is_refused_before_it_is_written(tmp_path):
+    from slth.experiments.record import write_record
+
+    with pytest.raises(ValueError, match="a record needs an 'experiment' key naming its renderer"):
+        write_record({"settings": {}}, tmp_path / "r" / "record.json")
+    assert not (tmp_path / "r").exists()
+    assert json.loads(write_record({"experiment": "x"}, tmp_path / "ok.json").read_text()) == {"experiment": "x"}

@@ -169,6 +169,83 @@ def test_bad_config_errors():
         sm.SupermaskConfig(distribution="global")
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("density", True, r"density \(kept fraction\) must lie in \(0, 1\], got True"),  # a bool is not 1.0
+    ("rerand_period", 0, r"rerand_period \(optimizer steps between re-draws\) must be an integer >= 1, got 0$"),
+    ("rerand_period", 2.5, r"rerand_period .* got 2\.5$"),
+    ("rerand_prob", -0.1, r"rerand_prob \(probability of a re-draw\) must lie in \[0, 1\], got -0\.1$"),
+    ("rerand_prob", 1.5, r"rerand_prob .* got 1\.5$"),
+    ("score_l2", -0.5, r"score_l2 \(the score penalty's lambda\) must be a finite number >= 0, got -0\.5$"),
+    ("score_l2", math.nan, r"score_l2 .* got nan$"),
+])
+def test_each_bad_hyper_parameter_is_refused_by_name_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        sm.SupermaskConfig(method="gem-miner", **{field: value})
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [p.requires_grad for p in model.parameters()]
+
+
+def _assert_unchanged(model, state):
+    before, grads = state
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert [p.requires_grad for p in model.parameters()] == grads
+
+
+def test_a_second_supermask_is_refused_before_the_model_changes():
+    model = _model(seed=0)
+    state, spec = _state(model), dict(model.slth_spec)
+    with pytest.raises(ValueError, match="this model already has supermasks"):
+        sm.apply_supermask(model, sm.SupermaskConfig(density=0.7), seed=7)  # another seed: it would re-draw
+    _assert_unchanged(model, state)
+    assert model.slth_spec == spec
+
+
+def test_mask_tensors_checks_every_key_before_it_changes_the_model():
+    from slth.supermask.apply import mask_tensors
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    state = _state(model)
+    with pytest.raises(KeyError, match="'1.nowhere' names neither a module nor a module's tensor"):
+        mask_tensors(model, sm.SupermaskConfig(), {"0": 0.5, "1.nowhere": 0.5}, seed=0)
+    _assert_unchanged(model, state)
+    with pytest.raises(ValueError, match="iterand re-draws pruned weights: it needs redraw"):
+        mask_tensors(model, sm.SupermaskConfig(method="iterand"), {"0": 0.5}, seed=0)
+    _assert_unchanged(model, state)
+    mask_tensors(model, sm.SupermaskConfig(), {"1": 0.5}, seed=0)
+    state = _state(model)
+    with pytest.raises(ValueError, match="'1' is already parametrized"):
+        mask_tensors(model, sm.SupermaskConfig(), {"0": 0.5, "1": 0.5}, seed=1)
+    _assert_unchanged(model, state)
+    assert not torch.nn.utils.parametrize.is_parametrized(model[0])
+
+
+def test_supermask_report_needs_a_supermask_model():
+    with pytest.raises(ValueError, match=r"this model has no supermasks \(apply_supermask puts them on\)"):
+        sm.supermask_report(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+
+
+def test_a_maskable_layer_with_a_parameter_slth_does_not_know_is_refused():
+    class GainLinear(torch.nn.Linear):  # an extra parameter would otherwise be frozen at some value: a wrong model
+        def __init__(self):
+            super().__init__(4, 3)
+            self.gain = torch.nn.Parameter(torch.ones(3))
+
+    model = torch.nn.Sequential(GainLinear())
+    state = _state(model)
+    with pytest.raises(TypeError, match="GainLinear at '0' has a parameter 'gain' slth does not know"):
+        sm.apply_supermask(model, sm.SupermaskConfig(), seed=0)
+    _assert_unchanged(model, state)
+
+
+def test_layer_densities_refuses_an_unknown_distribution():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="unknown density distribution 'global'; valid names: uniform, erk"):
+        sm.layer_densities(model, 0.5, "global")
+
+
 @pytest.mark.parametrize("init", sorted(sm.INITS))
 def test_init_scales(init):
     model = sm.build("fc", (1, 40, 40), 10, seed=0, hidden=[400], supermask=sm.SupermaskConfig(density=0.25, init=init))
@@ -246,6 +323,15 @@ def test_iterand_redraws_from_cpu_draws_moved_to_the_weights_device():
     assert chosen.any()
     assert torch.equal(weight, torch.where(chosen, fresh, torch.ones(6, 5)))
     assert torch.equal(layer.generation, chosen.to(torch.int16))
+
+
+def test_iterand_refuses_a_round_its_generation_cannot_record_before_it_redraws():
+    layer = _iterand_layer(lambda generation: torch.zeros(6, 5))
+    weight = torch.ones(6, 5)
+    period = 2  # _iterand_layer's
+    with pytest.raises(OverflowError, match="more re-randomisation rounds than an int16 generation can record"):
+        layer.after_step(period * (torch.iinfo(torch.int16).max + 1), weight)
+    assert torch.equal(weight, torch.ones(6, 5)) and not layer.generation.any()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -97,6 +97,19 @@ def test_the_band_follows_a_drifting_threshold_narrowly():
     assert np.median(population[-30:]) < 300
 
 
+def test_nan_scores_are_refused_inside_the_predicted_band_and_on_the_torch_path():
+    good = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    bad = good.clone()
+    bad[10] = float("nan")
+    tracker = core.ThresholdTracker()
+    core.topk_mask(good, 300, tracker=tracker)  # predicts a band that holds the next threshold
+    with pytest.raises(ValueError, match="cannot rank scores that contain NaN"):
+        core.topk_mask(bad, 300, tracker=tracker)
+    for dtype in (torch.bfloat16, torch.float16):  # no numba kernel: torch's kthvalue would rank NaN
+        with pytest.raises(ValueError, match="cannot rank scores that contain NaN"):
+            core.topk_mask(bad.to(dtype), 300)
+
+
 def test_nan_scores_are_refused_on_every_path():
     state = core.KernelState()
     s = torch.tensor([0.5, -1.0, 2.0, 0.1])

@@ -67,13 +67,35 @@ def test_existing_run_needs_resume_and_matching_config(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "magnitude", "edge-popup"), ("model", "vgg", "lenet5"), ("data", "imagenet", "fashion-mnist"),
+    ("method", "magnitude", "edge-popup"), ("model", "vgg", "unknown model 'vgg'; valid names: .*lenet5"),
+    ("data", "imagenet", "unknown dataset 'imagenet'; valid names: .*fashion-mnist"),
     ("density", 0.0, "density"), ("density", 1.5, "density"), ("density", -0.2, "density"),
     ("width", 0, "width"), ("epochs", 0, "epochs"), ("init", "xavier", "signed-constant"),
+    ("density", True, r"density \(kept fraction\) must lie in \(0, 1\], got True"),  # a bool is not 1.0
+    ("hidden", (8,), "hidden sizes apply to the fc model only"),
+    ("rerand_period", 0, "rerand_period .* got 0"), ("score_l2", -0.5, "score_l2 .* got -0.5"),
 ])
 def test_bad_config_is_a_clear_error(field, value, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{**TINY, "method": "edge-popup", field: value})
+        TrainConfig(**{**TINY, "method": "edge-popup", **({"model": "vit"} if field == "hidden" else {}), field: value})
+
+
+@pytest.mark.parametrize("density", [0.0, 1.5, True])
+def test_dense_checks_the_density_it_records(density):
+    with pytest.raises(ValueError, match=r"density \(kept fraction\) must lie in \(0, 1\]"):
+        TrainConfig(**{**TINY, "method": "dense", "density": density})
+
+
+def test_image_size_below_8_is_refused():
+    with pytest.raises(ValueError, match="image_size must be >= 8, got 2"):
+        TrainConfig(method="edge-popup", model="conv4", data="image-folder", data_dir="x", image_size=2)
+
+
+def test_from_dict_refuses_unknown_fields():
+    d = TrainConfig(**TINY).to_dict()
+    assert TrainConfig.from_dict(d) == TrainConfig(**TINY)
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields: \['colour'\]"):
+        TrainConfig.from_dict({**d, "colour": "red"})
 
 
 @pytest.mark.parametrize("args,message", [
@@ -83,6 +105,10 @@ def test_bad_config_is_a_clear_error(field, value, message):
     (["--density", "0"], "density"),
     (["--density", "1.2"], "density"),
     (["--data", "mnist"], "needs data_dir"),
+    (["--method", "gem-miner", "--score-l2", "-0.5"], "score_l2 (the score penalty's lambda) must be a finite number"),
+    (["--method", "iterand", "--rerand-period", "0"], "rerand_period (optimizer steps between re-draws) must be an"),
+    (["--method", "iterand", "--rerand-prob", "2"], "rerand_prob (probability of a re-draw) must lie in [0, 1], got 2"),
+    (["--data", "pystdlib-chars", "--data-arg", "context=abc"], "option context='abc' of data set pystdlib-chars"),
 ])
 def test_cli_bad_arguments(tmp_path, args, message):
     result = _cli(["train", "--out", str(tmp_path / "run"), "--quiet", *args])
@@ -161,6 +187,8 @@ def test_step_benchmark_reports_both_steps():
     assert r["batches"] == 3
     with pytest.raises(ValueError, match="batches must be at least 1"):
         step_times("fc", "iterand", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, batches=0)
+    with pytest.raises(ValueError, match="the peer implementation is edge-popup's; got method 'biprop'"):
+        step_times("fc", "biprop", input_shape=(1, 8, 8), batch_size=16, steps=1, warmup=1, repeats=1, peer=True)
 
 
 def test_cifar10_training_with_augmentation(tmp_path):

@@ -129,6 +129,59 @@ def _digits_loaders(batch_size=64):
     return train_loader, DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=500)
 
 
+def test_fit_refuses_bad_input_before_it_trains_or_writes(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    train_loader, test_loader = _digits_loaders()
+    config, out = TrainConfig(method="dense", epochs=1), tmp_path / "run"
+    with pytest.raises(ValueError, match="resume needs an out directory"):  # not a silent fresh start
+        fit(model, train_loader, test_loader, config, resume=True)
+    with pytest.raises(ValueError, match=r"fit needs a train_loader with a length \(the cosine schedule"):
+        fit(model, (batch for batch in train_loader), test_loader, config, out=out)
+    with pytest.raises(ValueError, match="fit: train_loader yields no batches"):
+        fit(model, [], test_loader, config, out=out)
+    with pytest.raises(ValueError, match=r"the model has no trainable parameters \(requires_grad\)"):
+        fit(model.requires_grad_(False), train_loader, test_loader, config, out=out)
+    assert not out.exists()
+
+
+def test_mps_without_mps_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'mps' requested, but this torch has no usable MPS backend"):
+        runtime.resolve_device("mps")
+
+
+def test_a_cuda_index_the_machine_lacks_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device cuda:3 requested, but this machine has 1 CUDA device\(s\)"):
+        runtime.resolve_device("cuda:3")
+
+
+def test_a_torchrun_variable_that_is_not_an_integer_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="environment variable WORLD_SIZE='two' is not an integer"):
+        runtime.setup("cpu")
+
+
+def test_torchrun_without_torch_distributed_is_a_clear_error(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="WORLD_SIZE=2, but this torch has no torch.distributed"):
+        runtime.setup("cpu")
+
+
+def test_torchrun_on_mps_is_refused_before_a_process_group_starts(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("a process group was started"))
+    with pytest.raises(ValueError, match="several processes on MPS are not supported; use --device cpu under torchrun"):
+        runtime.setup("mps")
+
+
 def test_fit_trains_a_dense_sequential(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))

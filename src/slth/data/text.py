@@ -128,9 +128,9 @@ def _corpus(max_bytes: int, test_every: int, root: str) -> tuple[np.ndarray, np.
 
 def load_pystdlib_chars(context: int = 64, max_bytes: int = 3_000_000, test_every: int = 10) -> TokenDataset:
     """The ``pystdlib-chars`` data set (see the module docstring) with windows of ``context`` tokens."""
-    if context < 1 or max_bytes < 1 or test_every < 2:
-        raise ValueError(f"pystdlib-chars: context and max_bytes must be >= 1 and test_every >= 2, got "
-                         f"{context}, {max_bytes}, {test_every}")
+    for name, value, least in (("context", context, 1), ("max_bytes", max_bytes, 1), ("test_every", test_every, 2)):
+        if value < least:
+            raise ValueError(f"pystdlib-chars: {name} must be >= {least}, got {value}")
     root = sysconfig.get_paths()["stdlib"]
     train, test, info = _corpus(int(max_bytes), int(test_every), root)
     if len(test) <= context:

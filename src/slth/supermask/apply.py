@@ -30,7 +30,7 @@ def _target(modules: dict[str, nn.Module], key: str) -> tuple[nn.Module, str]:
     if key in modules:
         return modules[key], "weight"
     parent, _, tensor = key.rpartition(".")
-    if parent in modules and tensor:
+    if parent in modules and tensor and isinstance(getattr(modules[parent], tensor, None), torch.Tensor):
         return modules[parent], tensor
     raise KeyError(f"{key!r} names neither a module nor a module's tensor")
 
@@ -52,6 +52,10 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
     if method.redraws and redraw is None:
         raise ValueError(f"{config.method} re-draws pruned weights: it needs redraw(name, generation)")
     modules = dict(model.named_modules())
+    targets = {key: _target(modules, key) for key in densities}  # every key checked before anything changes
+    for key, (module, tensor) in targets.items():
+        if parametrize.is_parametrized(module, tensor):
+            raise ValueError(f"{key!r} is already parametrized (a model takes one supermask)")
     places: dict[int, list[tuple[nn.Module, str]]] = {}  # tensor -> every (module, name) holding it
     for _, m in _own_modules(model):
         for t, param in m._parameters.items():
@@ -60,9 +64,7 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
     for p in model.parameters():
         p.requires_grad_(False)
     for key, density in densities.items():
-        module, tensor = _target(modules, key)
-        if parametrize.is_parametrized(module, tensor):
-            raise ValueError(f"{key!r} is already parametrized (a model takes one supermask)")
+        module, tensor = targets[key]
         raw = getattr(module, tensor)
         shape = raw.shape
         fan = (fan_in or {}).get(key, tensor_fan_in(module, tensor, shape))

@@ -41,6 +41,7 @@ experiments all read the entry.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -84,15 +85,26 @@ class SupermaskConfig:
             raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANTS)}")
         if self.init is None:
             object.__setattr__(self, "init", METHODS[self.method].default_init(self.variant))
-        if not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0:
+        if not _is_real(self.density) or not 0.0 < self.density <= 1.0:
             raise ValueError(f"density (kept fraction) must lie in (0, 1], got {self.density!r}")
         check_init(self.init)
         check_variant_init(self.init, self.variant, {"": self.density})
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
-        if self.rerand_period < 1 or not 0.0 <= self.rerand_prob <= 1.0 or self.score_l2 < 0:
-            raise ValueError("need rerand_period >= 1, rerand_prob in [0, 1] and score_l2 >= 0")
+        if not _is_real(self.rerand_period, numbers.Integral) or self.rerand_period < 1:
+            raise ValueError(f"rerand_period (optimizer steps between re-draws) must be an integer >= 1, "
+                             f"got {self.rerand_period!r}")
+        if not _is_real(self.rerand_prob) or not 0.0 <= self.rerand_prob <= 1.0:
+            raise ValueError(f"rerand_prob (probability of a re-draw) must lie in [0, 1], got {self.rerand_prob!r}")
+        if not _is_real(self.score_l2) or not 0.0 <= self.score_l2 < math.inf:
+            raise ValueError(f"score_l2 (the score penalty's lambda) must be a finite number >= 0, "
+                             f"got {self.score_l2!r}")
+
+
+def _is_real(value, kind: type = numbers.Real) -> bool:
+    """``value`` is a number of ``kind`` (a bool is not: ``True`` would pass as 1)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 class Supermask(nn.Module):

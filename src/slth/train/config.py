@@ -74,15 +74,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from ..data import DATASETS, check_data_args
-        from ..models import MODELS, check_model_args
+        from ..models import check_model_args
 
         if self.method not in TRAIN_METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid names: {', '.join(TRAIN_METHODS)}")
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(sorted(MODELS))}")
+        # these refuse an unknown model / data set by name, with the valid names
         object.__setattr__(self, "model_args", check_model_args(self.model, self.model_args or ()))
-        if self.data not in DATASETS:
-            raise ValueError(f"unknown dataset {self.data!r}; valid names: {', '.join(sorted(DATASETS))}")
         object.__setattr__(self, "data_args", check_data_args(self.data, self.data_args or ()))
         if (isinstance(self.density, bool) or not isinstance(self.density, (int, float))
                 or not 0.0 < self.density <= 1.0):

@@ -323,9 +323,7 @@ def _loop(model: torch.nn.Module, cfg: TrainConfig, rt: _runtime.Runtime, source
         raise ValueError(f"batch size {cfg.batch_size} (the global batch) must be divisible by the number of "
                          f"processes {rt.world_size}")
     _check_device_hooks(model, rt.device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("the model has no trainable parameters (requires_grad)")
+    trainable = [p for p in model.parameters() if p.requires_grad]  # fit refuses a model without any
     optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = _runtime.grad_scaler(rt.device, cfg.precision)
     state = {"epoch": 0, "step": 0, "seconds": 0.0, "history": []}
@@ -543,14 +541,16 @@ def fit(model: torch.nn.Module, train_loader, test_loader, config: TrainConfig |
     cfg = config.resolved()
     if resume and out is None:
         raise ValueError("resume needs an out directory")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (requires_grad)")
     rt = _runtime.setup(cfg.device, cfg.precision)
     try:
+        source = _LoaderSource(train_loader, test_loader, rt)  # checks the loader before the model moves
         model.to(rt.device)
         spec = getattr(model, "slth_spec", None) or {}
         describe = {"method": cfg.method, "model": spec.get("model", type(model).__name__), "data": "loader",
                     "width": cfg.width, "seed": cfg.seed,
                     "target_density": 1.0 if cfg.method == "dense" else cfg.density}
-        source = _LoaderSource(train_loader, test_loader, rt)
         return _loop(model, cfg, rt, source, None if out is None else Path(out), resume=resume, quiet=quiet,
                      stop_after=stop_after, describe=describe, ticket=bool(spec.get("supermask")))
     finally:
