@@ -57,3 +57,29 @@ def test_a_preset_applies_where_the_user_gave_nothing():
         with_preset(Example, "slow", presets)
     with pytest.raises(ValueError, match="unknown --words w"):
         with_preset(Example, None, presets, words=("w",))
+
+
+def test_the_methods_own_settings_have_one_default_each():
+    """300 / 0.1 / 1e-4 / "slth" live in slth._hparams.MethodSettings; SupermaskConfig, TrainConfig and the
+    options of slth train take them from there."""
+    from slth._hparams import DEFAULTS, MethodSettings
+    from slth.supermask import SupermaskConfig
+    from slth.train import TrainConfig
+
+    params = {p.name: p.default for p in _settings.parameters(MethodSettings)}
+    for f in dataclasses.fields(MethodSettings):
+        value = getattr(DEFAULTS, f.name)
+        assert getattr(SupermaskConfig(), f.name) == getattr(TrainConfig(), f.name) == value
+        assert params[f.name].show_default == _settings.shown(value)
+
+
+@pytest.mark.parametrize("bad", [{"rerand_period": 0}, {"rerand_prob": 1.5}, {"score_l2": -1.0},
+                                 {"variant": "paper"}])
+def test_method_settings_refuse_bad_values(bad):
+    from slth._hparams import MethodSettings
+    from slth.supermask import SupermaskConfig
+
+    with pytest.raises(ValueError):
+        MethodSettings(**bad)
+    with pytest.raises(ValueError):
+        SupermaskConfig(**bad)

@@ -46,8 +46,9 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def parameters(cls: type) -> list[inspect.Parameter]:
-    """One keyword parameter with a ``typer.Option`` per field of the dataclass ``cls``."""
+def parameters(cls: type, panel: Optional[str] = None) -> list[inspect.Parameter]:
+    """One keyword parameter with a ``typer.Option`` per field of the dataclass ``cls`` (in help panel
+    ``panel``)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -62,7 +63,8 @@ def parameters(cls: type) -> list[inspect.Parameter]:
         else:
             raise TypeError(f"{cls.__qualname__}.{f.name}: no command-line form for {tp!r}")
         show = False if default is dataclasses.MISSING or default is None else shown(default)
-        option = typer.Option(None, *decls, help=f.metadata.get("help", ""), show_default=show)
+        option = typer.Option(None, *decls, help=f.metadata.get("help", ""), show_default=show,
+                              rich_help_panel=panel)
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return out
 
@@ -92,6 +94,7 @@ def given(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 def with_signature(fn: Callable, params: list[inspect.Parameter]) -> Callable:
     """``fn(**values)`` with the signature typer reads its options from."""
     fn.__signature__ = inspect.Signature(params)
+    fn.__annotations__ = {p.name: p.annotation for p in params}  # typer reads the types from here
     return fn
 
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .._names import METHOD_NAMES, MODEL_NAMES, VARIANT_NAMES
+from .._names import METHOD_NAMES, MODEL_NAMES
 from ._common import CommandError, ints, output_dir, output_file, threads as set_threads
 
 DATA_HELP = ("digits (embedded), mnist, fashion-mnist, cifar10 or pystdlib-chars (the Python standard library's "
@@ -18,8 +18,33 @@ DATA_ARG_HELP = ("a data set option, repeatable: --data-arg context=32 (pystdlib
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    app.command("train")(_with_method_options(train_command))
     app.command("train-dense")(train_dense_cmd)
+
+
+def _with_method_options(command):
+    """``command`` with one more option per field of :class:`slth._hparams.MethodSettings` (the supermask
+    methods' own settings: their defaults and help texts are the fields'), passed on as ``method_settings``: only
+    those the user gave, so TrainConfig's defaults (MethodSettings's) apply to the rest."""
+    import inspect
+    import typing
+
+    from .._hparams import MethodSettings
+    from ._settings import given, parameters
+
+    hints = typing.get_type_hints(command)  # real types, not this module's annotation strings
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
+           if p.name != "method_settings"]
+    extra = parameters(MethodSettings, panel="Supermask method settings")
+
+    def wrapped(**values):
+        method_values = {p.name: values.pop(p.name) for p in extra}
+        return command(**values, method_settings=given(MethodSettings, method_values))
+
+    wrapped.__doc__ = command.__doc__
+    wrapped.__signature__ = inspect.Signature([*own, *extra])
+    wrapped.__annotations__ = {p.name: p.annotation for p in (*own, *extra)}
+    return wrapped
 
 
 def train_command(
@@ -48,17 +73,13 @@ def train_command(
         help="a model constructor argument, repeatable: --model-arg patch=7 --model-arg depth=4 "
              "(vit: patch, dim, depth, heads, mlp_ratio; gpt: dim, depth, heads, mlp_ratio, tie)"),
     augment: Optional[bool] = typer.Option(None, help="random crop + flip (default: on for cifar10)"),
-    rerand_period: int = typer.Option(300, help="iterand: steps between re-randomisations"),
-    rerand_prob: float = typer.Option(0.1, help="iterand: probability a pruned weight is re-drawn"),
-    score_l2: float = typer.Option(1e-4, help="gem-miner: lambda of the score regulariser"),
-    variant: str = typer.Option("slth", help=" | ".join(VARIANT_NAMES) + ": slth's semantics, or each method "
-                                "exactly as its reference code (and its defaults; docs/reference-code.md)"),
     device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)"),
     workers: int = typer.Option(0, help="DataLoader worker processes (streamed data sets)"),
     image_size: Optional[int] = typer.Option(None, help="image-folder: side of the square crops (default 224)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     quiet: bool = typer.Option(False, help="no progress bars"),
+    method_settings: Optional[dict] = None,
 ) -> None:
     """Train a network densely or by learning a supermask over frozen random weights.
 
@@ -74,9 +95,8 @@ def train_command(
                          weight_decay=weight_decay, init=init, distribution=distribution,
                          hidden=ints(hidden, "--hidden"), model_args=_pairs(model_arg or []),
                          data_args=_pairs(data_arg or [], "--data-arg"), augment=augment,
-                         rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2, variant=variant,
-                         device=device,
-                         precision=precision, workers=workers, image_size=image_size)
+                         device=device, precision=precision, workers=workers, image_size=image_size,
+                         **(method_settings or {}))
     set_threads(threads)
     output_dir(out, "--out")
     metrics = train(config, out, resume=resume, quiet=quiet).metrics

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+from .._hparams import DEFAULTS as _METHOD
 from .._names import VARIANT_NAMES
 from ..supermask.methods import METHODS, SupermaskConfig
 from .runtime import check_device_name, check_precision, check_precision_name
@@ -62,10 +63,12 @@ class TrainConfig:
     # the data set's own options, as sorted (key, value) pairs: (("context", 32),) for pystdlib-chars
     # (slth.data.check_data_args checks keys and converts values)
     data_args: tuple[tuple[str, object], ...] = ()
-    rerand_period: int = 300
-    rerand_prob: float = 0.1
-    score_l2: float = 1e-4
-    variant: str = "slth"  # supermask semantics: "slth" or "reference" (slth.supermask.SupermaskConfig.variant)
+    # the supermask methods' own settings, flat here (checkpoints and metrics.json hold them so); their
+    # defaults are slth._hparams.MethodSettings's
+    rerand_period: int = _METHOD.rerand_period
+    rerand_prob: float = _METHOD.rerand_prob
+    score_l2: float = _METHOD.score_l2
+    variant: str = _METHOD.variant  # supermask semantics: "slth" or "reference" (SupermaskConfig.variant)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, GPU only)
     image_size: int | None = None  # image-folder data: side of the square crops (default 224)
     # where it runs, not what it computes: excluded from the identity a resumed run must match
