@@ -54,6 +54,12 @@ def parameters(cls: type, panel: Optional[str] = None) -> list[inspect.Parameter
     for f in dataclasses.fields(cls):
         tp, default = _unwrap(hints[f.name]), _default(f)
         decl = "--" + f.name.replace("_", "-")
+        if f.metadata.get("flag"):  # a repeatable KEY=VALUE option: --model-arg patch=7 --model-arg depth=2
+            option = typer.Option(None, f.metadata["flag"], metavar="KEY=VALUE", help=f.metadata.get("help", ""),
+                                  rich_help_panel=panel)
+            out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
+                                         default=option))
+            continue
         if tp is bool:
             decls, annotation = (f"{decl}/--no-{decl[2:]}",), Optional[bool]
         elif tp in (int, float, str, Path):
@@ -85,10 +91,31 @@ def _parse(tp: Any, text: Any, what: str) -> Any:
 
 
 def given(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The fields the user gave (not None), converted to their types (comma lists parsed)."""
+    """The fields the user gave (not None), converted to their types (comma lists parsed, KEY=VALUE pairs
+    split)."""
     hints = typing.get_type_hints(cls)
-    return {f.name: _parse(hints[f.name], values[f.name], "--" + f.name.replace("_", "-"))
-            for f in dataclasses.fields(cls) if values.get(f.name) is not None}
+    out = {}
+    for f in dataclasses.fields(cls):
+        if values.get(f.name) is None:
+            continue
+        if f.metadata.get("flag"):
+            out[f.name] = pairs(values[f.name], f.metadata["flag"])
+        else:
+            out[f.name] = _parse(hints[f.name], values[f.name], "--" + f.name.replace("_", "-"))
+    return out
+
+
+def pairs(items: list[str], option: str) -> tuple[tuple[str, str], ...]:
+    """``["patch=7", "depth=4"]`` -> (("patch", "7"), ("depth", "4")); the model (or data set) checks keys and
+    values."""
+    out = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise CommandError(f"{option} takes KEY=VALUE (e.g. {'context=32' if 'data' in option else 'patch=7'}), "
+                               f"got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
 
 
 def with_signature(fn: Callable, params: list[inspect.Parameter]) -> Callable:
