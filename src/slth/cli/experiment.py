@@ -4,9 +4,10 @@ Each command's options are the fields of its module's ``Settings`` dataclass (:m
 options of the runner, which say how to run, not what to compute, so they are not part of the record's
 settings: ``--out`` (the record; a folder for experiments that write several files), ``--quick`` (the
 module's ``PRESETS["quick"]``: options given explicitly still win), ``--threads`` (torch threads) and
-``--quiet``. The module is imported only when its command runs or shows its help, so ``slth --help`` stays
-fast. The command checks the settings (``Settings.__post_init__``) and creates the output folder before the
-work starts; :func:`slth.experiments.record.run_experiment` runs it and writes the record.
+``--quiet``. A module is imported only when its command runs or shows its help (``slth experiment --help``
+lists the registry's summaries), so the help stays fast. The command checks the settings
+(``Settings.__post_init__``) and creates the output folder before the work starts;
+:func:`slth.experiments.record.run_experiment` runs it and writes the record.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ._common import CommandError, output_dir, output_file, threads as set_threads
 
@@ -104,26 +105,27 @@ def build_command(name: str):
 
 
 class _Experiments(TyperGroup):
-    """The registered experiments as subcommands; a module is imported only when its command is used."""
+    """The registered experiments as subcommands. Running one (or its --help) builds its command from its
+    module; the listing of ``slth experiment --help`` uses the registry's one-line summaries and imports none."""
 
     def list_commands(self, ctx):
         from ..experiments import EXPERIMENTS
 
         return [e.name for e in EXPERIMENTS.values() if e.command]
 
-    def get_command(self, ctx, name):
+    def get_command(self, ctx, name):  # the listing: a summary only
         from ..experiments import EXPERIMENTS
 
         if name not in EXPERIMENTS or not EXPERIMENTS[name].command:
             return None
-        return build_command(name)
+        return TyperCommand(name, help=EXPERIMENTS[name].summary, short_help=EXPERIMENTS[name].summary)
 
-    def format_commands(self, ctx, formatter):
+    def resolve_command(self, ctx, args):  # running it: the whole command
         from ..experiments import EXPERIMENTS
 
-        rows = [(e.name, e.summary) for e in EXPERIMENTS.values() if e.command]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        if args and args[0] in EXPERIMENTS and EXPERIMENTS[args[0]].command:
+            return args[0], build_command(args[0]), args[1:]
+        return super().resolve_command(ctx, args)
 
 
 app = typer.Typer(cls=_Experiments, help="Experiments reproducing the papers' claims (records for slth report).",
