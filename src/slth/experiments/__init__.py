@@ -52,7 +52,7 @@ class Experiment:
 
 
 _CONSTRUCTION = ("construction/", "subsetsum/")
-_LEARNING = ("supermask/", "train/", "models/")
+_LEARNING = ("supermask/", "train/", "models/", "_hparams.py")  # _hparams: the training settings' defaults
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("width-curves", "width_curves", 10,
@@ -61,7 +61,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("pensia-exp1", "pensia_exp1", 20, _CONSTRUCTION + ("data/", "experiments/pensia_exp1.py"),
                summary="Pensia et al. Exp. 1: construct and evaluate tickets of a 784-500-10 MNIST target"),
     Experiment("pensia-exp2", "pensia_exp2", 30,
-               ("supermask/", "data/", "models/redlayer.py", "experiments/pensia_exp2.py", "experiments/masking.py"),
+               ("supermask/", "_hparams.py", "data/", "models/redlayer.py", "experiments/pensia_exp2.py",
+                "experiments/masking.py"),
                summary="Pensia et al. Exp. 2: RedLayer structure vs a parameter-matched wide net, by edge-popup"),
     Experiment("planted", "planted", 40,
                _CONSTRUCTION + _LEARNING + ("data/", "experiments/planted.py", "experiments/masking.py"),
