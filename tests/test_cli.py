@@ -112,3 +112,27 @@ def test_train_help_lists_every_registered_model_and_method():
 def test_train_command_names_its_choices_without_importing_torch():
     code = "import sys, slth.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_registered_experiment_has_a_command_generated_from_its_settings():
+    """``slth experiment <name> --help`` works for each registered experiment and offers one option per field of
+    its module's Settings, plus the runner's (--out, --quick, --threads, --quiet); the quick preset names only
+    fields."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+    from slth.experiments import EXPERIMENTS
+
+    for e in EXPERIMENTS.values():
+        if not e.command:
+            continue
+        module = e.load()
+        result = CliRunner().invoke(app, ["experiment", e.name, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (e.name, result.output)
+        fields = {f.name for f in dataclasses.fields(module.Settings)}
+        for name in [*fields, "out", "quick", "threads", "quiet"]:
+            assert "--" + name.replace("_", "-") in result.output, (e.name, name)
+        assert set(module.PRESETS["quick"]) <= fields, e.name
+        assert dataclasses.is_dataclass(module.Settings) and module.Settings.__dataclass_params__.frozen

@@ -62,6 +62,12 @@ def test_planted_quick(res, tmp_path):
 
 def test_construct_vs_learn_quick(res, tmp_path):
     rec = _run(["experiment", "construct-vs-learn", "--threads", "1"], res / "cvl.json")
+    from dataclasses import asdict
+
+    from slth.experiments.construct_vs_learn import PRESETS, Settings
+
+    # the record's settings are exactly what ran: asdict of the preset's Settings (tuples as JSON lists)
+    assert rec["settings"] == json.loads(json.dumps(asdict(Settings(**PRESETS["quick"])))) and rec["preset"] == "quick"
     rows = {r["row"].split(" (")[0].split(",")[0]: r for r in rec["rows"]}
     assert rows["dense"]["trained_params"] == rows["dense"]["kept_params"] == 64 * 16 + 16 * 10
     assert rows["constructed"]["trained_params"] == 0 and rows["constructed"]["random_params"] > 0
@@ -99,7 +105,7 @@ def test_variants_quick(res, tmp_path):
     from slth.supermask.methods import METHODS
 
     rec = _run(["experiment", "variants", "--threads", "1"], res / "variants.json")
-    assert rec["experiment"] == "variants" and rec["settings"]["quick"]
+    assert rec["experiment"] == "variants" and rec["preset"] == "quick" and rec["settings"]["data"] == "digits"
     pairs = {(m, v) for m in METHODS for v in ("slth", "reference")}
     assert {(r["method"], r["variant"]) for r in rec["runs"]} == pairs
     for r in rec["runs"]:  # each variant trains at its own default learning rate

@@ -2,7 +2,7 @@
 
 ==============  ==============================================================
 construct       ``construct``, ``evaluate``, ``demo``          (:mod:`.construct`)
-train           ``train``, ``train-dense``                     (:mod:`.train`)
+train           ``train``, ``train-dense``         (:mod:`.train`, :mod:`.train_dense`)
 bench           ``bench subsetsum``, ``bench supermask-step``  (:mod:`.bench`)
 experiment      ``experiment <name>``, one per registered experiment (:mod:`.experiment`)
 report          ``report``                                     (:mod:`.report`)
@@ -21,7 +21,7 @@ import typer
 
 from typer.core import TyperGroup
 
-from . import bench, construct, experiment, report, train
+from . import bench, construct, experiment, report, train, train_dense
 from ._common import USER_ERRORS
 
 
@@ -49,6 +49,7 @@ def build_app() -> typer.Typer:
     )
     construct.register(app)
     train.register(app)
+    train_dense.register(app)
     app.add_typer(bench.app, name="bench")
     app.add_typer(experiment.app, name="experiment")
     report.register(app)

@@ -16,8 +16,12 @@ holding the experiment's code and its report section (``render(record, ctx)``), 
 docs/results.md, and the source paths whose change makes a record stale (``slth report`` marks it).
 Records of ``slth train`` runs are listed too (kind ``train-run`` for one ``metrics.json``, ``train-runs``
 for a sub-folder of them, rendered as one table): the trainer writes them, their section lives in
-:mod:`slth.experiments.train_runs`. Adding an experiment: its module here, one entry
-below, one command in :mod:`slth.cli.experiment`.
+:mod:`slth.experiments.train_runs`.
+
+Adding an experiment: its module here (a frozen ``Settings`` dataclass with a ``PRESETS`` dict, see
+:mod:`slth.experiments.settings`; ``execute(settings, *, out, log)`` returning the record's body; ``render``)
+and one entry below. ``slth experiment <name>`` is generated from ``Settings``, and
+:func:`slth.experiments.record.run_experiment` runs it and writes the record.
 """
 
 from __future__ import annotations
@@ -35,28 +39,47 @@ class Experiment:
     depends_on: tuple[str, ...]  # paths under src/slth/ (a trailing / is a package) that produce the numbers
     command: bool = True
     render: str = "render"  # name of the module's report-section function
+    summary: str = ""  # one line for ``slth experiment --help``
+    threads: int | None = None  # default torch threads of its command (None: torch's own)
+    record_file: str | None = None  # set: ``--out`` is a folder and the record is this file inside it
+
+    def load(self):
+        """The experiment's module (``Settings``, ``PRESETS``, ``execute``, ``render``)."""
+        return importlib.import_module(f"{__name__}.{self.module}")
 
     def renderer(self) -> Callable:
-        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.render)
+        return getattr(self.load(), self.render)
 
 
 _CONSTRUCTION = ("construction/", "subsetsum/")
-_LEARNING = ("supermask/", "train/", "models/")
+_LEARNING = ("supermask/", "train/", "models/", "_hparams.py")  # _hparams: the training settings' defaults
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("width-curves", "width_curves", 10,
-               _CONSTRUCTION + ("train/", "models/", "data/", "experiments/width_curves.py")),
-    Experiment("pensia-exp1", "pensia_exp1", 20, _CONSTRUCTION + ("data/", "experiments/pensia_exp1.py")),
+               _CONSTRUCTION + ("train/", "models/", "data/", "experiments/width_curves.py"),
+               summary="Pensia (log width) vs Malach (poly width): error and accuracy vs width; SubsetSum error vs n"),
+    Experiment("pensia-exp1", "pensia_exp1", 20, _CONSTRUCTION + ("data/", "experiments/pensia_exp1.py"),
+               summary="Pensia et al. Exp. 1: construct and evaluate tickets of a 784-500-10 MNIST target"),
     Experiment("pensia-exp2", "pensia_exp2", 30,
-               ("supermask/", "data/", "models/redlayer.py", "experiments/pensia_exp2.py", "experiments/masking.py")),
+               ("supermask/", "_hparams.py", "data/", "models/redlayer.py", "experiments/pensia_exp2.py",
+                "experiments/masking.py"),
+               summary="Pensia et al. Exp. 2: RedLayer structure vs a parameter-matched wide net, by edge-popup"),
     Experiment("planted", "planted", 40,
-               _CONSTRUCTION + _LEARNING + ("data/", "experiments/planted.py", "experiments/masking.py")),
+               _CONSTRUCTION + _LEARNING + ("data/", "experiments/planted.py", "experiments/masking.py"),
+               summary="Plant 'n' Seek: known sparse targets hidden in random nets; every method and construct",
+               threads=1),
     Experiment("construct-vs-learn", "construct_vs_learn", 50,
-               _CONSTRUCTION + _LEARNING + ("data/", "experiments/construct_vs_learn.py")),
-    Experiment("width-sweep", "width_sweep", 60, _LEARNING + ("data/", "experiments/width_sweep.py")),
+               _CONSTRUCTION + _LEARNING + ("data/", "experiments/construct_vs_learn.py"),
+               summary="The constructed ticket of a trained target vs learned supermasks vs dense training"),
+    Experiment("width-sweep", "width_sweep", 60, _LEARNING + ("data/", "experiments/width_sweep.py"),
+               summary="Dense at width w against each supermask method on random networks of width k*w",
+               record_file="width_sweep.json"),
     Experiment("transformers", "transformers", 65,
-               _CONSTRUCTION + _LEARNING + ("data/", "experiments/transformers.py")),
-    Experiment("variants", "variants", 67, _LEARNING + ("data/", "experiments/variants.py")),
+               _CONSTRUCTION + _LEARNING + ("data/", "experiments/transformers.py"),
+               summary="Tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT: accuracy, width vs eps, params",
+               threads=1),
+    Experiment("variants", "variants", 67, _LEARNING + ("data/", "experiments/variants.py"),
+               summary="Each supermask method in slth's variant against its reference-code variant, same seeds"),
     Experiment("train-run", "train_runs", 70, _LEARNING + ("data/",), command=False),
     Experiment("train-runs", "train_runs", 95, _LEARNING + ("data/",), command=False, render="render_set"),
 )}

@@ -13,10 +13,54 @@ from __future__ import annotations
 
 import math
 import tempfile
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from .._names import METHOD_NAMES
+from .settings import check_at_least, check_names, option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
+
+DENSE = "slth train-dense setting: bias-free, inputs in [0, 1], SGD lr 0.05 momentum 0.9, cosine"
+LEARNED = "slth.train defaults per method (inputs normalised), signed-constant init"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: str = option("digits", "digits (embedded) or mnist / fashion-mnist with --data-dir")
+    data_dir: Optional[Path] = option(None, "directory with --data's files")
+    hidden: tuple[int, ...] = option((64,), "hidden widths of the target MLP")
+    dense_epochs: int = option(40, "training epochs of the dense target")
+    mask_epochs: int = option(40, "training epochs of each learned supermask")
+    eps: float = option(0.01, "per-weight tolerance of the construction")
+    density: float = option(0.5, "kept fraction of the learned supermasks")
+    methods: tuple[str, ...] = option(("edge-popup", "biprop"), "supermask methods")
+    construct_n: Optional[int] = option(None, "random values per weight of the construction (default: planned "
+                                              "from --eps)")
+    seed: int = option(0)
+
+    def __post_init__(self):
+        check_names(self.methods, "methods", METHOD_NAMES)
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"no such --data-dir directory: {self.data_dir}")
+        check_at_least(self, 1, "dense_epochs", "mask_epochs")
+        if not (0 < self.eps < 1 and 0 < self.density <= 1):
+            raise ValueError(f"--eps must lie in (0, 1) and --density in (0, 1], got {self.eps:g}, {self.density:g}")
+
+
+PRESETS = {"quick": dict(data="digits", dense_epochs=1, mask_epochs=1, methods=("edge-popup",), hidden=(16,),
+                         construct_n=8)}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict[str, Any]:
+    """The record's body (:func:`run`) and what the dense and learned runs' settings are."""
+    s = settings
+    body = run(s.data, s.data_dir, hidden=list(s.hidden), dense_epochs=s.dense_epochs, mask_epochs=s.mask_epochs,
+               eps=s.eps, methods=list(s.methods), density=s.density, seed=s.seed, construct_n=s.construct_n,
+               log=log)
+    return {**body, "training": {"dense": DENSE, "learned": LEARNED}}
 
 PAPER = ("Pensia et al. Exp. 1 (MNIST 784-500-10, eps 0.01): constructed ticket with 8,337,000 random / 3,725,871 "
          "kept params in 21.5 h on 36 cores, reported at the target's 97.19 %. Ramanujan et al. (edge-popup): a "

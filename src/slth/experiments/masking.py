@@ -26,15 +26,16 @@ from ..supermask.methods import METHODS, SupermaskConfig
 
 
 def attach(model: nn.Module, method: str, densities: dict[str, float], seed: int, *,
-           redraw: Callable[[str, int], torch.Tensor] | None = None, fan_in: dict[str, int] | None = None,
-           rerand_period: int = 300, rerand_prob: float = 0.1, score_l2: float = 1e-4) -> nn.Module:
+           redraw: Callable[[str, int], torch.Tensor] | None = None,
+           fan_in: dict[str, int] | None = None) -> nn.Module:
     """Freeze every parameter of ``model`` and mask ``weight`` of each module named in ``densities``
     (kept fraction per module) with ``method``'s parametrization (:func:`slth.supermask.apply.mask_tensors`,
     as ``apply_supermask``). ``redraw(name, generation)`` gives IteRand's re-draws of that module's
-    weights; ``fan_in`` overrides the fan used for the score scale."""
+    weights; ``fan_in`` overrides the fan used for the score scale. The method's own settings are
+    :class:`~slth.supermask.SupermaskConfig`'s defaults."""
     if method not in METHODS:
         raise ValueError(f"unknown supermask method {method!r}; valid: {', '.join(METHODS)}")
-    config = SupermaskConfig(method=method, rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2)
+    config = SupermaskConfig(method=method)
     # divide_scores: these experiments' records were computed with (2u - 1) / sqrt(fan), which differs from
     # slth train's (2u - 1) * (1 / sqrt(fan)) in the last bit
     return mask_tensors(model, config, densities, seed, redraw=redraw, fan_in=fan_in, divide_scores=True)

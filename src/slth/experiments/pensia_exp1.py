@@ -7,11 +7,52 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
+
+from .settings import option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
+
+
+@dataclass(frozen=True)
+class Settings:
+    target: Path = option(help="784-500-10 bias-free MNIST target (state_dict, e.g. from slth train-dense)")
+    data_dir: Path = option(help="directory with the MNIST idx(.gz) files")
+    eps: tuple[float, ...] = option((0.01, 0.001), "per-weight tolerances")
+    arch: str = option("784-500-10", "widths of --target")
+    seed: int = option(0)
+    tickets_dir: Optional[Path] = option(None, "also save the tickets here")
+
+    def __post_init__(self):
+        if not self.target.exists():
+            raise ValueError(f"no such --target file: {self.target}")
+        if not self.target.is_file():
+            raise ValueError(f"--target is not a file: {self.target}")
+        if not self.data_dir.is_dir():
+            raise ValueError(f"no such --data-dir directory: {self.data_dir}")
+        if self.tickets_dir is not None:
+            first = self.tickets_dir
+            while not first.exists() and first != first.parent:
+                first = first.parent
+            if not first.is_dir():
+                raise ValueError(f"--tickets-dir: {first} exists and is not a directory")
+
+
+PRESETS = {"quick": dict(eps=(0.1,))}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict[str, Any]:
+    """The record's body: :func:`exp1_tickets` at ``settings``."""
+    s = settings
+    if s.tickets_dir is not None:
+        s.tickets_dir.mkdir(parents=True, exist_ok=True)
+    body = exp1_tickets(s.target, s.data_dir, eps_values=s.eps, seed=s.seed, arch=s.arch, out_dir=s.tickets_dir)
+    for key in ("experiment", "machine", "git_commit", "date"):  # the record's header holds them
+        body.pop(key)
+    return body
 
 
 PAPER_EXP1 = {

@@ -14,18 +14,70 @@ the FC part 400-120-84-10 is replaced by RedLayers or by a wide FC net (docs/the
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..models.redlayer import Expand, RedLayer
 from .masking import normal_weight
+from .settings import check_at_least, check_names, option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
 
 KINDS = ("structure-linear", "structure-relu", "wide")  # the compared networks
+NETS = ("fc2", "lenet5")
+MEAN, STD = 0.1307, 0.3081  # the paper's normalisation
+WEIGHT_DECAY, MOMENTUM = 5e-4, 0.9  # the paper's
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Optional[Path] = option(None, "MNIST directory")
+    nets: tuple[str, ...] = option(NETS, "fc2 (784-500-10) and/or lenet5 (random frozen convs, FC 400-120-84-10)")
+    kinds: tuple[str, ...] = option(KINDS, "the compared networks")
+    densities: tuple[float, ...] = option((0.5, 0.1, 0.01), "kept fractions (the paper's sparsity = 1 - density)")
+    epochs: int = option(1, "the paper: best over 30..150 epochs")
+    train_size: int = option(10000, "MNIST training examples (the paper: all 60,000)")
+    test_size: int = option(0, "MNIST test examples evaluated (0: all 10,000)")
+    r: int = option(5, "copies per input in a RedLayer")
+    lr: float = option(0.1, "learning rate of fc2 (the paper: 0.1)")
+    lenet_lr: float = option(0.01, "learning rate of lenet5 (the paper: 0.01)")
+    batch_size: int = option(64)
+    seed: int = option(0)
+
+    def __post_init__(self):
+        check_names(self.nets, "nets", NETS)
+        check_names(self.kinds, "kinds", KINDS)
+        if self.data_dir is None:
+            raise ValueError("pensia-exp2 needs --data-dir (a folder with the MNIST idx files)")
+        if not self.data_dir.is_dir():
+            raise ValueError(f"no such --data-dir directory: {self.data_dir}")
+        check_at_least(self, 1, "epochs", "r", "batch_size")
+        check_at_least(self, 0, "train_size", "test_size")
+
+
+PRESETS = {"quick": dict(nets=("fc2",), densities=(0.1,), epochs=1, train_size=512, test_size=500)}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict[str, Any]:
+    """Every net and kind at every density; the record's body."""
+    from ..data import load_dataset
+
+    s = settings
+    data = load_dataset("mnist", s.data_dir)
+    if s.test_size:
+        data.x_test, data.y_test = data.x_test[:s.test_size], data.y_test[:s.test_size]
+    results = [run(net, data, densities=s.densities, kinds=s.kinds, epochs=s.epochs, r=s.r, seed=s.seed,
+                   lr=s.lr if net == "fc2" else s.lenet_lr, batch_size=s.batch_size, train_size=s.train_size,
+                   log=log) for net in s.nets]
+    return {"results": results, "paper": {"fc2": PAPER_FC2, "lenet5": PAPER_LENET5},
+            "training": {"momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "schedule": "cosine per step",
+                         "normalisation": str((MEAN, STD)), "method": "edge-popup, same density for every masked "
+                                                                       "tensor"}}
 
 # best final accuracy over epoch budgets, from their committed result files (docs/theory.md §2.9); keyed by kept %
 PAPER_FC2 = {
@@ -104,7 +156,7 @@ def run(net: str, data, *, densities: Sequence[float], kinds: Sequence[str], epo
     from .masking import attach, fit
 
     base = [784, 500, 10] if net == "fc2" else [400, 120, 84, 10]
-    mean, std = 0.1307, 0.3081  # the paper's normalisation
+    mean, std = MEAN, STD
     x_tr, y_tr = (data.x_train - mean) / std, data.y_train
     if train_size:
         x_tr, y_tr = x_tr[:train_size], y_tr[:train_size]
@@ -132,7 +184,7 @@ def run(net: str, data, *, densities: Sequence[float], kinds: Sequence[str], epo
                 structure_total = total
             attach(model, "edge-popup", {n: density for n in fans}, seed, fan_in=fans)
             res = fit(model, d, task="classification", epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
-                      weight_decay=5e-4)
+                      momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
             kept = sum(max(1, math.floor(dict(model.named_modules())[n].parametrizations.weight.original.numel()
                                          * density + 0.5)) for n in fans)
             rows.append({"net": net, "kind": kind, "widths": list(widths), "density": density, "total_params": total,
@@ -151,6 +203,8 @@ def render(record: Record, ctx: Context) -> str:
 
     d = record.data
     s = d["settings"]
+    training = d.get("training", s)  # records before the settings dataclass kept these in their settings
+    lr_fc, lr_lenet5 = s.get("lr_fc", s.get("lr")), s.get("lr_lenet5", s.get("lenet_lr"))
     paper = d["paper"]
     paper_rows = {int(k): v for k, v in paper["fc2"]["rows"].items()}  # JSON keys are strings
     for res in d["results"]:
@@ -169,8 +223,9 @@ def render(record: Record, ctx: Context) -> str:
            "dense mix), and a wide FC net with about the same number of weights, all pruned by edge-popup to the same "
            "density per tensor. **Reduced setting** (what differs from the paper): "
            f"{s['train_size']:,} of 60,000 MNIST training examples, {s['epochs']} epoch(s) instead of the best over "
-           f"30-150, densities {s['densities']} only; same lr ({s['lr_fc']} FC, {s['lr_lenet5']} LeNet5), momentum, "
-           f"wd {s['weight_decay']}, cosine, batch {s['batch_size']}, normalisation {s['normalisation']}. LeNet5: "
+           f"30-150, densities {s['densities']} only; same lr ({lr_fc} FC, {lr_lenet5} LeNet5), momentum, "
+           f"wd {training['weight_decay']}, cosine, batch {s['batch_size']}, "
+           f"normalisation {training['normalisation']}. LeNet5: "
            "random frozen convolutions, their features computed once (the same function).\n"]
     plt = sections.pyplot()
     fig, axes = plt.subplots(1, len(d["results"]), figsize=(5.5 * len(d["results"]), 4), squeeze=False)

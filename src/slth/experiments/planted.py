@@ -28,13 +28,17 @@ exactly (ReLU positive homogeneity).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._names import METHOD_NAMES
 from ..models.planted import Planted
+from .settings import check_at_least, check_names, option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
@@ -45,6 +49,65 @@ PAPER = ("Fischer & Burkholz (Plant 'n' Seek): planted tickets of known, extreme
          "by current pruning algorithms, which reach worse accuracy than the planted ticket at the same "
          "sparsity; they conclude the sparsity limits are algorithmic. (Their exact numbers are not "
          "verified in our copy of the paper, docs/theory.md §8.6; only the qualitative claim is quoted.)")
+LR = "slth.train defaults per method (DEFAULT_LR), SGD momentum 0.9, cosine, batch 128"
+
+
+@dataclass(frozen=True)
+class Settings:
+    tasks: tuple[str, ...] = option(TASKS, "relu, circle, helix (toy) and mnist")
+    methods: tuple[str, ...] = option(METHOD_NAMES, "supermask methods to run")
+    hidden: tuple[int, ...] = option((100, 100), "source hidden widths for the toy tasks")
+    depth: int = option(3, "toy target depth (>= 2; extra layers are copy layers)")
+    density_multiples: tuple[float, ...] = option((1.0, 10.0), "each layer keeps these multiples of its planted "
+                                                               "count")
+    epochs: int = option(30, "epochs per method, toy tasks")
+    n_train: int = option(4000, "toy training points")
+    n_test: int = option(2000, "toy test points")
+    construct_n: Optional[int] = option(None, "random values per weight of slth.construct on the toy tasks "
+                                              "(default: planned from eps 0.01)")
+    mnist_hidden: tuple[int, ...] = option((200, 200), "source hidden widths for the MNIST task")
+    mnist_epochs: int = option(3, "epochs per method, MNIST task")
+    mnist_train_size: int = option(20000, "MNIST training examples used (all 10,000 test examples are used)")
+    mnist_target_epochs: int = option(3, "training epochs of the MNIST target (before pruning it to 10 %)")
+    mnist_finetune_epochs: int = option(2, "fine-tuning epochs of the pruned MNIST target")
+    data_dir: Optional[Path] = option(None, "MNIST directory (needed for the mnist task)")
+    seed: int = option(0)
+
+    def __post_init__(self):
+        check_names(self.tasks, "tasks", TASKS)
+        check_names(self.methods, "methods", METHOD_NAMES)
+        if "mnist" in self.tasks and self.data_dir is None:
+            raise ValueError("the mnist task needs --data-dir (a folder with the MNIST idx files)")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"no such --data-dir directory: {self.data_dir}")
+        check_at_least(self, 2, "depth")
+        check_at_least(self, 1, "epochs", "n_train", "n_test", "mnist_epochs", "mnist_target_epochs")
+
+
+PRESETS = {"quick": dict(tasks=("relu", "circle"), methods=("edge-popup", "gem-miner"), epochs=1, n_train=256,
+                         n_test=256, construct_n=10, density_multiples=(1.0, 10.0))}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict[str, Any]:
+    """Every task with every method and slth.construct; the record's body."""
+    s = settings
+    results = []
+    for task in s.tasks:
+        if task == "mnist":
+            from ..data import load_dataset
+
+            results.append(run_task("mnist", methods=list(s.methods), hidden=list(s.mnist_hidden),
+                                    epochs=s.mnist_epochs, seed=s.seed, n_train=0, n_test=0,
+                                    data=load_dataset("mnist", s.data_dir),
+                                    density_multiples=list(s.density_multiples), train_size=s.mnist_train_size,
+                                    target_epochs=s.mnist_target_epochs, finetune_epochs=s.mnist_finetune_epochs,
+                                    log=log))
+        else:
+            results.append(run_task(task, methods=list(s.methods), hidden=list(s.hidden), epochs=s.epochs,
+                                    seed=s.seed, n_train=s.n_train, n_test=s.n_test, depth=s.depth,
+                                    construct_n=s.construct_n, density_multiples=list(s.density_multiples),
+                                    log=log))
+    return {"tasks": results, "paper": PAPER, "lr": LR}
 
 
 def _knots_layer(n_in: int, knots: list[tuple[int, float, float]]) -> np.ndarray:
@@ -120,7 +183,7 @@ def toy_data(task: str, ws: list[np.ndarray], kind: str, n: int, seed: int) -> t
     return xt, h.float()
 
 
-def mnist_target(data, *, hidden=(100, 100), density: float = 0.1, epochs: int = 2, finetune_epochs: int = 1,
+def mnist_target(data, *, epochs: int, finetune_epochs: int, hidden=(100, 100), density: float = 0.1,
                  seed: int = 0, train_size: int | None = None) -> tuple[list[np.ndarray], dict]:
     """Train a bias-free MLP, keep the largest ``density`` of each layer, fine-tune with the mask fixed."""
     from .masking import evaluate, fit
@@ -246,18 +309,22 @@ def _seek(net: Planted, planted: dict[str, torch.Tensor], method: str, multiple:
 
 
 def run_task(task: str, *, methods, hidden: list[int], epochs: int, seed: int, n_train: int, n_test: int,
-             depth: int = 2, data=None, mnist_settings: dict | None = None, construct_eps: float = 0.01,
-             construct_n: int | None = None, density_multiples=(1.0,), log=print) -> dict[str, Any]:
+             depth: int = 2, data=None, train_size: int = 0, target_epochs: int = 0, finetune_epochs: int = 0,
+             construct_eps: float = 0.01, construct_n: int | None = None, density_multiples=(1.0,),
+             log=print) -> dict[str, Any]:
+    """One task; ``mnist``: ``data`` and the target's ``train_size`` (0: all), ``target_epochs``,
+    ``finetune_epochs``."""
     from ..construction import construct
     from .masking import evaluate
 
     info: dict[str, Any] = {}
     if task == "mnist":
-        ws, info = mnist_target(data, seed=seed, **(mnist_settings or {}))
+        ws, info = mnist_target(data, seed=seed, epochs=target_epochs, finetune_epochs=finetune_epochs,
+                                train_size=train_size or None)
         kind = "classification"
         x_tr, y_tr = data.x_train.flatten(1), data.y_train
-        if (mnist_settings or {}).get("train_size"):
-            x_tr, y_tr = x_tr[: mnist_settings["train_size"]], y_tr[: mnist_settings["train_size"]]
+        if train_size:
+            x_tr, y_tr = x_tr[:train_size], y_tr[:train_size]
         x_te, y_te = data.x_test.flatten(1), data.y_test
         # labels: the data's (the target is an imperfect classifier); its own accuracy is the reference
     else:
@@ -324,7 +391,7 @@ def render(record: Record, ctx: Context) -> str:
            f"Settings: toy tasks {s['n_train']:,} training / {s['n_test']:,} test points, {s['epochs']} epochs "
            f"per method, source hidden widths {s['hidden']}, target depth {s['depth']}; MNIST: "
            f"{s['mnist_train_size']:,} training examples, {s['mnist_epochs']} epochs, source hidden "
-           f"{s['mnist_hidden']}; {s['lr']}.\n"]
+           f"{s['mnist_hidden']}; {d.get('lr', s.get('lr'))}.\n"]
     plt = sections.pyplot()
     tasks = d["tasks"]
     at1 = [r for t in tasks for r in t["rows"] if r.get("overlap") is not None and r["method"] != "planted ticket"

@@ -1,14 +1,16 @@
 """What every evidence record carries: machine, date, command, commit; and the atomic write.
 
 A record is one JSON object with an ``"experiment"`` key naming its renderer in :mod:`slth.report`.
+:func:`run_experiment` is the one way ``slth experiment <name>`` runs any experiment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .._io import atomic_write_json
 from ..provenance import command_line, git_commit, load_note, machine
@@ -44,3 +46,44 @@ class Stopwatch:
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
+
+
+def settings_record(settings: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(settings)`` in JSON terms: tuples become lists, folders ``"DIR"`` (as in every
+    record's command line: a local folder's name is not part of what ran), other paths their text."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return "DIR" if value.is_dir() else str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(settings).items()}
+
+
+def run_experiment(name: str, settings: Any, out: str | os.PathLike, *, preset: str | None = None,
+                   command: str | None = None, log: Callable[..., None] = print, quiet: bool = False) -> dict[str, Any]:
+    """Run the registered experiment ``name`` at ``settings`` and write its record (atomically) to ``out``.
+
+    The experiment's module computes the body (``execute(settings, out=..., log=..., quiet=...)``); the record is the
+    header (settings = :func:`settings_record`, machine, date, command, commit, and the preset's name), the
+    body and the wall seconds. An experiment whose registry entry names a ``record_file`` takes ``out`` as a
+    folder (its own files go there) and writes the record inside it.
+    """
+    from . import EXPERIMENTS
+
+    experiment = EXPERIMENTS[name]
+    module = experiment.load()
+    if not isinstance(settings, module.Settings):
+        raise TypeError(f"{name} runs {module.__name__}.Settings, got {type(settings).__name__}")
+    out = Path(out)
+    path = out / experiment.record_file if experiment.record_file else out
+    with Stopwatch() as sw:
+        body = module.execute(settings, out=out, log=log, quiet=quiet)
+    record = {**header(name, settings_record(settings), command=command), "preset": preset, **body,
+              "wall_seconds": sw.wall}
+    write_record(record, path)
+    return record

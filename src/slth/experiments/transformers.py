@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from .settings import check_at_least, check_names, option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
@@ -43,6 +47,91 @@ PAPER = ("Pensia et al. 2020 (arXiv:2006.07990): every weight within eps by a Su
          "polynomial in 1/eps. Otsuka et al. (arXiv:2511.04217): pruning a random attention layer approximates the "
          "query-key product W_Q W_K^T directly, with logarithmic key/value width. None of them reports tickets "
          "of a trained ViT or GPT.")
+
+
+TRAINING = ("slth.train.train, method dense, SGD momentum 0.9, cosine, batch 128; ViT inputs in [0, 1] "
+            "unnormalised (construct with nonnegative_input=True)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    vit_data: tuple[str, ...] = option(("mnist", "fashion-mnist"), "ViT data sets: digits, mnist, fashion-mnist")
+    data_root: Optional[Path] = option(None, "folder with one sub-folder per data set, named as the data set "
+                                             "(mnist/, fashion-mnist/ with the idx files)")
+    vit_args: dict[str, str] = option({"patch": "7"}, "ViT constructor arguments, KEY=VALUE,... (patch, dim, depth, "
+                                                       "heads, mlp_ratio)")
+    vit_epochs: int = option(8, "dense training epochs of each ViT")
+    vit_lr: Optional[float] = option(0.05, "ViT peak learning rate (SGD, cosine)")
+    eps: tuple[float, ...] = option((0.01, 0.001), "eps values of the ViT and GPT tickets")
+    sweep_eps: tuple[float, ...] = option((0.1, 0.03, 0.01, 0.003, 0.001), "eps values of the width-vs-eps table "
+                                                                           "(first ViT data set)")
+    constructions: Optional[tuple[str, ...]] = option(None, "pensia, product (attention='product'), malach; "
+                                                            "default: all available")
+    max_random_params: int = option(12_000_000, "build a ticket only below this many random params (above: its "
+                                                "size is computed from the required n)")
+    test_size: int = option(0, "ViT test images evaluated (0: the whole test set)")
+    gpt: bool = option(True, "run the char-GPT part")
+    gpt_args: dict[str, str] = option({"dim": "64", "depth": "2", "heads": "4"}, "GPT constructor arguments, "
+                                                                                 "KEY=VALUE,...")
+    gpt_data_args: dict[str, str] = option({"context": "32", "max_bytes": "2000000"}, "pystdlib-chars options, "
+                                                                                      "KEY=VALUE,...")
+    gpt_epochs: int = option(4, "dense training epochs of the GPT")
+    gpt_lr: Optional[float] = option(0.3, "GPT peak learning rate (SGD, cosine; 1.0 diverges)")
+    gpt_test_size: int = option(0, "held-out GPT windows evaluated (0: the whole held-out split)")
+    learned_methods: tuple[str, ...] = option(("dense", "edge-popup", "biprop"), "slth train runs of the "
+                                              "Fashion-MNIST ViT shown beside the construction")
+    learned_widths: tuple[float, ...] = option((1.0, 2.0), "their widths")
+    seed: int = option(0)
+
+    def __post_init__(self):
+        from ..data import check_data_args
+        from ..models import check_model_args
+
+        check_names(self.vit_data, "vit_data", VIT_DATA)
+        if self.constructions is not None:
+            check_names(self.constructions, "constructions", constructions())
+        if not self.eps:
+            raise ValueError("--eps is empty")
+        for e in (*self.eps, *self.sweep_eps):
+            if not (0 < e < 1):
+                raise ValueError(f"--eps and --sweep-eps values must lie in (0, 1), got {e:g}")
+        check_names(self.learned_methods, "learned_methods")
+        check_at_least(self, 1, "vit_epochs", "gpt_epochs", "max_random_params")
+        check_at_least(self, 0, "test_size", "gpt_test_size")
+        try:  # the registries convert the values ("7" -> 7): the record holds what the models were built with
+            object.__setattr__(self, "vit_args", dict(check_model_args("vit", self.vit_args)))
+            object.__setattr__(self, "gpt_args", dict(check_model_args("gpt", self.gpt_args)))
+            object.__setattr__(self, "gpt_data_args", dict(check_data_args("pystdlib-chars", self.gpt_data_args)))
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        for name in self.vit_data:
+            if name == "digits":
+                continue
+            if self.data_root is None:
+                raise ValueError(f"--vit-data {name} needs --data-root (a folder holding {name}/ with its idx files)")
+            if not (self.data_root / name).is_dir():
+                raise ValueError(f"no such --data-root {name} directory: {self.data_root / name}")
+
+
+PRESETS = {"quick": dict(vit_data=("digits",), vit_args={"patch": "4", "dim": "16", "depth": "1", "heads": "2"},
+                         vit_epochs=4, eps=(0.01,), sweep_eps=(0.1, 0.01), gpt_args={"dim": "16", "depth": "1",
+                                                                                     "heads": "2"},
+                         gpt_data_args={"context": "8", "max_bytes": "120000"}, gpt_epochs=1, test_size=200,
+                         gpt_test_size=200)}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict[str, Any]:
+    """The ViTs, the GPT and their tickets: the record's body (:func:`run`)."""
+    s = settings
+    folders = [(name, None if name == "digits" else s.data_root / name) for name in s.vit_data]
+    body = run(folders, vit_args=dict(s.vit_args), vit_epochs=s.vit_epochs, eps_values=list(s.eps),
+               sweep_eps=list(s.sweep_eps),
+               constructions_=list(constructions() if s.constructions is None else s.constructions), gpt=s.gpt,
+               gpt_args=dict(s.gpt_args), gpt_data_args=dict(s.gpt_data_args), gpt_epochs=s.gpt_epochs,
+               gpt_eps=list(s.eps), seed=s.seed, max_random_params=s.max_random_params, test_size=s.test_size,
+               gpt_test_size=s.gpt_test_size, vit_lr=s.vit_lr, gpt_lr=s.gpt_lr,
+               learned_methods=list(s.learned_methods), learned_widths=list(s.learned_widths), log=log)
+    return {**body, "training": TRAINING}
 
 
 # --------------------------------------------------------------------------- which constructions exist

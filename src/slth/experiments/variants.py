@@ -12,12 +12,52 @@ fraction under the final masks and the wall time. The report section puts the va
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from .._names import METHOD_NAMES
+from .settings import check_at_least, check_names, option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
 
 REACH = 0.005  # "reached": within half a point of the run's final accuracy
+BATCH_SIZE = 128
+OPTIMIZER = "SGD momentum 0.9, cosine per step; lr, weight decay and init: each variant's defaults"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: str = option("mnist", "mnist (with --data-dir) or digits (embedded)")
+    data_dir: Optional[Path] = option(None, "MNIST directory")
+    methods: tuple[str, ...] = option(METHOD_NAMES, "supermask methods")
+    models: tuple[str, ...] = option(("fc", "lenet5"), "fc and/or lenet5")
+    densities: tuple[float, ...] = option((0.5, 0.1), "kept fractions")
+    seeds: tuple[int, ...] = option((0, 1, 2), "one run per seed")
+    epochs: int = option(6, "6: Gem-Miner's reference variant prunes once (after epoch 6)")
+    train_size: int = option(5000, "training examples (the first ones of the split)")
+
+    def __post_init__(self):
+        check_names(self.methods, "methods", METHOD_NAMES)
+        check_names(self.models, "models", ("fc", "lenet5"))
+        if self.data != "digits" and self.data_dir is None:
+            raise ValueError(f"variants on {self.data} needs --data-dir (a folder with its idx files), or --quick")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"no such --data-dir directory: {self.data_dir}")
+        check_at_least(self, 1, "epochs", "train_size")
+
+
+PRESETS = {"quick": dict(data="digits", models=("fc",), densities=(0.5,), seeds=(0,), epochs=1, train_size=256)}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict:
+    """Every method's two variants; the record's body (:func:`run`)."""
+    s = settings
+    body = run(s.data, s.data_dir, methods=list(s.methods), models=list(s.models), densities=list(s.densities),
+               seeds=list(s.seeds), epochs=s.epochs, train_size=s.train_size, batch_size=BATCH_SIZE, log=log)
+    log(table(body["runs"]))
+    return {**body, "batch_size": BATCH_SIZE, "optimizer": OPTIMIZER}
 
 
 def _loaders(data, train_size: int, batch_size: int, seed: int):
@@ -47,7 +87,7 @@ def steps_to_reach(per_epoch: Sequence[float], steps_per_epoch: int) -> int:
 
 
 def run(data_name: str, data_dir, *, methods: Sequence[str], models: Sequence[str], densities: Sequence[float],
-        seeds: Sequence[int], epochs: int, train_size: int, batch_size: int = 128,
+        seeds: Sequence[int], epochs: int, train_size: int, batch_size: int = BATCH_SIZE,
         log: Callable[[str], None] = print) -> dict:
     """Train every (method, variant, model, density, seed); returns the record's body (``runs``)."""
     from ..data import load_dataset

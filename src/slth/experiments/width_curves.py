@@ -17,12 +17,72 @@ error ~ C·2^(-c·n), beside the single pick's error ~ 1/n.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from .settings import option
+
 if TYPE_CHECKING:
     from .sections import Context, Record
+
+
+@dataclass(frozen=True)
+class Settings:
+    target: Optional[Path] = option(None, "also a saved bias-free MLP target (state_dict, e.g. from slth "
+                                          "train-dense), evaluated on --data")
+    arch: str = option("784-500-10", "widths of --target")
+    data: str = option("mnist", "data set of --target")
+    data_dir: Optional[Path] = option(None, "directory with --data's files")
+    digits: bool = option(True, "include a digits 64-64-10 target trained here (--digits-epochs, ~1 min)")
+    digits_epochs: int = option(40, "training epochs of the digits target")
+    eps: tuple[float, ...] = option((0.1, 0.03, 0.01, 0.003, 0.001), "eps values for the width-needed table")
+    pensia_n: tuple[int, ...] = option(tuple(range(2, 25, 2)), "n values of the Pensia sweep")
+    malach_n: tuple[int, ...] = option(tuple(2 ** k for k in range(1, 13)), "n values of the Malach sweep")
+    law_n: tuple[int, ...] = option(tuple(range(2, 33, 2)), "n values of the SubsetSum law")
+    law_instances: int = option(4000, "random SubsetSum instances per n")
+    max_values: int = option(40_000_000, "skip constructions with more random values (memory)")
+    seed: int = option(0)
+
+    def __post_init__(self):
+        if self.target is None and not self.digits:
+            raise ValueError("nothing to do: pass --target or keep --digits")
+        if self.target is not None and not self.target.is_file():
+            raise ValueError(f"no such --target file: {self.target}")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"no such --data-dir directory: {self.data_dir}")
+
+
+PRESETS = {"quick": dict(eps=(0.1,), pensia_n=(4, 8), malach_n=(4,), law_n=(4, 8), law_instances=100,
+                         digits_epochs=1)}
+
+
+def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> dict[str, Any]:
+    """Train the digits target and/or load ``settings.target``; the record's body (:func:`run`)."""
+    import hashlib
+
+    from ..data import load_dataset
+    from ..train.target import train_target
+
+    s = settings
+    targets = []
+    if s.digits:
+        net, _ = train_target("digits", hidden=(64,), epochs=s.digits_epochs, seed=s.seed)
+        ds = load_dataset("digits")
+        targets.append(("digits", net, ds.x_test, ds.y_test))
+    if s.target is not None:
+        from ..construction.target import load_target
+
+        ds = load_dataset(s.data, s.data_dir)
+        targets.append((s.data, load_target(s.target, s.arch), ds.x_test, ds.y_test))
+    body = run(targets, eps_values=list(s.eps), pensia_ns=list(s.pensia_n), malach_ns=list(s.malach_n),
+               law_ns=list(s.law_n), law_instances=s.law_instances, seed=s.seed, max_values=s.max_values,
+               quiet=quiet)
+    body["target_sha256"] = None if s.target is None else hashlib.sha256(s.target.read_bytes()).hexdigest()
+    log(f"SubsetSum fit error ~ 2^(-{body['subsetsum_law']['fit']['c']:.3f} n)")
+    return body
 
 PAPER = {
     "pensia": "Pensia et al. 2020: width factor O(log(d·l/eps)); their Exp. 1 used n = 21 products per weight "

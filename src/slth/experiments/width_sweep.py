@@ -7,15 +7,54 @@ finished runs. The result is ``out/width_sweep.json``, a markdown table ``out/wi
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .._io import atomic_write_json, atomic_write_text
+from .._names import METHOD_NAMES
+from .settings import check_names, option
 
 if TYPE_CHECKING:
     from .sections import Context, Record
     from ..train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = option("fc", "model of every run (slth train --model)")
+    data: str = option("digits", "data set of every run")
+    data_dir: Optional[Path] = option(None, "directory with --data's files")
+    width: float = option(1.0, "width w of the dense network")
+    multiples: tuple[int, ...] = option((1, 2, 4, 8), "supermask networks have width k*w for these k")
+    methods: tuple[str, ...] = option(METHOD_NAMES, "supermask methods")
+    density: float = option(0.5, "kept fraction of the supermask networks")
+    epochs: int = option(10, "epochs of every run")
+    seed: int = option(0)
+    hidden: Optional[tuple[int, ...]] = option(None, "fc hidden sizes, e.g. 300,100")
+
+    def __post_init__(self):
+        check_names(self.methods, "methods", METHOD_NAMES)
+        check_names([str(k) for k in self.multiples], "multiples")
+        for method in ("dense", *self.methods):
+            self.config(method)  # TrainConfig checks the model, data and numbers: before any work
+
+    def config(self, method: str = "dense") -> TrainConfig:
+        from ..train import TrainConfig
+
+        return TrainConfig(method=method, model=self.model, data=self.data,
+                           data_dir=None if self.data_dir is None else str(self.data_dir), density=self.density,
+                           width=self.width, epochs=self.epochs, seed=self.seed, hidden=self.hidden)
+
+
+PRESETS = {"quick": dict(multiples=(1, 2), methods=("edge-popup",), epochs=1, width=0.25)}
+
+
+def execute(settings: Settings, *, out, log=print, quiet: bool = False) -> dict:
+    """The runs (in the folder ``out``, resumed where present), ``width_sweep.md``/``.png``; the record's body."""
+    result = width_sweep(settings.config(), settings.methods, settings.multiples, out, quiet=quiet)
+    log(table(result))
+    return {k: result[k] for k in ("config", "methods", "multiples", "runs")}
 
 
 def width_sweep(base: TrainConfig, methods: Sequence[str], multiples: Sequence[int], out: str | Path, *,

@@ -41,7 +41,6 @@ experiments all read the entry.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -57,6 +56,7 @@ from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, Mask
                    _identity, _kernels, _numba_ok, binarized_weight, kept_count, percentile_threshold,
                    reference_kept_count, topk_mask)
 from .init import DISTRIBUTIONS, VARIANTS, check_init, check_variant_init
+from .._hparams import DEFAULTS as _METHOD, MethodSettings, is_real as _is_real
 
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the Bernoulli kernel reads its random bytes from uint32 words
@@ -71,12 +71,13 @@ class SupermaskConfig:
     density: float = 0.5
     init: str | None = None  # None: the method's default init (its METHODS entry)
     distribution: str = "uniform"  # per-layer densities: "uniform" or "erk"
-    rerand_period: int = 300  # IteRand: optimizer steps between re-randomisations (K_per)
-    rerand_prob: float = 0.1  # IteRand: probability that a pruned weight is re-drawn
-    score_l2: float = 1e-4  # Gem-Miner: lambda of the sparsity regulariser lambda * sum(s^2)
+    # the methods' own settings (slth._hparams.MethodSettings: the defaults, defined there once)
+    rerand_period: int = _METHOD.rerand_period  # IteRand: optimizer steps between re-randomisations (K_per)
+    rerand_prob: float = _METHOD.rerand_prob  # IteRand: probability that a pruned weight is re-drawn
+    score_l2: float = _METHOD.score_l2  # Gem-Miner: lambda of the sparsity regulariser lambda * sum(s^2)
     # "slth" (slth's own semantics, the fast kernels) or "reference" (each method as its reference code runs
     # it; the table at the top of this module and docs/reference-code.md say what changes)
-    variant: str = "slth"
+    variant: str = _METHOD.variant
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -92,19 +93,12 @@ class SupermaskConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
-        if not _is_real(self.rerand_period, numbers.Integral) or self.rerand_period < 1:
-            raise ValueError(f"rerand_period (optimizer steps between re-draws) must be an integer >= 1, "
-                             f"got {self.rerand_period!r}")
-        if not _is_real(self.rerand_prob) or not 0.0 <= self.rerand_prob <= 1.0:
-            raise ValueError(f"rerand_prob (probability of a re-draw) must lie in [0, 1], got {self.rerand_prob!r}")
-        if not _is_real(self.score_l2) or not 0.0 <= self.score_l2 < math.inf:
-            raise ValueError(f"score_l2 (the score penalty's lambda) must be a finite number >= 0, "
-                             f"got {self.score_l2!r}")
+        self.method_settings()  # checks rerand_period, rerand_prob, score_l2
 
-
-def _is_real(value, kind: type = numbers.Real) -> bool:
-    """``value`` is a number of ``kind`` (a bool is not: ``True`` would pass as 1)."""
-    return isinstance(value, kind) and not isinstance(value, bool)
+    def method_settings(self) -> MethodSettings:
+        """The methods' own settings of this config (checked)."""
+        return MethodSettings(rerand_period=self.rerand_period, rerand_prob=self.rerand_prob,
+                              score_l2=self.score_l2, variant=self.variant)
 
 
 class Supermask(nn.Module):

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+from .._hparams import TrainSettings
 from .._names import VARIANT_NAMES
 from ..supermask.methods import METHODS, SupermaskConfig
 from .runtime import check_device_name, check_precision, check_precision_name
@@ -30,47 +31,16 @@ RUNTIME_FIELDS = ("device", "workers")  # change where a run executes, not its r
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TrainSettings):
     """Everything that determines a training run; two runs with equal configs give equal results on the same
     device and number of processes (on the CPU bit for bit).
 
     ``density`` is the kept fraction of the Linear/Conv2d weights (ignored by ``dense``). ``batch_size`` is
     the global batch, split evenly over the processes of a ``torchrun`` launch. ``device`` and ``workers``
     say where the run executes and are not part of :meth:`identity`: a run may resume elsewhere.
+    The fields, their defaults and help texts are declared in :class:`slth._hparams.TrainSettings` (without
+    torch, for ``slth train``'s generated options); this class adds the checks and the per-method defaults.
     """
-
-    method: str = "edge-popup"
-    model: str = "fc"
-    data: str = "digits"
-    data_dir: str | None = None
-    density: float = 0.5
-    width: float = 1.0
-    epochs: int = 10
-    seed: int = 0
-    batch_size: int = 128
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    init: str | None = None
-    distribution: str = "uniform"
-    normalize: bool = True
-    augment: bool | None = None  # random crop + flip; default on for cifar10 only
-    hidden: tuple[int, ...] | None = None  # fc hidden sizes before the width multiplier
-    # other model constructor arguments, as sorted (key, value) pairs: (("depth", 4), ("patch", 7)) for vit;
-    # a mapping is accepted and normalised (slth.models.check_model_args checks keys and converts values)
-    model_args: tuple[tuple[str, object], ...] = ()
-    # the data set's own options, as sorted (key, value) pairs: (("context", 32),) for pystdlib-chars
-    # (slth.data.check_data_args checks keys and converts values)
-    data_args: tuple[tuple[str, object], ...] = ()
-    rerand_period: int = 300
-    rerand_prob: float = 0.1
-    score_l2: float = 1e-4
-    variant: str = "slth"  # supermask semantics: "slth" or "reference" (slth.supermask.SupermaskConfig.variant)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, GPU only)
-    image_size: int | None = None  # image-folder data: side of the square crops (default 224)
-    # where it runs, not what it computes: excluded from the identity a resumed run must match
-    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N | mps
-    workers: int = 0  # DataLoader worker processes for streamed data sets
 
     def __post_init__(self) -> None:
         from ..data import DATASETS, check_data_args

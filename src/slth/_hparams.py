@@ -1,0 +1,100 @@
+"""Training settings, defined once and importable without torch (so ``slth --help`` stays fast).
+
+:class:`MethodSettings` holds the supermask methods' own settings (IteRand's re-randomisation, Gem-Miner's
+regulariser, the variant every method follows); :class:`slth.supermask.SupermaskConfig` takes its defaults
+and checks from it. :class:`TrainSettings` declares the fields of :class:`slth.train.TrainConfig` (its
+subclass, which adds the checks and the per-method defaults), the method's fields taken from
+MethodSettings. ``slth train``'s options are generated from TrainSettings' fields (help texts in their
+metadata; ``flag`` names a repeatable KEY=VALUE option).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+
+from ._names import METHOD_NAMES, MODEL_NAMES, VARIANT_NAMES
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    rerand_period: int = field(default=300, metadata={"help": "iterand: steps between re-randomisations"})
+    rerand_prob: float = field(default=0.1, metadata={"help": "iterand: probability a pruned weight is re-drawn"})
+    score_l2: float = field(default=1e-4, metadata={"help": "gem-miner: lambda of the score regulariser"})
+    variant: str = field(default="slth", metadata={
+        "help": " | ".join(VARIANT_NAMES) + ": slth's semantics, or each method exactly as its reference code "
+                "(and its defaults; docs/reference-code.md)"})
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANT_NAMES:
+            raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANT_NAMES)}")
+        if not is_real(self.rerand_period, numbers.Integral) or self.rerand_period < 1:
+            raise ValueError(f"rerand_period (optimizer steps between re-draws) must be an integer >= 1, "
+                             f"got {self.rerand_period!r}")
+        if not is_real(self.rerand_prob) or not 0.0 <= self.rerand_prob <= 1.0:
+            raise ValueError(f"rerand_prob (probability of a re-draw) must lie in [0, 1], got {self.rerand_prob!r}")
+        if not is_real(self.score_l2) or not 0.0 <= self.score_l2 < math.inf:
+            raise ValueError(f"score_l2 (the score penalty's lambda) must be a finite number >= 0, "
+                             f"got {self.score_l2!r}")
+
+
+def is_real(value, kind: type = numbers.Real) -> bool:
+    """``value`` is a number of ``kind`` (a bool is not: ``True`` would pass as 1)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+DEFAULTS = MethodSettings()
+_META = {f.name: f.metadata for f in fields(MethodSettings)}
+METHOD_FIELDS = tuple(_META)  # the methods' own settings, by name
+
+
+def _f(default, help: str = "", **cli):  # noqa: A002
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The fields of :class:`slth.train.TrainConfig` (which adds their checks and the defaults per method), with
+    their defaults and help texts, importable without torch: ``slth train``'s options are generated from them.
+    ``None`` means "the method's default" (lr, weight_decay, init) or "the data set's" (augment, image_size)."""
+
+    method: str = _f("edge-popup", " | ".join(("dense", *METHOD_NAMES)))
+    model: str = _f("fc", " | ".join(MODEL_NAMES))
+    data: str = _f("digits", "digits | mnist | fashion-mnist | cifar10 | pystdlib-chars (in memory) | cifar100 | "
+                             "image-folder (streamed through DataLoader workers)")
+    data_dir: str | None = _f(None, "directory with the dataset files (not needed for digits)")
+    density: float = _f(0.5, "kept fraction of the Linear/Conv2d weights, in (0, 1]")
+    width: float = _f(1.0, "width multiplier of the hidden layers")
+    epochs: int = _f(10)
+    seed: int = _f(0, "seeds the weights, scores, data order and sampling")
+    batch_size: int = _f(128, "global batch, split evenly over torchrun's processes")
+    lr: float | None = _f(None, "peak learning rate of the cosine schedule (default per method)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float | None = _f(None, "default per method")
+    init: str | None = _f(None, "kaiming-normal | scaled-kaiming-normal | signed-constant | scaled-signed-constant "
+                                "(default: dense kaiming-normal, else signed-constant)")
+    distribution: str = _f("uniform", "per-layer density: uniform | erk")
+    normalize: bool = _f(True, "normalise the inputs by the data set's mean and std")
+    augment: bool | None = _f(None, "random crop + flip (default: on for cifar10)")
+    hidden: tuple[int, ...] | None = _f(None, "fc hidden sizes before the width multiplier, e.g. 300,100")
+    # other model constructor arguments, as sorted (key, value) pairs: (("depth", 4), ("patch", 7)) for vit;
+    # a mapping is accepted and normalised (slth.models.check_model_args checks keys and converts values)
+    model_args: tuple[tuple[str, object], ...] = _f(
+        (), "a model constructor argument, repeatable: --model-arg patch=7 --model-arg depth=4 (vit: patch, dim, "
+            "depth, heads, mlp_ratio; gpt: dim, depth, heads, mlp_ratio, tie)", flag="--model-arg")
+    # the data set's own options, as sorted (key, value) pairs: (("context", 32),) for pystdlib-chars
+    # (slth.data.check_data_args checks keys and converts values)
+    data_args: tuple[tuple[str, object], ...] = _f(
+        (), "a data set option, repeatable: --data-arg context=32 (pystdlib-chars: context, max_bytes, test_every)",
+        flag="--data-arg")
+    # the supermask methods' own settings, flat here (checkpoints and metrics.json hold them so)
+    rerand_period: int = field(default=DEFAULTS.rerand_period, metadata=_META["rerand_period"])
+    rerand_prob: float = field(default=DEFAULTS.rerand_prob, metadata=_META["rerand_prob"])
+    score_l2: float = field(default=DEFAULTS.score_l2, metadata=_META["score_l2"])
+    variant: str = field(default=DEFAULTS.variant, metadata=_META["variant"])
+    precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, needs a GPU)")
+    image_size: int | None = _f(None, "image-folder: side of the square crops (default 224)")
+    # where it runs, not what it computes: excluded from the identity a resumed run must match
+    device: str = _f("auto", "auto (CUDA when available) | cpu | cuda | cuda:N | mps")
+    workers: int = _f(0, "DataLoader worker processes (streamed data sets)")
