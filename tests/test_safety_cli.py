@@ -68,7 +68,7 @@ def test_missing_input_file(tmp_path, monkeypatch):
 def test_input_file_that_is_a_directory(tmp_path, monkeypatch):
     (tmp_path / "adir").mkdir()
     line = _error(tmp_path, monkeypatch, "construct", "adir", "-o", "t.slth")
-    assert "model is not a file: adir" in line
+    assert "adir is a directory without config.json: not a save_pretrained directory" in line
 
 
 def test_missing_input_directory(tmp_path, monkeypatch):
