@@ -508,3 +508,67 @@ def transformers_command(
     record = {**header("transformers", settings, command=command), **body, "wall_seconds": sw.wall}
     write_record(record, out)
     console.print(f"transformers in {sw.wall:.0f} s -> {out}")
+
+
+@app.command("hf-models")
+def hf_models_command(
+    models: str = typer.Option("gpt2,llama,bert", help="gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM), bert "
+                                                       "(BertForSequenceClassification)"),
+    eps: str = typer.Option("0.01,0.001", help="eps values of the tickets"),
+    context: int = typer.Option(128, help="pystdlib-chars window length the causal LMs train on"),
+    max_bytes: int = typer.Option(1_000_000, help="pystdlib-chars corpus size"),
+    lm_steps: int = typer.Option(3000, help="AdamW steps of each causal LM"),
+    lm_batch: int = typer.Option(16, help="windows per step"),
+    lm_lr: float = typer.Option(3e-3),
+    bert_epochs: int = typer.Option(30, help="BERT training epochs on digits as tokens"),
+    bert_batch: int = typer.Option(64),
+    bert_lr: float = typer.Option(2e-3),
+    prompts: int = typer.Option(50, help="generate() prompts (test windows spread over the split)"),
+    prompt_tokens: int = typer.Option(32, help="characters of each prompt"),
+    new_tokens: int = typer.Option(64, help="greedy tokens generated per prompt"),
+    test_windows: int = typer.Option(0, help="test windows for perplexity and agreement (0: the whole split)"),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="tiny setting for tests (width 16, one layer, few steps)"),
+    out: Path = typer.Option(RESULTS / "hf_models.json"),
+    threads: Optional[int] = typer.Option(1, help="torch threads (1 trained these models 3-5x faster than 2 on the "
+                                                  "shared 2-core machine)"),
+) -> None:
+    """Tickets of transformers' GPT-2, Llama and BERT classes as downloaded: perplexity, agreement, generate()."""
+    from rich.console import Console
+
+    from ..experiments import hf_models as H
+    from ..experiments.record import Stopwatch, header, write_record
+
+    model_list = names(models, "--models", H.MODELS)
+    eps_v = floats(eps, "--eps")
+    if not eps_v or not all(0 < e < 1 for e in eps_v):
+        raise CommandError(f"--eps needs values in (0, 1), got {eps!r}")
+    if quick:
+        context, max_bytes, lm_steps, lm_batch, bert_epochs = 24, 150_000, 20, 8, 2
+        prompts, prompt_tokens, new_tokens, test_windows = 4, 8, 8, 64
+    for name, value in (("--context", context), ("--max-bytes", max_bytes), ("--lm-steps", lm_steps),
+                        ("--lm-batch", lm_batch), ("--bert-epochs", bert_epochs), ("--bert-batch", bert_batch),
+                        ("--prompts", prompts), ("--prompt-tokens", prompt_tokens), ("--new-tokens", new_tokens)):
+        if value < 1:
+            raise CommandError(f"{name} must be >= 1, got {value}")
+    if test_windows < 0 or lm_lr <= 0 or bert_lr <= 0:
+        raise CommandError("--test-windows must be >= 0 and the learning rates > 0")
+    if prompt_tokens + new_tokens > context:
+        raise CommandError(f"--prompt-tokens + --new-tokens ({prompt_tokens} + {new_tokens}) exceed --context "
+                           f"{context} (the positions the models are trained on)")
+    output_file(out, "--out")
+    set_threads(threads)
+    console = Console()
+    with Stopwatch() as sw:
+        body = H.run(models=model_list, quick=quick, context=context, max_bytes=max_bytes, lm_steps=lm_steps,
+                     lm_batch=lm_batch, lm_lr=lm_lr, bert_epochs=bert_epochs, bert_batch=bert_batch, bert_lr=bert_lr,
+                     eps_values=eps_v, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                     test_windows=test_windows, seed=seed, log=console.print)
+    import torch
+
+    settings = {"models": model_list, "eps": eps_v, "context": context, "max_bytes": max_bytes, "lm_steps": lm_steps,
+                "lm_batch": lm_batch, "lm_lr": lm_lr, "bert_epochs": bert_epochs, "bert_batch": bert_batch,
+                "bert_lr": bert_lr, "prompts": prompts, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                "test_windows": test_windows, "seed": seed, "quick": quick, "threads": torch.get_num_threads()}
+    write_record({**header("hf-models", settings), **body, "wall_seconds": sw.wall}, out)
+    console.print(f"hf-models in {sw.wall:.0f} s -> {out}")

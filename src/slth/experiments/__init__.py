@@ -8,6 +8,7 @@ planted                Plant 'n' Seek: known sparse targets hidden in random net
 construct-vs-learn     constructed ticket vs learned supermask vs dense training, same target
 width-sweep            dense at width w vs each supermask method at width k*w
 transformers           tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT; width vs eps
+hf-models              tickets of transformers' GPT-2, Llama, BERT as downloaded (module replacement)
 variants               each supermask method's slth variant vs its reference-code variant, same seeds
 =====================  ==========================================================================
 
@@ -56,6 +57,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("width-sweep", "width_sweep", 60, _LEARNING + ("data/", "experiments/width_sweep.py")),
     Experiment("transformers", "transformers", 65,
                _CONSTRUCTION + _LEARNING + ("data/", "experiments/transformers.py")),
+    Experiment("hf-models", "hf_models", 66, _CONSTRUCTION + ("data/", "experiments/hf_models.py")),
     Experiment("variants", "variants", 67, _LEARNING + ("data/", "experiments/variants.py")),
     Experiment("train-run", "train_runs", 70, _LEARNING + ("data/",), command=False),
     Experiment("train-runs", "train_runs", 95, _LEARNING + ("data/",), command=False, render="render_set"),
