@@ -83,3 +83,12 @@ def test_bad_options_fail_before_any_work(tmp_path):
     assert result.exit_code != 0 and "t5" in result.output and not out.exists()
     result = runner.invoke(app, ["experiment", "hf-models", "--eps", "0.5,2", "--out", str(out)])
     assert result.exit_code != 0 and "--eps" in result.output and not out.exists()
+
+
+def test_below_the_goal_eps_is_reported_without_a_verdict():
+    lm = _lm(0.999, 1.0001, 49)
+    lm["tickets"].append({**lm["tickets"][0], "eps": 1e-4, "random_ratio": 40.0, "kept_ratio": 8.0, "seconds": 3.0})
+    lm["tickets"][0].update(random_ratio=30.0, kept_ratio=5.0, seconds=2.0)
+    lines = H.beyond_lines([lm])
+    assert len(lines) == 1 and "eps 0.0001" in lines[0] and "49 / 50" in lines[0] and "met" not in lines[0]
+    assert len(H.goal_lines([lm])) == 3  # the goals stay at eps 1e-3

@@ -514,7 +514,7 @@ def transformers_command(
 def hf_models_command(
     models: str = typer.Option("gpt2,llama,bert", help="gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM), bert "
                                                        "(BertForSequenceClassification)"),
-    eps: str = typer.Option("0.01,0.001", help="eps values of the tickets"),
+    eps: str = typer.Option("0.01,0.001,0.0001", help="eps values of the tickets (the goals are read at 0.001)"),
     context: int = typer.Option(128, help="pystdlib-chars window length the causal LMs train on"),
     max_bytes: int = typer.Option(1_000_000, help="pystdlib-chars corpus size"),
     lm_steps: int = typer.Option(3000, help="AdamW steps of each causal LM"),
@@ -544,7 +544,7 @@ def hf_models_command(
     if not eps_v or not all(0 < e < 1 for e in eps_v):
         raise CommandError(f"--eps needs values in (0, 1), got {eps!r}")
     if quick:
-        context, max_bytes, lm_steps, lm_batch, bert_epochs = 24, 150_000, 20, 8, 2
+        context, max_bytes, lm_steps, lm_batch, bert_epochs, eps_v = 24, 150_000, 20, 8, 2, [0.01, 0.001]
         prompts, prompt_tokens, new_tokens, test_windows = 4, 8, 8, 64
     for name, value in (("--context", context), ("--max-bytes", max_bytes), ("--lm-steps", lm_steps),
                         ("--lm-batch", lm_batch), ("--bert-epochs", bert_epochs), ("--bert-batch", bert_batch),
