@@ -169,31 +169,53 @@ def generate_agreement(target, ticket, prompts, new_tokens: int) -> dict[str, An
             "generate_token_agreement": float((want == got).float().mean()), "divergences": margins}
 
 
-def margins(target, ticket, x, *, batch: int = 128) -> dict[str, Any]:
-    """Where ticket and target disagree, and why: the target's top-1 minus top-2 logit (its margin) at the positions
-    where the top-1 tokens differ, the per-position max |logit difference| (its median and 99th percentile), and the
-    share of all positions whose margin is below twice that 99th percentile (near-ties a ticket this close can flip:
-    both logits move by at most the difference)."""
+def target_logits(target, x, *, batch: int = 128):
+    """The target's logits on windows x, (positions, vocab) float32: computed once per model, compared per ticket."""
     import torch
 
-    margin, diff, agree = [], [], []
+    with torch.no_grad():
+        return torch.cat([target(x[s:s + batch]).logits.flatten(0, 1) for s in range(0, len(x), batch)])
+
+
+def compare_lm(ft_all, ticket, x, y, *, batch: int = 128) -> dict[str, Any]:
+    """One pass of the ticket over windows x against the target's logits ``ft_all`` (:func:`target_logits`):
+    perplexities and next-token accuracies of both, top-1 agreement, max |logit difference|, and where they disagree
+    and why (``margins``): the target's top-1 minus top-2 logit (its margin) at the positions whose top-1 tokens
+    differ, the per-position max |logit difference| (median, 99th percentile) and the share of all positions whose
+    margin is below twice that percentile (near-ties a ticket this close can flip: both logits move by at most it)."""
+    import torch
+    import torch.nn.functional as F
+
+    ce_t = ce_k = 0.0
+    margin, diff, agree, right_t, right_k = [], [], [], 0, 0
     with torch.no_grad():
         for s in range(0, len(x), batch):
-            ft = target(x[s:s + batch]).logits.double().flatten(0, 1)
             fk = ticket(x[s:s + batch]).logits.double().flatten(0, 1)
+            ft = ft_all[s * x.shape[1]:s * x.shape[1] + len(fk)].double()
+            yb = y[s:s + batch].flatten()
+            ce_t += float(F.cross_entropy(ft, yb, reduction="sum"))
+            ce_k += float(F.cross_entropy(fk, yb, reduction="sum"))
+            pt, pk = ft.argmax(-1), fk.argmax(-1)
+            right_t += int((pt == yb).sum())
+            right_k += int((pk == yb).sum())
             top2 = ft.topk(2, dim=-1).values
             margin.append(top2[:, 0] - top2[:, 1])
             diff.append((ft - fk).abs().amax(-1))
-            agree.append(ft.argmax(-1) == fk.argmax(-1))
+            agree.append(pt == pk)
     margin, diff, agree = torch.cat(margin), torch.cat(diff), torch.cat(agree)
+    n = int(y.numel())
     p99 = float(diff.quantile(0.99))
     flipped = margin[~agree]
-    return {"diff_median": float(diff.median()), "diff_p99": p99,
-            "near_tie_share": float((margin < 2 * p99).double().mean()),
-            "disagreements": int((~agree).sum()),
-            "disagreement_margin_median": float(flipped.median()) if len(flipped) else None,
-            "disagreement_margin_max": float(flipped.max()) if len(flipped) else None,
-            "margin_median": float(margin.median())}
+    t_ppl, k_ppl = math.exp(ce_t / n), math.exp(ce_k / n)
+    return {"target_perplexity": t_ppl, "ticket_perplexity": k_ppl, "perplexity_ratio": k_ppl / t_ppl,
+            "target_accuracy": right_t / n, "ticket_accuracy": right_k / n,
+            "top1_agreement": float(agree.double().mean()), "max_logit_diff": float(diff.max()), "positions": n,
+            "margins": {"diff_median": float(diff.median()), "diff_p99": p99,
+                        "near_tie_share": float((margin < 2 * p99).double().mean()),
+                        "disagreements": int((~agree).sum()),
+                        "disagreement_margin_median": float(flipped.median()) if len(flipped) else None,
+                        "disagreement_margin_max": float(flipped.max()) if len(flipped) else None,
+                        "margin_median": float(margin.median())}}
 
 
 def _stats(ticket) -> dict[str, Any]:
@@ -227,7 +249,7 @@ def run_lm(name: str, data, *, quick: bool, steps: int, batch: int, lr: float, e
            log: Callable = print) -> dict[str, Any]:
     import torch
 
-    from ..construction import measure
+    from .record import Stopwatch
 
     cls, cfg_cls, cfg = configs(data.num_classes, data.x_train.shape[1], quick=quick)[name]
     torch.manual_seed(seed)
@@ -238,22 +260,22 @@ def run_lm(name: str, data, *, quick: bool, steps: int, batch: int, lr: float, e
         x, y = x[:test_windows], y[:test_windows]
     picks = torch.linspace(0, len(data.x_test) - 1, prompts).round().long()
     prompt_ids = data.x_test[picks, :prompt_tokens]
+    ft_all = target_logits(target, x)
     t_ppl, t_acc = lm_scores(target, x, y)
     log(f"{name}: {param_count(target):,} params, {steps} steps in {train['seconds']:.0f} s, test perplexity "
         f"{t_ppl:.3f}, next-char accuracy {t_acc:.4f}")
     tickets = []
     for eps in eps_values:
         module, row = construct_rebuilt(target, eps, lambda: make(cls, cfg_cls, cfg), seed=seed)
-        k_ppl, k_acc = lm_scores(module, x, y)
-        m = measure(module, target, x)
-        gen = generate_agreement(target, module, prompt_ids, new_tokens)
-        row["margins"] = margins(target, module, x)
-        row.update(eps=eps, target_perplexity=t_ppl, ticket_perplexity=k_ppl, perplexity_ratio=k_ppl / t_ppl,
-                   target_accuracy=t_acc, ticket_accuracy=k_acc, top1_agreement=m["top1_agreement"],
-                   max_logit_diff=m["max_logit_diff"], positions=m["examples"], **gen)
+        with Stopwatch() as sw:
+            m = compare_lm(ft_all, module, x, y)
+            gen = generate_agreement(target, module, prompt_ids, new_tokens)
+        row.update(eps=eps, **m, **gen, measure_seconds=sw.wall)
+        k_ppl = m["ticket_perplexity"]
         log(f"  eps {eps:g}: perplexity {k_ppl:.4f} vs {t_ppl:.4f} ({100 * (k_ppl / t_ppl - 1):+.3f} %), agreement "
             f"{m['top1_agreement']:.4f}, generate {gen['generate_identical']}/{gen['prompts']} identical, "
-            f"{row['random_ratio']:.1f}x random, {row['kept_ratio']:.2f}x kept, {row['seconds']:.1f} s")
+            f"{row['random_ratio']:.1f}x random, {row['kept_ratio']:.2f}x kept, {row['seconds']:.1f} s "
+            f"(measured in {sw.wall:.0f} s)")
         tickets.append(row)
         del module
     return {"name": name, "class": cls, "config": cfg, "params": param_count(target), "train": train,
