@@ -8,6 +8,7 @@ planted                Plant 'n' Seek: known sparse targets hidden in random net
 construct-vs-learn     constructed ticket vs learned supermask vs dense training, same target
 width-sweep            dense at width w vs each supermask method at width k*w
 transformers           tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT; width vs eps
+hf-models              tickets of transformers' GPT-2, Llama, BERT as downloaded (module replacement)
 variants               each supermask method's slth variant vs its reference-code variant, same seeds
 =====================  ==========================================================================
 
@@ -77,6 +78,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("transformers", "transformers", 65,
                _CONSTRUCTION + _LEARNING + ("data/", "experiments/transformers.py"),
                summary="Tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT: accuracy, width vs eps, params",
+               threads=1),
+    Experiment("hf-models", "hf_models", 66, _CONSTRUCTION + ("data/", "experiments/hf_models.py"),
+               summary="Tickets of transformers' GPT-2, Llama and BERT classes as downloaded: perplexity, "
+                       "agreement, generate()",
                threads=1),
     Experiment("variants", "variants", 67, _LEARNING + ("data/", "experiments/variants.py"),
                summary="Each supermask method in slth's variant against its reference-code variant, same seeds"),
