@@ -64,8 +64,8 @@ def main(argv=None) -> int:
 
     from slth.construction import construct
     from slth.construction.report import measure
-    from slth.models.zoo import build_target
     from slth.data import load_dataset
+    from slth.models.zoo import build_target
 
     data = load_dataset(args.data, args.data_dir)
     torch.manual_seed(args.seed)

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 import slth
+from slth import construct
 from slth._jit import warm_up
 from slth.subsetsum import compile_kernels
-from slth import construct
 
 SCRIPT = """
 import torch

@@ -101,7 +101,7 @@ def test_same_seed_same_random_network_and_ticket():
     a = construct(net, 0.01, seed=11)
     b = construct(net, 0.01, seed=11)
     c = construct(net, 0.01, seed=12)
-    for (name, pa), (_, pb), (_, pc) in zip(a.random_module().named_parameters(), b.random_module().named_parameters(),
+    for (_name, pa), (_, pb), (_, pc) in zip(a.random_module().named_parameters(), b.random_module().named_parameters(),
                                             c.random_module().named_parameters()):
         assert torch.equal(pa, pb)
         assert not torch.equal(pa, pc)
@@ -126,7 +126,7 @@ def test_redraws_are_recorded_and_replayed(tmp_path):
     ticket = construct(net, 0.05, seed=0, n=6)
     assert ticket.stats["redraws"] > 0
     loaded = Ticket.load(ticket.save(tmp_path / "t.slth"))
-    for (name, p1), (_, p2) in zip(ticket.random_module().named_parameters(),
+    for (_name, p1), (_, p2) in zip(ticket.random_module().named_parameters(),
                                    loaded.random_module().named_parameters()):
         assert torch.equal(p1, p2)
     assert torch.equal(loaded.redraws if isinstance(loaded.redraws, torch.Tensor) else torch.as_tensor(loaded.redraws),

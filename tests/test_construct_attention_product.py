@@ -15,10 +15,26 @@ from slth import ticketfile
 from slth.construction import Ticket, construct
 from slth.construction.bound import certified_bound_nd
 from slth.construction.target import parse_target
-from test_construct_attention import (BATCH, D, EPS, HEADS, T, Cross, Encoder, HandAttention, MaskedAttention, Padded,
-                                      SelfAttention, TinyGPT, TinyViT, assert_causal, seeded, signed)
+from test_construct_attention import (
+    BATCH,
+    EPS,
+    HEADS,
+    Cross,
+    D,
+    Encoder,
+    HandAttention,
+    MaskedAttention,
+    Padded,
+    SelfAttention,
+    T,
+    TinyGPT,
+    TinyViT,
+    assert_causal,
+    check_seq_first_encoder,
+    seeded,
+    signed,
+)
 from test_construct_attention import check as shared_check
-from test_construct_attention import check_seq_first_encoder
 
 PRODUCT_OPS = {"qk_scores", "vo_mix"}
 

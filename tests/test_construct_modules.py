@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 import slth
-from slth.construction import Ticket, certified_bound, measure
-from slth.construction import api
+from slth.construction import Ticket, api, certified_bound, measure
 from slth.construction.modules import plan_modules
 
 T = pytest.importorskip("transformers")

@@ -15,10 +15,10 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from test_construct_attention import BATCH, EPS, check, seeded, signed
 from torch import nn
 
 from slth.construction import construct, parse_target
+from test_construct_attention import BATCH, EPS, check, seeded, signed
 
 D, HEADS, P, IMG = 8, 2, 4, 8  # 8x8 images, 4x4 patches: 4 tokens + the class token
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import pytest
+
 from slth.cli import _settings
 from slth.experiments.settings import check_names, option, with_preset
 
@@ -14,10 +14,10 @@ from slth.experiments.settings import check_names, option, with_preset
 @dataclasses.dataclass(frozen=True)
 class Example:
     count: int = option(3, "a count")
-    rate: Optional[float] = option(None, "a rate")
+    rate: float | None = option(None, "a rate")
     name: str = option("a")
     on: bool = option(True)
-    where: Optional[Path] = option(None)
+    where: Path | None = option(None)
     ns: tuple[int, ...] = option((1, 2))
     xs: tuple[float, ...] = option((0.5,))
     words: tuple[str, ...] = option(("x", "y"))

@@ -83,8 +83,8 @@ def test_pensia_exp2_quick(res, tmp_path):
 
 
 def test_plant_reproduces_target_and_redlayer_counts():
-    from slth.experiments import planted as P
     from slth.experiments import pensia_exp2 as R
+    from slth.experiments import planted as P
 
     ws, kind = P.toy_target("helix", depth=3)
     net, masks, _ = P.plant(ws, [40, 40], seed=3)

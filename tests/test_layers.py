@@ -2,7 +2,7 @@
 imports inside functions too (they hide a dependency, they do not remove it).
 
 Floors, lowest first (a package may import only from lower floors, and from itself):
-foundations (_io, _jit, _names, seeding, provenance, ticketfile) -> models -> data and subsetsum ->
+foundations (_io, _jit, _names, _hparams, seeding, provenance, ticketfile) -> models -> data and subsetsum ->
 construction and supermask (side by side: neither imports the other) -> train -> experiments and bench ->
 report -> cli, and above everything the package's ``__init__``, the front door that re-exports the public names.
 """
@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 FLOOR = {
     "slth": 9,  # the package's front door: lazy re-exports of the public names (nothing imports it)
-    "_io": 0, "_jit": 0, "_names": 0, "seeding": 0, "provenance": 0, "ticketfile": 0,
+    "_io": 0, "_jit": 0, "_names": 0, "_hparams": 0, "seeding": 0, "provenance": 0, "ticketfile": 0,
     "models": 1,
     "data": 2, "subsetsum": 2,
     "construction": 3, "supermask": 3,

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import sysconfig
-
 from pathlib import Path
 
 import pytest

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slth.report import ReportError, generate, load_records
 from slth.experiments import EXPERIMENTS
+from slth.report import ReportError, generate, load_records
 
 
 def _write(path: Path, obj) -> None:

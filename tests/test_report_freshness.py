@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slth.report.freshness import check, read_preserving
 from slth.experiments import EXPERIMENTS
+from slth.report.freshness import check, read_preserving
 
 
 def _git(repo, *args):

@@ -10,8 +10,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from slth.cli import app
-from slth.cli import _common
+from slth.cli import _common, app
 from slth.cli._common import CommandError
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from slth.experiments import EXPERIMENTS
 from slth.report.core import Context, Record, ReportError, _markdown, detect_kind, load_records, render
 from slth.report.freshness import read_preserving
-from slth.experiments import EXPERIMENTS
 
 TRAIN_RUN = {"method": "dense", "model": "fc", "config": {}, "test_accuracy": 0.5, "finished": True}
 

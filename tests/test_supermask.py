@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from slth import supermask as sm
-from slth.supermask import core as sm_core
 from slth import ticketfile
+from slth.supermask import core as sm_core
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)

@@ -85,7 +85,7 @@ def test_the_band_follows_a_drifting_threshold_narrowly():
     scores = rng.standard_normal(n).astype(np.float32)
     tracker = core.ThresholdTracker()
     population, hits = [], 0
-    for step in range(60):
+    for _step in range(60):
         scores = scores * np.float32(0.995) + np.float32(1e-4) * rng.standard_normal(n).astype(np.float32)
         center, width = tracker.center, tracker.width
         if center is not None:

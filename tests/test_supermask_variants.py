@@ -13,8 +13,17 @@ import torch
 from typer.testing import CliRunner
 
 from slth.cli import app
-from slth.supermask import (SupermaskConfig, after_epoch, after_step, build, from_ticket, kept_count, regularization,
-                            supermask_layers, to_ticket)
+from slth.supermask import (
+    SupermaskConfig,
+    after_epoch,
+    after_step,
+    build,
+    from_ticket,
+    kept_count,
+    regularization,
+    supermask_layers,
+    to_ticket,
+)
 from slth.supermask.core import percentile_threshold, reference_kept_count
 from slth.supermask.methods import METHODS, Bernoulli, BiProp, EdgePopup, GemMiner, IteRand
 from slth.train import TrainConfig

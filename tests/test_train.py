@@ -215,8 +215,8 @@ def test_peer_edge_popup_computes_what_slth_edge_popup_computes(model):
     import torch
     import torch.nn.functional as F
 
-    from slth.supermask import SupermaskConfig, build
     from slth.bench.supermask import peer_edge_popup
+    from slth.supermask import SupermaskConfig, build
 
     cfg = SupermaskConfig("edge-popup", density=0.5)
     ours, peer = (build(model, (1, 28, 28), 10, seed=3, supermask=cfg).train() for _ in range(2))

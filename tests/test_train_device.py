@@ -8,8 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from slth.train import TrainConfig, fit, train
-from slth.train import runtime
+from slth.train import TrainConfig, fit, runtime, train
 
 torch.set_num_threads(1)
 TINY = dict(model="fc", data="digits", hidden=(16,), epochs=2, batch_size=128, density=0.4, seed=3)

@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 _WARM: set[Callable[[], object]] = set()
 

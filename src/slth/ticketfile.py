@@ -25,9 +25,10 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class PackedMask:
             raise ValueError(f"packed mask of shape {self.shape} has bits set past its last entry")
 
     @classmethod
-    def pack(cls, mask: Any) -> "PackedMask":
+    def pack(cls, mask: Any) -> PackedMask:
         arr = _as_bool_array(mask)
         return cls(np.packbits(arr.reshape(-1), bitorder="little"), arr.shape)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 import typer
-
 from typer.core import TyperGroup
 
 from . import bench, construct, experiment, report, train, train_dense

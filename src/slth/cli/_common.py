@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 # exceptions that mean "the user asked for something that cannot be done": one line, exit status 2
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
@@ -19,7 +18,7 @@ class CommandError(ValueError):
     """A bad value or path found by a command before it starts its work."""
 
 
-def ints(text: Optional[str], what: str) -> Optional[list[int]]:
+def ints(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
     try:
@@ -46,7 +45,7 @@ def names(text: str, what: str, valid=None) -> list[str]:
     return out
 
 
-def threads(count: Optional[int]) -> None:
+def threads(count: int | None) -> None:
     if count is not None:
         if count < 1:
             raise CommandError(f"--threads must be >= 1, got {count}")
@@ -55,7 +54,7 @@ def threads(count: Optional[int]) -> None:
         torch.set_num_threads(count)
 
 
-def existing_file(path: Optional[Path], what: str) -> Optional[Path]:
+def existing_file(path: Path | None, what: str) -> Path | None:
     """``path`` must be a readable file (None passes through)."""
     if path is None:
         return None
@@ -66,7 +65,7 @@ def existing_file(path: Optional[Path], what: str) -> Optional[Path]:
     return path
 
 
-def existing_dir(path: Optional[Path], what: str) -> Optional[Path]:
+def existing_dir(path: Path | None, what: str) -> Path | None:
     if path is None:
         return None
     if not path.is_dir():
@@ -74,7 +73,7 @@ def existing_dir(path: Optional[Path], what: str) -> Optional[Path]:
     return path
 
 
-def output_dir(path: Optional[Path], what: str) -> Optional[Path]:
+def output_dir(path: Path | None, what: str) -> Path | None:
     """Create ``path`` (and its parents) now and check that files can be written there."""
     if path is None:
         return None
@@ -89,7 +88,7 @@ def output_dir(path: Optional[Path], what: str) -> Optional[Path]:
     return path
 
 
-def output_file(path: Optional[Path], what: str) -> Optional[Path]:
+def output_file(path: Path | None, what: str) -> Path | None:
     """A file to be written later: its folder is created now; an existing directory in its place is refused."""
     if path is None:
         return None

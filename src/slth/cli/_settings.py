@@ -12,8 +12,9 @@ import dataclasses
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -46,7 +47,7 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def parameters(cls: type, panel: Optional[str] = None) -> list[inspect.Parameter]:
+def parameters(cls: type, panel: str | None = None) -> list[inspect.Parameter]:
     """One keyword parameter with a ``typer.Option`` per field of the dataclass ``cls`` (in help panel
     ``panel``)."""
     hints = typing.get_type_hints(cls)

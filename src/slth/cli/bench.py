@@ -6,11 +6,11 @@ numba, numpy, torch and the solvers are imported inside the commands so that ``s
 from __future__ import annotations
 
 import json
-from typing import List, Optional
 
 import typer
 
-from ._common import CommandError, ints, threads as set_threads
+from ._common import CommandError, ints
+from ._common import threads as set_threads
 
 app = typer.Typer(help="Benchmarks (results go to docs/benchmarks.md).", no_args_is_help=True)
 
@@ -20,16 +20,16 @@ app = typer.Typer(help="Benchmarks (results go to docs/benchmarks.md).", no_args
 @app.command("subsetsum", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def bench_subsetsum(
     ctx: typer.Context,
-    n: List[int] = typer.Option([12, 16, 20, 24], "--n", help="values per instance: --n 12 16 20 24"),
+    n: list[int] = typer.Option([12, 16, 20, 24], "--n", help="values per instance: --n 12 16 20 24"),
     batch: int = typer.Option(20_000, help="instances per n"),
-    threads: Optional[int] = typer.Option(None, help="numba threads (default: all)"),
+    threads: int | None = typer.Option(None, help="numba threads (default: all)"),
     seed: int = typer.Option(0),
     repeats: int = typer.Option(3, help="timed repetitions; the fastest counts"),
     mip: bool = typer.Option(False, "--mip", help="also solve the first --mip-batch instances by MIP (1 thread)"),
     mip_batch: int = typer.Option(3, help="instances per n for the MIP baseline (Gurobi takes seconds each at n=20)"),
-    mip_solver: Optional[List[str]] = typer.Option(None, help="gurobi and/or cp-sat (default: every installed one)"),
+    mip_solver: list[str] | None = typer.Option(None, help="gurobi and/or cp-sat (default: every installed one)"),
     mip_time_limit: float = typer.Option(600.0, help="seconds per MIP instance"),
-    sparsest_eps: Optional[float] = typer.Option(None, help="benchmark solve_sparsest with this eps instead of solve"),
+    sparsest_eps: float | None = typer.Option(None, help="benchmark solve_sparsest with this eps instead of solve"),
     markdown: bool = typer.Option(False, help="print markdown (for docs/benchmarks.md) instead of a rich table"),
 ) -> None:
     """Time per instance per core (= wall x threads / batch), CPU time per instance, instances/s, errors.
@@ -87,8 +87,8 @@ def bench_supermask_step_command(
     steps: int = typer.Option(50),
     input_shape: str = typer.Option("1,28,28"),
     batches: int = typer.Option(1, help="distinct random batches the steps cycle through (1: the same batch)"),
-    threads: Optional[int] = typer.Option(None),
-    peer: Optional[bool] = typer.Option(None, "--peer/--no-peer",
+    threads: int | None = typer.Option(None),
+    peer: bool | None = typer.Option(None, "--peer/--no-peer",
                                         help="also time the reference implementation's edge-popup (hidden-networks' "
                                              "GetSubnet: a full sort per forward); default: on for edge-popup"),
 ) -> None:

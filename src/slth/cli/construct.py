@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,27 +22,27 @@ def construct_cmd(
         ..., help="target: a state_dict file (with --arch), a TorchScript file (nn.Sequential) or a transformers "
                   "save_pretrained directory (config.json + weights, read locally)"),
     out: Path = typer.Option(..., "-o", "--out", help="ticket file to write (.slth)"),
-    arch: Optional[str] = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, "
+    arch: str | None = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, "
                                                   "conv2, conv4, conv6, resnet20, resnet18"),
     eps: float = typer.Option(0.01, help="per-weight tolerance"),
     seed: int = typer.Option(0, help="seed of the random network"),
     method: str = typer.Option("pensia", help="pensia (SubsetSum, log width) or malach (single pick, poly width)"),
-    n: Optional[int] = typer.Option(None, help="random values per weight (default: chosen per layer from eps)"),
+    n: int | None = typer.Option(None, help="random values per weight (default: chosen per layer from eps)"),
     nonnegative_input: bool = typer.Option(False, "--nonnegative-input", help="inputs are >= 0 (images in [0, 1])"),
-    input_range: Optional[tuple[float, float]] = typer.Option(
+    input_range: tuple[float, float] | None = typer.Option(
         None, help="inputs lie in [LO, HI] (e.g. standardised images); LO < 0 shifts them to x - LO >= 0"),
     dense_subsets: bool = typer.Option(False, "--min-error",
                                        help="minimal-error subsets instead of sparsest within eps"),
-    input_shape: Optional[str] = typer.Option(None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)"),
-    classes: Optional[int] = typer.Option(None, help="number of classes of a named --arch"),
+    input_shape: str | None = typer.Option(None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)"),
+    classes: int | None = typer.Option(None, help="number of classes of a named --arch"),
     width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
     workers: int = typer.Option(1, help="worker processes (local) or Ray tasks in flight / 2 (ray)"),
     backend: str = typer.Option("local", help="local (processes on this machine) or ray (a Ray cluster)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray backend; default: start a local one)"),
-    workdir: Optional[Path] = typer.Option(None, help="checkpoint directory: one file per finished chunk"),
+    address: str | None = typer.Option(None, help="Ray cluster address (ray backend; default: start a local one)"),
+    workdir: Path | None = typer.Option(None, help="checkpoint directory: one file per finished chunk"),
     resume: bool = typer.Option(False, "--resume", help="reuse the finished chunks in --workdir"),
     chunk_instances: int = typer.Option(1 << 18, help="SubsetSum instances per chunk (bounds memory)"),
-    device: Optional[str] = typer.Option(None, help="PyTorch device for the --min-error search, e.g. cuda"),
+    device: str | None = typer.Option(None, help="PyTorch device for the --min-error search, e.g. cuda"),
     attention: str = typer.Option("projection", help="MultiheadAttention construction: projection (W_q, W_k, W_v, "
                                                      "W_o each a random pair) or product (one random attention "
                                                      "pruned for W_q W_k^T and W_v W_o, Otsuka et al.)"),
@@ -132,15 +131,15 @@ def load_pretrained(path: Path):
 def evaluate_cmd(
     ticket_path: Path = typer.Argument(..., metavar="TICKET", help="a constructed ticket (.slth)"),
     data: str = typer.Option("digits", help=DATA_HELP),
-    data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
-    target: Optional[Path] = typer.Option(None, help="the target model, to measure agreement and the bound"),
-    arch: Optional[str] = typer.Option(
+    data_dir: Path | None = typer.Option(None, help="directory with the data set's files"),
+    target: Path | None = typer.Option(None, help="the target model, to measure agreement and the bound"),
+    arch: str | None = typer.Option(
         None, help="MLP widths or architecture name (lenet5, resnet20, ...) of a state_dict target"),
     width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
-    box: Optional[tuple[float, float]] = typer.Option(
+    box: tuple[float, float] | None = typer.Option(
         None, help="input box LO HI for the certified bound (default: the ticket's --input-range; else [0, 1] for "
         "nonnegative-input tickets, else [-1, 1])"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
     """Accuracy of a ticket on a test set; with --target also logit difference, top-1 agreement, certified bound."""
     from rich.console import Console
@@ -148,11 +147,11 @@ def evaluate_cmd(
     from rich.table import Table
 
     from .._io import atomic_write_json
-    from ..data import load_dataset
     from ..construction.bound import certified_bound
     from ..construction.report import measure, weight_errors
     from ..construction.target import load_target
     from ..construction.ticket import Ticket
+    from ..data import load_dataset
 
     existing_file(ticket_path, "ticket")
     existing_file(target, "--target")

@@ -20,7 +20,8 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ._common import CommandError, output_dir, output_file, threads as set_threads
+from ._common import CommandError, output_dir, output_file
+from ._common import threads as set_threads
 
 RESULTS = Path("docs/results")
 

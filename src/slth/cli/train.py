@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from ._common import output_dir, threads as set_threads
+from ._common import output_dir
+from ._common import threads as set_threads
 
 
 def register(app: typer.Typer) -> None:

@@ -4,12 +4,12 @@ gpt)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from .._names import MODEL_NAMES
-from ._common import CommandError, output_file, threads as set_threads
+from ._common import CommandError, output_file
+from ._common import threads as set_threads
 from ._settings import pairs
 
 DATA_HELP = ("digits (embedded), mnist, fashion-mnist, cifar10 or pystdlib-chars (the Python standard library's "
@@ -23,22 +23,22 @@ def register(app: typer.Typer) -> None:
 
 
 def train_dense_cmd(
-    arch: Optional[str] = typer.Option(None, help="MLP widths, e.g. 784-500-10 (input and output must match the "
+    arch: str | None = typer.Option(None, help="MLP widths, e.g. 784-500-10 (input and output must match the "
                                                   "data); the target when --model is not given"),
-    model: Optional[str] = typer.Option(None, help="a registry model instead of the MLP: " + " | ".join(MODEL_NAMES)),
+    model: str | None = typer.Option(None, help="a registry model instead of the MLP: " + " | ".join(MODEL_NAMES)),
     data: str = typer.Option("digits", help=DATA_HELP),
-    data_dir: Optional[Path] = typer.Option(None, help="directory with the data set's files"),
-    data_arg: Optional[List[str]] = typer.Option(None, "--data-arg", metavar="KEY=VALUE", help=DATA_ARG_HELP),
-    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", metavar="KEY=VALUE",
+    data_dir: Path | None = typer.Option(None, help="directory with the data set's files"),
+    data_arg: list[str] | None = typer.Option(None, "--data-arg", metavar="KEY=VALUE", help=DATA_ARG_HELP),
+    model_arg: list[str] | None = typer.Option(None, "--model-arg", metavar="KEY=VALUE",
                                                   help="--model: a constructor argument, repeatable (depth=2)"),
     width: float = typer.Option(1.0, help="--model: width multiplier"),
     epochs: int = typer.Option(10),
     seed: int = typer.Option(0),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: 0.05 for the MLP, slth train's dense "
+    lr: float | None = typer.Option(None, help="learning rate (default: 0.05 for the MLP, slth train's dense "
                                                   "default for --model)"),
     batch_size: int = typer.Option(128, help="--model: batch size"),
     device: str = typer.Option("auto", help="--model: auto | cpu | cuda | cuda:N | mps"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(..., "-o", "--out", help="state_dict file to write (e.g. model.pt)"),
 ) -> None:
     """Train a dense target to construct from.
@@ -97,9 +97,9 @@ def _train_dense_mlp(arch, data, data_dir, epochs, seed, lr, out) -> None:
     from rich.console import Console
 
     from .._io import atomic_torch_save
+    from ..construction.target import mlp
     from ..data import load_dataset
     from ..train.target import train_target
-    from ..construction.target import mlp
 
     widths = [int(x) for x in arch.split("-")] if all(p.isdigit() for p in arch.split("-")) else None
     if widths is None or len(widths) < 2:

@@ -13,9 +13,9 @@ from .._jit import warm_up
 from ..subsetsum import compile_kernels
 from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, LayerJob, choose_n, merge_layer
 from .graph import REACH, plan_scales
+from .modules import first_untraceable, plan_modules
 from .network import LayerLayout
 from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
-from .modules import first_untraceable, plan_modules
 from .target import LinearSpec, UntraceableError, check_example_inputs, input_range_of, parse_target
 from .ticket import Ticket
 

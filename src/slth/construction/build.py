@@ -11,8 +11,9 @@ import numpy as np
 from ..subsetsum import Solution, required_n, solve, solve_sparsest
 from ..subsetsum.core import MAX_N
 from ..ticketfile import BitPacker, PackedMask
+from .graph import Graph, LayerNode
+from .graph import plan_scales as plan_graph_scales
 from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
-from .graph import Graph, LayerNode, plan_scales as plan_graph_scales
 from .target import LinearSpec
 
 METHODS = ("pensia", "malach")

@@ -29,10 +29,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import (ACTIVATIONS, Activation, Add, Attention, Cat, ConstPair, EmbeddingPair, Expand, GetItem,
-                      GraphNet, InputShift, LayerLayout, Matmul, Mean, MulConst, Normalize, Permute, RandomPair,
-                      QKScores, Reshape, Scale, Softmax, Split, Unsqueeze, VOMix, additive_mask, decode_index,
-                      resolve_sizes)
+from .network import (
+    ACTIVATIONS,
+    Activation,
+    Add,
+    Attention,
+    Cat,
+    ConstPair,
+    EmbeddingPair,
+    Expand,
+    GetItem,
+    GraphNet,
+    InputShift,
+    LayerLayout,
+    Matmul,
+    Mean,
+    MulConst,
+    Normalize,
+    Permute,
+    QKScores,
+    RandomPair,
+    Reshape,
+    Scale,
+    Softmax,
+    Split,
+    Unsqueeze,
+    VOMix,
+    additive_mask,
+    decode_index,
+    resolve_sizes,
+)
 
 # Largest |target| (after rescaling) a block is asked to reach. n products of U[0,1]·U[-1,1] reach
 # about ±n/8 on average, so 1 is comfortably inside for the n we use; rare misses are redrawn.
@@ -860,7 +886,7 @@ class Graph:
         return [node.to_json(self.chain) for node in self.nodes]
 
     @classmethod
-    def from_json(cls, ops: list[dict]) -> "Graph":
+    def from_json(cls, ops: list[dict]) -> Graph:
         chain = all("args" not in op for op in ops)
         nodes = []
         for i, op in enumerate(ops):
@@ -876,7 +902,7 @@ class Graph:
         """Position of each layer node, in layer order (its module name is ``str(position)``)."""
         return [pos for pos, node in enumerate(self.nodes) if node.layer]
 
-    def with_plan(self, plan: ScalePlan) -> "Graph":
+    def with_plan(self, plan: ScalePlan) -> Graph:
         nodes = tuple(dataclasses.replace(node, **plan.planned[i]) if plan.planned.get(i) else node
                       for i, node in enumerate(self.nodes))
         return Graph(nodes, self.chain)

@@ -47,9 +47,8 @@ its target; a pair is a two-layer network, not a weight tensor that could be sha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -220,7 +219,7 @@ class Leaf:
         return out
 
     @classmethod
-    def from_json(cls, d: dict) -> "Leaf":
+    def from_json(cls, d: dict) -> Leaf:
         if d["kind"] not in KINDS:
             raise ValueError(f"unknown module kind {d['kind']!r} for {d['path']!r}")
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()

@@ -14,11 +14,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import (ActivationNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode, AttentionNode, AvgPoolNode,
-                    CatNode, ConstNode, EmbeddingNode, ExpandNode, FlattenNode, GetItemNode, Graph, IdentityNode,
-                    LayerNode, LayerNormNode, MatmulNode, MaxPoolNode, MeanNode, MulConstNode, Node, PermuteNode,
-                    QKNode, ReluNode, ReshapeNode, RMSNormNode, ShiftNode, SoftmaxNode, SplitNode, UnsqueezeNode,
-                    VONode)
+from .graph import (
+    ActivationNode,
+    AdaptiveAvgPoolNode,
+    AdaptiveMaxPoolNode,
+    AddNode,
+    AttentionNode,
+    AvgPoolNode,
+    CatNode,
+    ConstNode,
+    EmbeddingNode,
+    ExpandNode,
+    FlattenNode,
+    GetItemNode,
+    Graph,
+    IdentityNode,
+    LayerNode,
+    LayerNormNode,
+    MatmulNode,
+    MaxPoolNode,
+    MeanNode,
+    MulConstNode,
+    Node,
+    PermuteNode,
+    QKNode,
+    ReluNode,
+    ReshapeNode,
+    RMSNormNode,
+    ShiftNode,
+    SoftmaxNode,
+    SplitNode,
+    UnsqueezeNode,
+    VONode,
+)
 
 SUPPORTED = (
     "Flatten, Linear, Conv1d and Conv2d (groups=1, zero padding), BatchNorm1d/2d (folded into the preceding layer), "

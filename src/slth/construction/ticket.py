@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import hashlib
 import json
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ class Ticket:
         return ticketfile.save(path, tf)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Ticket":
+    def load(cls, path: str | os.PathLike) -> Ticket:
         """Read a ticket written by :meth:`save`; a foreign or damaged file raises ``TicketFileError``."""
         tf = ticketfile.load(path, packed_masks=True)
         config = dict(tf.config)

@@ -31,8 +31,8 @@ SHA-256 of its corpus in ``info``. It takes options (``open_dataset(name, contex
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ._dataset import Dataset
 from .cifar import load_cifar10, load_cifar100
@@ -52,7 +52,7 @@ class DataSource:
     crops where the data set has that option (None: fixed by the files); ``options`` the further keyword
     arguments ``load`` takes, with their defaults (their types are the types of the values given)."""
 
-    load: Callable[..., "Dataset | Streamed | TokenDataset"]
+    load: Callable[..., Dataset | Streamed | TokenDataset]
     streamed: bool = False
     augment: bool = False
     image_size: int | None = None
@@ -99,7 +99,7 @@ def check_data_args(name: str, args) -> tuple:
 
 
 def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
-                 image_size: int | None = None, **options) -> "Dataset | Streamed | TokenDataset":
+                 image_size: int | None = None, **options) -> Dataset | Streamed | TokenDataset:
     """Data set ``name`` from ``data_dir``: in memory or streamed, as the registry says; ``options`` are the
     data set's own (``context=32`` for pystdlib-chars)."""
     source = _source(name)
@@ -108,7 +108,7 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
     return source.load(data_dir, image_size, **dict(check_data_args(name, options)))
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options) -> "Dataset | TokenDataset":
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options) -> Dataset | TokenDataset:
     """Load in-memory dataset ``name`` from ``data_dir`` (not needed for ``digits`` and ``pystdlib-chars``)."""
     source = _source(name)
     if source.streamed:

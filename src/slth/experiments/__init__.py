@@ -28,8 +28,8 @@ and one entry below. ``slth experiment <name>`` is generated from ``Settings``, 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

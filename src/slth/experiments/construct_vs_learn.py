@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .._names import METHOD_NAMES
 from .settings import check_at_least, check_names, option
@@ -30,14 +31,14 @@ LEARNED = "slth.train defaults per method (inputs normalised), signed-constant i
 @dataclass(frozen=True)
 class Settings:
     data: str = option("digits", "digits (embedded) or mnist / fashion-mnist with --data-dir")
-    data_dir: Optional[Path] = option(None, "directory with --data's files")
+    data_dir: Path | None = option(None, "directory with --data's files")
     hidden: tuple[int, ...] = option((64,), "hidden widths of the target MLP")
     dense_epochs: int = option(40, "training epochs of the dense target")
     mask_epochs: int = option(40, "training epochs of each learned supermask")
     eps: float = option(0.01, "per-weight tolerance of the construction")
     density: float = option(0.5, "kept fraction of the learned supermasks")
     methods: tuple[str, ...] = option(("edge-popup", "biprop"), "supermask methods")
-    construct_n: Optional[int] = option(None, "random values per weight of the construction (default: planned "
+    construct_n: int | None = option(None, "random values per weight of the construction (default: planned "
                                               "from --eps)")
     seed: int = option(0)
 
@@ -72,10 +73,10 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
         methods: Sequence[str], density: float, seed: int, max_width: float = 64.0, construct_n: int | None = None,
         log=print) -> dict[str, Any]:
     from ..construction import construct
-    from ..train.target import train_target
     from ..construction.report import measure
     from ..data import load_dataset
     from ..train import TrainConfig, train
+    from ..train.target import train_target
     from .record import Stopwatch
 
     data = load_dataset(data_name, data_dir)
@@ -135,7 +136,7 @@ def run(data_name: str, data_dir, *, hidden: Sequence[int], dense_epochs: int, m
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
     from . import sections
-    from .sections import table, pct, provenance
+    from .sections import pct, provenance, table
 
     d = record.data
     s = d["settings"]

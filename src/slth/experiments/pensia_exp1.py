@@ -9,7 +9,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .settings import option
 
@@ -24,7 +24,7 @@ class Settings:
     eps: tuple[float, ...] = option((0.01, 0.001), "per-weight tolerances")
     arch: str = option("784-500-10", "widths of --target")
     seed: int = option(0)
-    tickets_dir: Optional[Path] = option(None, "also save the tickets here")
+    tickets_dir: Path | None = option(None, "also save the tickets here")
 
     def __post_init__(self):
         if not self.target.exists():
@@ -72,13 +72,12 @@ def peak_rss_mb() -> float:
 def exp1_tickets(target_path: str | Path, data_dir: str | Path, *, eps_values=(0.01, 0.001), seed: int = 0,
                  arch: str = "784-500-10", out_dir: str | Path | None = None) -> dict[str, Any]:
     """Construct and evaluate tickets of the saved target at each eps; returns one record per eps."""
-    from ..data import load_dataset
-    from ..provenance import git_commit, machine
+    from .._jit import warm_up
     from ..construction.api import construct
     from ..construction.report import measure
     from ..construction.target import load_target
-
-    from .._jit import warm_up
+    from ..data import load_dataset
+    from ..provenance import git_commit, machine
     from ..subsetsum import compile_kernels
 
     target = load_target(target_path, arch)

@@ -14,9 +14,10 @@ the FC part 400-120-84-10 is replaced by RedLayers or by a wide FC net (docs/the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ WEIGHT_DECAY, MOMENTUM = 5e-4, 0.9  # the paper's
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Optional[Path] = option(None, "MNIST directory")
+    data_dir: Path | None = option(None, "MNIST directory")
     nets: tuple[str, ...] = option(NETS, "fc2 (784-500-10) and/or lenet5 (random frozen convs, FC 400-120-84-10)")
     kinds: tuple[str, ...] = option(KINDS, "the compared networks")
     densities: tuple[float, ...] = option((0.5, 0.1, 0.01), "kept fractions (the paper's sparsity = 1 - density)")
@@ -199,7 +200,7 @@ def run(net: str, data, *, densities: Sequence[float], kinds: Sequence[str], epo
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
     from . import sections
-    from .sections import table, pct, provenance
+    from .sections import pct, provenance, table
 
     d = record.data
     s = d["settings"]

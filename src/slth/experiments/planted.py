@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,14 +63,14 @@ class Settings:
     epochs: int = option(30, "epochs per method, toy tasks")
     n_train: int = option(4000, "toy training points")
     n_test: int = option(2000, "toy test points")
-    construct_n: Optional[int] = option(None, "random values per weight of slth.construct on the toy tasks "
+    construct_n: int | None = option(None, "random values per weight of slth.construct on the toy tasks "
                                               "(default: planned from eps 0.01)")
     mnist_hidden: tuple[int, ...] = option((200, 200), "source hidden widths for the MNIST task")
     mnist_epochs: int = option(3, "epochs per method, MNIST task")
     mnist_train_size: int = option(20000, "MNIST training examples used (all 10,000 test examples are used)")
     mnist_target_epochs: int = option(3, "training epochs of the MNIST target (before pruning it to 10 %)")
     mnist_finetune_epochs: int = option(2, "fine-tuning epochs of the pruned MNIST target")
-    data_dir: Optional[Path] = option(None, "MNIST directory (needed for the mnist task)")
+    data_dir: Path | None = option(None, "MNIST directory (needed for the mnist task)")
     seed: int = option(0)
 
     def __post_init__(self):
@@ -375,7 +375,7 @@ def _label(row: dict) -> str:
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
     from . import sections
-    from .sections import table, pct, provenance
+    from .sections import pct, provenance, table
 
     d = record.data
     s = d["settings"]

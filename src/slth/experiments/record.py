@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .._io import atomic_write_json
 from ..provenance import command_line, git_commit, load_note, machine
@@ -39,7 +40,7 @@ def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
 class Stopwatch:
     """Wall and CPU seconds of a block: ``with Stopwatch() as sw: ...; sw.wall, sw.cpu``."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 

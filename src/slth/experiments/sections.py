@@ -8,9 +8,10 @@ loads the records, hands each to its experiment's renderer and writes docs/resul
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .._io import atomic_write
 

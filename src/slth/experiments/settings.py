@@ -12,7 +12,8 @@ record's settings are exactly what ran. Error messages name a field by its optio
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "") -> Any:  # noqa: A002 (click's word)
@@ -27,7 +28,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_names(values: Iterable[str], name: str, valid: Optional[Iterable[str]] = None) -> None:
+def check_names(values: Iterable[str], name: str, valid: Iterable[str] | None = None) -> None:
     """``values`` must be non-empty and, where ``valid`` is given, each one of ``valid``."""
     values = tuple(values)
     if not values:
@@ -46,7 +47,7 @@ def check_at_least(settings: Any, minimum: float, *names: str) -> None:
             raise ValueError(f"{flag(name)} must be >= {minimum:g}, got {value}")
 
 
-def with_preset(cls: type, preset: Optional[str], presets: dict[str, dict[str, Any]], **given: Any) -> Any:
+def with_preset(cls: type, preset: str | None, presets: dict[str, dict[str, Any]], **given: Any) -> Any:
     """``cls`` from its defaults, then the named preset's values, then ``given`` (explicit choices win)."""
     values: dict[str, Any] = {}
     if preset is not None:

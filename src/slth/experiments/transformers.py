@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .settings import check_at_least, check_names, option
 
@@ -56,16 +57,16 @@ TRAINING = ("slth.train.train, method dense, SGD momentum 0.9, cosine, batch 128
 @dataclass(frozen=True)
 class Settings:
     vit_data: tuple[str, ...] = option(("mnist", "fashion-mnist"), "ViT data sets: digits, mnist, fashion-mnist")
-    data_root: Optional[Path] = option(None, "folder with one sub-folder per data set, named as the data set "
+    data_root: Path | None = option(None, "folder with one sub-folder per data set, named as the data set "
                                              "(mnist/, fashion-mnist/ with the idx files)")
     vit_args: dict[str, str] = option({"patch": "7"}, "ViT constructor arguments, KEY=VALUE,... (patch, dim, depth, "
                                                        "heads, mlp_ratio)")
     vit_epochs: int = option(8, "dense training epochs of each ViT")
-    vit_lr: Optional[float] = option(0.05, "ViT peak learning rate (SGD, cosine)")
+    vit_lr: float | None = option(0.05, "ViT peak learning rate (SGD, cosine)")
     eps: tuple[float, ...] = option((0.01, 0.001), "eps values of the ViT and GPT tickets")
     sweep_eps: tuple[float, ...] = option((0.1, 0.03, 0.01, 0.003, 0.001), "eps values of the width-vs-eps table "
                                                                            "(first ViT data set)")
-    constructions: Optional[tuple[str, ...]] = option(None, "pensia, product (attention='product'), malach; "
+    constructions: tuple[str, ...] | None = option(None, "pensia, product (attention='product'), malach; "
                                                             "default: all available")
     max_random_params: int = option(12_000_000, "build a ticket only below this many random params (above: its "
                                                 "size is computed from the required n)")
@@ -76,7 +77,7 @@ class Settings:
     gpt_data_args: dict[str, str] = option({"context": "32", "max_bytes": "2000000"}, "pystdlib-chars options, "
                                                                                       "KEY=VALUE,...")
     gpt_epochs: int = option(4, "dense training epochs of the GPT")
-    gpt_lr: Optional[float] = option(0.3, "GPT peak learning rate (SGD, cosine; 1.0 diverges)")
+    gpt_lr: float | None = option(0.3, "GPT peak learning rate (SGD, cosine; 1.0 diverges)")
     gpt_test_size: int = option(0, "held-out GPT windows evaluated (0: the whole held-out split)")
     learned_methods: tuple[str, ...] = option(("dense", "edge-popup", "biprop"), "slth train runs of the "
                                               "Fashion-MNIST ViT shown beside the construction")

@@ -12,9 +12,10 @@ fraction under the final masks and the wall time. The report section puts the va
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from .._names import METHOD_NAMES
 from .settings import check_at_least, check_names, option
@@ -30,7 +31,7 @@ OPTIMIZER = "SGD momentum 0.9, cosine per step; lr, weight decay and init: each 
 @dataclass(frozen=True)
 class Settings:
     data: str = option("mnist", "mnist (with --data-dir) or digits (embedded)")
-    data_dir: Optional[Path] = option(None, "MNIST directory")
+    data_dir: Path | None = option(None, "MNIST directory")
     methods: tuple[str, ...] = option(METHOD_NAMES, "supermask methods")
     models: tuple[str, ...] = option(("fc", "lenet5"), "fc and/or lenet5")
     densities: tuple[float, ...] = option((0.5, 0.1), "kept fractions")

@@ -17,9 +17,10 @@ error ~ C·2^(-c·n), beside the single pick's error ~ 1/n.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,11 +32,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Settings:
-    target: Optional[Path] = option(None, "also a saved bias-free MLP target (state_dict, e.g. from slth "
+    target: Path | None = option(None, "also a saved bias-free MLP target (state_dict, e.g. from slth "
                                           "train-dense), evaluated on --data")
     arch: str = option("784-500-10", "widths of --target")
     data: str = option("mnist", "data set of --target")
-    data_dir: Optional[Path] = option(None, "directory with --data's files")
+    data_dir: Path | None = option(None, "directory with --data's files")
     digits: bool = option(True, "include a digits 64-64-10 target trained here (--digits-epochs, ~1 min)")
     digits_epochs: int = option(40, "training epochs of the digits target")
     eps: tuple[float, ...] = option((0.1, 0.03, 0.01, 0.003, 0.001), "eps values for the width-needed table")
@@ -227,7 +228,7 @@ def run(targets: Sequence[tuple[str, Any, Any, Any]], *, eps_values: Sequence[fl
 def render(record: Record, ctx: Context) -> str:
     """The docs/results.md section of one record (called by ``slth report``)."""
     from . import sections
-    from .sections import table, pct, provenance
+    from .sections import pct, provenance, table
 
     d = record.data
     plt = sections.pyplot()

@@ -7,31 +7,32 @@ finished runs. The result is ``out/width_sweep.json``, a markdown table ``out/wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from .._io import atomic_write_json, atomic_write_text
 from .._names import METHOD_NAMES
 from .settings import check_names, option
 
 if TYPE_CHECKING:
-    from .sections import Context, Record
     from ..train import TrainConfig
+    from .sections import Context, Record
 
 
 @dataclass(frozen=True)
 class Settings:
     model: str = option("fc", "model of every run (slth train --model)")
     data: str = option("digits", "data set of every run")
-    data_dir: Optional[Path] = option(None, "directory with --data's files")
+    data_dir: Path | None = option(None, "directory with --data's files")
     width: float = option(1.0, "width w of the dense network")
     multiples: tuple[int, ...] = option((1, 2, 4, 8), "supermask networks have width k*w for these k")
     methods: tuple[str, ...] = option(METHOD_NAMES, "supermask methods")
     density: float = option(0.5, "kept fraction of the supermask networks")
     epochs: int = option(10, "epochs of every run")
     seed: int = option(0)
-    hidden: Optional[tuple[int, ...]] = option(None, "fc hidden sizes, e.g. 300,100")
+    hidden: tuple[int, ...] | None = option(None, "fc hidden sizes, e.g. 300,100")
 
     def __post_init__(self):
         check_names(self.methods, "methods", METHOD_NAMES)

@@ -28,7 +28,7 @@ targets: ImageNet ResNet-18, GPT-2 small's shape), :mod:`.redlayer` (Pensia et a
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 

@@ -15,7 +15,7 @@ LayerNorm weight 1) from torch's global generator. Its input is a window of toke
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import nn

@@ -9,8 +9,9 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .._io import atomic_write_text
 from ..experiments.sections import Context, Record, ReportError

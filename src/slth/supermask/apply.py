@@ -9,17 +9,30 @@ MultiheadAttention layers (:data:`slth.supermask.init.MASKABLE`) or transformers
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..seeding import derive_seed, generator
-from .init import (MASKABLE_NAMES, _own_modules, check_variant_init, draw_weight, freeze_plan, init_fractions,
-                   init_weights, is_norm, layer_densities, prunable_tensors, raw_tensor, tensor_fan_in, tied_tensors)
+from .init import (
+    MASKABLE_NAMES,
+    _own_modules,
+    check_variant_init,
+    draw_weight,
+    freeze_plan,
+    init_fractions,
+    init_weights,
+    is_norm,
+    layer_densities,
+    prunable_tensors,
+    raw_tensor,
+    tensor_fan_in,
+    tied_tensors,
+)
 from .methods import METHODS, Supermask, SupermaskConfig
 
 DENSE_INIT = "kaiming-normal"

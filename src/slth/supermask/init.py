@@ -8,8 +8,8 @@ depend on global RNG state, on the order of construction, or on any other layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

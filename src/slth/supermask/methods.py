@@ -42,22 +42,40 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._hparams import DEFAULTS as _METHOD
+from .._hparams import MethodSettings
+from .._hparams import is_real as _is_real
 from .._names import METHOD_NAMES, check_registry
 from ._philox import PhiloxStream, tie_words
-from .core import (AliveSquareSum, BinarizedWeight, GetSubnet, KernelState, MaskedWeight, RoundedMaskedWeight,
-                   SampledMaskedWeight, StraightThroughBernoulli, StraightThroughRound, StraightThroughWeight, _flat,
-                   _identity, _kernels, _numba_ok, binarized_weight, kept_count, percentile_threshold,
-                   reference_kept_count, topk_mask)
+from .core import (
+    AliveSquareSum,
+    BinarizedWeight,
+    GetSubnet,
+    KernelState,
+    MaskedWeight,
+    RoundedMaskedWeight,
+    SampledMaskedWeight,
+    StraightThroughBernoulli,
+    StraightThroughRound,
+    StraightThroughWeight,
+    _flat,
+    _identity,
+    _kernels,
+    _numba_ok,
+    binarized_weight,
+    kept_count,
+    percentile_threshold,
+    reference_kept_count,
+    topk_mask,
+)
 from .init import DISTRIBUTIONS, VARIANTS, check_init, check_variant_init
-from .._hparams import DEFAULTS as _METHOD, MethodSettings, is_real as _is_real
-
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the Bernoulli kernel reads its random bytes from uint32 words
 NEWTON_REACH = 16.0  # largest change of (s + b) / T one draw's shift update may make (sigmoid(16) = 1 - 1e-7)
@@ -153,7 +171,7 @@ class Supermask(nn.Module):
         """Called after epoch ``epoch`` (1-based) of ``epochs``."""
 
     @classmethod
-    def after_epoch_all(cls, layers: list["Supermask"], epoch: int, epochs: int) -> None:
+    def after_epoch_all(cls, layers: list[Supermask], epoch: int, epochs: int) -> None:
         """The trainer's per-epoch hook for all of a model's layers of this class (:func:`slth.supermask.
         after_epoch`): each layer's :meth:`after_epoch`, unless a method acts across layers (Gem-Miner's
         reference variant prunes globally)."""
@@ -488,7 +506,7 @@ class GemMiner(Supermask):
 
     @classmethod
     @torch.no_grad()
-    def after_epoch_all(cls, layers: list["GemMiner"], epoch: int, epochs: int) -> None:
+    def after_epoch_all(cls, layers: list[GemMiner], epoch: int, epochs: int) -> None:
         """The reference variant prunes across all layers (pruning_is_enough ``prune``, ``hc_iter`` with
         ``prune_type: BottomK``): after 0-based epoch e with e % PERIOD == 0 and e > 0 it removes the
         ceil(rate * active) lowest |scores| of all still-active weights (ties at the threshold too), rate =

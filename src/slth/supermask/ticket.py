@@ -136,7 +136,7 @@ def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticket
         raise ValueError("to_ticket needs a supermask model of slth.supermask.build or apply_supermask "
                          "(it has no slth_spec)")
     masks, extras = {}, {}
-    for name, module, tensor, p in _supermasks(model):
+    for name, _module, tensor, p in _supermasks(model):
         mask = p.final_mask()
         masks[f"{name}.{tensor}"] = mask.cpu().numpy()
         generation = getattr(p, "generation", None)

@@ -77,7 +77,7 @@ class TrainConfig(TrainSettings):
         if self.method != "dense":
             self.supermask_config()  # validates init, distribution and method hyper-parameters
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """This config with every ``None`` default replaced by the method's default."""
         return replace(
             self,
@@ -122,7 +122,7 @@ class TrainConfig(TrainSettings):
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
