@@ -114,6 +114,26 @@ def test_attention_constructions_come_from_the_api(monkeypatch):
         T.construct_kwargs("bogus")
 
 
+
+def test_run_refuses_unknown_constructions_before_any_work():
+    with pytest.raises(ValueError, match=r"unknown or unavailable construction\(s\) bogus; available here: pensia"):
+        T.run([], vit_args={}, vit_epochs=1, eps_values=[0.1], sweep_eps=[], constructions_=["pensia", "bogus"],
+              gpt=False, gpt_args={}, gpt_data_args={}, gpt_epochs=1, gpt_eps=[], seed=0, max_random_params=1,
+              test_size=0)
+
+
+def test_vit_run_refuses_inputs_outside_the_unit_box(monkeypatch):
+    """nonnegative_input=True certifies [0, 1] inputs only: a data set reaching outside is refused before training."""
+    from types import SimpleNamespace
+
+    import slth.data
+
+    box = SimpleNamespace(x_train=torch.tensor([-0.5, 1.0]), x_test=torch.zeros(2), y_test=torch.zeros(2))
+    monkeypatch.setattr(slth.data, "load_dataset", lambda name, data_dir=None, **options: box)
+    with pytest.raises(ValueError, match=r"wide-box: inputs in \[-0.5, 1.0\], expected \[0, 1\]"):
+        T.run_vit("wide-box", None, model_args={}, epochs=1, eps_values=[0.1], sweep_eps=[], constructions_=["pensia"],
+                  seed=0, max_random_params=1, test_size=0, lr=None, sweep=False)
+
 BAD = [
     (["--constructions", "pensia,bogus"], "unknown --constructions bogus"),
     (["--vit-data", "mnist"], "needs --data-root"),

@@ -115,6 +115,17 @@ def test_construct_resume_needs_a_workdir(tmp_path, monkeypatch, model_file):
     assert "--resume needs --workdir" in line
 
 
+def test_construct_refuses_an_unknown_attention(tmp_path, monkeypatch, model_file):
+    line = _error(tmp_path, monkeypatch, "construct", model_file.name, "-o", "t.slth", "--attention", "bogus")
+    assert "--attention must be projection or product, got 'bogus'" in line
+
+
+def test_construct_refuses_arch_for_a_model_directory(tmp_path, monkeypatch):
+    (tmp_path / "pretrained").mkdir()
+    line = _error(tmp_path, monkeypatch, "construct", "pretrained", "--arch", "4-3-2", "-o", "t.slth")
+    assert "pretrained is a directory (a save_pretrained model); --arch is for state_dict files" in line
+
+
 def test_demo_refuses_zero_epochs(tmp_path, monkeypatch):
     line = _error(tmp_path, monkeypatch, "demo", "--epochs", "0", "-o", "demo")
     assert "--epochs must be >= 1, got 0" in line
