@@ -134,6 +134,7 @@ def test_vit_run_refuses_inputs_outside_the_unit_box(monkeypatch):
         T.run_vit("wide-box", None, model_args={}, epochs=1, eps_values=[0.1], sweep_eps=[], constructions_=["pensia"],
                   seed=0, max_random_params=1, test_size=0, lr=None, sweep=False)
 
+
 BAD = [
     (["--constructions", "pensia,bogus"], "unknown --constructions bogus"),
     (["--vit-data", "mnist"], "needs --data-root"),
@@ -142,6 +143,11 @@ BAD = [
     (["--vit-args", "patch", "--vit-data", "digits"], "KEY=VALUE"),
     (["--eps", "0.01,2", "--vit-data", "digits"], "(0, 1)"),
     (["--vit-epochs", "0", "--vit-data", "digits"], "--vit-epochs must be >= 1"),
+    (["--gpt-epochs", "0", "--vit-data", "digits"], "--gpt-epochs must be >= 1"),
+    (["--vit-args", "patch=4,patch=2", "--vit-data", "digits"], "--vit-args: 'patch' given twice"),
+    (["--eps", " , ", "--vit-data", "digits"], "--eps is empty"),
+    (["--test-size", "-1", "--vit-data", "digits"], "--test-size and --gpt-test-size must be >= 0"),
+    (["--max-random-params", "0", "--vit-data", "digits"], "--max-random-params >= 1"),
 ]
 
 
