@@ -70,3 +70,10 @@ def test_a_registry_out_of_step_with_its_names_is_refused():
     check_registry("model", dict.fromkeys(("a", "b")), ("a", "b"))
     with pytest.raises(RuntimeError, match=r"the model registry holds \('b', 'a'\) but slth._names lists \('a', 'b'\)"):
         check_registry("model", dict.fromkeys(("b", "a")), ("a", "b"))
+
+
+def test_model_arguments_of_an_unknown_model_are_refused():
+    from slth.models import check_model_args
+
+    with pytest.raises(ValueError, match="unknown model 'vgg'; valid names: .*lenet5"):
+        check_model_args("vgg", {"depth": 2})
