@@ -40,6 +40,7 @@ def _mlp():
     ({"max_redraw_rounds": -1}, r"max_redraw_rounds must be an int >= 0, got -1"),
     ({"backend": "spark"}, r"unknown backend 'spark'; valid: local"),
     ({"workers": 0}, r"workers must be an int >= 1, got 0"),
+    ({"attention": "bogus", "construction": "modules"}, r"unknown attention construction 'bogus'; valid: projection"),
 ])
 def test_construct_refuses_bad_arguments(kwargs, match):
     args = {"eps": 0.05, "n": 4, **kwargs}
