@@ -144,7 +144,7 @@ BAD = [
     (["--eps", "0.01,2", "--vit-data", "digits"], "(0, 1)"),
     (["--vit-epochs", "0", "--vit-data", "digits"], "--vit-epochs must be >= 1"),
     (["--gpt-epochs", "0", "--vit-data", "digits"], "--gpt-epochs must be >= 1"),
-    (["--vit-args", "patch=4,patch=2", "--vit-data", "digits"], "--vit-args: 'patch' given twice"),
+    (["--vit-args", "patch=4,patch=3", "--vit-data", "digits"], "--vit-args: 'patch' given twice"),
     (["--eps", " , ", "--vit-data", "digits"], "--eps is empty"),
     (["--test-size", "-1", "--vit-data", "digits"], "--test-size and --gpt-test-size must be >= 0"),
     (["--max-random-params", "0", "--vit-data", "digits"], "--max-random-params >= 1"),
