@@ -48,6 +48,12 @@ def test_construct_refuses_bad_arguments(kwargs, match):
         construct(_mlp(), **args)
 
 
+
+def test_module_replacement_of_a_model_with_nothing_to_construct():
+    norm_only = nn.Sequential(nn.LayerNorm(4)).eval()  # identity affine: no weight a pair would realise
+    with pytest.raises(ValueError, match=r"Sequential has no weight to construct \(its norms have identity affines\)"):
+        construct(norm_only, 0.05, n=4, construction="modules")
+
 # -- target.py: unsupported modules, named by position or node ------------------------------------
 
 
