@@ -135,6 +135,6 @@ def test_attach_refuses_an_unknown_method_before_touching_the_model():
     from slth.experiments.masking import attach
 
     model = torch.nn.Linear(3, 2)
-    with pytest.raises(ValueError, match="unknown supermask method 'nope'"):
+    with pytest.raises(ValueError, match="unknown supermask method 'nope'; valid: edge-popup"):
         attach(model, "nope", {"": 0.5}, seed=0)
     assert all(p.requires_grad for p in model.parameters()) and not hasattr(model, "parametrizations")

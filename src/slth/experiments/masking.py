@@ -22,7 +22,7 @@ from torch import nn
 from ..seeding import generator
 from ..supermask import after_epoch, after_step, final_masks, regularization
 from ..supermask.apply import mask_tensors
-from ..supermask.methods import SupermaskConfig
+from ..supermask.methods import METHODS, SupermaskConfig
 
 
 def attach(model: nn.Module, method: str, densities: dict[str, float], seed: int, *,
@@ -31,8 +31,9 @@ def attach(model: nn.Module, method: str, densities: dict[str, float], seed: int
     """Freeze every parameter of ``model`` and mask ``weight`` of each module named in ``densities``
     (kept fraction per module) with ``method``'s parametrization (:func:`slth.supermask.apply.mask_tensors`,
     as ``apply_supermask``). ``redraw(name, generation)`` gives IteRand's re-draws of that module's
-    weights; ``fan_in`` overrides the fan used for the score scale. An unknown ``method`` is refused by
-    :class:`SupermaskConfig`, before the model is touched."""
+    weights; ``fan_in`` overrides the fan used for the score scale."""
+    if method not in METHODS:
+        raise ValueError(f"unknown supermask method {method!r}; valid: {', '.join(METHODS)}")
     config = SupermaskConfig(method=method, rerand_period=rerand_period, rerand_prob=rerand_prob, score_l2=score_l2)
     # divide_scores: these experiments' records were computed with (2u - 1) / sqrt(fan), which differs from
     # slth train's (2u - 1) * (1 / sqrt(fan)) in the last bit
