@@ -199,7 +199,7 @@ def test_pensia_exp2_needs_a_data_dir(tmp_path, monkeypatch):
 
 def test_variants_needs_a_data_dir_or_quick(tmp_path, monkeypatch):
     line = _error(tmp_path, monkeypatch, "experiment", "variants", "--out", "v.json")
-    assert "variants needs --data-dir (a folder with the MNIST idx files), or --quick" in line
+    assert "variants" in line and "needs --data-dir" in line and "or --quick" in line
 
 
 @pytest.mark.parametrize("option", ["--epochs", "--train-size"])
@@ -207,7 +207,7 @@ def test_variants_refuses_zero_epochs_or_train_size(tmp_path, monkeypatch, optio
     (tmp_path / "mnist").mkdir()
     line = _error(tmp_path, monkeypatch, "experiment", "variants", "--data-dir", "mnist", option, "0",
                   "--out", "v.json")
-    assert "--epochs and --train-size must be >= 1" in line
+    assert option in line and "must be >= 1" in line
     assert not (tmp_path / "v.json").exists()
 
 
