@@ -148,6 +148,8 @@ BAD = [
     (["--eps", " , ", "--vit-data", "digits"], "--eps is empty"),
     (["--test-size", "-1", "--vit-data", "digits"], "must be >= 0"),
     (["--max-random-params", "0", "--vit-data", "digits"], "--max-random-params"),
+    # an unused bad value (--no-gpt) is still refused up front; without the check the ViT (patch 3 on 8x8) would fail
+    (["--gpt-data-args", "context=abc", "--no-gpt", "--vit-args", "patch=3", "--vit-data", "digits"], "context='abc'"),
 ]
 
 
