@@ -261,15 +261,31 @@ class Cross(Padded):
         return self.attn(x, x * 2, x)[0]
 
 
+class Projected(nn.Module):
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(D, HEADS, batch_first=True, **kwargs)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
 @pytest.mark.parametrize("net, match", [
     (Padded(), "key_padding_mask"),
     (Weights(), "attention weights"),
     (Cross(), "only self-attention"),
     (nn.Sequential(nn.MultiheadAttention(D, HEADS)), "inside an nn.Sequential"),
+    (Projected(add_bias_kv=True), r"\('attn'\) with add_bias_kv / add_zero_attn is not supported"),
+    (Projected(add_zero_attn=True), r"\('attn'\) with add_bias_kv / add_zero_attn is not supported"),
 ])
 def test_unsupported_attention_uses_name_the_node(net, match):
     with pytest.raises(NotImplementedError, match=match):
         construct(net.eval(), 0.05)
+
+
+def test_attention_in_training_mode_with_dropout_is_refused():
+    with pytest.raises(NotImplementedError, match=r"\('attn'\) is in training mode with dropout 0.1; construct an"):
+        construct(Projected(dropout=0.1).train(), 0.05)
 
 
 def test_softmax_bound_is_sound_under_perturbations():

@@ -164,6 +164,8 @@ def test_embedding_is_a_linear_map_on_one_hot_inputs(tmp_path):
     (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm([2, 2]), nn.Linear(4, 2)), "only the last dimension"),
     (nn.Sequential(nn.Linear(4, 4), nn.Softmax(-1), nn.Linear(4, 2)), "layer Softmax at position 1"),
     (nn.Sequential(nn.Linear(4, 4), nn.Embedding(4, 2)), "must read the network input"),
+    (nn.Sequential(nn.Embedding(4, 2, max_norm=1.0), nn.Flatten(), nn.Linear(2, 2)),
+     r"Embedding at position 0 \('0'\) with max_norm \(it renormalises rows\) is not supported"),
 ])
 def test_unsupported_uses_name_the_node(net, match):
     with torch.no_grad():

@@ -114,6 +114,27 @@ def test_attention_constructions_come_from_the_api(monkeypatch):
         T.construct_kwargs("bogus")
 
 
+
+def test_run_refuses_unknown_constructions_before_any_work():
+    with pytest.raises(ValueError, match=r"unknown or unavailable construction\(s\) bogus; available here: pensia"):
+        T.run([], vit_args={}, vit_epochs=1, eps_values=[0.1], sweep_eps=[], constructions_=["pensia", "bogus"],
+              gpt=False, gpt_args={}, gpt_data_args={}, gpt_epochs=1, gpt_eps=[], seed=0, max_random_params=1,
+              test_size=0)
+
+
+def test_vit_run_refuses_inputs_outside_the_unit_box(monkeypatch):
+    """nonnegative_input=True certifies [0, 1] inputs only: a data set reaching outside is refused before training."""
+    from types import SimpleNamespace
+
+    import slth.data
+
+    box = SimpleNamespace(x_train=torch.tensor([-0.5, 1.0]), x_test=torch.zeros(2), y_test=torch.zeros(2))
+    monkeypatch.setattr(slth.data, "load_dataset", lambda name, data_dir=None, **options: box)
+    with pytest.raises(ValueError, match=r"wide-box: inputs in \[-0.5, 1.0\], expected \[0, 1\]"):
+        T.run_vit("wide-box", None, model_args={}, epochs=1, eps_values=[0.1], sweep_eps=[], constructions_=["pensia"],
+                  seed=0, max_random_params=1, test_size=0, lr=None, sweep=False)
+
+
 BAD = [
     (["--constructions", "pensia,bogus"], "unknown --constructions bogus"),
     (["--vit-data", "mnist"], "needs --data-root"),
@@ -122,6 +143,13 @@ BAD = [
     (["--vit-args", "patch", "--vit-data", "digits"], "KEY=VALUE"),
     (["--eps", "0.01,2", "--vit-data", "digits"], "(0, 1)"),
     (["--vit-epochs", "0", "--vit-data", "digits"], "--vit-epochs must be >= 1"),
+    (["--gpt-epochs", "0", "--vit-data", "digits"], "--gpt-epochs must be >= 1"),
+    (["--vit-args", "patch=4,patch=3", "--vit-data", "digits"], "--vit-args: 'patch' given twice"),
+    (["--eps", " , ", "--vit-data", "digits"], "--eps is empty"),
+    (["--test-size", "-1", "--vit-data", "digits"], "must be >= 0"),
+    (["--max-random-params", "0", "--vit-data", "digits"], "--max-random-params"),
+    # an unused bad value (--no-gpt) is still refused up front; without the check the ViT (patch 3 on 8x8) would fail
+    (["--gpt-data-args", "context=abc", "--no-gpt", "--vit-args", "patch=3", "--vit-data", "digits"], "context='abc'"),
 ]
 
 

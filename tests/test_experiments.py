@@ -122,3 +122,25 @@ def test_a_record_without_its_renderer_is_refused_before_it_is_written(tmp_path)
         write_record({"settings": {}}, tmp_path / "r" / "record.json")
     assert not (tmp_path / "r").exists()
     assert json.loads(write_record({"experiment": "x"}, tmp_path / "ok.json").read_text()) == {"experiment": "x"}
+
+
+def test_planting_refuses_unknown_tasks_and_sources_too_small():
+    from slth.experiments import planted as P
+
+    with pytest.raises(ValueError, match="unknown toy task 'spiral'; valid: relu, circle, helix"):
+        P.toy_target("spiral")
+    ws, _ = P.toy_target("helix", depth=3)
+    with pytest.raises(ValueError, match=r"the source needs 2 hidden layers for this target, got \[40\]"):
+        P.plant(ws, [40], seed=0)
+    narrow = ws[0].shape[0] - 1
+    with pytest.raises(ValueError, match=rf"source layer 1 \(width {narrow}\) is narrower than the target's"):
+        P.plant(ws, [narrow, 40], seed=0)
+
+
+def test_attach_refuses_an_unknown_method_before_touching_the_model():
+    from slth.experiments.masking import attach
+
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="unknown supermask method 'nope'; valid: edge-popup"):
+        attach(model, "nope", {"": 0.5}, seed=0)
+    assert all(p.requires_grad for p in model.parameters()) and not hasattr(model, "parametrizations")

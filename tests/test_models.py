@@ -46,3 +46,34 @@ def test_bad_names_and_widths():
         assert name in str(err.value)
     with pytest.raises(ValueError, match="width"):
         build_model("fc", (1, 28, 28), 10, width=0)
+
+
+def test_gpt_and_vit_refuse_input_shapes_they_cannot_take():
+    with pytest.raises(ValueError, match=r"GPT: the input shape is \(context,\), token ids; got \(1, 28, 28\)"):
+        build_model("gpt", (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="ViT: the patch size 5 must divide the image size 28x28"):
+        build_model("vit", (1, 28, 28), 10, patch=5)
+
+
+def test_a_bool_model_argument_takes_only_yes_no_words():
+    from slth.models import check_model_args
+
+    assert check_model_args("gpt", {"tie": "Yes"}) == (("tie", True),)
+    assert check_model_args("gpt", {"tie": "0"}) == (("tie", False),)
+    with pytest.raises(ValueError, match=r"model argument tie='maybe' of gpt: expected bool"):
+        check_model_args("gpt", {"tie": "maybe"})
+
+
+def test_a_registry_out_of_step_with_its_names_is_refused():
+    from slth._names import check_registry
+
+    check_registry("model", dict.fromkeys(("a", "b")), ("a", "b"))
+    with pytest.raises(RuntimeError, match=r"the model registry holds \('b', 'a'\) but slth._names lists \('a', 'b'\)"):
+        check_registry("model", dict.fromkeys(("b", "a")), ("a", "b"))
+
+
+def test_model_arguments_of_an_unknown_model_are_refused():
+    from slth.models import check_model_args
+
+    with pytest.raises(ValueError, match="unknown model 'vgg'; valid names: .*lenet5"):
+        check_model_args("vgg", {"depth": 2})

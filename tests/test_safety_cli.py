@@ -114,6 +114,17 @@ def test_construct_resume_needs_a_workdir(tmp_path, monkeypatch, model_file):
     assert "--resume needs --workdir" in line
 
 
+def test_construct_refuses_an_unknown_attention(tmp_path, monkeypatch, model_file):
+    line = _error(tmp_path, monkeypatch, "construct", model_file.name, "-o", "t.slth", "--attention", "bogus")
+    assert "--attention must be projection or product, got 'bogus'" in line
+
+
+def test_construct_refuses_arch_for_a_model_directory(tmp_path, monkeypatch):
+    (tmp_path / "pretrained").mkdir()
+    line = _error(tmp_path, monkeypatch, "construct", "pretrained", "--arch", "4-3-2", "-o", "t.slth")
+    assert "pretrained is a directory (a save_pretrained model); --arch is for state_dict files" in line
+
+
 def test_demo_refuses_zero_epochs(tmp_path, monkeypatch):
     line = _error(tmp_path, monkeypatch, "demo", "--epochs", "0", "-o", "demo")
     assert "--epochs must be >= 1, got 0" in line
@@ -132,6 +143,24 @@ def test_train_dense_refuses_a_malformed_arch(tmp_path, monkeypatch, arch):
 def test_train_dense_refuses_an_arch_that_does_not_fit_the_data(tmp_path, monkeypatch):
     line = _error(tmp_path, monkeypatch, "train-dense", "--arch", "784-32-10", "-o", "m.pt")
     assert "--arch 784-32-10 does not fit digits: inputs 64, classes 10" in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_dense_takes_arch_or_model_not_both(tmp_path, monkeypatch):
+    line = _error(tmp_path, monkeypatch, "train-dense", "--arch", "64-10", "--model", "gpt", "-o", "m.pt")
+    assert "give --arch (an MLP) or --model, not both" in line
+
+
+def test_train_dense_needs_arch_or_model(tmp_path, monkeypatch):
+    line = _error(tmp_path, monkeypatch, "train-dense", "-o", "m.pt")
+    assert "train-dense needs --arch (MLP widths, e.g. 64-32-10) or --model" in line
+
+
+@pytest.mark.parametrize("option", ["--model-arg", "--data-arg"])
+def test_train_dense_mlp_refuses_model_and_data_args(tmp_path, monkeypatch, option):
+    line = _error(tmp_path, monkeypatch, "train-dense", "--arch", "64-10", option, "depth=2", "--epochs", "1",
+                  "-o", "m.pt")
+    assert "--data-arg and --model-arg go with --model" in line
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -165,6 +194,20 @@ def test_planted_mnist_needs_a_data_dir(tmp_path, monkeypatch):
 def test_pensia_exp2_needs_a_data_dir(tmp_path, monkeypatch):
     line = _error(tmp_path, monkeypatch, "experiment", "pensia-exp2", "--out", "e2.json")
     assert "pensia-exp2 needs --data-dir" in line
+
+
+def test_variants_needs_a_data_dir_or_quick(tmp_path, monkeypatch):
+    line = _error(tmp_path, monkeypatch, "experiment", "variants", "--out", "v.json")
+    assert "variants" in line and "needs --data-dir" in line and "or --quick" in line
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--train-size"])
+def test_variants_refuses_zero_epochs_or_train_size(tmp_path, monkeypatch, option):
+    (tmp_path / "mnist").mkdir()
+    line = _error(tmp_path, monkeypatch, "experiment", "variants", "--data-dir", "mnist", option, "0",
+                  "--out", "v.json")
+    assert option in line and "must be >= 1" in line
+    assert not (tmp_path / "v.json").exists()
 
 
 # __init__.py: the root group turns a user's mistake into exit status 2, SLTH_DEBUG into a traceback

@@ -40,12 +40,19 @@ def _mlp():
     ({"max_redraw_rounds": -1}, r"max_redraw_rounds must be an int >= 0, got -1"),
     ({"backend": "spark"}, r"unknown backend 'spark'; valid: local"),
     ({"workers": 0}, r"workers must be an int >= 1, got 0"),
+    ({"attention": "bogus", "construction": "modules"}, r"unknown attention construction 'bogus'; valid: projection"),
 ])
 def test_construct_refuses_bad_arguments(kwargs, match):
     args = {"eps": 0.05, "n": 4, **kwargs}
     with pytest.raises(ValueError, match=match):
         construct(_mlp(), **args)
 
+
+
+def test_module_replacement_of_a_model_with_nothing_to_construct():
+    norm_only = nn.Sequential(nn.LayerNorm(4)).eval()  # identity affine: no weight a pair would realise
+    with pytest.raises(ValueError, match=r"Sequential has no weight to construct \(its norms have identity affines\)"):
+        construct(norm_only, 0.05, n=4, construction="modules")
 
 # -- target.py: unsupported modules, named by position or node ------------------------------------
 
@@ -245,3 +252,49 @@ def test_ray_backend_without_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ImportError, match=r"the ray backend needs Ray: pip install 'slth\[ray\]'"):
         construct(_mlp(), 0.05, n=4, backend="ray")
+
+
+# -- bound.py: certified_bound refuses a box it cannot bound, before any work -----------------------
+
+
+def test_certified_bound_refuses_bad_boxes(ticket):
+    from slth.construction.bound import certified_bound
+
+    net = _mlp()
+    for kwargs, match in [
+        ({"center": [0.0] * 4, "radius": -0.1}, r"a ball needs a center and a radius >= 0"),
+        ({"lo": -1.0}, r"give both lo and hi of the input box"),
+        ({"lo": [0.0] * 3, "hi": [1.0] * 3}, r"the input box does not fit the input shape \(4,\)"),
+        ({"lo": 1.0, "hi": -1.0}, r"input box must be finite with lo <= hi"),
+        ({"lo": -float("inf"), "hi": 1.0}, r"input box must be finite with lo <= hi"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            certified_bound(ticket, net, **kwargs)
+
+
+def test_certified_bound_refuses_a_box_below_the_tickets_inputs():
+    from slth.construction.bound import certified_bound
+
+    net = _mlp()
+    nonneg = construct(net, 0.05, n=4, seed=0, nonnegative_input=True)
+    with pytest.raises(ValueError, match=r"the ticket was built for nonnegative inputs; the box must have lo >= 0"):
+        certified_bound(nonneg, net, lo=-0.5, hi=1.0)
+
+
+def test_certified_bound_of_a_conv_ticket_needs_the_input_shape():
+    from slth.construction.bound import certified_bound
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 2 * 2, 2)).eval()
+    ticket = construct(net, 0.05, n=4, seed=0)
+    with pytest.raises(ValueError, match=r"a ticket whose first layer is a convolution needs input_shape"):
+        certified_bound(ticket, net)
+
+
+def test_certified_bound_refuses_a_module_replacement_ticket():
+    from slth.construction.bound import certified_bound
+
+    net = _mlp()
+    ticket = construct(net, 0.05, n=4, seed=0, construction="modules")
+    with pytest.raises(NotImplementedError, match=r"certified_bound needs the traced construction graph"):
+        certified_bound(ticket, net)

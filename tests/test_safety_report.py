@@ -83,3 +83,11 @@ def test_malformed_behaviour_preserving_line(tmp_path, line):
     (tmp_path / "behaviour-preserving-commits.txt").write_text("# header\n\n" + line + "\n")
     with pytest.raises(ValueError, match=r"behaviour-preserving-commits\.txt:3: expected '<commit hash"):
         read_preserving(tmp_path)
+
+
+def test_a_renderers_own_refusal_passes_unwrapped(tmp_path):
+    """A ReportError from a renderer (here the fragments' own) reaches the caller as it is, not re-wrapped."""
+    record = Record(tmp_path / "note.md", "markdown", {"not": "text"})
+    with pytest.raises(ReportError, match=r"note\.md: a markdown fragment must be text") as err:
+        render([record], _ctx(tmp_path), EXPERIMENTS)
+    assert "cannot render" not in str(err.value)

@@ -80,6 +80,7 @@ def _first_mask(data):
     ("header-len", "header claims"),
     ("header-json", "header is not JSON"),
     ("version", "unsupported ticket format version"),
+    ("no-format", "not a slth ticket \\(no 'slth-ticket' format tag in the metadata\\)"),
     ("tensor-data", "truncated or corrupted tensor data"),
     ("no-seed", "incomplete or malformed"),
     ("no-shape", "has no shape in the metadata"),
@@ -99,6 +100,8 @@ def test_each_structural_check_names_the_problem(ticket_bytes, case, message):
     elif case == "header-json":
         (n,) = struct.unpack("<Q", data[:8])
         bad = data[:8] + b"{" + b" " * (n - 1) + data[8 + n:]
+    elif case == "no-format":
+        bad = _craft(data, format="other-ticket")
     elif case == "version":
         bad = _craft(data, format_version="999")
     elif case == "tensor-data":
@@ -134,5 +137,10 @@ def test_each_structural_check_names_the_problem(ticket_bytes, case, message):
 def test_bad_masks_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="0/1 or bool"):
         ticketfile.to_bytes(ticketfile.TicketFile(seed=0, config={}, masks={"m": np.array([0, 2])}))
+    with pytest.raises(ValueError, match="unknown ticket format version 99"):
+        ticketfile.to_bytes(ticketfile.TicketFile(seed=0, config={}, masks={}, format_version=99))
+    for seed, kind in [(1.5, "float"), (True, "bool"), ("3", "str")]:
+        with pytest.raises(ValueError, match=f"seed must be an int, got {kind}"):
+            ticketfile.to_bytes(ticketfile.TicketFile(seed=seed, config={}, masks={}))
     with pytest.raises(FileNotFoundError, match="no such ticket file"):
         ticketfile.load(tmp_path / "none.slth")

@@ -104,14 +104,13 @@ def _convert(name: str, key: str, value: object, kind: type):
     """``value`` as a ``kind`` (the type of the argument's default), from a string or a value of that type."""
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()
-        try:
-            if kind is bool:
-                if text not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return text in ("true", "1", "yes")
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"model argument {key}={value!r} of {name}: expected {kind.__name__}") from None
+        if kind is bool and text in ("true", "false", "1", "0", "yes", "no"):
+            return text in ("true", "1", "yes")
+        if kind is not bool:
+            try:
+                return kind(text)
+            except ValueError:
+                pass  # refused below, as every value that is not a `kind`
     ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[kind]
     if not isinstance(value, ok) or (kind is not bool and isinstance(value, bool)):
         raise ValueError(f"model argument {key}={value!r} of {name}: expected {kind.__name__}")
