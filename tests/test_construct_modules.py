@@ -443,3 +443,41 @@ def test_module_replacement_uses_the_chunk_runner_and_its_work_dir(tmp_path):
     assert chunked.run["chunks"] > len(chunked.layouts) and chunked.digest() == whole.digest()
     resumed = slth.construct(target, eps=EPS, seed=0, chunk_instances=3, workdir=str(tmp_path / "w"), resume=True)
     assert resumed.run["computed"] == 0 and resumed.digest() == whole.digest()
+
+
+class _Small(nn.Module):
+    """An embedding, a Linear and a free additive parameter, for the rebuild checks below."""
+
+    def __init__(self, max_norm=None, pos: bool = True):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4, max_norm=max_norm)
+        self.lin = nn.Linear(4, 3)
+        if pos:
+            self.pos = nn.Parameter(torch.randn(3))
+
+    def forward(self, idx):
+        h = self.lin(self.emb(idx))
+        return h + self.pos if hasattr(self, "pos") else h
+
+
+def test_module_replacement_refuses_what_is_not_a_model_or_has_nothing_to_build():
+    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+        plan_modules("not a model")
+    with pytest.raises(ValueError, match="no weight-holding module to construct"):
+        plan_modules(nn.Sequential(nn.ReLU()))
+    from slth.construction.modules import Leaf
+
+    with pytest.raises(ValueError, match="unknown module kind 'lstm' for 'rnn'"):  # a damaged ticket
+        Leaf.from_json({"path": "rnn", "kind": "lstm", "layers": [0], "scales": [1.0]})
+
+
+def test_a_module_ticket_refuses_a_fresh_instance_that_does_not_match():
+    torch.manual_seed(0)
+    ticket = slth.construct(_Small(), eps=0.05, seed=0, construction="modules")
+    with pytest.raises(TypeError, match="model must be an nn.Module .a fresh .*_Small"):
+        ticket.to_module(model="not a model")
+    with pytest.raises(ValueError, match="the model has no parameter 'pos', which the ticket realises"):
+        ticket.to_module(model=_Small(pos=False))
+    with pytest.raises(ValueError, match="module 'emb' of the model does not match the ticket"):
+        ticket.to_module(model=_Small(max_norm=1.0))
+    assert ticket.to_module(model=_Small())(torch.arange(10)).shape == (10, 3)  # a matching instance rebuilds
