@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ class ConstructConfig:
     eps: float = field(default=0.01, metadata=_help("per-weight tolerance"))
     seed: int = field(default=0, metadata=_help("seed of the random network"))
     method: str = field(default="pensia", metadata=_help("construction method (slth.construction.methods)"))
-    n: int | tuple[int, ...] | None = field(
+    n: int | Sequence[int] | None = field(  # a sequence is kept as a tuple
         default=None, metadata=_help("random values per weight (default: chosen per layer from eps)"))
     p: float = field(default=0.99, metadata=_help("per-weight success probability n is chosen for"))
     sparse: bool = field(default=True, metadata=_help("sparsest subsets within eps (else minimal-error subsets)"))
