@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._hparams import MAX_REDRAW_ROUNDS
 from ..ticketfile import BitPacker, PackedMask
 from .graph import Graph, LayerNode
 from .graph import plan_scales as plan_graph_scales
 from .methods import METHODS
 from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
 from .target import LinearSpec
-
-MAX_REDRAW_ROUNDS = 8  # default bound on redraw rounds of the blocks that miss eps
 
 
 @dataclass

@@ -2,57 +2,34 @@
 :func:`slth.construction.api.construct_with` takes (``slth.construct(target, eps=..., ...)`` builds them from its
 keywords). A ticket depends on the config only: it records the config that ran, never the execution (the chunking,
 workers, backend, work dir and device give the same ticket bit for bit). Both check their fields when made, so a bad
-value is refused before any work; ``slth construct``'s options are read from their fields (defaults and help)."""
+value is refused before any work. Their fields, defaults and help texts are declared once, without torch, in
+:mod:`slth._hparams` (:class:`~slth._hparams.ConstructSettings`, :class:`~slth._hparams.ExecutionSettings`):
+``slth construct``'s options and ``slth.construct``'s keywords take them from there."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from .build import MAX_REDRAW_ROUNDS
+from .._hparams import ConstructSettings, ExecutionSettings
 from .methods import METHODS
-from .stream import BACKENDS, CHUNK_INSTANCES
+from .stream import BACKENDS
 from .target import ATTENTION_MODES, input_range_of
 
 CONSTRUCTIONS = ("auto", "graph", "modules")  # ConstructConfig.construction: docs/construction.md, "Any model"
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class ConstructConfig:
-    """What to build: everything the ticket depends on (see :func:`slth.construct` for each field).
+class ConstructConfig(ConstructSettings):
+    """What to build: everything the ticket depends on (see :func:`slth.construct` for each field; the fields,
+    defaults and help texts are declared in :class:`slth._hparams.ConstructSettings`, without torch, for
+    ``slth construct``'s options). Refuses a bad value when made.
 
     ``n`` is None (chosen per layer from eps and ``p``), one int, or one per layer (kept as a tuple).
     ``example_inputs`` only checks the target before any work (it does not change the ticket).
     """
-
-    eps: float = field(default=0.01, metadata=_help("per-weight tolerance"))
-    seed: int = field(default=0, metadata=_help("seed of the random network"))
-    method: str = field(default="pensia", metadata=_help("construction method (slth.construction.methods)"))
-    n: int | Sequence[int] | None = field(  # a sequence is kept as a tuple
-        default=None, metadata=_help("random values per weight (default: chosen per layer from eps)"))
-    p: float = field(default=0.99, metadata=_help("per-weight success probability n is chosen for"))
-    sparse: bool = field(default=True, metadata=_help("sparsest subsets within eps (else minimal-error subsets)"))
-    nonnegative_input: bool = field(default=False, metadata=_help("inputs are >= 0 (images in [0, 1])"))
-    input_range: tuple[float, float] | None = field(
-        default=None, metadata=_help("inputs lie in [LO, HI] (e.g. standardised images); LO < 0 shifts them to "
-                                     "x - LO >= 0"))
-    max_redraw_rounds: int = field(default=MAX_REDRAW_ROUNDS,
-                                   metadata=_help("redraw rounds of the blocks that miss eps (0: none)"))
-    attention: str = field(default="projection", metadata=_help(
-        "MultiheadAttention construction: projection (W_q, W_k, W_v, W_o each a random pair) or product (one random "
-        "attention pruned for W_q W_k^T and W_v W_o, Otsuka et al.)"))
-    construction: str = field(default="auto", metadata=_help(
-        "auto (trace the model, else replace its modules), graph (trace only) or modules (module replacement)"))
-    example_inputs: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         eps, seed, n, p, rounds = self.eps, self.seed, self.n, self.p, self.max_redraw_rounds
@@ -103,25 +80,15 @@ class ConstructConfig:
 
 
 @dataclass(frozen=True)
-class Execution:
-    """How to run a construction: none of it changes the ticket (only ``stats["seconds"]`` and ``ticket.run``).
+class Execution(ExecutionSettings):
+    """How to run a construction: none of it changes the ticket (only ``stats["seconds"]`` and ``ticket.run``);
+    fields declared in :class:`slth._hparams.ExecutionSettings`. Refuses a bad value when made.
 
     The work is split into chunks (row blocks of a layer, at most ``chunk_instances`` SubsetSum instances each)
     run by ``workers`` local processes or, with ``backend="ray"``, on a Ray cluster (``address``); ``workdir``
     checkpoints every finished chunk and ``resume=True`` reuses them. ``device``: PyTorch device of the
     minimal-error search (``sparse=False``). ``progress``: a progress bar.
     """
-
-    workers: int = field(default=1, metadata=_help("worker processes (local) or Ray tasks in flight / 2 (ray)"))
-    backend: str = field(default="local", metadata=_help("local (processes on this machine) or ray (a Ray cluster)"))
-    address: str | None = field(default=None,
-                                metadata=_help("Ray cluster address (ray backend; default: start a local one)"))
-    workdir: str | None = field(default=None, metadata=_help("checkpoint directory: one file per finished chunk"))
-    resume: bool = field(default=False, metadata=_help("reuse the finished chunks in the work dir"))
-    chunk_instances: int = field(default=CHUNK_INSTANCES,
-                                 metadata=_help("SubsetSum instances per chunk (bounds memory)"))
-    device: str | None = field(default=None, metadata=_help("PyTorch device for the minimal-error search, e.g. cuda"))
-    progress: bool = field(default=False, metadata=_help("show a progress bar"))
 
     def __post_init__(self):
         if not isinstance(self.chunk_instances, int) or self.chunk_instances < 1:
@@ -138,12 +105,3 @@ class Execution:
         if self.device is not None and config.sparse and METHODS[config.method].subset_sum:
             raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
 
-
-def default(cls: type, name: str) -> Any:
-    """The default of field ``name`` of the record ``cls`` (the one place it is written)."""
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-def help_of(cls: type, name: str) -> str:
-    """The help text of field ``name`` of the record ``cls``."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
