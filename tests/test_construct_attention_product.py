@@ -251,7 +251,7 @@ def test_cli_attention_option(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["construct", str(model), "--arch", "4-3-2", "--attention", "foo", "-o",
                             str(tmp_path / "t.slth")])
-    assert r.exit_code != 0 and "projection or product" in r.output
+    assert r.exit_code != 0 and "valid: projection, product" in r.output
     r = runner.invoke(app, ["construct", str(model), "--arch", "4-3-2", "--attention", "product", "-o",
                             str(tmp_path / "t.slth")])
     assert r.exit_code == 0, r.output

@@ -124,10 +124,11 @@ def test_realised_kernels_match_the_reported_weight_errors():
     ticket = construct(net, 0.02, seed=0)
     _, specs = parse_target(net)
     for spec, real, reported in zip(specs, realised_kernels(ticket), ticket.stats["max_weight_error_per_layer"]):
-        err = (real["pos"].numpy() - spec.weight).__abs__().max()
-        if real["neg"] is not None:
-            err = max(err, np.abs(real["neg"].numpy() + spec.weight).max())
-        err = max(err, np.abs(real["bias"].numpy() - spec.bias).max())
+        err = (real.pos.numpy() - spec.weight).__abs__().max()
+        if real.neg is not None:
+            err = max(err, np.abs(real.neg.numpy() + spec.weight).max())
+        assert real.bias is not None
+        err = max(err, np.abs(real.bias.numpy() - spec.bias).max())
         assert err == pytest.approx(reported, abs=1e-6)
 
 

@@ -116,7 +116,7 @@ def test_construct_resume_needs_a_workdir(tmp_path, monkeypatch, model_file):
 
 def test_construct_refuses_an_unknown_attention(tmp_path, monkeypatch, model_file):
     line = _error(tmp_path, monkeypatch, "construct", model_file.name, "-o", "t.slth", "--attention", "bogus")
-    assert "--attention must be projection or product, got 'bogus'" in line
+    assert "unknown attention construction 'bogus'; valid: projection, product" in line
 
 
 def test_construct_refuses_arch_for_a_model_directory(tmp_path, monkeypatch):

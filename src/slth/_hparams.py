@@ -1,20 +1,25 @@
-"""Training settings, defined once and importable without torch (so ``slth --help`` stays fast).
+"""Training and construction settings, defined once and importable without torch (so ``slth --help`` stays fast).
 
 :class:`MethodSettings` holds the supermask methods' own settings (IteRand's re-randomisation, Gem-Miner's
 regulariser, the variant every method follows); :class:`slth.supermask.SupermaskConfig` takes its defaults
 and checks from it. :class:`TrainSettings` declares the fields of :class:`slth.train.TrainConfig` (its
 subclass, which adds the checks and the per-method defaults), the method's fields taken from
 MethodSettings. ``slth train``'s options are generated from TrainSettings' fields (help texts in their
-metadata; ``flag`` names a repeatable KEY=VALUE option).
+metadata; ``flag`` names a repeatable KEY=VALUE option). Likewise :class:`ConstructSettings` and
+:class:`ExecutionSettings` declare the fields of :class:`slth.construction.config.ConstructConfig` (what to build)
+and :class:`~slth.construction.config.Execution` (how to run it), which add the checks; ``slth construct`` and
+``slth.construct``'s keywords take their defaults from them (``cli=False``: a field the command writes by hand).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
-from ._names import METHOD_NAMES, MODEL_NAMES, VARIANT_NAMES
+from ._names import CONSTRUCTION_METHOD_NAMES, METHOD_NAMES, MODEL_NAMES, VARIANT_NAMES
 
 
 @dataclass(frozen=True)
@@ -98,3 +103,48 @@ class TrainSettings:
     # where it runs, not what it computes: excluded from the identity a resumed run must match
     device: str = _f("auto", "auto (CUDA when available) | cpu | cuda | cuda:N | mps")
     workers: int = _f(0, "DataLoader worker processes (streamed data sets)")
+
+
+MAX_REDRAW_ROUNDS = 8  # default bound on redraw rounds of the blocks that miss eps (construction)
+CHUNK_INSTANCES = 1 << 18  # SubsetSum instances per chunk: about 34 MB of float64 values at n = 16
+
+
+@dataclass(frozen=True)
+class ConstructSettings:
+    """The fields of :class:`slth.construction.config.ConstructConfig` (what a construction builds; it adds
+    the checks), with their defaults and help texts, importable without torch."""
+
+    eps: float = _f(0.01, "per-weight tolerance")
+    seed: int = _f(0, "seed of the random network")
+    method: str = _f("pensia", " | ".join(CONSTRUCTION_METHOD_NAMES) + ": SubsetSum of n random products per weight "
+                               "(log width) | a single random product per weight (polynomial width)")
+    n: int | Sequence[int] | None = _f(None, "random values per weight (default: chosen per layer from eps)",
+                                       cli=False)
+    p: float = _f(0.99, "per-weight success probability the chosen n reaches")
+    sparse: bool = _f(True, "sparsest subsets within eps (else minimal-error subsets)", cli=False)
+    nonnegative_input: bool = _f(False, "inputs are >= 0 (images in [0, 1])")
+    input_range: tuple[float, float] | None = _f(
+        None, "inputs lie in [LO, HI] (e.g. standardised images); LO < 0 shifts them to x - LO >= 0", cli=False)
+    max_redraw_rounds: int = _f(MAX_REDRAW_ROUNDS, "redraw rounds of the blocks that miss eps (0: none)")
+    attention: str = _f("projection", "MultiheadAttention construction: projection (W_q, W_k, W_v, W_o each a random "
+                                      "pair) or product (one random attention pruned for W_q W_k^T and W_v W_o, "
+                                      "Otsuka et al.)")
+    construction: str = _f("auto", "auto (trace the model; if torch.fx cannot, replace its modules) | graph "
+                                   "(traced only) | modules (module replacement)")
+    # checks the target before any work; not part of the ticket
+    example_inputs: Any = field(default=None, compare=False, repr=False, metadata={"cli": False})
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """The fields of :class:`slth.construction.config.Execution` (how a construction runs; none changes the
+    ticket), with their defaults and help texts, importable without torch."""
+
+    workers: int = _f(1, "worker processes (local) or Ray tasks in flight / 2 (ray)")
+    backend: str = _f("local", "local (processes on this machine) | ray (a Ray cluster)")
+    address: str | None = _f(None, "Ray cluster address (ray backend; default: start a local one)")
+    workdir: str | None = _f(None, "checkpoint directory: one file per finished chunk")
+    resume: bool = _f(False, "reuse the finished chunks in --workdir")
+    chunk_instances: int = _f(CHUNK_INSTANCES, "SubsetSum instances per chunk (bounds memory)")
+    device: str | None = _f(None, "PyTorch device for the --min-error search, e.g. cuda")
+    progress: bool = _f(False, "a progress bar", cli=False)

@@ -1,7 +1,8 @@
 """The registries' names, importable without torch, so that ``slth train --help`` can list them and stay fast.
 
-:data:`slth.models.MODELS` and :data:`slth.supermask.methods.METHODS` check at import that they hold exactly
-these names, in this order: a model or method added there must be named here too.
+:data:`slth.models.MODELS`, :data:`slth.supermask.methods.METHODS` and :data:`slth.construction.methods.METHODS`
+check at import that they hold exactly these names, in this order: a model or method added there must be named here
+too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "
 METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")  # supermask methods ("dense": none)
 # supermask variants (SupermaskConfig.variant): slth's own semantics, or each method as its reference code runs it
 VARIANT_NAMES = ("slth", "reference")
+CONSTRUCTION_METHOD_NAMES = ("pensia", "malach")  # construction methods (slth.construction.methods.METHODS)
 
 
 def check_registry(what: str, registry, names: tuple[str, ...]) -> None:

@@ -49,10 +49,12 @@ def _default(f: dataclasses.Field) -> Any:
 
 def parameters(cls: type, panel: str | None = None) -> list[inspect.Parameter]:
     """One keyword parameter with a ``typer.Option`` per field of the dataclass ``cls`` (in help panel
-    ``panel``)."""
+    ``panel``); a field whose metadata says ``cli=False`` gets none (the command writes its option by hand)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True) is False:
+            continue
         tp, default = _unwrap(hints[f.name]), _default(f)
         decl = "--" + f.name.replace("_", "-")
         if f.metadata.get("flag"):  # a repeatable KEY=VALUE option: --model-arg patch=7 --model-arg depth=2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -12,47 +14,60 @@ DATA_HELP = "digits (embedded), mnist, fashion-mnist or cifar10"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("construct")(construct_cmd)
+    app.command("construct")(construct_command())
     app.command("evaluate")(evaluate_cmd)
     app.command("demo")(demo_cmd)
 
 
-def construct_cmd(
-    model: Path = typer.Argument(
-        ..., help="target: a state_dict file (with --arch), a TorchScript file (nn.Sequential) or a transformers "
-                  "save_pretrained directory (config.json + weights, read locally)"),
-    out: Path = typer.Option(..., "-o", "--out", help="ticket file to write (.slth)"),
-    arch: str | None = typer.Option(None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, "
-                                                  "conv2, conv4, conv6, resnet20, resnet18"),
-    eps: float = typer.Option(0.01, help="per-weight tolerance"),
-    seed: int = typer.Option(0, help="seed of the random network"),
-    method: str = typer.Option("pensia", help="pensia (SubsetSum, log width) or malach (single pick, poly width)"),
-    n: int | None = typer.Option(None, help="random values per weight (default: chosen per layer from eps)"),
-    nonnegative_input: bool = typer.Option(False, "--nonnegative-input", help="inputs are >= 0 (images in [0, 1])"),
-    input_range: tuple[float, float] | None = typer.Option(
-        None, help="inputs lie in [LO, HI] (e.g. standardised images); LO < 0 shifts them to x - LO >= 0"),
-    dense_subsets: bool = typer.Option(False, "--min-error",
-                                       help="minimal-error subsets instead of sparsest within eps"),
-    input_shape: str | None = typer.Option(None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)"),
-    classes: int | None = typer.Option(None, help="number of classes of a named --arch"),
-    width: float = typer.Option(1.0, help="width multiplier of a named --arch"),
-    workers: int = typer.Option(1, help="worker processes (local) or Ray tasks in flight / 2 (ray)"),
-    backend: str = typer.Option("local", help="local (processes on this machine) or ray (a Ray cluster)"),
-    address: str | None = typer.Option(None, help="Ray cluster address (ray backend; default: start a local one)"),
-    workdir: Path | None = typer.Option(None, help="checkpoint directory: one file per finished chunk"),
-    resume: bool = typer.Option(False, "--resume", help="reuse the finished chunks in --workdir"),
-    chunk_instances: int = typer.Option(1 << 18, help="SubsetSum instances per chunk (bounds memory)"),
-    device: str | None = typer.Option(None, help="PyTorch device for the --min-error search, e.g. cuda"),
-    attention: str = typer.Option("projection", help="MultiheadAttention construction: projection (W_q, W_k, W_v, "
-                                                     "W_o each a random pair) or product (one random attention "
-                                                     "pruned for W_q W_k^T and W_v W_o, Otsuka et al.)"),
-) -> None:
+def construct_command():
+    """``slth construct``: one option per field of :class:`slth._hparams.ConstructSettings` (what to build) and
+    :class:`slth._hparams.ExecutionSettings` (how to run it), the fields of ``ConstructConfig`` and ``Execution``,
+    plus the target's and the ticket file's options and the fields written by hand (``--n``, ``--input-range LO
+    HI``, ``--min-error``). Only the options the user gives are passed on, so the records' defaults apply to the
+    rest (defined once, there)."""
+    import inspect
+
+    from .._hparams import ConstructSettings, ExecutionSettings
+    from ._settings import parameters, with_signature
+
+    what = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(ConstructSettings)}
+    kw = inspect.Parameter.KEYWORD_ONLY
+    own = [
+        inspect.Parameter("model", kw, annotation=Path, default=typer.Argument(
+            ..., help="target: a state_dict file (with --arch), a TorchScript file (nn.Sequential) or a transformers "
+                      "save_pretrained directory (config.json + weights, read locally)")),
+        inspect.Parameter("out", kw, annotation=Path, default=typer.Option(
+            ..., "-o", "--out", help="ticket file to write (.slth)")),
+        inspect.Parameter("arch", kw, annotation=Optional[str], default=typer.Option(
+            None, help="state_dict target: MLP widths (784-500-10) or a name: lenet5, conv2, conv4, conv6, "
+                       "resnet20, resnet18")),
+        inspect.Parameter("input_shape", kw, annotation=Optional[str], default=typer.Option(
+            None, help="input shape C,H,W of a named --arch (e.g. 1,28,28)")),
+        inspect.Parameter("classes", kw, annotation=Optional[int], default=typer.Option(
+            None, help="number of classes of a named --arch")),
+        inspect.Parameter("width", kw, annotation=float, default=typer.Option(
+            1.0, help="width multiplier of a named --arch")),
+        inspect.Parameter("n", kw, annotation=Optional[int], default=typer.Option(None, help=what["n"])),
+        inspect.Parameter("input_range", kw, annotation=Optional[tuple[float, float]], default=typer.Option(
+            None, help=what["input_range"])),
+        inspect.Parameter("min_error", kw, annotation=bool, default=typer.Option(
+            False, "--min-error", help="minimal-error subsets instead of sparsest within eps")),
+    ]
+    return with_signature(construct_cmd, [*own, *parameters(ConstructSettings), *parameters(ExecutionSettings)])
+
+
+def construct_cmd(**values) -> None:
     """Turn a trained ReLU network (MLP, CNN, ResNet) into a ticket: seed + masks over a random network."""
     from rich.console import Console
 
-    from ..construction import construct
+    from .._hparams import ConstructSettings, ExecutionSettings
+    from ..construction.api import construct_with
+    from ..construction.config import ConstructConfig, Execution
     from ..construction.target import load_target
+    from ._settings import given
 
+    model, out, arch, input_shape, classes, width, n, input_range, min_error = (values.pop(k) for k in (
+        "model", "out", "arch", "input_shape", "classes", "width", "n", "input_range", "min_error"))
     console = Console()
     shape = None
     if input_shape is not None:
@@ -60,10 +75,13 @@ def construct_cmd(
             shape = tuple(int(v) for v in input_shape.replace("x", ",").split(","))
         except ValueError:
             raise CommandError(f"--input-shape must look like 1,28,28, got {input_shape!r}") from None
-    if resume and workdir is None:
+    # the records refuse a bad value (an unknown method or attention, a bad --input-range, ...) before any work
+    config = ConstructConfig(**given(ConstructSettings, values), n=n, input_range=input_range,
+                             **({"sparse": False} if min_error else {}))
+    execution = Execution(**given(ExecutionSettings, values), progress=True)
+    workdir = None if execution.workdir is None else Path(execution.workdir)
+    if execution.resume and workdir is None:
         raise CommandError("--resume needs --workdir")
-    if attention not in ("projection", "product"):
-        raise CommandError(f"--attention must be projection or product, got {attention!r}")
     if model.is_dir():
         if arch is not None:
             raise CommandError(f"{model} is a directory (a save_pretrained model); --arch is for state_dict files")
@@ -75,27 +93,22 @@ def construct_cmd(
         target = load_pretrained(model)
     else:
         target = load_target(model, arch, input_shape=shape, num_classes=classes, width=width)
-    try:
-        from ..construction.target import input_range_of
-
-        input_range_of(input_range, nonnegative_input)
-    except ValueError as exc:
-        raise CommandError(f"--input-range: {exc}") from None
+    from ..construction.modules import plan_modules
     from ..construction.target import UntraceableError, parse_target
 
     # a target the construction cannot take is refused before --out's folder or --workdir is created
-    try:
-        parse_target(target, nonnegative_input=nonnegative_input, input_range=input_range, attention=attention)
-    except UntraceableError:  # built by module replacement (construct's default "auto"): its refusals, first
-        from ..construction.modules import plan_modules
-
+    if config.construction == "modules":
         plan_modules(target)
+    else:
+        try:
+            parse_target(target, input_range=config.box, attention=config.attention)
+        except UntraceableError:  # built by module replacement ("auto"): its refusals, first
+            if config.construction == "graph":
+                raise
+            plan_modules(target)
     output_file(out, "--out")
     output_dir(workdir, "--workdir")
-    ticket = construct(target, eps, seed=seed, method=method, n=n, nonnegative_input=nonnegative_input,
-                       input_range=input_range, sparse=not dense_subsets, progress=True, workers=workers,
-                       backend=backend, address=address, workdir=None if workdir is None else str(workdir),
-                       resume=resume, chunk_instances=chunk_instances, device=device, attention=attention)
+    ticket = construct_with(target, config, execution)
     path = ticket.save(out)
     size = path.stat().st_size
     run = ticket.run

@@ -1,9 +1,11 @@
-"""The public ``construct`` entry point."""
+"""The public ``construct`` entry point, and its core :func:`construct_with` (a :class:`ConstructConfig`, what to
+build, and an :class:`Execution`, how to run it)."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,15 +13,15 @@ from torch import nn
 
 from .._jit import warm_up
 from ..subsetsum import compile_kernels
-from .build import MAX_N_PER_METHOD, MAX_REDRAW_ROUNDS, METHODS, LayerJob, choose_n, merge_layer
+from .build import LayerJob, choose_n, merge_layer
+from .config import ConstructConfig, Execution
 from .graph import REACH, plan_scales
+from .methods import METHODS
 from .modules import first_untraceable, plan_modules
 from .network import LayerLayout
-from .stream import CHUNK_INSTANCES, WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
-from .target import LinearSpec, UntraceableError, check_example_inputs, input_range_of, parse_target
+from .stream import WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
+from .target import LinearSpec, UntraceableError, check_example_inputs, parse_target
 from .ticket import Ticket
-
-CONSTRUCTIONS = ("auto", "graph", "modules")  # construct(..., construction=): docs/construction.md, "Any model"
 
 
 def _progress(enabled: bool):
@@ -29,36 +31,47 @@ def _progress(enabled: bool):
                     TimeElapsedColumn(), disable=not enabled, transient=False)
 
 
+_WHAT = ConstructConfig()  # the defaults of slth.construct's keywords: the records' (written once, there)
+_HOW = Execution()
+
+
 def construct(
     target: nn.Module,
-    eps: float = 0.01,
+    eps: float = _WHAT.eps,
     *,
-    seed: int = 0,
-    method: str = "pensia",
-    nonnegative_input: bool = False,
-    input_range: tuple[float, float] | None = None,
-    sparse: bool = True,
+    seed: int = _WHAT.seed,
+    method: str = _WHAT.method,
+    nonnegative_input: bool = _WHAT.nonnegative_input,
+    input_range: tuple[float, float] | None = _WHAT.input_range,
+    sparse: bool = _WHAT.sparse,
     n: int | list[int] | None = None,
-    p: float = 0.99,
-    max_redraw_rounds: int = MAX_REDRAW_ROUNDS,
-    progress: bool = False,
-    workers: int = 1,
-    backend: str = "local",
-    address: str | None = None,
-    workdir: str | None = None,
-    resume: bool = False,
-    chunk_instances: int = CHUNK_INSTANCES,
-    device: str | None = None,
-    attention: str = "projection",
+    p: float = _WHAT.p,
+    max_redraw_rounds: int = _WHAT.max_redraw_rounds,
+    progress: bool = _HOW.progress,
+    workers: int = _HOW.workers,
+    backend: str = _HOW.backend,
+    address: str | None = _HOW.address,
+    workdir: str | None = _HOW.workdir,
+    resume: bool = _HOW.resume,
+    chunk_instances: int = _HOW.chunk_instances,
+    device: str | None = _HOW.device,
+    attention: str = _WHAT.attention,
     example_inputs=None,
-    construction: str = "auto",
+    construction: str = _WHAT.construction,
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
+
+    The front door: the keywords make the two records :func:`construct_with` takes, a
+    :class:`~slth.construction.config.ConstructConfig` (what to build: ``eps``, ``seed``, ``method``, ``n``,
+    ``p``, ``sparse``, the input box, ``max_redraw_rounds``, ``attention``, ``construction``, ``example_inputs``)
+    and an :class:`~slth.construction.config.Execution` (how to run it: ``workers``, ``backend``, ``address``,
+    ``workdir``, ``resume``, ``chunk_instances``, ``device``, ``progress``); both refuse a bad value when made.
 
     ``eps`` is the per-weight tolerance (as in Pensia et al.): every realised weight and bias is
     within ``eps`` of the target's unless ``stats["failures"] > 0``. ``method``: ``"pensia"`` (a
     SubsetSum of n random products per weight; ``sparse=True`` takes the fewest products within eps)
-    or ``"malach"`` (a single random product per weight, polynomial width). ``n``: values per instance,
+    or ``"malach"`` (a single random product per weight, polynomial width); the methods are the entries of
+    :data:`slth.construction.methods.METHODS`. ``n``: values per instance,
     per layer or for all; by default chosen per layer so that P(error <= eps) >= ``p`` for that layer's
     weights (:func:`slth.subsetsum.required_n`). Blocks that still miss are redrawn (recorded in the
     ticket, at most ``max_redraw_rounds`` rounds; 0 disables redraws). ``nonnegative_input``: the network's
@@ -96,63 +109,61 @@ def construct(
     not trace in ``config["untraced"]``); ``"graph"`` only the former, ``"modules"`` only the latter. See
     docs/construction.md, "Any model: module replacement".
     """
-    from .target import ATTENTION_MODES
+    config = ConstructConfig(eps=eps, seed=seed, method=method, n=n, p=p, sparse=sparse,
+                             nonnegative_input=nonnegative_input, input_range=input_range,
+                             max_redraw_rounds=max_redraw_rounds, attention=attention, construction=construction,
+                             example_inputs=example_inputs)
+    execution = Execution(workers=workers, backend=backend, address=address, workdir=workdir, resume=resume,
+                          chunk_instances=chunk_instances, device=device, progress=progress)
+    return construct_with(target, config, execution)
 
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention construction {attention!r}; valid: {', '.join(ATTENTION_MODES)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a nonnegative int, got {seed!r}")
-    if device is not None and sparse and method == "pensia":
-        raise ValueError("device= runs the minimal-error search (sparse=False); sparsest subsets run on the CPU")
-    if not isinstance(chunk_instances, int) or chunk_instances < 1:
-        raise ValueError(f"chunk_instances must be an int >= 1, got {chunk_instances!r}")
-    if construction not in CONSTRUCTIONS:
-        raise ValueError(f"unknown construction {construction!r}; valid: {', '.join(CONSTRUCTIONS)}")
-    if not (isinstance(p, (int, float)) and 0 < p < 1):
-        raise ValueError(f"p (per-weight success probability used to choose n) must be in (0, 1), got {p!r}")
-    if not isinstance(max_redraw_rounds, int) or max_redraw_rounds < 0:
-        raise ValueError(f"max_redraw_rounds must be an int >= 0, got {max_redraw_rounds!r}")
-    if example_inputs is not None:
-        check_example_inputs(target, example_inputs)
+
+def construct_with(target: nn.Module, config: ConstructConfig, execution: Execution = _HOW) -> Ticket:
+    """Build a ticket of ``target``: what to build is ``config`` (:class:`ConstructConfig`), how to run it
+    ``execution`` (:class:`Execution`). :func:`construct` is this with the two records made from its keywords;
+    see it for what each field does. The ticket records the config that ran (its ``config``: method, eps,
+    sparse, input box, attention, and every layer's n in its layout) and not the execution; ``ticket.run`` says
+    how the run went."""
+    if not isinstance(config, ConstructConfig):
+        raise TypeError(f"config must be a ConstructConfig, got {type(config).__name__}")
+    if not isinstance(execution, Execution):
+        raise TypeError(f"execution must be an Execution, got {type(execution).__name__}")
+    execution.check(config)
+    if config.example_inputs is not None:
+        check_example_inputs(target, config.example_inputs)
     start = time.perf_counter()
-    box = input_range_of(input_range, nonnegative_input)
+    box = config.box
     untraced = None
-    if construction == "modules":
+    if config.construction == "modules":
         untraced = "construct(..., construction='modules') replaced the modules without tracing the model"
     else:
         try:
-            graph, linears = parse_target(target, input_range=box, attention=attention)
+            graph, linears = parse_target(target, input_range=box, attention=config.attention)
         except UntraceableError as exc:
-            if construction == "graph":
+            if config.construction == "graph":
                 raise
             untraced = first_untraceable(target, str(exc))
-    # pensia's n and its subsets come from the numba SubsetSum kernels: compile them off the clock (after the
-    # target was read, so that a target the construction cannot take is refused first)
-    compile_seconds = warm_up(compile_kernels) if method == "pensia" else 0.0
+    # SubsetSum's n and its subsets come from the numba kernels: compile them off the clock (after the target was
+    # read, so that a target the construction cannot take is refused first)
+    compile_seconds = warm_up(compile_kernels) if METHODS[config.method].subset_sum else 0.0
     start += compile_seconds
-    run_args: dict[str, Any] = dict(seed=int(seed), eps=float(eps), method=method, sparse=bool(sparse), p=p,
-                    max_redraw_rounds=max_redraw_rounds, device=device, chunk_instances=chunk_instances,
-                    progress=progress, workers=workers, backend=backend, address=address, workdir=workdir,
-                    resume=resume, start=start, compile_seconds=compile_seconds)
+    clock = _Clock(start, compile_seconds)
     if untraced is not None:
-        if box is not None or attention != "projection":
+        if box is not None or config.attention != "projection":
             raise ValueError(f"{type(target).__name__} is built by module replacement ({untraced}), which reads "
                              "every layer's input as signed: nonnegative_input / input_range and attention='product' "
                              "need the traced construction")
-        return _construct_modules(target, untraced, n, **run_args)
-    ns = _ns(n, len(linears), method)
+        return _construct_modules(target, untraced, config, execution, clock)
+    ns = config.ns(len(linears))
     plan = plan_scales(graph, linears)
     graph = graph.with_plan(plan)  # the planned join factors
     scales, bias_scales, output_scale = list(plan.layer_scales), list(plan.bias_scales), plan.output_scale
     ops = graph.to_json()
     selector_layers = [i for i, spec in enumerate(linears) if spec.selector]
     prefixes = [str(pos) for pos in graph.layer_positions()]
-    results, masks, redraws, stats, run = solve_layers(linears, ns, scales, bias_scales, ops, prefixes, **run_args)
-    if attention == "product":  # only here: projection tickets (and their digests) stay as they were
+    results, masks, redraws, stats, run = solve_layers(linears, ns, scales, bias_scales, ops, prefixes, config,
+                                                       execution, clock)
+    if config.attention == "product":  # only here: projection tickets (and their digests) stay as they were
         kinds = [node.kind for node in graph.nodes]
         stats["attention"] = {
             "construction": "product",
@@ -161,43 +172,41 @@ def construct(
             "per_projection_fallback": [f"{kind} op at position {pos} (not an nn.MultiheadAttention)"
                                         for pos, kind in enumerate(kinds) if kind in ("attention", "softmax")],
         }
-    config = {
-        "method": method,
-        "eps": float(eps),
-        "sparse": bool(sparse),
+    ticket_config = {
+        "method": config.method,
+        "eps": config.eps,
+        "sparse": config.sparse,
         "nonnegative_input": box is not None and box[0] >= 0,
         "reach": REACH,
         "ops": ops,
         "layers": [r.layout.to_json() for r in results],
         "output_scale": output_scale,
     }
-    if attention != "projection":
-        config["attention"] = attention
+    if config.attention != "projection":
+        ticket_config["attention"] = config.attention
     if box is not None and box != (0.0, 1.0):  # (0, 1) = nonnegative_input=True, the same ticket bit for bit
-        config["input_range"] = [box[0], box[1]]
-    ticket = Ticket(seed=int(seed), config=config, packed=masks, redraws=redraws, stats=stats)
-    ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": workers,
-                  "backend": backend, "computed_names": run.computed_names}
+        ticket_config["input_range"] = [box[0], box[1]]
+    ticket = Ticket(seed=config.seed, config=ticket_config, packed=masks, redraws=redraws, stats=stats)
+    ticket.run = _run_record(run, execution)
     return ticket
 
 
-def _ns(n, layers: int, method: str) -> list[int | None]:
-    """``n`` (None, one int or one per layer) as one entry per layer, checked."""
-    if n is None:
-        ns: list[int | None] = [None] * layers
-    elif isinstance(n, (int, np.integer)):
-        ns = [int(n)] * layers
-    else:
-        ns = [int(x) for x in n]
-        if len(ns) != layers:
-            raise ValueError(f"n has {len(ns)} entries but the target has {layers} Linear/Conv2d layers")
-    max_n = MAX_N_PER_METHOD[method]
-    if any(x is not None and not (1 <= x <= max_n) for x in ns):
-        raise ValueError(f"n must be between 1 and {max_n} for method {method!r}, got {n}")
-    return ns
+@dataclass(frozen=True)
+class _Clock:
+    """When the construction's clock started (after the kernels' compilation) and how long that took."""
+
+    start: float
+    compile_seconds: float
 
 
-def _construct_modules(target: nn.Module, untraced: str, n, **run_args) -> Ticket:
+def _run_record(run, execution: Execution) -> dict[str, Any]:
+    """``ticket.run``: how the chunks ran (not part of the ticket's digest)."""
+    return {"chunks": run.chunks, "reused": run.reused, "computed": run.computed, "workers": execution.workers,
+            "backend": execution.backend, "computed_names": run.computed_names}
+
+
+def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig, execution: Execution,
+                       clock: _Clock) -> Ticket:
     """Module replacement (``modules.py``): every weight-holding leaf of a copy of ``target`` becomes its pair,
     solved by the same layer jobs and chunk runner as the traced construction. Refuses (before any work) a
     parameter it cannot realise, by its full name."""
@@ -205,37 +214,37 @@ def _construct_modules(target: nn.Module, untraced: str, n, **run_args) -> Ticke
     specs = list(plan.specs)
     if not specs:
         raise ValueError(f"{type(target).__name__} has no weight to construct (its norms have identity affines)")
-    ns = _ns(n, len(specs), run_args["method"])
+    ns = config.ns(len(specs))
     by_layer = {i: (s, prefix) for leaf in plan.leaves for i, s, prefix in zip(leaf.layers, leaf.scales,
                                                                                   leaf.prefixes)}
     scales = [by_layer[i][0] for i in range(len(specs))]
     prefixes = [by_layer[i][1] for i in range(len(specs))]
     modules = [leaf.to_json() for leaf in plan.leaves]
-    results, masks, redraws, stats, run = solve_layers(specs, ns, scales, scales, modules, prefixes, **run_args)
+    results, masks, redraws, stats, run = solve_layers(specs, ns, scales, scales, modules, prefixes, config,
+                                                       execution, clock)
     stats["tied_parameters"] = [list(group) for group in plan.tied]
-    config = {
+    ticket_config = {
         "construction": "modules",
         "model": plan.model,
-        "method": run_args["method"],
-        "eps": run_args["eps"],
-        "sparse": run_args["sparse"],
+        "method": config.method,
+        "eps": config.eps,
+        "sparse": config.sparse,
         "reach": REACH,
         "modules": modules,
         "layers": [r.layout.to_json() for r in results],
         "untraced": untraced,
     }
-    ticket = Ticket(seed=run_args["seed"], config=config, packed=masks, redraws=redraws, stats=stats)
-    ticket.run = {"chunks": run.chunks, "reused": run.reused, "computed": run.computed,
-                  "workers": run_args["workers"], "backend": run_args["backend"],
-                  "computed_names": run.computed_names}
+    ticket = Ticket(seed=config.seed, config=ticket_config, packed=masks, redraws=redraws, stats=stats)
+    ticket.run = _run_record(run, execution)
     return ticket
 
 
-def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, *, seed: int, eps: float,
-               method: str, sparse: bool, p: float, max_redraw_rounds: int, device: str | None) -> list[LayerJob]:
+def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, config: ConstructConfig,
+               device: str | None = None) -> list[LayerJob]:
     """One :class:`LayerJob` per target layer: its random pair's layout (n chosen from eps unless given) and
     its planned scales. Shared by the traced construction and the module replacement (``modules.py``)."""
     jobs = []
+    method, eps, p = config.method, config.eps, config.p
     for index, spec in enumerate(linears):
         if spec.d_in == 0:  # a constant of the target: only bias units, n from its entries
             n_l = ns[index] or choose_n(method, eps / bias_scales[index], spec.bias / bias_scales[index], p)
@@ -248,32 +257,30 @@ def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_sca
             stride=tuple(conv.get("stride", (1, 1))), padding=tuple(conv.get("padding", (0, 0))),
             dilation=tuple(conv.get("dilation", (1, 1))),
         )
-        jobs.append(LayerJob(index, layout, int(seed), scales[index], bias_scales[index], float(eps), method,
-                             bool(sparse), max_redraw_rounds, device))
+        jobs.append(LayerJob(index, layout, config.seed, scales[index], bias_scales[index], eps, method,
+                             config.sparse, config.max_redraw_rounds, device))
     return jobs
 
 
-def solve_layers(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, ops, prefixes: list[str], *,
-                 seed: int, eps: float, method: str, sparse: bool, p: float, max_redraw_rounds: int,
-                 device: str | None, chunk_instances: int, progress: bool, workers: int, backend: str,
-                 address: str | None, workdir: str | None, resume: bool, start: float, compile_seconds: float):
+def solve_layers(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, ops, prefixes: list[str],
+                 config: ConstructConfig, execution: Execution, clock: _Clock):
     """The layers' jobs (:func:`layer_jobs`), then run every layer's chunks (checkpointed in ``workdir``), merge
     them and collect the masks (named
     ``"<prefix>.a.weight"`` etc.), the canonical redraw records and the ticket's stats. ``ops`` fingerprints the
     construction's structure for the work dir. Empties ``linears`` once its chunks are solved (their float64
     weights are the largest thing held). Returns (results, masks, redraws, stats, run)."""
-    jobs = layer_jobs(linears, ns, scales, bias_scales, seed=seed, eps=eps, method=method, sparse=sparse, p=p,
-                      max_redraw_rounds=max_redraw_rounds, device=device)
-    chunks = plan_chunks(jobs, chunk_instances)
+    jobs = layer_jobs(linears, ns, scales, bias_scales, config, execution.device)
+    chunks = plan_chunks(jobs, execution.chunk_instances)
     target_params = sum(spec.params for spec in linears)
     work = None
-    if workdir is not None:
-        work = WorkDir(workdir, fingerprint(jobs, linears, ops, chunks), resume=resume)
-    with _progress(progress) as bar:
+    if execution.workdir is not None:
+        work = WorkDir(execution.workdir, fingerprint(jobs, linears, ops, chunks), resume=execution.resume)
+    with _progress(execution.progress) as bar:
         task = bar.add_task("constructing", total=len(chunks))
         bar.update(task, description=f"{len(linears)} layers, {len(chunks)} chunks")
-        computed, run = run_chunks(jobs, linears, chunks, workers=workers, backend=backend, address=address,
-                                   workdir=work, on_chunk=lambda c: bar.update(task, advance=1))
+        computed, run = run_chunks(jobs, linears, chunks, workers=execution.workers, backend=execution.backend,
+                                   address=execution.address, workdir=work,
+                                   on_chunk=lambda c: bar.update(task, advance=1))
         linears.clear()  # the target's float64 weights (1 GB for GPT-2 small) are no longer needed
         # one copy of the per-weight errors (10^8 of them for GPT-2 small): each layer's go into one array
         all_errors = np.empty(sum(job.layout.d_out * (job.layout.d_in * job.layout.taps + job.layout.bias)
@@ -310,7 +317,7 @@ def solve_layers(linears: list[LinearSpec], ns: list[int | None], scales, bias_s
         "failures_per_layer": [r.failures for r in results],
         "redraws": int(len(redraws)),
         "layer_scales": [job.scale for job in jobs],
-        "seconds": time.perf_counter() - start,
-        "compile_seconds": compile_seconds,
+        "seconds": time.perf_counter() - clock.start,
+        "compile_seconds": clock.compile_seconds,
     }
     return results, masks, redraws, stats, run

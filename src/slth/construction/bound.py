@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .graph import BoundContext, plan_scales
-from .network import RandomPair
+from .network import RandomPair, RealisedKernels
 from .target import parse_options, parse_target
 
 
@@ -42,9 +42,8 @@ def refuse_untraced(ticket, what: str) -> None:
             "error on data with slth.construction.measure instead")
 
 
-def realised_kernels(ticket, module=None) -> list[dict]:
-    """Per layer, the kernels the pruned random pair realises in the target's units (float64 tensors):
-    ``pos`` (on relu(x)), ``neg`` (on relu(-x)) or None, ``bias`` or None."""
+def realised_kernels(ticket, module=None) -> list[RealisedKernels]:
+    """Per layer, the kernels the pruned random pair realises in the target's units (:class:`RealisedKernels`)."""
     module = ticket.to_module() if module is None else module
     named = dict(module.named_modules())
     out = []
@@ -66,7 +65,7 @@ def realised_kernels(ticket, module=None) -> list[dict]:
             beta = pair.a.bias.detach().double()
             bb = b[:, d_in * layout.units :] * beta.reshape(1, -1, *kdims)
             bias = bb.reshape(layout.d_out, -1).sum(dim=1) * bias_scale
-        out.append({"pos": prod[:, :, 0], "neg": prod[:, :, 1] if g == 2 else None, "bias": bias})
+        out.append(RealisedKernels(pos=prod[:, :, 0], neg=prod[:, :, 1] if g == 2 else None, bias=bias))
     return out
 
 

@@ -8,19 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..subsetsum import Solution, required_n, solve, solve_sparsest
-from ..subsetsum.core import MAX_N
+from .._hparams import MAX_REDRAW_ROUNDS
 from ..ticketfile import BitPacker, PackedMask
 from .graph import Graph, LayerNode
 from .graph import plan_scales as plan_graph_scales
+from .methods import METHODS
 from .network import LayerLayout, a_tensors, b_rows, bias_tap, redraw_values
 from .target import LinearSpec
-
-METHODS = ("pensia", "malach")
-MAX_REDRAW_ROUNDS = 8  # default bound on redraw rounds of the blocks that miss eps
-# largest n (random values per weight) each method accepts: the exact SubsetSum engine's limit for
-# Pensia's construction; Malach's single pick only needs memory for its n candidates
-MAX_N_PER_METHOD = {"pensia": MAX_N, "malach": 100_000}
 
 
 @dataclass
@@ -35,36 +29,9 @@ class LayerResult:
     redraws: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
-def single_pick(values: np.ndarray, targets: np.ndarray, eps) -> Solution:
-    """Malach et al.'s rule: at most one random value per target (the nearest), or none."""
-    err_one = np.abs(values - targets[:, None])
-    best = np.argmin(err_one, axis=1) if values.shape[1] else np.zeros(len(targets), int)
-    e1 = err_one[np.arange(len(targets)), best]
-    e0 = np.abs(targets)
-    take = e1 < e0  # ties -> fewer elements (the empty set)
-    mask = np.zeros(values.shape, dtype=bool)
-    mask[np.arange(len(targets))[take], best[take]] = True
-    total = np.where(take, values[np.arange(len(targets)), best], 0.0)
-    error = np.where(take, e1, e0)
-    return Solution(mask=mask, error=error, sum=total, feasible=error <= eps)
-
-
-def _solve(method: str, sparse: bool, values: np.ndarray, targets: np.ndarray, eps: np.ndarray,
-           device: str | None = None) -> Solution:
-    """One batch of instances with per-row tolerances; ``feasible`` = error <= eps. ``device``: run the
-    minimal-error search on that PyTorch device (same results as numba); sparsest subsets are numba-only."""
-    if method == "malach":
-        return single_pick(values, targets, eps)
-    if sparse:
-        return solve_sparsest(values, targets, eps)
-    if len(targets) == 0:
-        device = None
-    sol = solve(values, targets, device=device)
-    return Solution(sol.mask, sol.error, sol.sum, sol.error <= eps)
-
-
 def choose_n(method: str, eps: float, weights: np.ndarray, p: float) -> int:
-    """n per instance from eps: the smallest n with P(error <= eps) >= p for this layer's weights.
+    """n per instance from eps: the smallest n with P(error <= eps) >= p for this layer's weights (the method's
+    rule, :attr:`ConstructionMethod.choose_n`).
 
     Weights with |w| <= eps are met by the empty subset whatever n is, so the estimate is taken over
     the others: a layer of mostly tiny weights (a trained first layer at eps = 0.1, say) would
@@ -74,16 +41,7 @@ def choose_n(method: str, eps: float, weights: np.ndarray, p: float) -> int:
     weights = weights[np.abs(weights) > eps]
     if weights.size == 0:
         return 1
-    if method == "malach":
-        # one product must land within eps: P(miss) = (1 - q)^n with q = P(|vu - w| <= eps), by Monte Carlo
-        rng = np.random.default_rng(0)
-        w = rng.choice(weights, 20_000)
-        vu = rng.uniform(0, 1, (20_000, 64)) * rng.uniform(-1, 1, (20_000, 64))
-        q = max(float((np.abs(vu - w[:, None]) <= eps).mean()), 1e-9)
-        return max(1, int(np.ceil(np.log(1 - p) / np.log1p(-q))))
-    if weights.size > 1_000_000:  # the estimate resamples 4000 targets; a strided subset is as good and cheap
-        weights = weights[:: weights.size // 250_000]
-    return required_n(eps, p, weights, values="product-relu", trials=4000, n_max=min(32, MAX_N))
+    return METHODS[method].choose_n(eps, weights, p)
 
 
 @dataclass(frozen=True)
@@ -153,7 +111,8 @@ def solve_chunk(job: LayerJob, start: int, stop: int, weight: np.ndarray, bias: 
         rows_k = np.concatenate([rows_k, np.arange(start, stop)])
         rows_unit = np.concatenate([rows_unit, np.full(rows, bias_unit)])
         rows_tap = np.concatenate([rows_tap, np.full(rows, tap_c)])
-    sol = _solve(job.method, job.sparse, values, targets, eps_rows, job.device)
+    solve = METHODS[job.method].solve
+    sol = solve(job.sparse, values, targets, eps_rows, job.device)
     del values
     mask, total, feasible = sol.mask.copy(), sol.sum.copy(), sol.feasible.copy()
     redraws: list[tuple[int, int, int, int]] = []
@@ -169,7 +128,7 @@ def solve_chunk(job: LayerJob, start: int, stop: int, weight: np.ndarray, bias: 
             redraws.append((index, round_, k, col))
             factor = beta if u >= d_in * units else a[u // units, u % units : u % units + n]
             new_values[i] = b3[k - start, u : u + n, tap].astype(np.float64) * factor
-        re = _solve(job.method, job.sparse, new_values, targets[bad], eps_rows[bad], job.device)
+        re = solve(job.sparse, new_values, targets[bad], eps_rows[bad], job.device)
         mask[bad], total[bad], feasible[bad] = re.mask, re.sum, re.feasible
     b_mask = np.zeros((rows, hidden, taps), dtype=bool)
     hit_row, hit_m = np.nonzero(mask)

@@ -49,6 +49,7 @@ from .network import (
     Permute,
     QKScores,
     RandomPair,
+    RealisedKernels,
     Reshape,
     Scale,
     Softmax,
@@ -84,7 +85,7 @@ class BoundContext:
 
     specs: list
     layouts: list[LayerLayout]
-    real: list[dict]
+    real: list[RealisedKernels]
 
 
 State = tuple  # (lo, hi, d): float64 tensors of one shape
@@ -328,7 +329,7 @@ class EmbeddingNode(LayerNode):
     def bound(self, ins, ctx):
         lo, hi, _ = ins[0]
         w = torch.from_numpy(ctx.specs[self.index].weight).T  # (num, dim) = E
-        err = (ctx.real[self.index]["pos"].T - w).abs()
+        err = (ctx.real[self.index].pos.T - w).abs()
         if torch.equal(lo, hi):
             idx = lo.long()
             return w[idx], w[idx], err[idx]
@@ -445,7 +446,7 @@ class ConstNode(LayerNode):
 
     def bound(self, ins, ctx):
         c = torch.from_numpy(ctx.specs[self.index].bias).reshape(self.shape)
-        return c, c, (ctx.real[self.index]["bias"] - torch.from_numpy(ctx.specs[self.index].bias)).abs().reshape(
+        return c, c, (ctx.real[self.index].bias - torch.from_numpy(ctx.specs[self.index].bias)).abs().reshape(
             self.shape)
 
     def module(self, layouts):
@@ -759,7 +760,7 @@ class QKNode(LayerNode):
         x = ins[0]
         spec, real = ctx.specs[self.index], ctx.real[self.index]
         m = torch.from_numpy(spec.weight).T  # (d, d): M
-        e = real["pos"].T - m
+        e = real.pos.T - m
         xt = tuple(t.transpose(-2, -1) for t in x)
         lo, hi, d = bilinear_bound(_linear_state(x, m), xt)
         mag = _mag(x[0], x[1]) + x[2]
@@ -767,7 +768,7 @@ class QKNode(LayerNode):
         if spec.bias is not None:
             c = torch.from_numpy(spec.bias)
             tlo, thi, td = _linear_state(x, c[:, None])  # (..., L, 1): the key-side term of every key
-            td = td + mag @ (real["bias"] - c).abs()[:, None]
+            td = td + mag @ (real.bias - c).abs()[:, None]
             lo, hi, d = lo + tlo.transpose(-2, -1), hi + thi.transpose(-2, -1), d + td.transpose(-2, -1)
         return lo, hi, d
 
@@ -807,13 +808,13 @@ class VONode(LayerNode):
         out = None
         for h in range(self.heads):
             n_h = w[:, h * dm:(h + 1) * dm].T
-            e_h = real["pos"][:, h * dm:(h + 1) * dm].T - n_h
+            e_h = real.pos[:, h * dm:(h + 1) * dm].T - n_h
             o = mix_bound((lo[..., h, :, :], hi[..., h, :, :], d[..., h, :, :]), _linear_state(x, n_h))
             o = (o[0], o[1], o[2] + _max_keys(allowed, mag @ e_h.abs()))
             out = o if out is None else tuple(a + b for a, b in zip(out, o))
         if spec.bias is not None:
             b = torch.from_numpy(spec.bias)
-            out = (out[0] + b, out[1] + b, out[2] + (real["bias"] - b).abs())
+            out = (out[0] + b, out[1] + b, out[2] + (real.bias - b).abs())
         return out
 
     def module(self, layouts):
@@ -982,7 +983,7 @@ def _lin(kernel: torch.Tensor, x: torch.Tensor, layout: LayerLayout) -> torch.Te
     return x @ kernel.T
 
 
-def layer_bound(state: State, spec, lay: LayerLayout, r: dict) -> State:
+def layer_bound(state: State, spec, lay: LayerLayout, r: RealisedKernels) -> State:
     """One pruned pair against its target layer (derivation: docs/construction.md, "certified bound").
 
     With target kernel W, bias b and the realised kernels P (on relu(x)), Q (on relu(-x), ≈ -W), b^:
@@ -998,14 +999,14 @@ def layer_bound(state: State, spec, lay: LayerLayout, r: dict) -> State:
         c, rad = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
         return _lin(e, c, lay).abs() + _lin(e.abs(), rad, lay)
 
-    if r["neg"] is None:  # inputs >= 0 in both networks: P is applied to h^ itself
-        err = term(r["pos"] - w, (h_lo - d).clamp(min=0), h_hi + d)
+    if r.neg is None:  # inputs >= 0 in both networks: P is applied to h^ itself
+        err = term(r.pos - w, (h_lo - d).clamp(min=0), h_hi + d)
     else:
-        err = term(r["pos"] - w, (h_lo - d).clamp(min=0), (h_hi + d).clamp(min=0))
-        err = err + term(r["neg"] + w, (-h_hi - d).clamp(min=0), (-h_lo + d).clamp(min=0))
+        err = term(r.pos - w, (h_lo - d).clamp(min=0), (h_hi + d).clamp(min=0))
+        err = err + term(r.neg + w, (-h_hi - d).clamp(min=0), (-h_lo + d).clamp(min=0))
     err = err + _lin(w.abs(), d, lay)
-    if r["bias"] is not None:
-        err = err + (r["bias"] - bias).abs().reshape(shape)
+    if r.bias is not None:
+        err = err + (r.bias - bias).abs().reshape(shape)
     elif spec.bias is not None:  # pragma: no cover - layouts follow the target
         err = err + bias.abs().reshape(shape)
     c, rad = (h_lo + h_hi) / 2, (h_hi - h_lo) / 2

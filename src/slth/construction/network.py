@@ -189,6 +189,17 @@ def apply_redraws(seed: int, index: int, layout: LayerLayout, b_weight: np.ndarr
             b3[row - row_offset, unit : unit + layout.n, tap] = redraw_values(seed, index, round_, row, col, layout.n)
 
 
+@dataclass(frozen=True)
+class RealisedKernels:
+    """The kernels one pruned random pair realises, in the target's units (float64 tensors): ``pos`` acts on
+    relu(x) (≈ W), ``neg`` on relu(-x) (≈ -W; None without a negative group, inputs >= 0), ``bias`` (None without
+    bias units). :func:`slth.construction.bound.realised_kernels` computes them; the certified bound reads them."""
+
+    pos: torch.Tensor
+    neg: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
 class BlockLinear(nn.Module):
     """First random layer in block-diagonal form: hidden unit (j, m) = weight[j, m] * x_j (+ bias units)."""
 

@@ -60,12 +60,11 @@ def weight_errors(ticket: Ticket, target) -> list[float]:
     refuse_untraced(ticket, "weight_errors")
     _, linears = parse_target(target, **parse_options(ticket.config))
     errs = []
-    realised = [{k: None if v is None else v.numpy() for k, v in r.items()} for r in realised_kernels(ticket)]
-    for spec, real in zip(linears, realised):
-        e = np.abs(real["pos"] - spec.weight).max()
-        if real["neg"] is not None:
-            e = max(e, np.abs(real["neg"] + spec.weight).max())
-        if real["bias"] is not None:
-            e = max(e, np.abs(real["bias"] - spec.bias).max())
+    for spec, real in zip(linears, realised_kernels(ticket)):
+        e = np.abs(real.pos.numpy() - spec.weight).max()
+        if real.neg is not None:
+            e = max(e, np.abs(real.neg.numpy() + spec.weight).max())
+        if real.bias is not None:
+            e = max(e, np.abs(real.bias.numpy() - spec.bias).max())
         errs.append(float(e))
     return errs

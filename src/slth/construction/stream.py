@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .._hparams import CHUNK_INSTANCES
 from .._io import atomic_write, atomic_write_text
 from ..ticketfile import PackedMask
 from .build import ChunkResult, LayerJob, solve_chunk
 from .target import LinearSpec
 
 BACKENDS = ("local", "ray")
-CHUNK_INSTANCES = 1 << 18  # SubsetSum instances per chunk: about 34 MB of float64 values at n = 16
 PLAN_VERSION = 1
 
 

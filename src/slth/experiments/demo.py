@@ -17,6 +17,7 @@ def run_demo(out: str | Path = "slth-demo", *, eps: float = 0.01, seed: int = 0,
 
     from ..construction.api import construct
     from ..construction.bound import certified_bound
+    from ..construction.methods import METHODS
     from ..construction.report import measure
     from ..data import load_dataset
     from ..train.target import train_target
@@ -53,7 +54,7 @@ def run_demo(out: str | Path = "slth-demo", *, eps: float = 0.01, seed: int = 0,
                   f"{s['redraws']} redraws, {s['failures']} failures; ticket file {ticket_path.stat().st_size:,} bytes")
 
     # error vs n: the same target, fixed n, no redraws; min-error SubsetSum vs Malach's single pick
-    sweep: dict[str, list[dict]] = {"pensia": [], "malach": []}
+    sweep: dict[str, list[dict]] = {name: [] for name in METHODS}  # every construction method
     from rich.progress import Progress
 
     with Progress(console=console, disable=quiet, transient=True) as bar:
@@ -86,7 +87,9 @@ def plot_error_vs_n(sweep: dict[str, list[dict]], path: str | Path, *, eps: floa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    labels = {"pensia": "Pensia (SubsetSum of n)", "malach": "Malach (single pick of n)"}
+    from ..construction.methods import METHODS
+
+    labels = {name: f"{m.label} ({'SubsetSum' if m.subset_sum else 'single pick'} of n)" for name, m in METHODS.items()}
     for (method, rows), color in zip(sweep.items(), ("C0", "C1", "C2", "C3")):
         ns = [r["n"] for r in rows]
         label = labels.get(method, method)

@@ -150,10 +150,12 @@ def constructions() -> tuple[str, ...]:
 
 
 def construct_kwargs(construction: str) -> dict[str, Any]:
-    if construction == "pensia":
-        return {"method": "pensia"}
-    if construction == "malach":
-        return {"method": "malach"}
+    """``construct``'s keywords for one of :func:`constructions`: a construction method's name (an entry of
+    :data:`slth.construction.methods.METHODS`), or product attention over Pensia pairs."""
+    from ..construction.methods import METHODS
+
+    if construction in METHODS:
+        return {"method": construction}
     if construction == "product":
         return {"method": "pensia", "attention": "product"}
     raise ValueError(f"unknown construction {construction!r}; valid: {', '.join(constructions())}")
@@ -270,9 +272,13 @@ def _construct_each(target, eps_values: Sequence[float], constructions_: Sequenc
 def _build(target, eps: float, construction: str, *, seed: int, nonnegative_input: bool, max_random_params: int,
            log: Callable) -> tuple[Any, dict[str, Any]]:
     """(ticket or None, row): Malach (and Pensia) are sized first and not built above ``max_random_params``."""
+    from ..construction.methods import METHODS
+
     row: dict[str, Any] = {"construction": construction, "eps": eps}
-    if construction == "malach":  # sized first; Pensia's n is at most 32 (n x target params), product is built
-        size = plan_size(target, eps, "malach", nonnegative_input=nonnegative_input)
+    method = construct_kwargs(construction)["method"]
+    # a method whose chosen n is unbounded (Malach's) is sized first; Pensia's is at most 32 (n x target params)
+    if METHODS[method].chosen_n_max is None:
+        size = plan_size(target, eps, method, nonnegative_input=nonnegative_input)
         row["planned"] = size
         if size["random_params"] > max_random_params:
             row.update(skipped=f"needs {size['random_params']:,} random params (n per layer "
