@@ -39,9 +39,25 @@ def test_experiment_help_lists_every_registered_experiment():
 
 
 def test_bench_help_lists_every_benchmark():
+    from slth.bench import BENCHMARKS
+
     out = _help("bench")
-    for name in ("subsetsum", "supermask-step"):
+    for name in ("subsetsum", "supermask-step", *BENCHMARKS):
         assert f" {name} " in out, (name, out)
+
+
+def test_a_registered_benchmark_parses_its_own_options(tmp_path, monkeypatch):
+    """``slth bench <name>`` hands every option, --help too, to the benchmark's own parser."""
+    import importlib
+
+    from slth.bench import BENCHMARKS
+
+    for b in BENCHMARKS.values():
+        assert callable(importlib.import_module(f"slth.bench.{b.module}").main), b.name
+    r = CliRunner().invoke(app, ["bench", "input-range", "--help"])
+    assert r.exit_code == 0 and "usage: slth bench input-range" in r.output and "--data-dir" in r.output, r.output
+    r = CliRunner().invoke(app, ["bench", "input-range", "--eps", "0.1"])  # its required --data-dir missing
+    assert r.exit_code == 2 and "the following arguments are required: --data-dir" in r.stderr, r.output
 
 
 def _slth(tmp_path, *args):
