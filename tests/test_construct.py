@@ -1,4 +1,7 @@
-"""Construction of tickets from ReLU MLPs: soundness of the bound, exact masks, files, errors."""
+"""Construction of tickets from ReLU MLPs: soundness of the bound, exact masks, files, errors; every refusal of
+construct()'s arguments, of unsupported Sequential targets, of target files, of ticket files and of certified_bound's
+boxes, each with the message in full (the bad inputs are chosen so that, were the check gone, the run would finish
+fast with a different outcome)."""
 
 import os
 
@@ -7,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from slth import ticketfile
 from slth.construction import Ticket, construct, mlp
 from slth.construction.bound import certified_bound, realised_kernels
 from slth.construction.report import measure, weight_errors
+from slth.construction.target import load_target, parse_target
 
 
 def random_mlp(arch, bias, seed=0, scale=0.5):
@@ -74,11 +79,6 @@ def test_bound_in_a_ball_and_a_box():
     small = certified_bound(ticket, net, center=center, radius=0.05).max()
     big = certified_bound(ticket, net, -1, 1).max()
     assert 0 < small < big
-    with pytest.raises(ValueError, match="lo <= hi"):
-        certified_bound(ticket, net, 1, -1)
-    nonneg_ticket = construct(net, 0.02, seed=0, nonnegative_input=True)
-    with pytest.raises(ValueError, match="nonnegative"):
-        certified_bound(nonneg_ticket, net, -1, 1)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -212,11 +212,13 @@ def test_nested_sequential_dropout_identity_and_measure():
 @pytest.mark.parametrize(
     "net, error, match",
     [
-        (nn.Sequential(nn.Linear(4, 3), nn.Conv2d(1, 1, 1)), NotImplementedError, r"Conv2d at position 1"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Conv2d(1, 1, 1)), NotImplementedError,
+         r"Conv2d at position 1 \('1'\) after a Linear is not supported \(its input is flat\)"),
         (nn.Sequential(nn.Linear(4, 3), nn.Sequential(nn.Softmax(-1))), NotImplementedError, r"Softmax .*'1.0'"),
-        (nn.Linear(4, 3), NotImplementedError, "nn.Sequential"),
-        (nn.Sequential(nn.ReLU()), ValueError, "no Linear"),
-        (nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)), ValueError, "expects 5 inputs"),
+        (nn.Linear(4, 3), NotImplementedError, r"target must be an nn.Sequential of .* got Linear"),
+        (nn.Sequential(nn.ReLU()), ValueError, r"target has no Linear or Conv2d layer"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)), ValueError,
+         r"Linear '1' expects 5 inputs but the previous Linear gives 3"),
     ],
 )
 def test_unsupported_targets_raise_clear_errors(net, error, match):
@@ -231,27 +233,6 @@ def test_nonfinite_weights_are_refused(bad):
         net[3].bias[0] = bad
     with pytest.raises(ValueError, match="bias of Linear '3'"):
         construct(net, 0.01)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"eps": 0.0}, "eps"),
-        ({"eps": float("nan")}, "eps"),
-        ({"method": "lottery"}, "unknown method"),
-        ({"seed": -1}, "seed"),
-        ({"n": 0}, "n must be"),
-        ({"n": [4]}, "n has 1 entries"),
-        ({"max_redraw_rounds": -1}, "max_redraw_rounds"),
-        ({"p": 1.0}, "p \\(per-weight"),
-        ({"p": 0.0, "method": "malach"}, "p \\(per-weight"),
-    ],
-)
-def test_bad_arguments(kwargs, match):
-    net = random_mlp([4, 3, 2], False)
-    args = {"eps": 0.01, **kwargs}
-    with pytest.raises(ValueError, match=match):
-        construct(net, **args)
 
 
 def test_corrupt_truncated_and_foreign_files(tmp_path):
@@ -292,3 +273,205 @@ def test_ticket_file_is_smaller_than_float32_target(tmp_path):
     masks_bits = sum(m.numel() for m in ticket.masks.values())
     assert masks_bits < 32 * ticket.stats["target_params"]
     assert size < 4 * ticket.stats["target_params"] + 4096
+
+
+# -- refusals, each fails when its check is deleted (formerly tests/test_safety_construction.py) -----------------------
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+
+
+# -- api.construct: argument validation (n=4 everywhere: no choose_n, a tiny search) ---------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "lottery"}, r"unknown method 'lottery'; valid: pensia"),
+    ({"eps": 0.0}, r"eps must be a positive finite number, got 0\.0"),
+    ({"eps": float("inf")}, r"eps must be a positive finite number, got inf"),
+    ({"eps": float("nan")}, r"eps must be a positive finite number, got nan"),
+    ({"eps": "0.1"}, r"eps must be a positive finite number, got '0\.1'"),
+    ({"seed": -1}, r"seed must be a nonnegative int, got -1"),
+    ({"seed": True}, r"seed must be a nonnegative int, got True"),
+    ({"device": "cpu"}, r"device= runs the minimal-error search \(sparse=False\)"),
+    ({"chunk_instances": 0}, r"chunk_instances must be an int >= 1, got 0"),
+    ({"n": [4]}, r"n has 1 entries but the target has 2 Linear/Conv2d layers"),
+    ({"n": 0}, r"n must be between 1 and \d+ for method 'pensia', got 0"),
+    ({"n": [4, 0]}, r"n must be between 1 and \d+ for method 'pensia', got \[4, 0\]"),
+    ({"p": 1.0}, r"p \(per-weight success probability used to choose n\) must be in \(0, 1\), got 1\.0"),
+    ({"p": 0.0, "method": "malach", "n": None},
+     r"p \(per-weight success probability used to choose n\) must be in \(0, 1\), got 0\.0"),
+    ({"max_redraw_rounds": -1}, r"max_redraw_rounds must be an int >= 0, got -1"),
+    ({"backend": "spark"}, r"unknown backend 'spark'; valid: local"),
+    ({"workers": 0}, r"workers must be an int >= 1, got 0"),
+    ({"attention": "bogus", "construction": "modules"}, r"unknown attention construction 'bogus'; valid: projection"),
+])
+def test_construct_refuses_bad_arguments(kwargs, match):
+    args = {"eps": 0.05, "n": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        construct(_mlp(), **args)
+
+
+# -- target.py: unsupported modules, named by position --------------------------------------------------
+
+
+def _nan_weight():
+    net = _mlp()
+    with torch.no_grad():
+        net[2].weight[0, 0] = float("nan")
+    return net
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (_nan_weight, ValueError, r"weight of Linear '2' contains NaN or inf"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False)), NotImplementedError,
+     r"BatchNorm1d at position 1 \('1'\) has no running statistics"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(5)), ValueError,
+     r"BatchNorm1d '1' has 5 features but '0' gives 3"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.Flatten()), NotImplementedError,
+     r"Flatten at position 1 \('1'\) after a Linear is not supported"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.ELU()), NotImplementedError,
+     r"layer ELU at position 1 \('1'\) is not supported by construct\(\)"),
+])
+def test_parse_target_refuses_unsupported_targets(make, error, match):
+    with pytest.raises(error, match=match):
+        parse_target(make().eval())
+
+
+@pytest.mark.parametrize("arch, match", [
+    ("784-x-10", r"--arch must look like 784-500-10, got '784-x-10'"),
+    ("784", r"an MLP needs at least two positive widths, got \[784\]"),
+    ([4, 0, 2], r"an MLP needs at least two positive widths, got \[4, 0, 2\]"),
+])
+def test_mlp_refuses_bad_widths(arch, match):
+    with pytest.raises(ValueError, match=match):
+        mlp(arch)
+
+
+def test_load_target_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no such model file: .*missing\.pt"):
+        load_target(tmp_path / "missing.pt", "4-3-2")
+
+
+def test_load_target_not_torchscript(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"m\.pt is not a TorchScript module .*for a state_dict pass --arch"):
+        load_target(tmp_path / "m.pt")
+
+
+def test_load_target_unreadable_state_dict(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"m\.pt is not a readable state_dict file"):
+        load_target(tmp_path / "m.pt", "4-3-2")
+
+
+def test_load_target_not_a_dict_of_tensors(tmp_path):
+    torch.save({"0.weight": [1, 2]}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m\.pt does not hold a state_dict \(a dict of tensors\)"):
+        load_target(tmp_path / "m.pt", "4-3-2")
+
+
+def test_load_target_named_arch_needs_shape_and_classes(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"--arch lenet5 needs the input shape and the number of classes"):
+        load_target(tmp_path / "m.pt", "lenet5")
+
+
+def test_load_target_state_dict_of_another_arch(tmp_path):
+    torch.save(mlp("4-3-2").state_dict(), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m\.pt does not match --arch 4-5-2: Error\(s\) in loading state_dict"):
+        load_target(tmp_path / "m.pt", "4-5-2")
+
+
+# -- ticket.py ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ticket():
+    return construct(_mlp(), 0.05, n=4, seed=0)
+
+
+def _resave(ticket, path, *, config=None, masks=None):
+    tf = ticketfile.TicketFile(seed=ticket.seed,
+                               config=dict(ticket.config, kind="constructed", stats=ticket.stats) if config is None
+                               else config,
+                               masks={k: v.numpy() for k, v in ticket.masks.items()} if masks is None else masks)
+    return ticketfile.save(path, tf)
+
+
+def test_load_refuses_another_kind_of_ticket(ticket, tmp_path):
+    path = _resave(ticket, tmp_path / "t.slth", config=dict(ticket.config, kind="supermask"))
+    with pytest.raises(ticketfile.TicketFileError, match=r"not a constructed ticket \(kind 'supermask'\)"):
+        Ticket.load(path)
+
+
+def test_load_refuses_a_malformed_config(ticket, tmp_path):
+    config = {k: v for k, v in ticket.config.items() if k != "layers"}
+    path = _resave(ticket, tmp_path / "t.slth", config=dict(config, kind="constructed"))
+    with pytest.raises(ticketfile.TicketFileError, match=r"ticket config is malformed"):
+        Ticket.load(path)
+
+
+def test_load_refuses_a_missing_mask(ticket, tmp_path):
+    masks = {k: v.numpy() for k, v in ticket.masks.items()}
+    dropped = sorted(masks)[0]
+    del masks[dropped]
+    path = _resave(ticket, tmp_path / "t.slth", masks=masks)
+    with pytest.raises(ticketfile.TicketFileError, match=rf"masks do not match the network layout .*{dropped}"):
+        Ticket.load(path)
+
+
+def test_load_refuses_a_mask_of_the_wrong_shape(ticket, tmp_path):
+    masks = {k: v.numpy() for k, v in ticket.masks.items()}
+    name = sorted(masks)[0]
+    masks[name] = masks[name][:-1]
+    path = _resave(ticket, tmp_path / "t.slth", masks=masks)
+    with pytest.raises(ticketfile.TicketFileError, match=rf"masks do not match the network layout .*{name}"):
+        Ticket.load(path)
+
+
+# -- bound.py: certified_bound refuses a box it cannot bound, before any work -----------------------
+
+
+def test_certified_bound_refuses_bad_boxes(ticket):
+    from slth.construction.bound import certified_bound
+
+    net = _mlp()
+    for kwargs, match in [
+        ({"center": [0.0] * 4, "radius": -0.1}, r"a ball needs a center and a radius >= 0"),
+        ({"lo": -1.0}, r"give both lo and hi of the input box"),
+        ({"lo": [0.0] * 3, "hi": [1.0] * 3}, r"the input box does not fit the input shape \(4,\)"),
+        ({"lo": 1.0, "hi": -1.0}, r"input box must be finite with lo <= hi"),
+        ({"lo": -float("inf"), "hi": 1.0}, r"input box must be finite with lo <= hi"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            certified_bound(ticket, net, **kwargs)
+
+
+def test_certified_bound_refuses_a_box_below_the_tickets_inputs():
+    from slth.construction.bound import certified_bound
+
+    net = _mlp()
+    nonneg = construct(net, 0.05, n=4, seed=0, nonnegative_input=True)
+    with pytest.raises(ValueError, match=r"the ticket was built for nonnegative inputs; the box must have lo >= 0"):
+        certified_bound(nonneg, net, lo=-0.5, hi=1.0)
+
+
+def test_certified_bound_of_a_conv_ticket_needs_the_input_shape():
+    from slth.construction.bound import certified_bound
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 2 * 2, 2)).eval()
+    ticket = construct(net, 0.05, n=4, seed=0)
+    with pytest.raises(ValueError, match=r"a ticket whose first layer is a convolution needs input_shape"):
+        certified_bound(ticket, net)
+
+
+def test_certified_bound_refuses_a_module_replacement_ticket():
+    from slth.construction.bound import certified_bound
+
+    net = _mlp()
+    ticket = construct(net, 0.05, n=4, seed=0, construction="modules")
+    with pytest.raises(NotImplementedError, match=r"certified_bound needs the traced construction graph"):
+        certified_bound(ticket, net)

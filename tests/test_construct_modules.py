@@ -481,3 +481,12 @@ def test_a_module_ticket_refuses_a_fresh_instance_that_does_not_match():
     with pytest.raises(ValueError, match="module 'emb' of the model does not match the ticket"):
         ticket.to_module(model=_Small(max_norm=1.0))
     assert ticket.to_module(model=_Small())(torch.arange(10)).shape == (10, 3)  # a matching instance rebuilds
+
+
+# -- refusals, each fails when its check is deleted (formerly tests/test_safety_construction.py) -----------------------
+
+
+def test_module_replacement_of_a_model_with_nothing_to_construct():
+    norm_only = nn.Sequential(nn.LayerNorm(4)).eval()  # identity affine: no weight a pair would realise
+    with pytest.raises(ValueError, match=r"Sequential has no weight to construct \(its norms have identity affines\)"):
+        slth.construct(norm_only, 0.05, n=4, construction="modules")

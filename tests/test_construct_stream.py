@@ -56,10 +56,6 @@ def test_workdir_resume_reuses_finished_chunks(tmp_path):
     assert sorted(again.run["computed_names"]) == sorted(f.name[:-4] for f in files[1:3])
     assert {f: (work / "chunks" / f).stat().st_mtime_ns for f in kept} == kept  # finished chunks untouched
     assert again.digest() == first.digest()
-    with pytest.raises(ValueError, match="--resume"):
-        construct(net, 0.01, seed=0, chunk_instances=150, workdir=str(work))
-    with pytest.raises(ValueError, match="different construction"):
-        construct(net, 0.01, seed=1, chunk_instances=150, workdir=str(work), resume=True)
 
 
 def test_damaged_work_dir_files_are_refused_by_name(tmp_path):
@@ -184,3 +180,31 @@ def test_torch_search_path_gives_the_same_ticket():
         construct(net, 0.01, device="cpu")
     module = torch_ticket.to_module(device="cpu")
     assert all(p.device.type == "cpu" for p in module.parameters())
+
+
+# -- refusals, each fails when its check is deleted (formerly tests/test_safety_construction.py) -----------------------
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+
+
+def test_workdir_of_another_construction_is_refused(tmp_path):
+    construct(_mlp(), 0.05, n=4, seed=0, workdir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"holds chunks of a different construction .*use a new --workdir"):
+        construct(_mlp(), 0.05, n=4, seed=1, workdir=str(tmp_path), resume=True)
+
+
+def test_workdir_with_chunks_needs_resume(tmp_path):
+    first = construct(_mlp(), 0.05, n=4, seed=0, workdir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"already holds finished chunks; pass --resume"):
+        construct(_mlp(), 0.05, n=4, seed=0, workdir=str(tmp_path))
+    again = construct(_mlp(), 0.05, n=4, seed=0, workdir=str(tmp_path), resume=True)
+    assert again.digest() == first.digest() and again.run["computed"] == 0
+
+
+def test_ray_backend_without_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImportError, match=r"the ray backend needs Ray: pip install 'slth\[ray\]'"):
+        construct(_mlp(), 0.05, n=4, backend="ray")

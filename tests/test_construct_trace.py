@@ -409,3 +409,37 @@ def test_cli_refuses_an_unrealisable_parameter_and_writes_nothing(tmp_path):
     assert r.exit_code == 2, r.output
     assert "'1.weight'" in r.output and "PReLU" in r.output
     assert not out.parent.exists() and not work.exists()
+
+
+# -- refusals, each fails when its check is deleted (formerly tests/test_safety_construction.py) -----------------------
+
+
+class _Traced(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+
+class _DataDependent(_Traced):
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else x
+
+
+class _Exponentiates(_Traced):
+    def forward(self, x):
+        return torch.exp(self.fc(x))
+
+
+class _TwoInputs(_Traced):
+    def forward(self, x, y):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("make, match", [
+    (_DataDependent, r"target _DataDependent is not an nn.Sequential and torch.fx cannot trace"),
+    (_Exponentiates, r"call_function 'exp' at node 'exp' is not supported by construct\(\)"),
+    (_TwoInputs, r"target takes more than one input \('y'\)"),
+])
+def test_parse_target_refuses_what_it_cannot_trace(make, match):
+    with pytest.raises(NotImplementedError, match=match):
+        parse_target(make().eval())

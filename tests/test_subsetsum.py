@@ -144,18 +144,26 @@ def test_sparsest_is_much_sparser_than_min_error():
     assert sparse.count.mean() < 0.5 * dense.count.mean()
 
 
+V = np.array([[0.5, -0.25, 0.125]])
+T = np.array([0.3])
+
+
 @pytest.mark.parametrize(
     "values, targets, message",
     [
-        (np.zeros((2, 0)), np.zeros(2), "n"),
+        (np.zeros((1, 0)), T, rf"n \(values per instance\) must be between 1 and {MAX_N}, got 0"),
         (np.zeros((2, MAX_N + 1)), np.zeros(2), "n"),
-        (np.array([[np.nan, 1.0]]), np.zeros(1), "NaN"),
+        (np.array([[0.5, np.nan]]), T, r"values contains NaN; SubsetSum needs finite numbers"),
         (np.array([[np.inf, 1.0]]), np.zeros(1), "inf"),
+        (V, np.array([np.inf]), r"targets contains inf; SubsetSum needs finite numbers"),
         (np.zeros((2, 3)), np.array([np.nan, 0.0]), "targets"),
-        (np.zeros((2, 3)), np.zeros(3), "mismatch"),
-        (np.zeros((2, 3, 1)), np.zeros(2), "shape"),
+        (np.zeros((2, 3)), T, r"shape mismatch: values has 2 rows but targets has 1"),
+        (np.zeros((1, 1, 3)), T, r"values must have shape \(B, n\) or \(n,\), got \(1, 1, 3\)"),
+        (V, np.zeros((1, 1)), r"targets must have shape \(B,\), got \(1, 1\)"),
         (np.array([["a", "b"]]), np.zeros(1), "dtype"),
         (np.zeros((1, 2), dtype=complex), np.zeros(1), "dtype"),
+        (np.array([[True, False]]), T, r"values must be real numbers castable to float64, got dtype bool"),
+        (V, np.array(["0.3"]), r"targets must be real numbers castable to float64, got dtype <U3"),
     ],
 )
 def test_invalid_input_names_the_problem(values, targets, message):
@@ -164,10 +172,10 @@ def test_invalid_input_names_the_problem(values, targets, message):
 
 
 def test_invalid_eps():
-    with pytest.raises(ValueError, match="eps"):
-        solve_sparsest(np.zeros((2, 3)), np.zeros(2), -1.0)
-    with pytest.raises(ValueError, match="eps"):
-        solve_sparsest(np.zeros((2, 3)), np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match=r"eps must be >= 0"):
+        solve_sparsest(V, T, -0.1)
+    with pytest.raises(ValueError, match=r"eps must be a scalar or have shape \(1,\), got \(2,\)"):
+        solve_sparsest(V, T, np.array([0.1, 0.1]))
 
 
 def test_accepts_integer_and_torch_input():

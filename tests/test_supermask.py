@@ -1,17 +1,20 @@
 """slth.supermask: gradients reach only scores, frozen weights stay frozen, densities are exact, and
-tickets rebuild bit-identically from the seed."""
+tickets rebuild bit-identically from the seed; a learned ticket rebuilds only into the model it was learned on."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from slth import supermask as sm
 from slth import ticketfile
 from slth.supermask import core as sm_core
+from slth.supermask.ticket import from_ticket, materialize, to_ticket
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)
@@ -146,15 +149,6 @@ def test_ticket_roundtrip_is_bit_identical(tmp_path, method):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
-
-
-def test_ticket_errors(tmp_path):
-    dense = sm.build("fc", SHAPE, 10, seed=0, hidden=[4])
-    with pytest.raises(ValueError, match="supermask"):
-        sm.to_ticket(dense)
-    bad = ticketfile.TicketFile(seed=0, config={"kind": "constructed"}, masks={})
-    with pytest.raises(ticketfile.TicketFileError, match="kind"):
-        sm.from_ticket(bad)
 
 
 def test_bad_config_errors():
@@ -345,3 +339,98 @@ def test_iterand_redraws_on_cuda_what_it_redraws_on_the_cpu():
             layer.after_step(step, weight)
     assert torch.equal(weights[0], weights[1].cpu()) and not torch.equal(weights[0], torch.ones(6, 5))
     assert torch.equal(layers[0].generation, layers[1].generation.cpu())
+
+
+# -- a learned ticket rebuilds only into the model it was learned on ---------------------------------
+
+
+def _user_net():
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
+def _user_model():
+    return sm.apply_supermask(_user_net(), sm.SupermaskConfig(density=0.5), seed=1)
+
+
+def _registry_model():
+    return sm.build("fc", (1, 4, 4), 3, seed=0, hidden=[5], supermask=sm.SupermaskConfig(density=0.5))
+
+
+def test_ticket_with_a_tensor_the_model_lacks():
+    tf = to_ticket(_user_model())
+    tf.config = dict(tf.config, layout=dict(tf.config["layout"], **{"extra.weight": [1]}))
+    with pytest.raises(ticketfile.TicketFileError, match=r"has 'extra\.weight' \(1,\), which Sequential lacks"):
+        from_ticket(tf, model=_user_net())
+
+
+def test_materialize_needs_a_supermask_model():
+    with pytest.raises(ValueError, match=r"materialize needs a model of slth\.supermask\.build or apply_supermask"):
+        materialize(_user_net())
+
+
+def test_materialize_of_a_user_model_needs_into():
+    with pytest.raises(ValueError, match=r"this is a user's model \(.*\): pass materialize\(model, into="):
+        materialize(_user_model())
+
+
+def test_to_ticket_needs_a_supermask_model():
+    # a user's net (no slth_spec) and a dense registry model (a spec without a supermask)
+    for model in (_user_net(), sm.build("fc", SHAPE, 10, seed=0, hidden=[4])):
+        with pytest.raises(ValueError, match=r"to_ticket needs a supermask model"):
+            to_ticket(model)
+
+
+def test_from_ticket_refuses_another_kind():
+    tf = to_ticket(_registry_model())
+    tf.config = dict(tf.config, kind="constructed")
+    with pytest.raises(ticketfile.TicketFileError, match=r"not a learned supermask ticket \(kind 'constructed'\)"):
+        from_ticket(tf)
+
+
+def test_from_ticket_refuses_masks_of_other_layers():
+    tf = to_ticket(_registry_model())
+    dropped = sorted(tf.masks)[0]
+    del tf.masks[dropped]
+    with pytest.raises(ticketfile.TicketFileError,
+                       match=rf"ticket masks .* do not match the model's layers .*{dropped}"):
+        from_ticket(tf)
+
+
+def test_from_ticket_refuses_a_mask_of_the_wrong_shape():
+    tf = to_ticket(_registry_model())
+    name = sorted(tf.masks)[0]
+    tf.masks[name] = tf.masks[name][:-1]
+    with pytest.raises(ticketfile.TicketFileError, match=rf"mask '{name}' has shape \(\d+, \d+\), the layer"):
+        from_ticket(tf)
+
+
+def test_from_ticket_refuses_a_buffer_the_model_lacks():
+    tf = to_ticket(_registry_model())
+    tf.extras["buffer/nowhere"] = np.zeros(2, np.float32)
+    with pytest.raises(ticketfile.TicketFileError, match=r"ticket buffer 'nowhere' does not fit the model"):
+        from_ticket(tf)
+
+
+def test_ticket_with_a_tensor_of_another_shape():
+    tf = to_ticket(_user_model())
+    tf.config = dict(tf.config, layout=dict(tf.config["layout"], **{"0.weight": [3, 5]}))
+    with pytest.raises(ticketfile.TicketFileError,
+                       match=r"'0\.weight' has shape \(3, 5\) in the ticket .*\(3, 4\) in Sequential"):
+        from_ticket(tf, model=_user_net())
+
+
+def test_model_with_a_tensor_the_ticket_lacks():
+    tf = to_ticket(_user_model())
+    tf.config = dict(tf.config, layout={k: v for k, v in tf.config["layout"].items() if k != "2.bias"})
+    with pytest.raises(ticketfile.TicketFileError, match=r"Sequential has '2\.bias' \(2,\), which the ticket .* lacks"):
+        from_ticket(tf, model=_user_net())
+
+
+def test_ticket_of_a_user_model_needs_the_model():
+    with pytest.raises(ValueError, match=r"this ticket was learned on a user's model .*from_ticket\(path, model="):
+        from_ticket(to_ticket(_user_model()))
+
+
+def test_from_ticket_needs_a_fresh_model():
+    with pytest.raises(ValueError, match=r"from_ticket needs a fresh instance of the model, not one with supermasks"):
+        from_ticket(to_ticket(_user_model()), model=_user_model())

@@ -254,18 +254,13 @@ def test_device_probe_refuses_a_hook_that_fails_there(monkeypatch):
 
 
 def _gpu_benchmark():
-    import importlib.util
-    from pathlib import Path
+    from slth.bench import train_gpu
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_train_gpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_gpu
 
 
 def test_gpu_benchmark_runs_its_loop_on_the_cpu(tmp_path, capsys):
-    """benchmarks/bench_train_gpu.py's loop, dry-run on the CPU: every (model, precision, method) timed,
+    """``slth bench train-gpu``'s loop, dry-run on the CPU: every (model, precision, method) timed,
     the table printed, the record written."""
     out = tmp_path / "gpu.json"
     args = ["--device", "cpu", "--models", "fc,vit", "--methods", "dense,edge-popup,bernoulli", "--precisions",

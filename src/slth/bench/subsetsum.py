@@ -1,6 +1,6 @@
 """SubsetSum engine benchmark: time per instance per core, errors, and the MIP baseline on the same instances.
 
-Used by ``slth bench subsetsum`` and ``benchmarks/bench_subsetsum.py``. Per-core time is
+Used by ``slth bench subsetsum``. Per-core time is
 ``wall seconds x threads / instances`` (the kernel is parallel over rows, so this is what one core
 spends on one instance); the MIP solvers run one instance at a time on one thread.
 """

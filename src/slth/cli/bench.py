@@ -1,6 +1,8 @@
-"""``slth bench subsetsum`` and ``slth bench supermask-step`` (results go to docs/benchmarks.md).
+"""``slth bench <name>``: dispatch to :mod:`slth.bench` (results go to docs/benchmarks.md).
 
-numba, numpy, torch and the solvers are imported inside the commands so that ``slth --help`` stays fast.
+``subsetsum`` and ``supermask-step`` have typed options here; every other benchmark of
+:data:`slth.bench.BENCHMARKS` parses its own (``slth bench <name> --help``). numba, numpy, torch and the
+solvers are imported inside the commands so that ``slth --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -9,10 +11,23 @@ import json
 
 import typer
 
+from ..bench import BENCHMARKS
 from ._common import CommandError, ints
 from ._common import threads as set_threads
 
 app = typer.Typer(help="Benchmarks (results go to docs/benchmarks.md).", no_args_is_help=True)
+
+
+def _register(name: str, summary: str) -> None:
+    """``slth bench <name> [options]``: the options (``--help`` too) go to the benchmark's own parser."""
+
+    @app.command(name, help=summary, add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(ctx: typer.Context) -> None:
+        from ..bench import run
+
+        raise typer.Exit(run(name, list(ctx.args)))
+
 
 
 # ``--n 12 16 20`` (several values after one flag) is not a click idiom: the values after the first
@@ -105,3 +120,8 @@ def bench_supermask_step_command(
     result.pop("samples")
     result.pop("speedup_rounds", None)
     typer.echo(json.dumps(result, indent=2))
+
+
+# the benchmarks with their own parsers, after subsetsum and supermask-step
+for _b in BENCHMARKS.values():
+    _register(_b.name, _b.summary)

@@ -36,9 +36,7 @@ def attach(model: nn.Module, method: str, densities: dict[str, float], seed: int
     if method not in METHODS:
         raise ValueError(f"unknown supermask method {method!r}; valid: {', '.join(METHODS)}")
     config = SupermaskConfig(method=method)
-    # divide_scores: these experiments' records were computed with (2u - 1) / sqrt(fan), which differs from
-    # slth train's (2u - 1) * (1 / sqrt(fan)) in the last bit
-    return mask_tensors(model, config, densities, seed, redraw=redraw, fan_in=fan_in, divide_scores=True)
+    return mask_tensors(model, config, densities, seed, redraw=redraw, fan_in=fan_in)
 
 
 def normal_weight(shape, fan_in: int, seed: int, *keys) -> torch.Tensor:

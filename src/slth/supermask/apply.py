@@ -49,18 +49,17 @@ def _target(modules: dict[str, nn.Module], key: str) -> tuple[nn.Module, str]:
 
 
 def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str, float], seed: int, *,
-                 redraw: Callable[[str, int], torch.Tensor] | None = None, fan_in: dict[str, int] | None = None,
-                 divide_scores: bool = False) -> nn.Module:
+                 redraw: Callable[[str, int], torch.Tensor] | None = None,
+                 fan_in: dict[str, int] | None = None) -> nn.Module:
     """Freeze every parameter of ``model`` and mask the tensor each key of ``densities`` names (a module
     name for its ``weight``) with ``config.method``'s parametrization at that density, leaving the
     weights as they are. Its scores are drawn from ``(seed, "scores", key)`` as :data:`METHODS` says;
     sampled masks from ``(seed, "sample", key)``. ``redraw(key, generation)`` gives re-drawn weights
     (IteRand); ``fan_in`` overrides the fan of a key's score scale (default:
-    :func:`slth.supermask.init.tensor_fan_in`, the product of the tensor's trailing dimensions);
-    ``divide_scores`` see :func:`slth.supermask.methods.uniform_scores`. A masked tensor that other places
-    share (a tied output layer) gets the same parametrization there: one set of scores, one mask, and every
-    place computes the same effective tensor. ``config.density``, ``init`` and ``distribution`` are not
-    read here."""
+    :func:`slth.supermask.init.tensor_fan_in`, the product of the tensor's trailing dimensions). A masked
+    tensor that other places share (a tied output layer) gets the same parametrization there: one set of
+    scores, one mask, and every place computes the same effective tensor. ``config.density``, ``init`` and
+    ``distribution`` are not read here."""
     method = METHODS[config.method]
     if method.redraws and redraw is None:
         raise ValueError(f"{config.method} re-draws pruned weights: it needs redraw(name, generation)")
@@ -82,7 +81,7 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
         shape = raw.shape
         fan = (fan_in or {}).get(key, tensor_fan_in(module, tensor, shape))
         u = torch.rand(shape, generator=generator(seed, "scores", key))
-        scores = method.score_init(config.variant)(u, fan, density, divide=divide_scores)
+        scores = method.score_init(config.variant)(u, fan, density)
         p = method.make(shape, density, scores, config=config, sample_seed=derive_seed(seed, "sample", key),
                         redraw=None if redraw is None else partial(redraw, key))
         parametrize.register_parametrization(module, tensor, p, unsafe=True)

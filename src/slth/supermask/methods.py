@@ -545,32 +545,28 @@ def masked_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.
     return weight * mask
 
 
-def uniform_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
-    """Scores ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``u`` ~ U[0, 1): kaiming_uniform_(a=sqrt(5)), as
-    hidden-networks (Ramanujan et al.). ``divide`` computes (2u - 1) / sqrt(fan_in) rather than
-    (2u - 1) * (1 / sqrt(fan_in)): the two differ in the last bit, and the planted and pensia-exp2 records
-    (:mod:`slth.experiments.masking`) were computed dividing."""
-    centred = 2.0 * u - 1.0
-    return centred / math.sqrt(fan_in) if divide else centred * (1.0 / math.sqrt(fan_in))
+def uniform_scores(u: torch.Tensor, fan_in: int, density: float) -> torch.Tensor:
+    """Scores ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``u`` ~ U[0, 1): (2u - 1) * (1 / sqrt(fan_in)),
+    kaiming_uniform_(a=sqrt(5)) as hidden-networks (Ramanujan et al.)."""
+    return (2.0 * u - 1.0) * (1.0 / math.sqrt(fan_in))
 
 
-def logit_shifted_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+def logit_shifted_scores(u: torch.Tensor, fan_in: int, density: float) -> torch.Tensor:
     """:func:`uniform_scores` + logit(density), so that sigmoid(s) ~ density and the sampled masks start at
     the target density (Bernoulli)."""
     d = min(max(density, 1e-3), 1 - 1e-3)
-    return uniform_scores(u, fan_in, density, divide=divide) + math.log(d / (1.0 - d))
+    return uniform_scores(u, fan_in, density) + math.log(d / (1.0 - d))
 
 
-def unit_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+def unit_scores(u: torch.Tensor, fan_in: int, density: float) -> torch.Tensor:
     """Scores ~ U[0, 1] (Gem-Miner's relaxed mask)."""
     return u
 
 
-def kaiming_uniform_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+def kaiming_uniform_scores(u: torch.Tensor, fan_in: int, density: float) -> torch.Tensor:
     """Scores ~ U(-sqrt(6 / fan_in), sqrt(6 / fan_in)): ``kaiming_uniform_(mode="fan_in",
     nonlinearity="relu")``, IteRand's score init (dchiji-ntt/iterand ``init_mode_mask: kaiming_uniform``)."""
-    centred = 2.0 * u - 1.0
-    return centred / math.sqrt(fan_in / 6.0) if divide else centred * math.sqrt(6.0 / fan_in)
+    return (2.0 * u - 1.0) * math.sqrt(6.0 / fan_in)
 
 
 @dataclass(frozen=True)
@@ -592,7 +588,7 @@ class Method:
     ``make(shape, density, scores, *, config, sample_seed, redraw)`` returns the parametrization of one
     tensor (``config`` the :class:`SupermaskConfig`, ``sample_seed`` the tensor's own seed for sampled
     masks, ``redraw(generation)`` the tensor's re-drawn weights where ``redraws``). ``scores(u, fan_in,
-    density, divide=False)`` gives the initial scores from ``u`` ~ U[0, 1) of the tensor's shape.
+    density)`` gives the initial scores from ``u`` ~ U[0, 1) of the tensor's shape.
     ``final_weight(weight, float mask, kept)`` is the weight a ticket rebuilds: the parametrization's
     eval-mode output, with the same arithmetic, so a rebuilt ticket is bit-identical.
     ``lr``, ``weight_decay`` and ``init`` are ``slth train``'s defaults (:mod:`slth.train.config`).

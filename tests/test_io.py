@@ -1,4 +1,4 @@
-"""Safety checks of slth._io: atomic writes leave either the old file or the new one, never a part."""
+"""slth._io: atomic writes leave either the old file or the new one, never a part."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ fixed wall-clock budget on ``pystdlib-chars`` (``slth.data.text``), constructs e
 torch.fx cannot trace them), rebuilds the ticket in a fresh instance and reports test perplexity of target and
 ticket, next-token top-1 agreement, greedy ``generate()`` agreement on test prompts, width and kept parameters.
 
-    PYTHONPATH=src python benchmarks/bench_construct_hf.py --seconds 90 --eps 1e-3 --json out.json
+    slth bench construct-hf --seconds 90 --eps 1e-3 --json out.json
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import time
 
 import torch
 
-import slth
-from slth.construction import Ticket, measure
+from slth.construction import Ticket, construct, measure
 from slth.data.text import VOCAB, load_pystdlib_chars
 
 
@@ -62,8 +61,8 @@ def perplexity(model, x, y, batch: int = 64) -> float:
     return math.exp(total / count)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="slth bench construct-hf")
     ap.add_argument("--seconds", type=float, default=90.0)
     ap.add_argument("--eps", type=float, default=1e-3)
     ap.add_argument("--context", type=int, default=64)
@@ -72,7 +71,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--models", default="gpt2,llama")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data = load_pystdlib_chars(context=args.context, max_bytes=1_000_000)
     x, y = data.x_test[: args.test], data.y_test[: args.test]
     out = {"eps": args.eps, "data": data.info, "train_seconds": args.seconds, "models": {}}
@@ -84,7 +83,7 @@ def main() -> None:
         info = train(target, data, args.seconds, 0)
         target.eval()
         t0 = time.perf_counter()
-        ticket = slth.construct(target, eps=args.eps, seed=0)
+        ticket = construct(target, eps=args.eps, seed=0)
         construct_seconds = time.perf_counter() - t0
         ticket.save(f"/tmp/bench_{name}.slth")
         pruned = Ticket.load(f"/tmp/bench_{name}.slth").to_module(model=cls(config))
@@ -110,7 +109,3 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ is measured) to a temporary directory, then trains each (model, method) both way
 samples per second from ``metrics.json`` (per-epoch wall time of training + evaluation, the first epoch
 left out as warm-up; process start-up and imports are not counted).
 
-    python benchmarks/bench_train_ddp.py --epochs 3 --out ddp.json
+    slth bench train-ddp --epochs 3 --out ddp.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+SRC = Path(__file__).resolve().parents[2]  # the folder holding this slth package
 
 CASES = [  # (data, model, extra arguments)
     ("mnist", "fc", []),
@@ -52,7 +52,7 @@ def write_data(directory: Path, n_train: int, n_test: int) -> None:
 
 def run(mode: str, data_dir: Path, data: str, model: str, method: str, extra: list[str], epochs: int,
         batch_size: int, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     train = ["-m", "slth", "train", "--data", data, "--data-dir", str(data_dir / data), "--model", model,
              "--method", method, "--epochs", str(epochs), "--batch-size", str(batch_size), "--device", "cpu",
              "--quiet", "--out", str(out), *extra]
@@ -70,8 +70,8 @@ def run(mode: str, data_dir: Path, data: str, model: str, method: str, extra: li
             "test_accuracy": metrics["test_accuracy"], "world_size": metrics["world_size"]}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slth bench train-ddp", description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=10000)
@@ -111,7 +111,3 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,8 +6,8 @@ torch path): once with the numba kernel on the CPU, once with ``device="cuda"``;
 tickets are bit-identical (same digest) and reports both times. Then times ``ticket.to_module()`` on the
 CPU and with ``device="cuda"``, and one forward pass of the ticket on each.
 
-    python benchmarks/bench_construct_gpu.py --target resnet18 --image 64 --eps 0.001 --out gpu.json
-    python benchmarks/bench_construct_gpu.py --target lenet5 --eps 0.001
+    slth bench construct-gpu --target resnet18 --image 64 --eps 0.001 --out gpu.json
+    slth bench construct-gpu --target lenet5 --eps 0.001
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from slth._io import atomic_write_json
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slth bench construct-gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="resnet18", help="resnet18 (ImageNet layout) or a registry name")
     ap.add_argument("--image", type=int, default=64)
     ap.add_argument("--width", type=float, default=1.0)
@@ -75,7 +75,3 @@ def main(argv=None) -> int:
     if args.out:
         atomic_write_json(args.out, record)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,8 +9,8 @@ of q, k, v, out_proj, resp. qk_scores / vo_mix), the largest measured |ticket - 
 [0, 1] (both built with ``nonnegative_input=True``), the certified bound (MHA only: over the whole box [0, 1]^(8x64)
 and at the 64 points) and the construction's seconds (numba compilation excluded, see ``stats``).
 
-    python benchmarks/bench_attention_product.py --out attention_product.json
-    python benchmarks/bench_attention_product.py --cases mha --eps 0.01
+    slth bench attention-product --out attention_product.json
+    slth bench attention-product --cases mha --eps 0.01
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def measure(name, net, shape, eps, attention, method, x):
     return rec
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slth bench attention-product", description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="mha,vit")
     ap.add_argument("--eps", default="0.01,0.001")
     ap.add_argument("--no-malach", action="store_true")
@@ -107,7 +107,3 @@ def main(argv=None) -> int:
     if args.out:
         atomic_write_json(args.out, {"machine": machine(), "records": records})
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,11 +4,11 @@
 Measures wall time, CPU time and peak RSS (this process and, separately, the largest worker process)
 of ``slth.construct`` for a backend/worker count, and writes one JSON record per run.
 
-    python benchmarks/bench_construct_scale.py --workers 1 --out bench-r18-w1.json
-    python benchmarks/bench_construct_scale.py --workers 2 --out bench-r18-w2.json
-    python benchmarks/bench_construct_scale.py --backend ray --workers 2 --out bench-r18-ray2.json
-    python benchmarks/bench_construct_scale.py --target gpt2-small --workdir WD --out bench-gpt2-w1.json
-    python benchmarks/bench_construct_scale.py --target hf-gpt2-small --workdir WD --generate 8 --out bench-hf.json
+    slth bench construct-scale --workers 1 --out bench-r18-w1.json
+    slth bench construct-scale --workers 2 --out bench-r18-w2.json
+    slth bench construct-scale --backend ray --workers 2 --out bench-r18-ray2.json
+    slth bench construct-scale --target gpt2-small --workdir WD --out bench-gpt2-w1.json
+    slth bench construct-scale --target hf-gpt2-small --workdir WD --generate 8 --out bench-hf.json
 
 Random-init weights: every conv is PyTorch's default (Kaiming-uniform, a=sqrt(5)) with the BatchNorm
 statistics at their defaults, folded; the construction cost depends on the shapes and n, not on training.
@@ -30,11 +30,11 @@ import sys
 import time
 
 from slth._io import atomic_write_json
-from slth.experiments.record import machine
+from slth.provenance import machine
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slth bench construct-scale", description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="resnet18", choices=["resnet18", "gpt2-small", "hf-gpt2-small"])
     ap.add_argument("--eps", type=float, default=1e-3)
     ap.add_argument("--n", type=int, default=None, help="values per weight (default: chosen per layer from eps)")
@@ -140,7 +140,3 @@ def _generate(ticket, target, tokens: int, seed: int) -> dict:
             "generate_seconds": round(generate_seconds, 1),
             "generate_matches_target": int((out[0, 8:] == expected[0, 8:]).sum()),
             "peak_rss_after_generate_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ construction with ``input_range`` = that box (the input shifted to x - lo >= 0 b
 function of the raw pixels). Reports kept / target params, random params, max weight error, the measured
 max |logit difference| on the 10,000 test images and the time.
 
-    python benchmarks/bench_input_range.py --data-dir ../shared/data/mnist --out input-range.json
+    slth bench input-range --data-dir DIR --out input-range.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 MEAN, STD = 0.1307, 0.3081
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import torch
     from torch import nn
 
@@ -27,13 +27,13 @@ def main() -> None:
     from slth.construction import construct, mlp
     from slth.data import load_dataset
 
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="slth bench input-range")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data = load_dataset("mnist", args.data_dir)
     x_train = (data.x_train.reshape(len(data.x_train), -1) - MEAN) / STD
     x_test = (data.x_test.reshape(len(data.x_test), -1) - MEAN) / STD
@@ -80,7 +80,3 @@ def main() -> None:
     print(json.dumps(report["target"]))
     if args.out:
         atomic_write_json(args.out, report)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Cold start: first runs with an empty numba cache against the same runs with the cache filled.
 
-    .venv/bin/python benchmarks/bench_cold_start.py
+    slth bench cold-start
 
 Each run is a fresh subprocess (wall clock, interpreter start and imports included) with
 ``NUMBA_CACHE_DIR`` pointed at a new empty directory (cold), then again at the same, now filled,
@@ -48,12 +48,14 @@ def _run(args: list[str], cache: Path, cwd: Path, src: Path) -> tuple[float, flo
     return wall, cpu, out.stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="slth bench cold-start", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-demo", action="store_true", help="only the construction")
-    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src",
-                        help="the slth source tree to run (e.g. an older checkout, for before/after)")
-    args = parser.parse_args()
+    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[2],
+                        help="the folder holding the slth package to run (default: this one's; for before/after, "
+                             "an older checkout's src)")
+    args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -80,7 +82,3 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, wall, cpu, secs, comp in rows:
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {secs:.1f} | {'-' if comp is None else f'{comp:.1f}'} |")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,10 +4,10 @@ Trains the target (seeded, plain SGD on [0, 1] images, BatchNorm in eval mode af
 ticket for each eps and measures, on all 10,000 test images: both accuracies, top-1 agreement and the
 max |logit difference| (the measured output error), plus construction time and sizes.
 
-    python benchmarks/bench_construct_cnn.py --model lenet5 --data mnist --data-dir ../shared/data/mnist \
+    slth bench construct-cnn --model lenet5 --data mnist --data-dir DIR \
         --epochs 2 --eps 0.01 0.001 --out lenet5-mnist.json
-    python benchmarks/bench_construct_cnn.py --model resnet20 --data fashion-mnist \
-        --data-dir ../shared/data/fashion-mnist --epochs 1 --eps 0.01 0.001 --out resnet20-fmnist.json
+    slth bench construct-cnn --model resnet20 --data fashion-mnist \
+        --data-dir DIR2 --epochs 1 --eps 0.01 0.001 --out resnet20-fmnist.json
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ def train(model, x, y, epochs: int, lr: float, seed: int, batch: int = 128):
     return model.eval()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slth bench construct-cnn", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet5")
     ap.add_argument("--data", default="mnist")
-    ap.add_argument("--data-dir", default="../shared/data/mnist")
+    ap.add_argument("--data-dir", required=True, help="the data set's folder")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-limit", type=int, default=None, help="train on the first N training images only")
     ap.add_argument("--lr", type=float, default=0.05)
@@ -110,7 +110,3 @@ def main(argv=None) -> int:
     if args.out:
         atomic_write_json(args.out, record)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

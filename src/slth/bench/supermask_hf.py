@@ -1,7 +1,7 @@
 """Edge-popup supermasks on tiny Hugging Face GPT-2 and Llama, trained on characters of the Python standard
 library's sources (``pystdlib-chars``, nothing downloaded): test perplexity before and after (CPU).
 
-    .venv/bin/python benchmarks/bench_supermask_hf.py [--seconds 120] [--threads 1]
+    slth bench supermask-hf [--seconds 120] [--threads 1]
 
 Each model (2 layers, width 64, 4 heads; Llama with 2 key-value heads) gets ``apply_supermask`` at density 0.5
 (seed 0) and trains for ``--seconds`` of wall time: SGD, lr 0.1, momentum 0.9, the method's weight decay,
@@ -28,11 +28,11 @@ from slth.data.text import decode, encode, load_pystdlib_chars
 CTX = 64
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="slth bench supermask-hf")
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_pystdlib_chars(context=CTX, max_bytes=400_000)
     vocab = data.num_classes
@@ -87,7 +87,3 @@ def main() -> None:
                          "ppl_before": round(before, 2), "ppl_after": round(after, 2),
                          "ticket_bit_identical": same, "greedy": text}
     print(json.dumps(results))
-
-
-if __name__ == "__main__":
-    main()

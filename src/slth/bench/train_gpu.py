@@ -6,8 +6,8 @@ builds the model as ``slth train`` does (seeded on the CPU, moved to the GPU), a
 step -- forward under autocast, cross-entropy, backward, SGD step, the supermask hooks -- on a fixed random
 batch already on the GPU (data loading is not measured). Median of ``--repeats`` rounds of ``--steps``.
 
-    python benchmarks/bench_train_gpu.py --batch-size 256 --out gpu-train.json
-    python benchmarks/bench_train_gpu.py --models resnet20 --methods dense,edge-popup --precisions bf16
+    slth bench train-gpu --batch-size 256 --out gpu-train.json
+    slth bench train-gpu --models resnet20 --methods dense,edge-popup --precisions bf16
 
 ``--device cpu`` runs the same loop on the CPU (a dry run of the script; the tests use it).
 """
@@ -23,8 +23,8 @@ import time
 INPUT = {"fc": (1, 28, 28)}  # every other model: CIFAR-shaped (3, 32, 32)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slth bench train-gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fc,conv4,resnet20,vit")
     ap.add_argument("--methods", default=None, help="default: dense and every supermask method")
     ap.add_argument("--precisions", default="fp32,bf16")
@@ -129,7 +129,3 @@ def main(argv=None) -> int:
                   "rows": rows}
         atomic_write_json(args.out, record)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
