@@ -325,3 +325,60 @@ def test_the_defaults_and_the_reference_defaults():
     assert SupermaskConfig(method="multicoated", variant="reference", density=1.0).density == 1.0
     with pytest.raises(ValueError, match="which is 0 at density 1"):  # edge-popup's reference: fan * (1 - 1)
         SupermaskConfig(method="edge-popup", variant="reference", init="scaled-signed-constant", density=1.0)
+
+
+# ---------------------------------------------------------------- fused CPU kernels against the torch path
+def _both_paths(p, weight, grad):
+    """(fused output, its score gradient), (torch-path output, its score gradient) of parametrization ``p``."""
+    from slth.supermask.methods import _Leveled
+
+    results = []
+    for path in (type(p).training_weight, _Leveled.training_weight):
+        p.scores.grad = None
+        out = path(p, weight)
+        out.backward(grad)
+        results.append((out.detach().clone(), p.scores.grad.clone()))
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["signed", "multicoated"])
+def test_the_fused_kernels_give_the_torch_paths_bits(method, dtype):
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.randn(40, 50, generator=gen, dtype=dtype)
+    scores[0, :10] = 0.5  # ties at a threshold
+    scores[1, :5] = -0.5
+    scores[2, :3] = 0.0  # zero scores: positive levels
+    weight, grad = torch.randn(40, 50, generator=gen, dtype=dtype), torch.randn(40, 50, generator=gen, dtype=dtype)
+    for density in (0.3, float((scores.abs() >= 0.5).sum() - 7) / 2000, 1.0):
+        if method == "signed":
+            p = Signed(scores.shape, density, scores, 0.4, "slth")
+        else:
+            p = Multicoated(scores.shape, density, scores, (0.5, 0.25), "slth")
+        p.train()
+        for _ in range(2):  # the second time through the trackers' bands
+            (fused, fused_grad), (ref, ref_grad) = _both_paths(p, weight, grad)
+            assert torch.equal(fused, ref), density
+            assert torch.equal(fused_grad, ref_grad), density
+            assert torch.equal(fused.ne(0), p.final_mask())
+
+
+@pytest.mark.parametrize("method", ["signed", "multicoated"])
+def test_the_fused_kernels_give_the_same_bits_on_any_thread_count(method):
+    gen = torch.Generator().manual_seed(6)
+    shape = (300, 240)  # above PARALLEL_MIN: the top-k kernels run chunked on several threads
+    scores, weight, grad = (torch.randn(*shape, generator=gen) for _ in range(3))
+    outputs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            p = (Signed(shape, 0.2, scores, 0.4, "slth") if method == "signed"
+                 else Multicoated(shape, 0.2, scores, (0.5,), "slth")).train()
+            out = p(weight)
+            out.backward(grad)
+            outputs.append((out.detach().clone(), p.scores.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for out, g in outputs[1:]:
+        assert torch.equal(out, outputs[0][0]) and torch.equal(g, outputs[0][1])

@@ -57,11 +57,13 @@ from ._philox import PhiloxStream, tie_words
 from .core import (
     AliveSquareSum,
     BinarizedWeight,
+    CoatedMaskedWeight,
     GetSubnet,
     KernelState,
     MaskedWeight,
     RoundedMaskedWeight,
     SampledMaskedWeight,
+    SignedMaskedWeight,
     StraightThroughBernoulli,
     StraightThroughRound,
     StraightThroughWeight,
@@ -628,6 +630,12 @@ class Signed(_Leveled):
             kept = topk_mask(s.abs(), self.k, dtype=dtype, tracker=self.tracker)
         return _signs_of(s, dtype) * kept
 
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.reference and self.k < weight.numel() and _numba_ok(weight, self.scores):
+            # == weight * LevelStraightThrough(scores, levels), fused (tested bit for bit)
+            return SignedMaskedWeight.apply(weight, self.scores, self.k, self.kernels)
+        return super().training_weight(weight)
+
 
 def coat_densities(density: float, coats: tuple[float, ...]) -> tuple[float, ...]:
     """Each coat's kept fraction, outermost first: ``density`` and ``density * c`` for each inner coat c."""
@@ -677,6 +685,12 @@ class Multicoated(_Leveled):
         for k, tracker in zip(self.counts[1:], self.trackers[1:]):
             level += topk_mask(a, k, dtype=dtype, tracker=tracker)
         return level
+
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.reference and _numba_ok(weight, self.scores):
+            # == weight * LevelStraightThrough(scores, levels, K, absolute), fused (tested bit for bit)
+            return CoatedMaskedWeight.apply(weight, self.scores, self.counts, self.trackers, self.kernels)
+        return super().training_weight(weight)
 
 
 def masked_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
