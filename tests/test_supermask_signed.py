@@ -164,8 +164,8 @@ def test_every_coat_keeps_exactly_its_count(distribution):
             assert int((levels >= j).sum()) == kept_count(n, d * fraction), (name, j)
 
 
-def test_multicoated_default_weight_is_the_signed_kaiming_constant_of_the_first_coat():
-    model = _model("multicoated", density=0.25)
+def test_multicoated_reference_weight_is_the_signed_kaiming_constant_of_the_first_coat():
+    model = _model("multicoated", density=0.25, init="scaled-signed-constant")
     for name, module, _ in sm.supermask_layers(model):
         w = module.parametrizations.weight.original
         fan_in = w.shape[1]
@@ -320,7 +320,8 @@ def test_the_defaults_and_the_reference_defaults():
         mine = TrainConfig(method=name).resolved()
         assert (mine.lr, mine.weight_decay, mine.init) == (METHODS[name].lr, METHODS[name].weight_decay,
                                                            METHODS[name].init)
-    assert SupermaskConfig(method="multicoated").init == "scaled-signed-constant"
+    assert SupermaskConfig(method="multicoated").init == "signed-constant"
+    assert SupermaskConfig(method="multicoated", variant="reference").init == "scaled-signed-constant"
     # the multicoated reference scales the fan by the kept fraction: density 1 is fine (fan * 1)
     assert SupermaskConfig(method="multicoated", variant="reference", density=1.0).density == 1.0
     with pytest.raises(ValueError, match="which is 0 at density 1"):  # edge-popup's reference: fan * (1 - 1)
