@@ -383,3 +383,28 @@ def test_the_fused_kernels_give_the_same_bits_on_any_thread_count(method):
         torch.set_num_threads(threads)
     for out, g in outputs[1:]:
         assert torch.equal(out, outputs[0][0]) and torch.equal(g, outputs[0][1])
+
+
+# ---------------------------------------------------------------- the trainer and the command line
+@pytest.mark.parametrize("method,extra", [("multicoated", ["--coats", "0.5"]),
+                                          ("signed", ["--variant", "reference", "--sign-threshold", "0.5"])])
+def test_slth_train_runs_the_method_with_its_settings(method, extra, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from slth.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--method", method, "--data", "digits", "--hidden", "16", "--epochs",
+                                      "1", "--precision", "bf16", "--device", "cpu", "--quiet", "--out", str(out),
+                                      *extra])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert config["method"] == method and config["precision"] == "bf16"
+    rebuilt = sm.from_ticket(out / "ticket.slth")
+    settings = SupermaskConfig(**rebuilt.slth_spec["supermask"])
+    if method == "multicoated":
+        assert config["coats"] == [0.5] and settings.coats == (0.5,)
+    else:
+        assert config["sign_threshold"] == 0.5 and settings.sign_threshold == 0.5
