@@ -1,14 +1,15 @@
 """Training and construction settings, defined once and importable without torch (so ``slth --help`` stays fast).
 
 :class:`MethodSettings` holds the supermask methods' own settings (IteRand's re-randomisation, Gem-Miner's
-regulariser, the variant every method follows); :class:`slth.supermask.SupermaskConfig` takes its defaults
-and checks from it. :class:`TrainSettings` declares the fields of :class:`slth.train.TrainConfig` (its
-subclass, which adds the checks and the per-method defaults), the method's fields taken from
-MethodSettings. ``slth train``'s options are generated from TrainSettings' fields (help texts in their
-metadata; ``flag`` names a repeatable KEY=VALUE option). Likewise :class:`ConstructSettings` and
-:class:`ExecutionSettings` declare the fields of :class:`slth.construction.config.ConstructConfig` (what to build)
-and :class:`~slth.construction.config.Execution` (how to run it), which add the checks; ``slth construct`` and
-``slth.construct``'s keywords take their defaults from them (``cli=False``: a field the command writes by hand).
+regulariser, the signed supermask's threshold, the multicoated coat schedule, the variant every method
+follows); :class:`slth.supermask.SupermaskConfig` takes its defaults and checks from it.
+:class:`TrainSettings` declares the fields of :class:`slth.train.TrainConfig` (its subclass, which adds the
+checks and the per-method defaults), the method's fields taken from MethodSettings. ``slth train``'s
+options are generated from TrainSettings' fields (help texts in their metadata; ``flag`` names a repeatable
+KEY=VALUE option). Likewise :class:`ConstructSettings` and :class:`ExecutionSettings` declare the fields of
+:class:`slth.construction.config.ConstructConfig` (what to build) and :class:`~slth.construction.config.Execution`
+(how to run it), which add the checks; ``slth construct`` and ``slth.construct``'s keywords take their defaults
+from them (``cli=False``: a field the command writes by hand).
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ class MethodSettings:
     rerand_period: int = field(default=300, metadata={"help": "iterand: steps between re-randomisations"})
     rerand_prob: float = field(default=0.1, metadata={"help": "iterand: probability a pruned weight is re-drawn"})
     score_l2: float = field(default=1e-4, metadata={"help": "gem-miner: lambda of the score regulariser"})
+    # signed, variant "reference" only: tau = sign_threshold * max|m_init| per layer, fixed after init
+    # (kosnil/signed_supermasks' tanh_th: 0.4 in its sample config, 0.75 its code's default)
+    sign_threshold: float = field(default=0.4, metadata={
+        "help": "signed, variant reference: the fixed threshold tau as a fraction of the layer's max |initial "
+                "score| (the kept fraction then comes out of training)"})
+    # multicoated: the inner coats' kept fractions as fractions of the outermost coat's (= density); the
+    # default is Okoshi et al.'s sparsities [0.7, 0.9212, 0.9685] (densities 0.3, 0.0788, 0.0315) relative to 0.3
+    coats: tuple[float, ...] = field(default=(0.2627, 0.105), metadata={
+        "help": "multicoated: the inner coats' kept fractions relative to the outermost coat's (density), "
+                "decreasing, each in (0, 1), e.g. 0.2627,0.105 (empty: one coat)"})
     variant: str = field(default="slth", metadata={
         "help": " | ".join(VARIANT_NAMES) + ": slth's semantics, or each method exactly as its reference code "
                 "(and its defaults; docs/reference-code.md)"})
@@ -42,6 +53,26 @@ class MethodSettings:
         if not is_real(self.score_l2) or not 0.0 <= self.score_l2 < math.inf:
             raise ValueError(f"score_l2 (the score penalty's lambda) must be a finite number >= 0, "
                              f"got {self.score_l2!r}")
+        if not is_real(self.sign_threshold) or not 0.0 <= self.sign_threshold < 1.0:
+            raise ValueError(f"sign_threshold (tau as a fraction of the largest initial |score|) must lie in [0, 1), "
+                             f"got {self.sign_threshold!r}")
+        check_coats(self.coats)
+
+
+MAX_COATS = 127  # a weight's coat count is stored as an int8 (tickets: extras "level/<name>")
+
+
+def check_coats(coats) -> None:
+    """Refuse a coat schedule that is not a tuple of decreasing fractions in (0, 1) (at most MAX_COATS coats)."""
+    if not isinstance(coats, tuple) or not all(is_real(c) for c in coats):
+        raise ValueError(f"coats must be a tuple of numbers (the inner coats' kept fractions relative to the "
+                         f"outermost coat's), got {coats!r}")
+    if not all(0.0 < c < 1.0 for c in coats):
+        raise ValueError(f"each coat's kept fraction relative to the outermost coat must lie in (0, 1), got {coats!r}")
+    if any(b >= a for a, b in zip(coats, coats[1:])):
+        raise ValueError(f"coats must decrease (each coat nests inside the one before), got {coats!r}")
+    if len(coats) + 1 > MAX_COATS:
+        raise ValueError(f"at most {MAX_COATS} coats (a coat count is stored as an int8), got {len(coats) + 1}")
 
 
 def is_real(value, kind: type = numbers.Real) -> bool:
@@ -97,6 +128,8 @@ class TrainSettings:
     rerand_period: int = field(default=DEFAULTS.rerand_period, metadata=_META["rerand_period"])
     rerand_prob: float = field(default=DEFAULTS.rerand_prob, metadata=_META["rerand_prob"])
     score_l2: float = field(default=DEFAULTS.score_l2, metadata=_META["score_l2"])
+    sign_threshold: float = field(default=DEFAULTS.sign_threshold, metadata=_META["sign_threshold"])
+    coats: tuple[float, ...] = field(default=DEFAULTS.coats, metadata=_META["coats"])
     variant: str = field(default=DEFAULTS.variant, metadata=_META["variant"])
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, needs a GPU)")
     image_size: int | None = _f(None, "image-folder: side of the square crops (default 224)")

@@ -620,3 +620,75 @@ def product_parallel(a, b, out, chunks):
     for c in prange(chunks):
         c0, c1 = _chunk(a.shape[0], chunks, c)
         product(a[c0:c1], b[c0:c1], out[c0:c1])
+
+
+@njit(cache=True)
+def negate_where_negative(out, scores):
+    """out[i] = -out[i] where scores[i] < 0: a top-k masked weight (:func:`masked_weight`) becomes the signed
+    supermask's ``weight * sign(scores) * mask`` (a zero score counts as positive), bit for bit what the
+    product with the -1 / 0 / +1 levels gives (up to the sign of a pruned weight's zero)."""
+    for i in range(out.shape[0]):
+        if scores[i] < 0:
+            out[i] = -out[i]
+
+
+@njit(cache=True)
+def coated_weight(weight, scores, thresholds, takes, limit, out, kept):
+    """The multicoated weight out = weight * level, level = the number of coats j with |s| above
+    ``thresholds[j]`` (ascending: the outermost coat's first) or equal to it and, where ``limit``, among the
+    first ``takes[j]`` such ties in index order (without ``limit`` every tie counts: the branch-free pass that
+    serves unless ties straddle a threshold). ``kept[j]`` receives each coat's count. A coat's ties nest in
+    the coat before (its budget is no larger), so the first coat that does not take a weight ends its count."""
+    n = weight.shape[0]
+    coats = thresholds.shape[0]
+    for j in range(coats):
+        kept[j] = 0
+    if not limit:
+        for i in range(n):
+            a = abs(scores[i])
+            level = 0
+            for j in range(coats):
+                on = np.int64(a >= thresholds[j])
+                level += on
+                kept[j] += on
+            out[i] = weight[i] * np.float32(level)
+        return
+    left = takes.copy()
+    for i in range(n):
+        a = abs(scores[i])
+        level = 0
+        for j in range(coats):
+            t = thresholds[j]
+            if a > t:
+                level += 1
+            elif a == t and left[j] > 0:
+                left[j] -= 1
+                level += 1
+            else:
+                break
+            kept[j] += 1
+        out[i] = weight[i] * np.float32(level)
+
+
+@njit(cache=True)
+def count_above(scores, thresholds, out):
+    """out[j] = #(|scores| > thresholds[j])."""
+    for j in range(thresholds.shape[0]):
+        out[j] = 0
+    for i in range(scores.shape[0]):
+        a = abs(scores[i])
+        for j in range(thresholds.shape[0]):
+            if a > thresholds[j]:
+                out[j] += 1
+            else:
+                break
+
+
+@njit(cache=True)
+def scaled_abs_straight_through_grad(grad, weight, scores, scale, out):
+    """out = ((grad * weight) * scale) * sign(scores): the multicoated score gradient, each of ``scale``
+    coats passing the gradient straight through |s|, in the order the torch reference multiplies."""
+    for i in range(grad.shape[0]):
+        s = scores[i]
+        sign = np.float32(s > 0) - np.float32(s < 0)
+        out[i] = ((grad[i] * weight[i]) * scale) * sign

@@ -116,8 +116,9 @@ def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.
         raise ValueError(f"{type(model).__name__} has no weights to mask: supermasks go on the weights of "
                          f"{MASKABLE_NAMES} layers")
     densities = layer_densities(model, config.density, config.distribution)
-    check_variant_init(config.init, config.variant, densities)
-    fractions = init_fractions(densities, config.variant)  # what the scaled inits scale the fan by
+    variant = METHODS[config.method].init_variant(config.variant)  # how the scaled inits scale the fan
+    check_variant_init(config.init, variant, densities)
+    fractions = init_fractions(densities, variant)  # what the scaled inits scale the fan by
     init_weights(model, seed, config.init, fractions)
 
     def redraw(key: str, generation: int) -> torch.Tensor:  # the same seeded draw from_ticket repeats

@@ -573,3 +573,76 @@ class StraightThroughRound(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad
+
+
+class SignedMaskedWeight(torch.autograd.Function):
+    """The signed supermask's ``weight * sign(s) * topk(|s|, k)`` fused on CPU (the top-k masked weight of
+    :class:`MaskedWeight`, then the negative scores' entries negated; a zero score counts as positive), with
+    the plain straight-through gradient dL/ds = dL/dW_eff * W (no sign(s): the mask's levels are the signed
+    scores' own). The same values as ``weight * levels`` (:class:`slth.supermask.methods.Signed`), tested bit
+    for bit; scores must differ from NaN. Caller's guard: ``_numba_ok(weight, scores)`` and ``k < numel``."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState):
+        ctx.save_for_backward(weight)
+        w, s = state.view("weight", weight), state.view("scores", scores)
+        out = state.pool.take("weight", weight.shape, w.dtype)
+        flat = out.reshape(-1)
+        threads = kernel_threads(w.shape[0])
+        state.tracker.masked_weight(w, s, k, flat, threads)
+        _kernels().negate_where_negative(flat, s)
+        # the backward pass's array, from the pool: a fresh one costs its page faults every step
+        grad = state.pool.take("grad", weight.shape, w.dtype)
+        ctx.fused = (w, grad, torch.from_numpy(grad), threads)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the array back
+        if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
+            return None, grad * weight, None, None
+        kernels = _kernels()
+        w, out, out_tensor, threads = fused
+        run_kernel(kernels.product, kernels.product_parallel, threads, _flat(grad), w, out.reshape(-1))
+        return None, out_tensor, None, None
+
+
+class CoatedMaskedWeight(torch.autograd.Function):
+    """The multicoated supermask's ``weight * level`` fused on CPU: coat j keeps the top ``counts[j]`` |s|
+    (ties to the first in index order; one :class:`ThresholdTracker` per coat), level = the number of coats
+    keeping a weight; backward dL/ds = ((dL/dW_eff * W) * K) * sign(s), each of the K coats straight through
+    |s|. The same values as the torch path of :class:`slth.supermask.methods.Multicoated`, tested bit for
+    bit. Caller's guard: ``_numba_ok(weight, scores)``."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, counts: tuple[int, ...],
+                trackers: tuple[ThresholdTracker, ...], state: KernelState):
+        kernels = _kernels()
+        ctx.save_for_backward(weight, scores)
+        w, s = state.view("weight", weight), state.view("scores", scores)
+        out = state.pool.take("weight", weight.shape, w.dtype)
+        flat = out.reshape(-1)
+        coats = len(counts)
+        thresholds = np.array([t.threshold(s, k, absolute=True) for k, t in zip(counts, trackers)], dtype=s.dtype)
+        kept = np.empty(coats, dtype=np.int64)
+        kernels.coated_weight(w, s, thresholds, kept, False, flat, kept)  # every tie counts (takes unused)
+        wanted = np.array(counts, dtype=np.int64)
+        if not np.array_equal(kept, wanted):  # ties at a threshold: keep only the first ones in index order
+            above = np.empty(coats, dtype=np.int64)
+            kernels.count_above(s, thresholds, above)
+            kernels.coated_weight(w, s, thresholds, wanted - above, True, flat, kept)
+        ctx.scale = float(coats)
+        grad = state.pool.take("grad", weight.shape, w.dtype)  # the backward pass's array, reused
+        ctx.fused = (w, s, grad, torch.from_numpy(grad))
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, scores = ctx.saved_tensors
+        fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the array back
+        if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
+            return None, ((grad * weight) * ctx.scale) * scores.sign(), None, None, None
+        w, s, out, out_tensor = fused
+        _kernels().scaled_abs_straight_through_grad(_flat(grad), w, s, ctx.scale, out.reshape(-1))
+        return None, out_tensor, None, None, None

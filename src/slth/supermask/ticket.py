@@ -3,7 +3,10 @@
 The frozen weights are not stored: :func:`from_ticket` re-draws them from the seed (the same seeded
 generators as at build time) and applies the masks, so the result is bit-identical to
 ``materialize(trained_model)``. For IteRand the generation of each *kept* weight (which re-draw it holds)
-is stored as ``extras["generation/<name>"]`` (int16, in mask order); buffers that training changes
+is stored as ``extras["generation/<name>"]`` (int16, in mask order). A method whose mask has more than two
+levels (``Method.levels``: signed supermasks' -1 / +1, multicoated supermasks' coat count 1..K) stores the
+kept set in ``masks`` as every method does and the level of each *kept* weight as ``extras["level/<name>"]``
+(int8, nonzero, in mask order); the rebuilt weight is ``W * level``. Buffers that training changes
 (BatchNorm running statistics) as ``extras["buffer/<name>"]``.
 
 A ticket of a registry model (:func:`slth.supermask.build`) names the model and its arguments, so
@@ -137,8 +140,11 @@ def to_ticket(model: nn.Module, path: str | os.PathLike | None = None) -> ticket
                          "(it has no slth_spec)")
     masks, extras = {}, {}
     for name, _module, tensor, p in _supermasks(model):
-        mask = p.final_mask()
+        levels = p.final_levels()  # a multi-level mask (signed, multicoated): the levels of the kept weights
+        mask = p.final_mask() if levels is None else levels != 0
         masks[f"{name}.{tensor}"] = mask.cpu().numpy()
+        if levels is not None:
+            extras[f"level/{name}.{tensor}"] = levels[mask].cpu().numpy().astype(np.int8)
         generation = getattr(p, "generation", None)
         if generation is not None and bool((generation[mask] != 0).any()):
             extras[f"generation/{name}.{tensor}"] = generation[mask].cpu().numpy().astype(np.int16)
@@ -186,7 +192,7 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
                       model, what)
         _check_ties(config.get("ties", {}), model, f"ticket ({what})")
     densities = layer_densities(model, sm.density, sm.distribution)
-    fractions = init_fractions(densities, sm.variant)
+    fractions = init_fractions(densities, METHODS[sm.method].init_variant(sm.variant))
     init_weights(model, ticket.seed, sm.init, fractions)
     targets = {t.name: t for t in prunable_tensors(model)}
     if set(ticket.masks) != set(targets):
@@ -214,7 +220,7 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
         count = int(mask.sum())
         if method.final_count is not None:  # biprop's alpha divisor (its reference variant: int(density * n))
             count = method.final_count(sm.variant, mask.numel(), densities[target.key], count)
-        raw.copy_(final_weight(weight, mask.to(weight.dtype), count))
+        raw.copy_(final_weight(weight, _mask_factor(ticket, key, mask, count, method.levels, weight.dtype), count))
     buffers = dict(model.named_buffers())
     for key, value in ticket.extras.items():
         kind, _, name = key.partition("/")
@@ -231,6 +237,29 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
         model.slth_spec = {"model": config["model"], "model_kwargs": config["model_kwargs"], "seed": ticket.seed,
                            "supermask": config["supermask"], "init": sm.init}
     return model.eval()
+
+
+def _mask_factor(ticket: ticketfile.TicketFile, key: str, mask: torch.Tensor, kept: int, levels: bool,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The float mask ``final_weight`` multiplies by: the 0/1 mask, or for a method with levels (``levels``)
+    the stored level of each kept weight (extras ``level/<key>``, int8, nonzero, in mask order)."""
+    stored = ticket.extras.get(f"level/{key}")
+    method = ticket.config["supermask"]["method"]
+    if not levels:
+        if stored is not None:
+            raise ticketfile.TicketFileError(f"ticket holds levels for {key!r}, but a {method} mask is kept / "
+                                             "pruned only: the ticket is damaged")
+        return mask.to(dtype)
+    if stored is None:
+        raise ticketfile.TicketFileError(f"a {method} ticket needs the level of each kept weight of {key!r} "
+                                         f"(extras 'level/{key}'), which this ticket lacks")
+    stored = np.asarray(stored)
+    if stored.dtype != np.int8 or stored.shape != (kept,) or not bool((stored != 0).all()):
+        raise ticketfile.TicketFileError(f"ticket levels of {key!r} must be {kept} nonzero int8 values (one per "
+                                         f"kept weight), got {stored.size} of {stored.dtype}")
+    factor = torch.zeros(mask.shape, dtype=dtype)
+    factor[mask] = torch.from_numpy(stored.astype(np.int64)).to(dtype)
+    return factor
 
 
 load_ticket = from_ticket

@@ -72,6 +72,8 @@ class TrainConfig(TrainSettings):
                 raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.hidden is not None and self.model != "fc":
             raise ValueError("hidden sizes apply to the fc model only")
+        if isinstance(self.coats, list):  # JSON holds the tuple as a list
+            object.__setattr__(self, "coats", tuple(self.coats))
         if self.variant not in VARIANT_NAMES:
             raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANT_NAMES)}")
         if self.method != "dense":
@@ -111,7 +113,8 @@ class TrainConfig(TrainSettings):
         return SupermaskConfig(method=self.method, density=float(self.density),
                                init=self.init or default("init", self.method, self.variant),
                                distribution=self.distribution, rerand_period=self.rerand_period,
-                               rerand_prob=self.rerand_prob, score_l2=self.score_l2, variant=self.variant)
+                               rerand_prob=self.rerand_prob, score_l2=self.score_l2,
+                               sign_threshold=self.sign_threshold, coats=self.coats, variant=self.variant)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,6 +133,8 @@ class TrainConfig(TrainSettings):
         d = dict(d)
         if d.get("hidden") is not None:
             d["hidden"] = tuple(d["hidden"])
+        if isinstance(d.get("coats"), list):
+            d["coats"] = tuple(d["coats"])
         for key in ("model_args", "data_args"):
             if d.get(key) is not None:
                 d[key] = tuple(tuple(pair) for pair in d[key])
