@@ -22,6 +22,9 @@ class MethodSettings:
     rerand_period: int = field(default=300, metadata={"help": "iterand: steps between re-randomisations"})
     rerand_prob: float = field(default=0.1, metadata={"help": "iterand: probability a pruned weight is re-drawn"})
     score_l2: float = field(default=1e-4, metadata={"help": "gem-miner: lambda of the score regulariser"})
+    gate_l0: float = field(default=1e-4, metadata={
+        "help": "l0-gauss, l0-hc: lambda of the L0 penalty lambda * sum P(gate > 0)"})
+    gate_sigma: float = field(default=0.5, metadata={"help": "l0-gauss: standard deviation of the gates' noise"})
     variant: str = field(default="slth", metadata={
         "help": " | ".join(VARIANT_NAMES) + ": slth's semantics, or each method exactly as its reference code "
                 "(and its defaults; docs/reference-code.md)"})
@@ -37,6 +40,11 @@ class MethodSettings:
         if not is_real(self.score_l2) or not 0.0 <= self.score_l2 < math.inf:
             raise ValueError(f"score_l2 (the score penalty's lambda) must be a finite number >= 0, "
                              f"got {self.score_l2!r}")
+        if not is_real(self.gate_l0) or not 0.0 <= self.gate_l0 < math.inf:
+            raise ValueError(f"gate_l0 (the L0 penalty's lambda) must be a finite number >= 0, got {self.gate_l0!r}")
+        if not is_real(self.gate_sigma) or not 0.0 < self.gate_sigma < math.inf:
+            raise ValueError(f"gate_sigma (the Gaussian gates' noise deviation) must be a finite number > 0, "
+                             f"got {self.gate_sigma!r}")
 
 
 def is_real(value, kind: type = numbers.Real) -> bool:
@@ -92,6 +100,8 @@ class TrainSettings:
     rerand_period: int = field(default=DEFAULTS.rerand_period, metadata=_META["rerand_period"])
     rerand_prob: float = field(default=DEFAULTS.rerand_prob, metadata=_META["rerand_prob"])
     score_l2: float = field(default=DEFAULTS.score_l2, metadata=_META["score_l2"])
+    gate_l0: float = field(default=DEFAULTS.gate_l0, metadata=_META["gate_l0"])
+    gate_sigma: float = field(default=DEFAULTS.gate_sigma, metadata=_META["gate_sigma"])
     variant: str = field(default=DEFAULTS.variant, metadata=_META["variant"])
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, needs a GPU)")
     image_size: int | None = _f(None, "image-folder: side of the square crops (default 224)")

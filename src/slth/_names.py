@@ -7,7 +7,8 @@ these names, in this order: a model or method added there must be named here too
 from __future__ import annotations
 
 MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "vit", "gpt")
-METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner")  # supermask methods ("dense": none)
+# supermask methods ("dense": none)
+METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner", "l0-gauss", "l0-hc")
 # supermask variants (SupermaskConfig.variant): slth's own semantics, or each method as its reference code runs it
 VARIANT_NAMES = ("slth", "reference")
 

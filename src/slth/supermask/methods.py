@@ -71,8 +71,10 @@ from .core import (
     _numba_ok,
     binarized_weight,
     kept_count,
+    kernel_threads,
     percentile_threshold,
     reference_kept_count,
+    run_kernel,
     topk_mask,
 )
 from .init import DISTRIBUTIONS, VARIANTS, check_init, check_variant_init
@@ -93,6 +95,8 @@ class SupermaskConfig:
     rerand_period: int = _METHOD.rerand_period  # IteRand: optimizer steps between re-randomisations (K_per)
     rerand_prob: float = _METHOD.rerand_prob  # IteRand: probability that a pruned weight is re-drawn
     score_l2: float = _METHOD.score_l2  # Gem-Miner: lambda of the sparsity regulariser lambda * sum(s^2)
+    gate_l0: float = _METHOD.gate_l0  # l0-gauss / l0-hc: lambda of the L0 penalty lambda * sum P(z > 0)
+    gate_sigma: float = _METHOD.gate_sigma  # l0-gauss: standard deviation of the gates' noise
     # "slth" (slth's own semantics, the fast kernels) or "reference" (each method as its reference code runs
     # it; the table at the top of this module and docs/reference-code.md say what changes)
     variant: str = _METHOD.variant
@@ -111,12 +115,13 @@ class SupermaskConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
-        self.method_settings()  # checks rerand_period, rerand_prob, score_l2
+        self.method_settings()  # checks rerand_period, rerand_prob, score_l2, gate_l0, gate_sigma
 
     def method_settings(self) -> MethodSettings:
         """The methods' own settings of this config (checked)."""
         return MethodSettings(rerand_period=self.rerand_period, rerand_prob=self.rerand_prob,
-                              score_l2=self.score_l2, variant=self.variant)
+                              score_l2=self.score_l2, gate_l0=self.gate_l0, gate_sigma=self.gate_sigma,
+                              variant=self.variant)
 
 
 class Supermask(nn.Module):
@@ -540,6 +545,189 @@ class GemMiner(Supermask):
         self.alive.copy_(topk_mask(self._ranked_scores(), keep))
 
 
+class _GateWeight(torch.autograd.Function):
+    """A relaxed-gate layer's ``weight * z`` on CPU: one kernel pass forward (the gates, the output, the score
+    gradient's factor and the L0 penalty's gradient, :mod:`slth.supermask._gates`), one product backward."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, gates: _Gates, draw: int):
+        state = gates.kernels
+        w, s = state.view("weight", weight), state.view("scores", scores)
+        n = s.shape[0]
+        out_factor = state.pool.take("gate", (2, n), w.dtype)
+        pgrad = state.pool.take("gate-penalty", (n,), w.dtype)
+        prob = state.pool.take("gate-probability", (n,), w.dtype)
+        gates._words = words = _gates().draw_words(*gates.stream.key, draw, n, gates._words)
+        serial, parallel, args = gates._kernel(w.dtype)
+        total, count = run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args,
+                                  out_factor[0], out_factor[1], pgrad, prob)
+        gates._last = (_identity(scores), draw, float(total), int(count), pgrad)
+        ctx.factor = out_factor[1]
+        ctx.save_for_backward(weight, scores)  # (autograd's check that neither changed in place since)
+        return torch.from_numpy(out_factor[0]).view(weight.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, _ = ctx.saved_tensors
+        factor = ctx.factor
+        if grad.dtype != weight.dtype or not grad.is_cpu:
+            return None, grad * torch.from_numpy(factor).view(grad.shape).to(grad.device), None, None
+        out = np.empty_like(factor)
+        run_kernel(_kernels().product, _kernels().product_parallel, kernel_threads(factor.shape[0]),
+                   _flat(grad), factor, out)
+        return None, torch.from_numpy(out).view(grad.shape), None, None
+
+
+class _GatePenalty(torch.autograd.Function):
+    """``lambda * sum_i P(z_i > 0)`` with its value and gradient computed by the forward kernel."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, value: float, pgrad: np.ndarray, sign: float):
+        ctx.pgrad, ctx.shape, ctx.sign = pgrad, scores.shape, sign
+        return torch.tensor(value, dtype=scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return torch.from_numpy(ctx.pgrad).view(ctx.shape) * (grad * ctx.sign), None, None, None
+
+
+def _gates():
+    """:mod:`slth.supermask._gates`, imported on first use (as :func:`slth.supermask.core._kernels`)."""
+    from . import _gates as module
+
+    return module
+
+
+class _Gates(Supermask):
+    """Relaxed gates z in [0, 1] over the frozen weights, trained by their reparametrised gradients (no
+    straight-through), with an L0 penalty ``lambda * sum_i P(z_i > 0)``; the subclasses say how z is drawn.
+
+    **Density.** The penalty alone sets no density, so slth's variant uses it as Gem-Miner's regulariser is
+    used: it acts only while more than ``k`` of the layer's test-time gates are open (counted in each step's
+    forward pass) and switches off once the count is down to ``k``, and the final mask is the top-k of the
+    scores (the test-time gate is monotone in them), so the stored mask keeps exactly ``kept_count(n,
+    density)`` weights and the eval-mode weight is ``W * mask`` -- binary, as a ticket rebuilds it. The
+    reference variant keeps the penalty on throughout and its final mask is the open test-time gates (any
+    count); it too is binary (the papers' test-time gate keeps the gate's value in (0, 1), which no mask
+    can hold).
+
+    **Noise.** Draw d of a layer is defined by :mod:`slth.supermask._gates` (Philox, key the layer's sample
+    seed); the draw count travels in ``state_dict``.
+    """
+
+    noise: str = ""  # "normal" or "logistic"
+    open_at: float = 0.0  # the test-time gate is open iff score > open_at
+
+    def __init__(self, shape, density, scores, sample_seed: int, lam: float, variant: str = "slth"):
+        super().__init__(shape, density, scores, variant)
+        self.lam = float(lam)
+        self.stream = PhiloxStream(sample_seed)
+        self._words: np.ndarray | None = None
+        self._last: tuple | None = None  # (scores identity, draw, sum P(z > 0), open count, penalty gradient)
+
+    def get_extra_state(self):
+        return {"draws": self.stream.draws}
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("draws"), int) or state["draws"] < 0:
+            raise ValueError(f"{type(self).__name__}: damaged sampling state {state!r} (expected {{'draws': n >= 0}})")
+        self.stream.draws = state["draws"]
+
+    def final_mask(self) -> torch.Tensor:
+        if self.reference:  # the open test-time gates
+            return self.scores.detach() > self.open_at
+        return topk_mask(self.scores.detach(), self.k, tracker=self.tracker)
+
+    def noise_sample(self, draw: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The unit noise of draw ``draw`` (the table's levels: N(0, 1) or logistic), of the scores' shape."""
+        gates = _gates()
+        n = self.scores.numel()
+        levels = gates.noise_levels(gates.draw_words(*self.stream.key, draw, n), n)
+        real = np.float64 if dtype == torch.float64 else np.float32
+        return torch.from_numpy(gates.noise_table(self.noise, real)[levels]).view(self.scores.shape).to(dtype)
+
+    def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        draw = self.stream.next_draw()
+        if not self.reference and _numba_ok(weight, self.scores):
+            return _GateWeight.apply(weight, self.scores, self, draw)
+        eps = self.noise_sample(draw, self.scores.dtype).to(self.scores.device)
+        return weight * self.gate(self.scores, eps)
+
+    def open_count(self) -> int:
+        return int(torch.count_nonzero(self.scores.detach() > self.open_at))
+
+    def regularization(self) -> torch.Tensor | float:
+        if self.lam == 0.0:
+            return 0.0
+        if self.reference:  # always on
+            return self.lam * self.open_probability(self.scores).sum()
+        last = self._last
+        fresh = last is not None and last[0] == _identity(self.scores) and last[1] == self.stream.draws - 1
+        count = last[3] if fresh else self.open_count()
+        if count == self.k:
+            return 0.0
+        sign = 1.0 if count > self.k else -1.0  # close gates while too many are open, open them while too few
+        if fresh:
+            return _GatePenalty.apply(self.scores, sign * self.lam * last[2], last[4], sign)
+        return sign * self.lam * self.open_probability(self.scores).sum()
+
+    # the subclasses' semantics, in torch ops (the reference of the kernels)
+    def gate(self, scores: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def open_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _kernel(self, dtype) -> tuple:
+        raise NotImplementedError
+
+
+class GaussianGates(_Gates):
+    """Gaussian stochastic gates (Yamada et al. 2020, arXiv 1810.04247; for strong lottery tickets Tsayag &
+    Lindenbaum 2026, arXiv 2603.08914): z = clamp(mu + eps, 0, 1), eps ~ N(0, sigma^2) (quantised:
+    :mod:`slth.supermask._gates`), P(z > 0) = Phi(mu / sigma); the test-time gate clamp(mu, 0, 1)."""
+
+    noise = "normal"
+    open_at = 0.0
+
+    def __init__(self, shape, density, scores, sample_seed: int, lam: float, sigma: float, variant: str = "slth"):
+        super().__init__(shape, density, scores, sample_seed, lam, variant)
+        self.sigma = float(sigma)
+
+    def gate(self, scores, eps):
+        return torch.clamp(scores + self.sigma * eps, 0.0, 1.0)
+
+    def open_probability(self, scores):
+        return torch.special.ndtr(scores / self.sigma)
+
+    def _kernel(self, dtype):
+        gates = _gates()
+        return (gates.gauss_gates, gates.gauss_gates_parallel,
+                (gates.noise_table("normal", dtype), self.sigma, self.lam))
+
+
+class HardConcreteGates(_Gates):
+    """Hard-concrete gates (Louizos et al. 2018, arXiv 1712.01312): z = clamp(g (zeta - gamma) + gamma, 0, 1),
+    g = sigmoid((logit u + log alpha) / beta), u ~ U(0, 1) (quantised: :mod:`slth.supermask._gates`),
+    P(z > 0) = sigmoid(log alpha - beta log(-gamma / zeta)); beta = 2/3, gamma = -0.1, zeta = 1.1."""
+
+    noise = "logistic"
+    open_at = math.log(0.1 / 1.1)  # log(-gamma / zeta): the test-time gate clamp(sigmoid(la) 1.2 - 0.1) > 0
+
+    def gate(self, scores, eps):
+        gates = _gates()
+        g = torch.sigmoid((eps + scores) * (1.0 / gates.BETA))
+        return torch.clamp(g * (gates.ZETA - gates.GAMMA) + gates.GAMMA, 0.0, 1.0)
+
+    def open_probability(self, scores):
+        return torch.sigmoid(scores - _gates().HC_SHIFT)
+
+    def _kernel(self, dtype):
+        gates = _gates()
+        return (gates.hard_concrete_gates, gates.hard_concrete_gates_parallel,
+                (gates.noise_table("logistic", dtype), self.lam))
+
+
 def masked_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
     """The effective weight W * m under a (float) mask; ``kept`` = m.sum(), unused."""
     return weight * mask
@@ -571,6 +759,20 @@ def kaiming_uniform_scores(u: torch.Tensor, fan_in: int, density: float, *, divi
     nonlinearity="relu")``, IteRand's score init (dchiji-ntt/iterand ``init_mode_mask: kaiming_uniform``)."""
     centred = 2.0 * u - 1.0
     return centred / math.sqrt(fan_in / 6.0) if divide else centred * math.sqrt(6.0 / fan_in)
+
+
+def stg_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+    """Gaussian gates' mu = 0.5 + 0.01 N(0, 1) (the normal quantile of ``u``): runopti/stg's mu = 0.01 N(0, 1)
+    in its gate clamp(mu + 0.5 + eps, 0, 1), written as clamp(mu + eps, 0, 1)."""
+    tiny = 2.0 ** -25  # u = 0 would map to -inf
+    return 0.5 + 0.01 * torch.special.ndtri(u.clamp(tiny, 1.0 - tiny).double()).to(u.dtype)
+
+
+def log_alpha_scores(u: torch.Tensor, fan_in: int, density: float, *, divide: bool = False) -> torch.Tensor:
+    """Hard-concrete log alpha = 0.01 N(0, 1) (the normal quantile of ``u``): L0_regularization's
+    ``qz_loga.normal_(log(1 - droprate_init) - log(droprate_init), 1e-2)`` at droprate_init 0.5."""
+    tiny = 2.0 ** -25
+    return 0.01 * torch.special.ndtri(u.clamp(tiny, 1.0 - tiny).double()).to(u.dtype)
 
 
 @dataclass(frozen=True)
@@ -632,6 +834,8 @@ class Method:
 # at 2.0). Bernoulli's sigmoid gradients are small (Zhou et al. also used very large rates) and
 # Gem-Miner's scores live in [0, 1]: their rates are the best of {1, 10, 50, 100, 200, 500} and
 # {0.01, 0.1, 1, 3} on digits (FC 64-300-100-10, density 0.5, 10 epochs).
+GATE_LR = 1.0  # placeholder, tuned below
+HC_LR = 1.0
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("edge-popup", lambda shape, density, scores, *, config, **_: EdgePopup(shape, density, scores,
                                                                                    config.variant),
@@ -673,5 +877,22 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            doc="scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, a shrinking removable set",
            reference=ReferenceDefaults(0.1, 0.0, "signed-constant",
                                        "ksreenivasan/pruning_is_enough configs/ablation_ep_gm_resnet20_059/gm.yml")),
+    Method("l0-gauss", lambda shape, density, scores, *, config, sample_seed, **_: GaussianGates(
+               shape, density, scores, sample_seed, lam=config.gate_l0, sigma=config.gate_sigma,
+               variant=config.variant),
+           stg_scores, lr=GATE_LR, weight_decay=0.0,  # the L0 penalty instead (gate_l0)
+           paper="Tsayag & Lindenbaum 2026, Uncovering a Winning Lottery Ticket with Continuously Relaxed "
+                 "Bernoulli Gates, arXiv 2603.08914 (gates: Yamada et al. 2020, arXiv 1810.04247)",
+           doc="Gaussian stochastic gates clamp(mu + eps, 0, 1), L0 penalty until k gates are open, top-k of mu",
+           reference=ReferenceDefaults(GATE_LR, 0.0, "signed-constant",
+                                       "no official code; runopti/stg python/stg/layers.py (sigma 0.5, mu init)")),
+    Method("l0-hc", lambda shape, density, scores, *, config, sample_seed, **_: HardConcreteGates(
+               shape, density, scores, sample_seed, lam=config.gate_l0, variant=config.variant),
+           log_alpha_scores, lr=HC_LR, weight_decay=0.0,
+           paper="Louizos et al. 2018, Learning Sparse Neural Networks through L0 Regularization, arXiv 1712.01312",
+           doc="hard-concrete gates, L0 penalty until k gates are open, top-k of log alpha",
+           reference=ReferenceDefaults(HC_LR, 0.0, "signed-constant",
+                                       "AMLab-Amsterdam/L0_regularization l0_layers.py (beta, gamma, zeta, "
+                                       "log alpha init)")),
 )}
 check_registry("supermask method", METHODS, METHOD_NAMES)  # slth train --help lists them without torch
