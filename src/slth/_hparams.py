@@ -22,7 +22,7 @@ class MethodSettings:
     rerand_period: int = field(default=300, metadata={"help": "iterand: steps between re-randomisations"})
     rerand_prob: float = field(default=0.1, metadata={"help": "iterand: probability a pruned weight is re-drawn"})
     score_l2: float = field(default=1e-4, metadata={"help": "gem-miner: lambda of the score regulariser"})
-    gate_l0: float = field(default=1e-4, metadata={
+    gate_l0: float = field(default=3e-4, metadata={
         "help": "l0-gauss, l0-hc: lambda of the L0 penalty lambda * sum P(gate > 0)"})
     gate_sigma: float = field(default=0.5, metadata={"help": "l0-gauss: standard deviation of the gates' noise"})
     variant: str = field(default="slth", metadata={

@@ -89,28 +89,27 @@ def _level(words, i):
     return (words[i >> 1] >> np.uint32(16 * (i & 1))) & np.uint32(0xFFFF)
 
 
-_ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587,
-         -0.82215223, 0.17087277)  # Numerical Recipes' erfcc: erfc(z) = t exp(-z^2 + poly(t)), t = 1 / (1 + z / 2)
+_ERF = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # Abramowitz & Stegun 7.1.26
+_ERF_P = 0.3275911
 
 
 def _phi_of(real):
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = (real(v) for v in _ERFC)
-    half, one, root = real(0.5), real(1.0), real(0.7071067811865476)
+    a1, a2, a3, a4, a5 = (real(v) for v in _ERF)
+    p, half, one, root = real(_ERF_P), real(0.5), real(1.0), real(0.7071067811865476)
     exp = _exp32 if real is np.float32 else math.exp
 
     def phi(x):
         z = abs(x) * root
-        t = one / (one + half * z)
-        poly = c0 + t * (c1 + t * (c2 + t * (c3 + t * (c4 + t * (c5 + t * (c6 + t * (c7 + t * (c8 + t * c9))))))))
-        tail = half * t * exp(-z * z + poly)  # P(N > |x|)
+        t = one / (one + p * z)
+        tail = half * (t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))))) * exp(-z * z)  # P(N > |x|)
         return tail if x < real(0.0) else one - tail
 
     return phi
 
 
 def phi(x):
-    """The standard normal CDF, ``0.5 erfc(-x / sqrt 2)``, by Numerical Recipes' ``erfcc`` (relative error of
-    erfc below 1.2e-7), in ``x``'s float type (numba only)."""
+    """The standard normal CDF, ``0.5 erfc(-x / sqrt 2)``, by Abramowitz & Stegun 7.1.26 (absolute error below
+    7.5e-8), in ``x``'s float type (numba only)."""
     raise NotImplementedError("phi is a numba function")
 
 
@@ -245,3 +244,21 @@ def hard_concrete_gates_parallel(weight, scores, words, table, lam, out, factor,
         c0, c1 = _chunk(scores.shape[0], chunks, c)
         _hc_pass(weight, scores, words, table, lam, out, factor, pgrad, prob, c0, c1)
     return _sums(prob, scores, HC_OPEN)
+
+
+@njit(cache=True)
+def product_plus(grad, factor, scale, pgrad, out):
+    """out = grad * factor + scale * pgrad elementwise: a gate layer's score gradient, the weight path's and
+    the L0 penalty's in one pass."""
+    real = factor.dtype.type
+    c = real(scale)
+    for i in range(grad.shape[0]):
+        out[i] = grad[i] * factor[i] + c * pgrad[i]
+
+
+@njit(cache=True, parallel=True)
+def product_plus_parallel(grad, factor, scale, pgrad, out, chunks):
+    """:func:`product_plus` over ``chunks`` contiguous chunks on numba's threads."""
+    for c in prange(chunks):
+        c0, c1 = _chunk(grad.shape[0], chunks, c)
+        product_plus(grad[c0:c1], factor[c0:c1], scale, pgrad[c0:c1], out[c0:c1])
