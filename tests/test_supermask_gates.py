@@ -153,6 +153,43 @@ def test_penalty_is_off_at_the_target_and_always_on_in_the_reference_variant():
     assert abs(float(fresh.regularization()) - expected) < 1e-6
 
 
+def test_penalty_gain_grows_on_one_side_of_k_and_halves_on_a_crossing():
+    mu = torch.tensor([[0.5, 0.3], [-1.2, 0.05]])  # three open, k = 2
+    p = _layer(GaussianGates, mu, sigma=0.5)
+    w = torch.ones(2, 2)
+    gains = []
+    for _ in range(3):
+        p(w)
+        r = p.regularization()
+        gains.append(float(p.gain))
+        assert float(r) > 0
+    assert gains == pytest.approx([1.0, 1.02, 1.02 ** 2], rel=1e-12)  # the first step only records the side
+    base = 0.1 * sum(NormalDist().cdf(v / 0.5) for v in mu.view(-1).tolist())
+    p(w)
+    assert abs(float(p.regularization()) - 1.02 ** 2 * base) < 1e-5  # the penalty at the gain before the update
+    p(w)
+    p.regularization()  # a second call in the same draw does not adapt again
+    assert float(p.gain) == pytest.approx(1.02 ** 4, rel=1e-12)
+    with torch.no_grad():
+        p.scores.copy_(torch.tensor([[0.5, -0.3], [-1.2, -0.05]]))  # one open: below k, the term opens gates
+    p(w)
+    r = p.regularization()
+    assert float(r) < 0 and float(p.gain) == pytest.approx(1.02 ** 4 * 0.5, rel=1e-12)
+    assert "gain" in p.state_dict()
+
+
+@pytest.mark.parametrize("cls, kw, bounds", [(GaussianGates, {"sigma": 0.5}, (-0.5, 1.5)),
+                                             (HardConcreteGates, {}, (-4.0, 4.0))])
+def test_slth_variant_keeps_the_scores_where_the_penalty_acts(cls, kw, bounds):
+    s = torch.tensor([[-9.0, 0.25], [1.25, 9.0]])
+    p = _layer(cls, s, **kw)
+    p.after_step(1, torch.ones(2, 2))
+    assert p.scores.detach().tolist() == [[bounds[0], 0.25], [1.25, bounds[1]]]
+    ref = cls(s.shape, 0.5, s, 7, lam=0.1, variant="reference", **kw)
+    ref.after_step(1, torch.ones(2, 2))
+    assert torch.equal(ref.scores.detach(), s)
+
+
 # ---------------------------------------------------------------- density, tickets, frozen weights
 def _trained(method, density, steps=6, variant="slth", **kw):
     cfg = SupermaskConfig(method=method, density=density, variant=variant, **kw)
@@ -231,6 +268,9 @@ def test_same_seed_same_bits_and_the_draw_count_resumes_exactly():
     resumed.load_state_dict(a.state_dict())  # two draws taken
     b(w)
     assert torch.equal(resumed(w), a(w)) and resumed.stream.draws == 3
+    a.gain.fill_(3.0)
+    resumed.load_state_dict(a.state_dict())
+    assert float(resumed.gain) == 3.0  # the penalty's gain resumes too
     with pytest.raises(ValueError, match="damaged sampling state"):
         resumed.set_extra_state({"draws": -1})
 
