@@ -94,3 +94,19 @@ def test_two_processes_stream_an_image_folder_with_batchnorm(tmp_path):
     from slth.supermask import from_ticket
 
     assert from_ticket(out / "ticket.slth")(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("method", ["l0-gauss", "l0-hc"])
+def test_relaxed_gates_train_under_torchrun(tmp_path, method):
+    # every rank draws the same noise (the layer's seed and draw count) and counts the same open gates, so the
+    # penalty's switch agrees across ranks and the averaged gradient is the one-process gradient of the batch
+    result = _torchrun(["-m", "slth", "train", "--method", method, "--epochs", "1", "--density", "0.3", *ARGS,
+                        "--out", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    m = _metrics(tmp_path / "run")
+    assert m["world_size"] == 2 and m["finished"] and m["config"]["method"] == method
+    from slth.supermask import from_ticket, kept_count
+
+    rebuilt = from_ticket(tmp_path / "run" / "ticket.slth")
+    kept = [int((layer.weight != 0).sum()) for layer in rebuilt.modules() if isinstance(layer, torch.nn.Linear)]
+    assert kept == [kept_count(64 * 64, 0.3), kept_count(64 * 10, 0.3)]

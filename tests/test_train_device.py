@@ -48,7 +48,7 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("method", ["dense", "edge-popup", "bernoulli", "biprop", "gem-miner"])
+@pytest.mark.parametrize("method", ["dense", "edge-popup", "bernoulli", "biprop", "gem-miner", "l0-gauss", "l0-hc"])
 def test_cuda_training_rebuilds_on_the_cpu(tmp_path, method, precision):
     run = train(TrainConfig(method=method, **TINY, device="cuda", precision=precision), tmp_path, quiet=True)
     assert run.metrics["device"].startswith("cuda") and run.metrics["finished"]
@@ -78,7 +78,7 @@ def test_bf16_on_cpu_trains(tmp_path):
     assert run.metrics["test_accuracy"] > 0.6
 
 
-@pytest.mark.parametrize("method", ["edge-popup", "bernoulli", "biprop", "iterand", "gem-miner"])
+@pytest.mark.parametrize("method", ["edge-popup", "bernoulli", "biprop", "iterand", "gem-miner", "l0-gauss", "l0-hc"])
 def test_torch_path_of_every_method_trains_and_rebuilds(tmp_path, monkeypatch, method):
     """The path a GPU takes: the numba kernels refused, every method computes with torch operations."""
     import importlib

@@ -38,6 +38,9 @@ class MethodSettings:
     coats: tuple[float, ...] = field(default=(0.2627, 0.105), metadata={
         "help": "multicoated: the inner coats' kept fractions relative to the outermost coat's (density), "
                 "decreasing, each in (0, 1), e.g. 0.2627,0.105 (empty: one coat)"})
+    gate_l0: float = field(default=3e-4, metadata={
+        "help": "l0-gauss, l0-hc: lambda of the L0 penalty lambda * sum P(gate > 0)"})
+    gate_sigma: float = field(default=0.5, metadata={"help": "l0-gauss: standard deviation of the gates' noise"})
     variant: str = field(default="slth", metadata={
         "help": " | ".join(VARIANT_NAMES) + ": slth's semantics, or each method exactly as its reference code "
                 "(and its defaults; docs/reference-code.md)"})
@@ -57,6 +60,11 @@ class MethodSettings:
             raise ValueError(f"sign_threshold (tau as a fraction of the largest initial |score|) must lie in [0, 1), "
                              f"got {self.sign_threshold!r}")
         check_coats(self.coats)
+        if not is_real(self.gate_l0) or not 0.0 <= self.gate_l0 < math.inf:
+            raise ValueError(f"gate_l0 (the L0 penalty's lambda) must be a finite number >= 0, got {self.gate_l0!r}")
+        if not is_real(self.gate_sigma) or not 0.0 < self.gate_sigma < math.inf:
+            raise ValueError(f"gate_sigma (the Gaussian gates' noise deviation) must be a finite number > 0, "
+                             f"got {self.gate_sigma!r}")
 
 
 MAX_COATS = 127  # a weight's coat count is stored as an int8 (tickets: extras "level/<name>")
@@ -130,6 +138,8 @@ class TrainSettings:
     score_l2: float = field(default=DEFAULTS.score_l2, metadata=_META["score_l2"])
     sign_threshold: float = field(default=DEFAULTS.sign_threshold, metadata=_META["sign_threshold"])
     coats: tuple[float, ...] = field(default=DEFAULTS.coats, metadata=_META["coats"])
+    gate_l0: float = field(default=DEFAULTS.gate_l0, metadata=_META["gate_l0"])
+    gate_sigma: float = field(default=DEFAULTS.gate_sigma, metadata=_META["gate_sigma"])
     variant: str = field(default=DEFAULTS.variant, metadata=_META["variant"])
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, needs a GPU)")
     image_size: int | None = _f(None, "image-folder: side of the square crops (default 224)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 MODEL_NAMES = ("fc", "conv2", "conv4", "conv6", "conv8", "lenet5", "resnet20", "vit", "gpt")
 # supermask methods ("dense": none)
-METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner", "signed", "multicoated")
+METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner", "signed", "multicoated", "l0-gauss",
+                "l0-hc")
 # supermask variants (SupermaskConfig.variant): slth's own semantics, or each method as its reference code runs it
 VARIANT_NAMES = ("slth", "reference")
 CONSTRUCTION_METHOD_NAMES = ("pensia", "malach")  # construction methods (slth.construction.methods.METHODS)

@@ -114,7 +114,8 @@ class TrainConfig(TrainSettings):
                                init=self.init or default("init", self.method, self.variant),
                                distribution=self.distribution, rerand_period=self.rerand_period,
                                rerand_prob=self.rerand_prob, score_l2=self.score_l2,
-                               sign_threshold=self.sign_threshold, coats=self.coats, variant=self.variant)
+                               sign_threshold=self.sign_threshold, coats=self.coats, gate_l0=self.gate_l0,
+                               gate_sigma=self.gate_sigma, variant=self.variant)
 
     def to_dict(self) -> dict:
         d = asdict(self)
