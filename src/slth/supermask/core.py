@@ -359,7 +359,8 @@ class MaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None,
+                ranking: np.ndarray | None = None):
         ctx.save_for_backward(weight, scores)
         if k >= weight.numel() or not _numba_ok(weight, scores):
             ctx.fused = None
@@ -368,7 +369,9 @@ class MaskedWeight(torch.autograd.Function):
         w, s = state.view("weight", weight), state.view("scores", scores)
         out = state.pool.take("weight", weight.shape, w.dtype)
         threads = kernel_threads(w.shape[0])
-        state.tracker.masked_weight(w, s, k, out.reshape(-1), threads)
+        # ``ranking``: the values whose |.| are ranked instead of the scores' (a sparse source's scores with its
+        # absent weights at 0: slth.supermask.methods.EdgePopup); the gradient is the scores' all the same
+        state.tracker.masked_weight(w, s if ranking is None else ranking, k, out.reshape(-1), threads)
         # the backward pass's arrays, prepared here: after the forward pass each Python step costs more
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused = (w, s, grad, torch.from_numpy(grad), threads)
@@ -379,13 +382,13 @@ class MaskedWeight(torch.autograd.Function):
         weight, scores = ctx.saved_tensors  # (also autograd's check that neither changed in place since)
         fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the array back
         if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
-            return None, grad * weight * scores.sign(), None, None
+            return None, grad * weight * scores.sign(), None, None, None
         kernels = _kernels()
 
         w, s, out, out_tensor, threads = fused
         run_kernel(kernels.abs_straight_through_grad, kernels.abs_straight_through_grad_parallel, threads,
                    _flat(grad), w, s, out.reshape(-1))
-        return None, out_tensor, None, None
+        return None, out_tensor, None, None, None
 
 
 def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:

@@ -75,7 +75,10 @@ class TrainConfig(TrainSettings):
         if self.variant not in VARIANT_NAMES:
             raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANT_NAMES)}")
         if self.method != "dense":
-            self.supermask_config()  # validates init, distribution and method hyper-parameters
+            self.supermask_config()  # validates init, distribution, the source and method hyper-parameters
+        elif self.source != "dense":
+            raise ValueError(f"source {self.source!r} is the random network a supermask searches; the dense "
+                             "method trains every weight (choose a supermask method)")
 
     def resolved(self) -> TrainConfig:
         """This config with every ``None`` default replaced by the method's default."""
@@ -111,7 +114,10 @@ class TrainConfig(TrainSettings):
         return SupermaskConfig(method=self.method, density=float(self.density),
                                init=self.init or default("init", self.method, self.variant),
                                distribution=self.distribution, rerand_period=self.rerand_period,
-                               rerand_prob=self.rerand_prob, score_l2=self.score_l2, variant=self.variant)
+                               rerand_prob=self.rerand_prob, score_l2=self.score_l2, variant=self.variant,
+                               source=self.source, source_density=float(self.source_density),
+                               source_distribution=self.source_distribution,
+                               source_locked=float(self.source_locked))
 
     def to_dict(self) -> dict:
         d = asdict(self)
