@@ -232,3 +232,28 @@ def test_train_config_takes_the_source_and_refuses_it_for_dense():
         TrainConfig(method="dense", source="erdos-renyi", source_density=0.4)
     with pytest.raises(ValueError, match="exceeds source_density"):
         TrainConfig(method="edge-popup", density=0.5, source="erdos-renyi", source_density=0.4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_sources_on_cuda_keep_the_masks_inside_and_rebuild(method):
+    model = _model(method, **PF).cuda()
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(32, *SHAPE, generator=gen).cuda(), torch.randint(0, 10, (32,), generator=gen).cuda()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    model.train()
+    for step in range(1, 5):
+        loss = F.cross_entropy(model(x), y) + sm.regularization(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sm.after_step(model, step)
+        sm.after_epoch(model, step, 4)
+    model.eval()
+    for key, p in _patterns(model).items():
+        m = p.final_mask()
+        assert int(m.sum()) == p.k and not (m & p.absent).any() and m[p.locked].all()
+    rebuilt = sm.from_ticket(sm.to_ticket(model))
+    plain = sm.materialize(model)
+    for (ka, a), (_, b) in zip(plain.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(a.cpu(), b), ka

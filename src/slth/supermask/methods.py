@@ -88,7 +88,7 @@ class SupermaskConfig:
     method: str = "edge-popup"
     density: float = 0.5
     init: str | None = None  # None: the method's default init (its METHODS entry)
-    distribution: str = "uniform"  # per-layer densities: "uniform" or "erk"
+    distribution: str = "uniform"  # per-layer densities: "uniform", "erk", "balanced" or "pyramidal"
     # the methods' own settings (slth._hparams.MethodSettings: the defaults, defined there once)
     rerand_period: int = _METHOD.rerand_period  # IteRand: optimizer steps between re-randomisations (K_per)
     rerand_prob: float = _METHOD.rerand_prob  # IteRand: probability that a pruned weight is re-drawn
