@@ -250,7 +250,7 @@ def test_sources_on_cuda_keep_the_masks_inside_and_rebuild(method):
         sm.after_step(model, step)
         sm.after_epoch(model, step, 4)
     model.eval()
-    for key, p in _patterns(model).items():
+    for p in _patterns(model).values():
         m = p.final_mask()
         assert int(m.sum()) == p.k and not (m & p.absent).any() and m[p.locked].all()
     rebuilt = sm.from_ticket(sm.to_ticket(model))
