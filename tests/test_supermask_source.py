@@ -257,3 +257,23 @@ def test_sources_on_cuda_keep_the_masks_inside_and_rebuild(method):
     plain = sm.materialize(model)
     for (ka, a), (_, b) in zip(plain.state_dict().items(), rebuilt.state_dict().items()):
         assert torch.equal(a.cpu(), b), ka
+
+
+def test_the_fused_source_path_gives_the_torch_paths_weights_and_score_gradients():
+    model = _model("edge-popup", density=0.25, **ER).train()
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, *SHAPE, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    layers = list(_patterns(model).values())
+
+    def grads():
+        for p in layers:
+            p.scores.grad = None
+        F.cross_entropy(model(x), y).backward()
+        return [p.scores.grad.clone() for p in layers]
+
+    fused = grads()
+    for p in layers:  # the reference: the straight-through top-k over the source in torch ops
+        p._source_training_weight = lambda w, p=p: w * p.training_mask()
+    reference = grads()
+    assert all(torch.equal(a, b) for a, b in zip(fused, reference))
+    assert all(not g[p.absent].any() for g, p in zip(fused, layers))
