@@ -409,7 +409,8 @@ class BinarizedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None,
+                ranking: np.ndarray | None = None):
         kernels = _kernels()
 
         state = state or KernelState()
@@ -419,11 +420,11 @@ class BinarizedWeight(torch.autograd.Function):
         c = state.magnitude(weight)
         threads = kernel_threads(w.shape[0])
         if c:  # alpha = sum(c * m) / k = c exactly (float64 sums of k copies of a float32 are exact)
-            state.tracker.masked_weight(w, s, k, flat_out, threads)
+            state.tracker.masked_weight(w, s if ranking is None else ranking, k, flat_out, threads)
             ctx.alpha, ctx.mask = c, None
         else:
             ctx.mask = state.pool.take("mask", s.shape, w.dtype)
-            state.tracker.mask(s, k, ctx.mask)
+            state.tracker.mask(s if ranking is None else ranking, k, ctx.mask)  # (ranking: as MaskedWeight's)
             ctx.alpha = kernels.binarized_weight(w, ctx.mask, k, flat_out)
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused, ctx.k = (w, s, flat_out, grad, torch.from_numpy(grad), threads), k
@@ -443,7 +444,7 @@ class BinarizedWeight(torch.autograd.Function):
             with torch.enable_grad():
                 s = scores.detach().requires_grad_(True)
                 reference = binarized_weight(weight, GetSubnet.apply(s.abs(), ctx.k), ctx.k)
-                return None, torch.autograd.grad(reference, s, grad)[0], None, None
+                return None, torch.autograd.grad(reference, s, grad)[0], None, None, None
         w, s, effective, out, out_tensor, threads = fused
         g = _flat(grad.to(weight.dtype))
         if mask is None:  # (its parallel form takes the thread count as its chunk count)
@@ -451,7 +452,7 @@ class BinarizedWeight(torch.autograd.Function):
                        ctx.alpha, ctx.k, out.reshape(-1))
         else:
             kernels.binarized_grad(g, w, s, mask, ctx.alpha, ctx.k, out.reshape(-1))
-        return None, out_tensor, None, None
+        return None, out_tensor, None, None, None
 
 
 def _identity(*tensors: torch.Tensor) -> tuple:

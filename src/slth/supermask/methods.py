@@ -189,9 +189,10 @@ class Supermask(nn.Module):
         values = values.masked_fill(self.absent, -math.inf)
         return values if self.locked is None else values.masked_fill(self.locked, math.inf)
 
-    def _source_training_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight * training_mask()`` in a sparse source. Without locked weights, fused: the kernel ranks
-        |s| with the absent weights' entries at 0 (their weights are 0, so their straight-through gradient
+    def _source_training_weight(self, weight: torch.Tensor, fused=MaskedWeight) -> torch.Tensor:
+        """``effective_weight(weight, training_mask())`` in a sparse source. Without locked weights, fused
+        (``fused``: :class:`MaskedWeight`, or biprop's :class:`BinarizedWeight`): the kernel ranks |s| with
+        the absent weights' entries at 0 (their weights are 0, so their straight-through gradient
         g * W * sign(s) is 0 too); exact unless the k-th largest is 0 itself (a present score at exactly 0
         tied with the absent ones), where the torch path decides."""
         if self.locked is None and _numba_ok(weight, self.scores) and self.k < weight.numel():
@@ -199,11 +200,11 @@ class Supermask(nn.Module):
             present = self._present_factor(s.dtype)
             ranking = self.kernels.pool.take("ranking", s.shape, s.dtype)
             np.multiply(s, present, out=ranking)
-            out = MaskedWeight.apply(weight, self.scores, self.k, self.kernels, ranking)
+            out = fused.apply(weight, self.scores, self.k, self.kernels, ranking)
             threshold = self.tracker._last
             if threshold is not None and threshold > 0:
                 return out
-        return weight * self.training_mask()
+        return self.effective_weight(weight, self.training_mask())
 
     def _present_factor(self, dtype) -> np.ndarray:
         """1 where the source has the weight, 0 where absent (flat numpy, the scores' dtype), cached."""
@@ -287,7 +288,9 @@ class BiProp(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         if self.reference:  # straight-through: the score gradient does not pass through alpha
             return self._reference_training_weight(weight)
-        if _numba_ok(weight, self.scores) and self.k < weight.numel() and self.absent is None:
+        if self.absent is not None:  # a sparse source
+            return self._source_training_weight(weight, BinarizedWeight)
+        if _numba_ok(weight, self.scores) and self.k < weight.numel():
             # == binarized_weight(weight, GetSubnet.apply(scores.abs(), k), k), fused (tested against it)
             return BinarizedWeight.apply(weight, self.scores, self.k, self.kernels)
         return super().training_weight(weight)
