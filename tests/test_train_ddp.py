@@ -110,3 +110,32 @@ def test_relaxed_gates_train_under_torchrun(tmp_path, method):
     rebuilt = from_ticket(tmp_path / "run" / "ticket.slth")
     kept = [int((layer.weight != 0).sum()) for layer in rebuilt.modules() if isinstance(layer, torch.nn.Linear)]
     assert kept == [kept_count(64 * 64, 0.3), kept_count(64 * 10, 0.3)]
+
+
+def test_two_processes_train_in_a_sparse_source(tmp_path):
+    """slth train's generated --source options under torchrun: every process draws the same pattern from the
+    seed (nothing synchronises it), the ticket rebuilds (its masks checked against the re-drawn pattern) and
+    the accuracy is the one-process run's."""
+    torch.set_num_threads(1)
+    source = {"source": "erdos-renyi", "source_density": 0.5, "source_distribution": "erk"}
+    config = TrainConfig(method="edge-popup", model="fc", data="digits", hidden=(64,), batch_size=64, seed=2,
+                         epochs=2, device="cpu", density=0.3, **source)
+    one = train(config, tmp_path / "one", quiet=True)
+    run = _torchrun(["-m", "slth", "train", "--method", "edge-popup", "--epochs", "2", "--density", "0.3",
+                     "--source", "erdos-renyi", "--source-density", "0.5", "--source-distribution", "erk", *ARGS,
+                     "--out", str(tmp_path / "two")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    m = _metrics(tmp_path / "two")
+    assert m["world_size"] == 2 and m["config"]["source"] == "erdos-renyi"
+    assert abs(m["test_accuracy"] - one.metrics["test_accuracy"]) <= 0.02, (m, one.metrics["test_accuracy"])
+    from slth.supermask import from_ticket
+
+    rebuilt = from_ticket(tmp_path / "two" / "ticket.slth")  # refuses masks outside the re-drawn source
+    from slth.supermask import build
+    from slth.supermask.apply import supermask_layers
+
+    model = build("fc", (1, 8, 8), 10, seed=2, hidden=[64], supermask=config.resolved().supermask_config())
+    modules = dict(rebuilt.named_modules())
+    for key, _, p in supermask_layers(model):
+        weight = modules[key].weight
+        assert not weight[p.absent].any() and int((weight != 0).sum()) <= p.k

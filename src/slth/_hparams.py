@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ._names import CONSTRUCTION_METHOD_NAMES, METHOD_NAMES, MODEL_NAMES, VARIANT_NAMES
+from ._names import (
+    CONSTRUCTION_METHOD_NAMES,
+    DISTRIBUTION_NAMES,
+    METHOD_NAMES,
+    MODEL_NAMES,
+    SOURCE_NAMES,
+    VARIANT_NAMES,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,18 @@ class MethodSettings:
     variant: str = field(default="slth", metadata={
         "help": " | ".join(VARIANT_NAMES) + ": slth's semantics, or each method exactly as its reference code "
                 "(and its defaults; docs/reference-code.md)"})
+    # the random network the mask is searched in (docs/training.md, "Sparse random sources")
+    source: str = field(default="dense", metadata={
+        "help": " | ".join(SOURCE_NAMES) + ": the random network the mask is searched in: every weight, an "
+                "Erdos-Renyi sparse one (arXiv 2210.02412), or one with random weights frozen pruned or locked "
+                "(arXiv 2402.14029); the pattern is drawn from the seed"})
+    source_density: float = field(default=1.0, metadata={
+        "help": "fraction of the weights present in the source (1 - the frozen-pruned fraction); "
+                "--density may not exceed it"})
+    source_distribution: str = field(default="uniform", metadata={
+        "help": "per-layer source density: " + " | ".join(DISTRIBUTION_NAMES)})
+    source_locked: float = field(default=0.0, metadata={
+        "help": "partially-frozen: fraction of the weights frozen as kept (locked); --density may not be below it"})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANT_NAMES:
@@ -66,6 +85,31 @@ class MethodSettings:
             raise ValueError(f"gate_sigma (the Gaussian gates' noise deviation) must be a finite number > 0, "
                              f"got {self.gate_sigma!r}")
 
+        self._check_source()
+
+    def _check_source(self) -> None:
+        if self.source not in SOURCE_NAMES:
+            raise ValueError(f"unknown source {self.source!r}; valid names: {', '.join(SOURCE_NAMES)}")
+        if self.source_distribution not in DISTRIBUTION_NAMES:
+            raise ValueError(f"unknown source distribution {self.source_distribution!r}; "
+                             f"valid names: {', '.join(DISTRIBUTION_NAMES)}")
+        if not is_real(self.source_density) or not 0.0 < self.source_density <= 1.0:
+            raise ValueError(f"source_density (fraction of the weights present) must lie in (0, 1], "
+                             f"got {self.source_density!r}")
+        if not is_real(self.source_locked) or not 0.0 <= self.source_locked <= 1.0:
+            raise ValueError(f"source_locked (fraction frozen as kept) must lie in [0, 1], got {self.source_locked!r}")
+        if self.source == "dense" and (self.source_density != 1.0 or self.source_distribution != "uniform"
+                                       or self.source_locked != 0.0):
+            raise ValueError("source_density, source_distribution and source_locked describe a sparse source: "
+                             "choose source 'erdos-renyi' or 'partially-frozen' (the dense source has every weight)")
+        if self.source == "erdos-renyi" and self.source_locked != 0.0:
+            raise ValueError("source_locked applies to the partially-frozen source, not to erdos-renyi")
+        if self.source_locked > self.source_density:
+            raise ValueError(f"source_locked ({self.source_locked}) exceeds source_density ({self.source_density}): "
+                             "the locked weights are part of the source")
+        if self.source != "dense" and self.variant == "reference":
+            raise ValueError(f"the reference variant runs each method as its reference code, which has no sparse "
+                             f"source; source {self.source!r} needs variant 'slth'")
 
 MAX_COATS = 127  # a weight's coat count is stored as an int8 (tickets: extras "level/<name>")
 
@@ -118,7 +162,7 @@ class TrainSettings:
     weight_decay: float | None = _f(None, "default per method")
     init: str | None = _f(None, "kaiming-normal | scaled-kaiming-normal | signed-constant | scaled-signed-constant "
                                 "(default: dense kaiming-normal, else signed-constant)")
-    distribution: str = _f("uniform", "per-layer density: uniform | erk")
+    distribution: str = _f("uniform", "per-layer density: " + " | ".join(DISTRIBUTION_NAMES))
     normalize: bool = _f(True, "normalise the inputs by the data set's mean and std")
     augment: bool | None = _f(None, "random crop + flip (default: on for cifar10)")
     hidden: tuple[int, ...] | None = _f(None, "fc hidden sizes before the width multiplier, e.g. 300,100")
@@ -141,6 +185,10 @@ class TrainSettings:
     gate_l0: float = field(default=DEFAULTS.gate_l0, metadata=_META["gate_l0"])
     gate_sigma: float = field(default=DEFAULTS.gate_sigma, metadata=_META["gate_sigma"])
     variant: str = field(default=DEFAULTS.variant, metadata=_META["variant"])
+    source: str = field(default=DEFAULTS.source, metadata=_META["source"])
+    source_density: float = field(default=DEFAULTS.source_density, metadata=_META["source_density"])
+    source_distribution: str = field(default=DEFAULTS.source_distribution, metadata=_META["source_distribution"])
+    source_locked: float = field(default=DEFAULTS.source_locked, metadata=_META["source_locked"])
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, needs a GPU)")
     image_size: int | None = _f(None, "image-folder: side of the square crops (default 224)")
     # where it runs, not what it computes: excluded from the identity a resumed run must match

@@ -14,6 +14,11 @@ METHOD_NAMES = ("edge-popup", "bernoulli", "biprop", "iterand", "gem-miner", "si
 # supermask variants (SupermaskConfig.variant): slth's own semantics, or each method as its reference code runs it
 VARIANT_NAMES = ("slth", "reference")
 CONSTRUCTION_METHOD_NAMES = ("pensia", "malach")  # construction methods (slth.construction.methods.METHODS)
+# per-layer density distributions (slth.supermask.init.layer_densities): of the supermask and of a sparse source
+DISTRIBUTION_NAMES = ("uniform", "erk", "balanced", "pyramidal")
+# the random network a supermask searches (SupermaskConfig.source): every weight present, an Erdos-Renyi
+# sparse one (Gadhikar et al. 2023), or one with some weights frozen pruned/locked (Otsuka et al. 2024)
+SOURCE_NAMES = ("dense", "erdos-renyi", "partially-frozen")
 
 
 def check_registry(what: str, registry, names: tuple[str, ...]) -> None:

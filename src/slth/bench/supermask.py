@@ -74,7 +74,8 @@ def peer_edge_popup(net):
 
 def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 1.0, density: float = 0.5,
                batch_size: int = 128, input_shape=(1, 28, 28), steps: int = 50, warmup: int = 10,
-               repeats: int = 3, seed: int = 0, peer: bool = False, batches: int = 1) -> dict:
+               repeats: int = 3, seed: int = 0, peer: bool = False, batches: int = 1, source: str = "dense",
+               source_density: float = 1.0) -> dict:
     """Seconds per SGD step (forward, backward, update, hooks) for ``dense`` and ``method``: the median and
     the minimum over ``repeats`` rounds of ``steps`` steps. With ``peer`` (edge-popup only) also for the
     reference implementation's edge-popup (:func:`peer_edge_popup`) on the same weights and scores, and
@@ -85,7 +86,9 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
     band of the banded selection (:class:`slth.supermask.core.ThresholdTracker`) is narrower.
 
     The setups are timed alternately in one process, round by round, so that machine noise hits them alike;
-    on a shared machine the minimum (least disturbed round) is the steadier ratio.
+    on a shared machine the minimum (least disturbed round) is the steadier ratio. ``source`` and
+    ``source_density`` set the supermask's random source (:mod:`slth.supermask.source`; the dense step is
+    the same dense network either way).
     """
     import torch
     import torch.nn.functional as F
@@ -95,7 +98,11 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
 
     if peer and method != "edge-popup":
         raise ValueError(f"the peer implementation is edge-popup's; got method {method!r}")
-    cfg = {m: TrainConfig(method=m, model=model, density=density, width=width).resolved() for m in ("dense", method)}
+    if peer and source != "dense":
+        raise ValueError(f"the peer implementation searches the dense source; got source {source!r}")
+    sparse = {} if source == "dense" else {"source": source, "source_density": source_density}
+    cfg = {m: TrainConfig(method=m, model=model, density=density, width=width, **({} if m == "dense" else sparse))
+           .resolved() for m in ("dense", method)}
     if peer:
         cfg["peer"] = cfg[method]
     if batches < 1:
@@ -132,7 +139,8 @@ def step_times(model: str = "fc", method: str = "edge-popup", *, width: float = 
             samples[m].append(run(m, steps, warmup + r * steps))
     median = {m: sorted(v)[len(v) // 2] for m, v in samples.items()}
     best = {m: min(v) for m, v in samples.items()}  # least disturbed round: robust on a shared machine
-    result = {"model": model, "method": method, "width": width, "density": density, "batch_size": batch_size,
+    result = {"model": model, "method": method, "width": width, "density": density, "source": source,
+              "source_density": source_density, "batch_size": batch_size,
               "batches": batches, "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
               "dense_step_s": median["dense"], "supermask_step_s": median[method],
               "ratio": median[method] / median["dense"],

@@ -103,6 +103,8 @@ def bench_supermask_step_command(
     input_shape: str = typer.Option("1,28,28"),
     batches: int = typer.Option(1, help="distinct random batches the steps cycle through (1: the same batch)"),
     threads: int | None = typer.Option(None),
+    source: str = typer.Option("dense", help="the supermask's random source: dense | erdos-renyi | partially-frozen"),
+    source_density: float = typer.Option(1.0, help="fraction of the weights present in the source"),
     peer: bool | None = typer.Option(None, "--peer/--no-peer",
                                         help="also time the reference implementation's edge-popup (hidden-networks' "
                                              "GetSubnet: a full sort per forward); default: on for edge-popup"),
@@ -116,7 +118,8 @@ def bench_supermask_step_command(
     set_threads(threads)
     result = step_times(model, method, width=width, density=density, batch_size=batch_size, steps=steps,
                         input_shape=tuple(ints(input_shape, "--input-shape")), batches=batches,
-                        peer=method == "edge-popup" if peer is None else peer)
+                        peer=(method == "edge-popup" and source == "dense") if peer is None else peer, source=source,
+                        source_density=source_density)
     result.pop("samples")
     result.pop("speedup_rounds", None)
     typer.echo(json.dumps(result, indent=2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from ..seeding import derive_seed, generator
 from .init import (
+    ABSENT,
     MASKABLE_NAMES,
     _own_modules,
     check_variant_init,
@@ -34,6 +35,7 @@ from .init import (
     tied_tensors,
 )
 from .methods import METHODS, Supermask, SupermaskConfig
+from .source import draw_sources, source_densities
 
 DENSE_INIT = "kaiming-normal"
 
@@ -49,8 +51,8 @@ def _target(modules: dict[str, nn.Module], key: str) -> tuple[nn.Module, str]:
 
 
 def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str, float], seed: int, *,
-                 redraw: Callable[[str, int], torch.Tensor] | None = None,
-                 fan_in: dict[str, int] | None = None) -> nn.Module:
+                 redraw: Callable[[str, int], torch.Tensor] | None = None, fan_in: dict[str, int] | None = None,
+                 sources: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Freeze every parameter of ``model`` and mask the tensor each key of ``densities`` names (a module
     name for its ``weight``) with ``config.method``'s parametrization at that density, leaving the
     weights as they are. Its scores are drawn from ``(seed, "scores", key)`` as :data:`METHODS` says;
@@ -58,7 +60,9 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
     (IteRand); ``fan_in`` overrides the fan of a key's score scale (default:
     :func:`slth.supermask.init.tensor_fan_in`, the product of the tensor's trailing dimensions). A masked
     tensor that other places share (a tied output layer) gets the same parametrization there: one set of
-    scores, one mask, and every place computes the same effective tensor. ``config.density``, ``init`` and
+    scores, one mask, and every place computes the same effective tensor. ``sources`` (by key) are sparse
+    source patterns the masks stay inside (:meth:`slth.supermask.methods.Supermask.set_source`).
+    ``config.density``, ``init`` and
     ``distribution`` are not read here."""
     method = METHODS[config.method]
     if method.redraws and redraw is None:
@@ -84,6 +88,8 @@ def mask_tensors(model: nn.Module, config: SupermaskConfig, densities: dict[str,
         scores = method.score_init(config.variant)(u, fan, density)
         p = method.make(shape, density, scores, config=config, sample_seed=derive_seed(seed, "sample", key),
                         redraw=None if redraw is None else partial(redraw, key))
+        if sources:
+            p.set_source(sources[key])
         parametrize.register_parametrization(module, tensor, p, unsafe=True)
         for other, name in places.get(id(raw), ()):  # the tensor's other places: the same parametrization
             if other is not module or name != tensor:
@@ -118,15 +124,20 @@ def apply_supermask(model: nn.Module, config: SupermaskConfig, seed: int) -> nn.
     densities = layer_densities(model, config.density, config.distribution)
     variant = METHODS[config.method].init_variant(config.variant)  # how the scaled inits scale the fan
     check_variant_init(config.init, variant, densities)
+    present = source_densities(model, config, densities)  # refuses a mask that does not fit the source
     fractions = init_fractions(densities, variant)  # what the scaled inits scale the fan by
     init_weights(model, seed, config.init, fractions)
+    sources = draw_sources(list(targets.values()), config, seed, present) if present else None
+    with torch.no_grad():
+        for key, pattern in (sources or {}).items():  # a sparse source: its absent weights are zero
+            targets[key].raw().masked_fill_(pattern == ABSENT, 0.0)
 
     def redraw(key: str, generation: int) -> torch.Tensor:  # the same seeded draw from_ticket repeats
         return draw_weight(targets[key], seed, config.init, fractions[key], generation=generation)
 
-    mask_tensors(model, config, densities, seed, redraw=redraw)
+    mask_tensors(model, config, densities, seed, redraw=redraw, sources=sources)
     model.slth_spec = {"model": None, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-                       "seed": int(seed), "supermask": asdict(config), "init": config.init}
+                       "seed": int(seed), "supermask": config.record(), "init": config.init}
     return model
 
 
@@ -146,7 +157,7 @@ def build(model: str, input_shape, num_classes: int, *, seed: int, width: float 
     else:
         apply_supermask(net, supermask, seed)
     net.slth_spec = {"model": model, "model_kwargs": kwargs, "seed": int(seed),
-                     "supermask": None if supermask is None else asdict(supermask),
+                     "supermask": None if supermask is None else supermask.record(),
                      "init": init if supermask is None else supermask.init}
     return net
 

@@ -359,7 +359,8 @@ class MaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None,
+                ranking: np.ndarray | None = None):
         ctx.save_for_backward(weight, scores)
         if k >= weight.numel() or not _numba_ok(weight, scores):
             ctx.fused = None
@@ -368,7 +369,9 @@ class MaskedWeight(torch.autograd.Function):
         w, s = state.view("weight", weight), state.view("scores", scores)
         out = state.pool.take("weight", weight.shape, w.dtype)
         threads = kernel_threads(w.shape[0])
-        state.tracker.masked_weight(w, s, k, out.reshape(-1), threads)
+        # ``ranking``: the values whose |.| are ranked instead of the scores' (a sparse source's scores with its
+        # absent weights at 0: slth.supermask.methods.EdgePopup); the gradient is the scores' all the same
+        state.tracker.masked_weight(w, s if ranking is None else ranking, k, out.reshape(-1), threads)
         # the backward pass's arrays, prepared here: after the forward pass each Python step costs more
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused = (w, s, grad, torch.from_numpy(grad), threads)
@@ -379,13 +382,13 @@ class MaskedWeight(torch.autograd.Function):
         weight, scores = ctx.saved_tensors  # (also autograd's check that neither changed in place since)
         fused, ctx.fused = ctx.fused, None  # the graph may outlive the step: let the pool have the array back
         if fused is None or grad.dtype != weight.dtype or not grad.is_cpu:
-            return None, grad * weight * scores.sign(), None, None
+            return None, grad * weight * scores.sign(), None, None, None
         kernels = _kernels()
 
         w, s, out, out_tensor, threads = fused
         run_kernel(kernels.abs_straight_through_grad, kernels.abs_straight_through_grad_parallel, threads,
                    _flat(grad), w, s, out.reshape(-1))
-        return None, out_tensor, None, None
+        return None, out_tensor, None, None, None
 
 
 def binarized_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
@@ -406,7 +409,8 @@ class BinarizedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None):
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None,
+                ranking: np.ndarray | None = None):
         kernels = _kernels()
 
         state = state or KernelState()
@@ -416,11 +420,11 @@ class BinarizedWeight(torch.autograd.Function):
         c = state.magnitude(weight)
         threads = kernel_threads(w.shape[0])
         if c:  # alpha = sum(c * m) / k = c exactly (float64 sums of k copies of a float32 are exact)
-            state.tracker.masked_weight(w, s, k, flat_out, threads)
+            state.tracker.masked_weight(w, s if ranking is None else ranking, k, flat_out, threads)
             ctx.alpha, ctx.mask = c, None
         else:
             ctx.mask = state.pool.take("mask", s.shape, w.dtype)
-            state.tracker.mask(s, k, ctx.mask)
+            state.tracker.mask(s if ranking is None else ranking, k, ctx.mask)  # (ranking: as MaskedWeight's)
             ctx.alpha = kernels.binarized_weight(w, ctx.mask, k, flat_out)
         grad = state.pool.take("grad", weight.shape, w.dtype)
         ctx.fused, ctx.k = (w, s, flat_out, grad, torch.from_numpy(grad), threads), k
@@ -440,7 +444,7 @@ class BinarizedWeight(torch.autograd.Function):
             with torch.enable_grad():
                 s = scores.detach().requires_grad_(True)
                 reference = binarized_weight(weight, GetSubnet.apply(s.abs(), ctx.k), ctx.k)
-                return None, torch.autograd.grad(reference, s, grad)[0], None, None
+                return None, torch.autograd.grad(reference, s, grad)[0], None, None, None
         w, s, effective, out, out_tensor, threads = fused
         g = _flat(grad.to(weight.dtype))
         if mask is None:  # (its parallel form takes the thread count as its chunk count)
@@ -448,7 +452,7 @@ class BinarizedWeight(torch.autograd.Function):
                        ctx.alpha, ctx.k, out.reshape(-1))
         else:
             kernels.binarized_grad(g, w, s, mask, ctx.alpha, ctx.k, out.reshape(-1))
-        return None, out_tensor, None, None
+        return None, out_tensor, None, None, None
 
 
 def _identity(*tensors: torch.Tensor) -> tuple:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._names import VARIANT_NAMES
+from .._names import DISTRIBUTION_NAMES, VARIANT_NAMES
 from ..seeding import derive_seed as derive_seed  # re-exported: slth.supermask.derive_seed
 from ..seeding import generator
 from .core import kept_count
@@ -348,7 +348,7 @@ def init_weights(model: nn.Module, seed: int, init: str = "kaiming-normal",
     return model
 
 
-DISTRIBUTIONS = ("uniform", "erk")
+DISTRIBUTIONS = DISTRIBUTION_NAMES
 
 
 def layer_densities(model: nn.Module, density: float, distribution: str = "uniform") -> dict[str, float]:
@@ -358,17 +358,25 @@ def layer_densities(model: nn.Module, density: float, distribution: str = "unifo
     ``uniform``: every layer keeps ``density``. ``erk`` (Erdos-Renyi-Kernel, Evci et al. 2020): layer l
     keeps a fraction proportional to sum(shape_l) / prod(shape_l), scaled so the total kept count equals
     ``density`` times the total; layers that would exceed 1 are kept dense and the rest re-scaled.
+    ``balanced`` (Gadhikar et al. 2023, arXiv 2210.02412): every layer keeps the same number of weights,
+    ``density * N / L``; a layer smaller than that is kept dense and its unused share goes to the others
+    (so the total is ``density * N`` here too). ``pyramidal`` (the same paper): layer l (1-based, in module
+    order) keeps ``r ** l``, r in (0, 1] solving ``sum_l n_l r ** l = density * N`` (bisection).
     """
     kept_count(1, density)  # validates the range
     targets = prunable_tensors(model)
     if distribution == "uniform":
         return {t.key: float(density) for t in targets}
-    if distribution != "erk":
+    if distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown density distribution {distribution!r}; valid names: {', '.join(DISTRIBUTIONS)}")
     shapes = {t.key: t.shape for t in targets}
     numel = {name: math.prod(s) for name, s in shapes.items()}
-    raw = {name: sum(s) / math.prod(s) for name, s in shapes.items()}
     budget = density * sum(numel.values())
+    if distribution == "pyramidal":
+        return _pyramidal(list(numel.values()), list(numel), budget)
+    # erk: kept_l = eps * sum(shape_l); balanced: kept_l = eps (the same count per layer)
+    raw = {name: (sum(s) / math.prod(s) if distribution == "erk" else 1.0 / math.prod(s))
+           for name, s in shapes.items()}
     dense: set[str] = set()
     while True:
         free = [n for n in shapes if n not in dense]
@@ -379,3 +387,43 @@ def layer_densities(model: nn.Module, density: float, distribution: str = "unifo
             break
         dense |= over
     return {n: (1.0 if n in dense else float(eps * raw[n])) for n in shapes}
+
+
+def _pyramidal(sizes: list[int], names: list[str], budget: float) -> dict[str, float]:
+    """Layer l keeps r ** l (l = 1, 2, ...), r in (0, 1] with sum_l sizes_l r ** l = budget."""
+    def kept(r: float) -> float:
+        return sum(n * r ** (i + 1) for i, n in enumerate(sizes))
+
+    lo, hi = 0.0, 1.0  # kept(0) = 0 < budget <= kept(1) = N
+    for _ in range(200):  # to float precision
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if kept(mid) < budget else (lo, mid)
+    return {name: float(hi ** (i + 1)) for i, name in enumerate(names)}
+
+
+ABSENT, FREE, LOCKED = 0, 1, 2  # a source pattern's entries (draw_source)
+
+
+def source_counts(numel: int, density: float, locked: float) -> tuple[int, int]:
+    """(present, locked) weight counts of a layer of ``numel`` weights at source ``density`` with a ``locked``
+    fraction frozen as kept: ``kept_count(numel, density)`` present, of them round-half-up ``locked * numel``
+    locked (at most the present count)."""
+    present = kept_count(numel, density)
+    return present, min(present, math.floor(numel * locked + 0.5))
+
+
+def draw_source(target: Target, seed: int, density: float, locked: float = 0.0) -> torch.Tensor:
+    """A sparse source's pattern of ``target`` (int8 of its shape: :data:`ABSENT`, :data:`FREE` or
+    :data:`LOCKED`), drawn from ``(seed, "source", key)`` alone: a uniformly random set of exactly
+    :func:`source_counts` present weights (an Erdos-Renyi G(n, M) graph: every set of that size equally
+    likely), the first ``locked`` of them in the draw's order locked. One ``torch.randperm`` on a seeded CPU
+    generator; the same seed gives the same bits."""
+    n = math.prod(target.shape)
+    present, n_locked = source_counts(n, density, locked)
+    order = torch.randperm(n, generator=generator(seed, "source", target.key))
+    pattern = torch.zeros(n, dtype=torch.int8)
+    pattern[order[:present]] = FREE
+    pattern[order[:n_locked]] = LOCKED
+    return pattern.view(target.shape)

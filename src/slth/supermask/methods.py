@@ -68,7 +68,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ from .core import (
     run_kernel,
     topk_mask,
 )
-from .init import DISTRIBUTIONS, VARIANTS, check_init, check_variant_init
+from .init import ABSENT, DISTRIBUTIONS, LOCKED, VARIANTS, check_init, check_variant_init
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the Bernoulli kernel reads its random bytes from uint32 words
 NEWTON_REACH = 16.0  # largest change of (s + b) / T one draw's shift update may make (sigmoid(16) = 1 - 1e-7)
@@ -118,7 +118,7 @@ class SupermaskConfig:
     method: str = "edge-popup"
     density: float = 0.5
     init: str | None = None  # None: the method's default init (its METHODS entry)
-    distribution: str = "uniform"  # per-layer densities: "uniform" or "erk"
+    distribution: str = "uniform"  # per-layer densities: "uniform", "erk", "balanced" or "pyramidal"
     # the methods' own settings (slth._hparams.MethodSettings: the defaults, defined there once)
     rerand_period: int = _METHOD.rerand_period  # IteRand: optimizer steps between re-randomisations (K_per)
     rerand_prob: float = _METHOD.rerand_prob  # IteRand: probability that a pruned weight is re-drawn
@@ -130,6 +130,13 @@ class SupermaskConfig:
     # "slth" (slth's own semantics, the fast kernels) or "reference" (each method as its reference code runs
     # it; the table at the top of this module and docs/reference-code.md say what changes)
     variant: str = _METHOD.variant
+    # the random network the mask is searched in (slth._hparams.MethodSettings; docs/training.md): "dense",
+    # "erdos-renyi" or "partially-frozen", its density (present fraction), per-layer distribution and
+    # locked (frozen-kept) fraction; the pattern is drawn from the seed (slth.supermask.source)
+    source: str = _METHOD.source
+    source_density: float = _METHOD.source_density
+    source_distribution: str = _METHOD.source_distribution
+    source_locked: float = _METHOD.source_locked
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -147,14 +154,33 @@ class SupermaskConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
-        self.method_settings()  # checks every method setting (MethodSettings.__post_init__)
+        self.method_settings()  # checks every method setting (MethodSettings.__post_init__) and the source
+        if self.density > self.source_density:
+            raise ValueError(f"density {self.density} exceeds source_density {self.source_density}: the mask keeps "
+                             "weights of the source only (density is the kept fraction of the full layers)")
+        if self.density < self.source_locked:
+            raise ValueError(f"density {self.density} is below source_locked {self.source_locked}: the locked "
+                             "weights are always kept")
 
     def method_settings(self) -> MethodSettings:
         """The methods' own settings of this config (checked)."""
         return MethodSettings(rerand_period=self.rerand_period, rerand_prob=self.rerand_prob,
                               score_l2=self.score_l2, sign_threshold=self.sign_threshold, coats=self.coats,
-                              gate_l0=self.gate_l0, gate_sigma=self.gate_sigma,
-                              variant=self.variant)
+                              gate_l0=self.gate_l0, gate_sigma=self.gate_sigma, variant=self.variant,
+                              source=self.source, source_density=self.source_density,
+                              source_distribution=self.source_distribution, source_locked=self.source_locked)
+
+    def record(self) -> dict:
+        """This config as a model's ``slth_spec`` and a ticket hold it: ``asdict``, without the source's
+        fields when the source is dense (so the records of dense-source models are as before sources)."""
+        d = asdict(self)
+        if self.source == "dense":
+            for name in SOURCE_FIELDS:
+                del d[name]
+        return d
+
+
+SOURCE_FIELDS = ("source", "source_density", "source_distribution", "source_locked")
 
 
 class Supermask(nn.Module):
@@ -169,11 +195,66 @@ class Supermask(nn.Module):
         self.scores = nn.Parameter(scores.reshape(shape).clone())
         self.kernels = KernelState()  # speed only: last threshold, reusable buffers, cached views
         self.tracker = self.kernels.tracker
+        # a sparse source (set_source): where the weights are absent / locked; None for the dense source. Not
+        # in state_dict: the pattern is re-drawn from the seed (slth.supermask.source)
+        self.register_buffer("absent", None, persistent=False)
+        self.register_buffer("locked", None, persistent=False)
+        self.present = math.prod(shape)  # weights present in the source
+
+    def set_source(self, pattern: torch.Tensor) -> None:
+        """Search the mask inside a sparse source: ``pattern`` (int8 of the weight's shape) marks each weight
+        absent, free or locked (:func:`slth.supermask.init.draw_source`). The final and training masks then
+        keep every locked weight, no absent one, and the top-k of the free ones; ``k`` must lie between the
+        locked and the present counts."""
+        if tuple(pattern.shape) != tuple(self.scores.shape):
+            raise ValueError(f"source pattern of shape {tuple(pattern.shape)} for a weight of shape "
+                             f"{tuple(self.scores.shape)}")
+        absent, locked = pattern == ABSENT, pattern == LOCKED
+        present, n_locked = pattern.numel() - int(absent.sum()), int(locked.sum())
+        if not n_locked <= self.k <= present:
+            raise ValueError(f"a mask of {self.k} weights does not fit a source of {present} present weights, "
+                             f"{n_locked} of them locked")
+        self.absent = absent.to(self.scores.device)
+        self.locked = locked.to(self.scores.device) if n_locked else None
+        self.present = present
+
+    def _in_source(self, values: torch.Tensor) -> torch.Tensor:
+        """Ranking ``values`` (larger kept) restricted to the source: -inf where absent, +inf where locked (the
+        fills pass no gradient); ``values`` themselves for the dense source."""
+        if self.absent is None:
+            return values
+        values = values.masked_fill(self.absent, -math.inf)
+        return values if self.locked is None else values.masked_fill(self.locked, math.inf)
+
+    def _source_training_weight(self, weight: torch.Tensor, fused=MaskedWeight) -> torch.Tensor:
+        """``effective_weight(weight, training_mask())`` in a sparse source. Without locked weights, fused
+        (``fused``: :class:`MaskedWeight`, or biprop's :class:`BinarizedWeight`): the kernel ranks |s| with
+        the absent weights' entries at 0 (their weights are 0, so their straight-through gradient
+        g * W * sign(s) is 0 too); exact unless the k-th largest is 0 itself (a present score at exactly 0
+        tied with the absent ones), where the torch path decides."""
+        if self.locked is None and _numba_ok(weight, self.scores) and self.k < weight.numel():
+            s = self.kernels.view("scores", self.scores)
+            present = self._present_factor(s.dtype)
+            ranking = self.kernels.pool.take("ranking", s.shape, s.dtype)
+            np.multiply(s, present, out=ranking)
+            out = fused.apply(weight, self.scores, self.k, self.kernels, ranking)
+            threshold = self.tracker._last
+            if threshold is not None and threshold > 0:
+                return out
+        return self.effective_weight(weight, self.training_mask())
+
+    def _present_factor(self, dtype) -> np.ndarray:
+        """1 where the source has the weight, 0 where absent (flat numpy, the scores' dtype), cached."""
+        cached = getattr(self, "_present", None)
+        if cached is None or cached.dtype != dtype:
+            cached = self._present = (~self.absent).reshape(-1).cpu().numpy().astype(dtype)
+        return cached
 
     def final_mask(self) -> torch.Tensor:
         """The deterministic boolean mask with exactly ``k`` kept weights (ties: the first in index order;
         the reference variant keeps the last, as hidden-networks' ascending sort does)."""
-        return topk_mask(self.scores.detach().abs(), self.k, tracker=self.tracker, last_ties=self.reference)
+        return topk_mask(self._in_source(self.scores.detach().abs()), self.k, tracker=self.tracker,
+                         last_ties=self.reference)
 
     def _reference_training_weight(self, weight: torch.Tensor, absolute: bool = True) -> torch.Tensor:
         """The reference variant's training weight: the eval-mode weight under the same mask (torch ops),
@@ -188,7 +269,7 @@ class Supermask(nn.Module):
         return None
 
     def training_mask(self) -> torch.Tensor:
-        return GetSubnet.apply(self.scores.abs(), self.k, self.tracker)
+        return GetSubnet.apply(self._in_source(self.scores.abs()), self.k, self.tracker)
 
     def effective_weight(self, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return weight * mask
@@ -226,6 +307,8 @@ class EdgePopup(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         if self.reference:
             return self._reference_training_weight(weight)
+        if self.absent is not None:  # a sparse source: the top-k of the free weights
+            return self._source_training_weight(weight)
         # == weight * GetSubnet.apply(scores.abs(), k), fused (tests/test_supermask.py checks they agree)
         return MaskedWeight.apply(weight, self.scores, self.k, self.kernels)
 
@@ -247,6 +330,8 @@ class BiProp(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         if self.reference:  # straight-through: the score gradient does not pass through alpha
             return self._reference_training_weight(weight)
+        if self.absent is not None:  # a sparse source
+            return self._source_training_weight(weight, BinarizedWeight)
         if _numba_ok(weight, self.scores) and self.k < weight.numel():
             # == binarized_weight(weight, GetSubnet.apply(scores.abs(), k), k), fused (tested against it)
             return BinarizedWeight.apply(weight, self.scores, self.k, self.kernels)
@@ -311,16 +396,17 @@ class Bernoulli(Supermask):
     def final_mask(self) -> torch.Tensor:
         if self.reference:  # the most probable mask, p > 1/2 (the reference samples in eval mode too)
             return self.scores.detach() > 0
-        return topk_mask(self.scores.detach(), self.k)  # the k most probable weights
+        return topk_mask(self._in_source(self.scores.detach()), self.k)  # the k most probable weights
 
     def probabilities(self, shift: float | None = None) -> torch.Tensor:
         """sigmoid((s + b) / T), b the current shift unless given (computed as (s + b) * (1/T), as the
         kernels do)."""
         b = float(self.shift) if shift is None else shift
-        return torch.sigmoid((self.scores + b) * (1.0 / float(self.temperature)))
+        # a sparse source: p = 0 where absent, 1 where locked (scores -inf / +inf there, no gradient)
+        return torch.sigmoid((self._in_source(self.scores) + b) * (1.0 / float(self.temperature)))
 
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        if _numba_ok(weight, self.scores) and _LITTLE_ENDIAN:  # == weight * training_mask(), fused (tested)
+        if _numba_ok(weight, self.scores) and _LITTLE_ENDIAN and self.absent is None:  # == weight * training_mask()
             return SampledMaskedWeight.apply(weight, self.scores, self._fused_draw, self.kernels)
         return super().training_weight(weight)
 
@@ -487,6 +573,8 @@ class IteRand(_Sampling):
         # weight's device: a GPU run re-draws exactly the weights a CPU run does, bit for bit
         device = weight.device
         pruned = ~self.final_mask().to(device)
+        if self.absent is not None:  # a sparse source's absent weights stay absent (zero)
+            pruned &= ~self.absent.to(device)
         chosen = pruned & (torch.rand(weight.shape, generator=self.generator) < self.prob).to(device)
         # selections, not boolean indexing (a nonzero and a scatter each): the same values, several times faster
         weight.copy_(torch.where(chosen, self.redraw(round_).to(device=device, dtype=weight.dtype), weight))
@@ -504,8 +592,12 @@ class GemMiner(Supermask):
         self.score_l2 = score_l2
         self.register_buffer("alive", torch.ones(shape, dtype=torch.bool))
 
+    def set_source(self, pattern: torch.Tensor) -> None:
+        super().set_source(pattern)
+        self.alive &= ~self.absent  # the removable set starts as the source
+
     def _ranked_scores(self) -> torch.Tensor:
-        return self.scores.detach().masked_fill(~self.alive, -math.inf)
+        return self._in_source(self.scores.detach().masked_fill(~self.alive, -math.inf))
 
     def final_mask(self) -> torch.Tensor:
         if self.reference:  # pruning_is_enough's naive rounding: the rounded mask on the remaining set
@@ -513,10 +605,11 @@ class GemMiner(Supermask):
         return topk_mask(self._ranked_scores(), self.k)
 
     def training_mask(self) -> torch.Tensor:
-        return StraightThroughRound.apply(self.scores) * self.alive
+        mask = StraightThroughRound.apply(self.scores) * self.alive
+        return mask if self.locked is None else mask.masked_fill(self.locked, 1.0)  # locked: always on
 
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        if _numba_ok(weight, self.scores):  # == weight * training_mask(), fused (tested bit for bit)
+        if _numba_ok(weight, self.scores) and self.locked is None:  # == weight * training_mask(), fused (tested)
             return RoundedMaskedWeight.apply(weight, self.scores, self.alive, self.kernels)
         return super().training_weight(weight)
 
@@ -530,7 +623,8 @@ class GemMiner(Supermask):
         if counted is not None and counted[0] == _identity(self.scores, self.alive):
             on = counted[1]
         else:
-            on = int(torch.count_nonzero((self.scores.detach() > 0.5) & self.alive))
+            on_mask = (self.scores.detach() > 0.5) & self.alive
+            on = int(torch.count_nonzero(on_mask if self.locked is None else on_mask | self.locked))
         if on <= self.k:
             return 0.0
         if _numba_ok(self.scores):
@@ -576,9 +670,11 @@ class GemMiner(Supermask):
     def after_epoch(self, epoch: int, epochs: int) -> None:
         if self.reference:  # the model-level hook above prunes
             return
-        # geometric schedule: after epoch e the removable set keeps density ** (e / P) of the layer, P above
+        # geometric schedule: after epoch e the removable set keeps start * (density / start) ** (e / P) of the
+        # layer, P above, start the source's present fraction (1 for the dense source: density ** (e / P))
         n = self.alive.numel()
-        fraction = self.density ** min(1.0, epoch / self.pruning_epochs(epochs))
+        start = self.present / n
+        fraction = start * (self.density / start) ** min(1.0, epoch / self.pruning_epochs(epochs))
         keep = max(self.k, kept_count(n, fraction))
         self.alive.copy_(topk_mask(self._ranked_scores(), keep))
 

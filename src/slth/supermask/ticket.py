@@ -28,8 +28,17 @@ from torch import nn
 
 from .. import ticketfile
 from .apply import _supermask_places, _supermasks
-from .init import draw_weight, init_fractions, init_weights, layer_densities, prunable_tensors, tied_tensors
+from .init import (
+    ABSENT,
+    draw_weight,
+    init_fractions,
+    init_weights,
+    layer_densities,
+    prunable_tensors,
+    tied_tensors,
+)
 from .methods import METHODS, SupermaskConfig
+from .source import check_mask, draw_sources, source_densities
 
 KIND = "learned-supermask"
 
@@ -192,12 +201,24 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
                       model, what)
         _check_ties(config.get("ties", {}), model, f"ticket ({what})")
     densities = layer_densities(model, sm.density, sm.distribution)
+    present = source_densities(model, sm, densities)
     fractions = init_fractions(densities, METHODS[sm.method].init_variant(sm.variant))
-    init_weights(model, ticket.seed, sm.init, fractions)
     targets = {t.name: t for t in prunable_tensors(model)}
+    targets_by_key = {t.key: t for t in targets.values()}
     if set(ticket.masks) != set(targets):
         raise ticketfile.TicketFileError(f"ticket masks {sorted(ticket.masks)} do not match the model's layers "
                                          f"{sorted(targets)}")
+    # a sparse source: its pattern is drawn again from the seed; a mask outside it is a damaged ticket
+    sources = draw_sources(list(targets.values()), sm, ticket.seed, present) if present else {}
+    for key, mask_np in ticket.masks.items():
+        pattern = sources.get(targets[key].key)
+        if pattern is not None and tuple(mask_np.shape) == tuple(pattern.shape):
+            why = check_mask(key, torch.from_numpy(np.asarray(mask_np, dtype=bool)), pattern)
+            if why:
+                raise ticketfile.TicketFileError(f"corrupted ticket: {why}")
+    init_weights(model, ticket.seed, sm.init, fractions)
+    for key, pattern in sources.items():  # the absent weights are zero, as in the supermasked model
+        targets_by_key[key].raw().masked_fill_(pattern == ABSENT, 0.0)
     method = METHODS[sm.method]
     final_weight = method.final_weight
     for key, mask_np in ticket.masks.items():

@@ -77,7 +77,10 @@ class TrainConfig(TrainSettings):
         if self.variant not in VARIANT_NAMES:
             raise ValueError(f"unknown supermask variant {self.variant!r}; valid names: {', '.join(VARIANT_NAMES)}")
         if self.method != "dense":
-            self.supermask_config()  # validates init, distribution and method hyper-parameters
+            self.supermask_config()  # validates init, distribution, the source and method hyper-parameters
+        elif self.source != "dense":
+            raise ValueError(f"source {self.source!r} is the random network a supermask searches; the dense "
+                             "method trains every weight (choose a supermask method)")
 
     def resolved(self) -> TrainConfig:
         """This config with every ``None`` default replaced by the method's default."""
@@ -115,7 +118,10 @@ class TrainConfig(TrainSettings):
                                distribution=self.distribution, rerand_period=self.rerand_period,
                                rerand_prob=self.rerand_prob, score_l2=self.score_l2,
                                sign_threshold=self.sign_threshold, coats=self.coats, gate_l0=self.gate_l0,
-                               gate_sigma=self.gate_sigma, variant=self.variant)
+                               gate_sigma=self.gate_sigma, variant=self.variant,
+                               source=self.source, source_density=float(self.source_density),
+                               source_distribution=self.source_distribution,
+                               source_locked=float(self.source_locked))
 
     def to_dict(self) -> dict:
         d = asdict(self)
