@@ -19,7 +19,7 @@ from slth.train import TrainConfig
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)
-METHODS = tuple(sm.METHODS)
+METHODS = tuple(name for name, m in sm.METHODS.items() if m.sparse_sources)  # the others are refused: below
 ER = {"source": "erdos-renyi", "source_density": 0.5}
 PF = {"source": "partially-frozen", "source_density": 0.7, "source_locked": 0.1}
 
@@ -199,6 +199,10 @@ def test_ticket_mask_outside_the_source_is_refused_as_corrupted(tmp_path):
     ({"source_density": 0.5}, "describe a sparse source"),
     ({"source": "erdos-renyi", "source_distribution": "random"}, "unknown source distribution 'random'"),
     ({"variant": "reference", **ER}, "needs variant 'slth'"),
+    ({"method": "signed", **ER}, "signed does not search inside a sparse source.*works with edge-popup"),
+    ({"method": "multicoated", **PF}, "multicoated does not search inside a sparse source"),
+    ({"method": "l0-gauss", **ER}, "l0-gauss does not search inside a sparse source"),
+    ({"method": "l0-hc", **ER}, "l0-hc does not search inside a sparse source"),
 ])
 def test_bad_source_settings_are_refused(kwargs, message):
     kwargs = {"density": 0.3, **kwargs}

@@ -155,6 +155,10 @@ class SupermaskConfig:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
         self.method_settings()  # checks every method setting (MethodSettings.__post_init__) and the source
+        if self.source != "dense" and not METHODS[self.method].sparse_sources:
+            supported = ", ".join(name for name, m in METHODS.items() if m.sparse_sources)
+            raise ValueError(f"{self.method} does not search inside a sparse source (its masks rank every weight); "
+                             f"source {self.source!r} works with {supported}")
         if self.density > self.source_density:
             raise ValueError(f"density {self.density} exceeds source_density {self.source_density}: the mask keeps "
                              "weights of the source only (density is the kept fraction of the full layers)")
@@ -1157,6 +1161,9 @@ class Method:
     # the reference code scales the scaled inits' fan by the kept fraction, as slth does, not by hidden-networks'
     # pruned fraction (slth.supermask.init.init_fractions): multicoated's sign_init, fan * (1 - sparsity[0])
     reference_fan_kept: bool = False
+    # the parametrization keeps its masks inside a sparse source (Supermask.set_source: the ranking restricted
+    # to the present weights); the others are refused a sparse source by SupermaskConfig
+    sparse_sources: bool = True
 
     def default_lr(self, variant: str = "slth") -> float:
         return self.reference.lr if variant == "reference" else self.lr
@@ -1250,6 +1257,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            uniform_scores, lr=LR_SIGNED, weight_decay=1e-4, final_weight=masked_weight, levels=True,
            paper="Koster, Grothe & Rettinger 2022, Signing the Supermask: Keep, Hide, Invert, arXiv 2201.13361",
            doc="mask in {-1, 0, +1}: the top-k |scores| kept with the scores' signs, straight-through gradients",
+           sparse_sources=False,
            reference=ReferenceDefaults(0.005, 3e-4, "signed-constant",
                                        "kosnil/signed_supermasks (FCN sample config: SGDW Nesterov 0.9, lr 0.005, "
                                        "weight decay 3e-4, tanh_th 0.4)", scores=xavier_uniform_scores)),
@@ -1260,6 +1268,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            paper="Okoshi et al. 2022, Multicoated Supermasks Enhance Hidden Networks, ICML 2022, PMLR 162 "
                  "(proceedings.mlr.press/v162/okoshi22a.html; no arXiv version)",
            doc="K nested top-k coats of |scores|; a weight's level is how many coats keep it: W * level",
+           sparse_sources=False,
            reference=ReferenceDefaults(0.1, 1e-4, "scaled-signed-constant",
                                        "yasu0001/multicoated-supermasks "
                                        "configs/_base_/schedules/cifar10_bs128_cosine.py "
@@ -1272,6 +1281,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            paper="Tsayag & Lindenbaum 2026, Uncovering a Winning Lottery Ticket with Continuously Relaxed "
                  "Bernoulli Gates, arXiv 2603.08914 (gates: Yamada et al. 2020, arXiv 1810.04247)",
            doc="Gaussian stochastic gates clamp(mu + eps, 0, 1), L0 penalty until k gates are open, top-k of mu",
+           sparse_sources=False,
            reference=ReferenceDefaults(GATE_LR, 0.0, "signed-constant",
                                        "no official code; runopti/stg python/stg/layers.py (sigma 0.5, mu init)")),
     Method("l0-hc", lambda shape, density, scores, *, config, sample_seed, **_: HardConcreteGates(
@@ -1279,6 +1289,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            log_alpha_scores, lr=HC_LR, weight_decay=0.0,
            paper="Louizos et al. 2018, Learning Sparse Neural Networks through L0 Regularization, arXiv 1712.01312",
            doc="hard-concrete gates, L0 penalty until k gates are open, top-k of log alpha",
+           sparse_sources=False,
            reference=ReferenceDefaults(HC_LR, 0.0, "signed-constant",
                                        "AMLab-Amsterdam/L0_regularization l0_layers.py (beta, gamma, zeta, "
                                        "log alpha init)")),
