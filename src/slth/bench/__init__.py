@@ -48,6 +48,10 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "slth train under torchrun (2 processes x 1 thread) against 1 process x 2 threads (CPU)"),
     Benchmark("train-gpu", "train_gpu",
               "Training steps per second on a CUDA GPU: dense against every supermask method, fp32 and bf16"),
+    Benchmark("sparse-source-step", "sparse_source_step",
+              "Supermask steps over a dense and an Erdos-Renyi source against the dense step, alternating rounds"),
+    Benchmark("sparse-source-subsetsum", "sparse_source_subsetsum",
+              "SubsetSum over an Erdos-Renyi sparse source: P(error <= eps) and kept products against n and p"),
 )}
 
 

@@ -12,7 +12,7 @@ for the source densities p and sizes n given, next to the dense source (p = 1). 
 in the solver's rows (a zero never enters a fewest-element subset, so each row is solved over its present
 values exactly).
 
-    .venv/bin/python benchmarks/bench_sparse_source_subsetsum.py --n 8 12 16 24 32 --p 1 0.5 0.25 --eps 0.01
+    slth bench sparse-source-subsetsum --n 8 12 16 24 32 --p 1 0.5 0.25 --eps 0.01
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ def measure(n: int, p: float, eps: float, rows: int, seed: int) -> dict:
             "kept": float(kept.mean()) if kept.size else float("nan")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="slth bench sparse-source-subsetsum", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[8, 12, 16, 24, 32])
     parser.add_argument("--p", type=float, nargs="+", default=[1.0, 0.5, 0.25])
     parser.add_argument("--eps", type=float, default=0.01)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"eps {args.eps}, {args.rows} targets ~ U[-1, 1] per cell, seed {args.seed}, {platform.processor() or ''}")
     print("| n | p | present (mean) | P(error <= eps) | kept (mean, hits) | kept / n |")
     print("|---|---|---|---|---|---|")
@@ -53,6 +53,3 @@ def main() -> None:
             r = measure(n, p, args.eps, args.rows, args.seed)
             print(f"| {n} | {p:g} | {r['present']:.1f} | {r['hit']:.3f} | {r['kept']:.2f} | {r['kept'] / n:.3f} |")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,14 @@
 """Training-step time of a supermask over a dense and over an Erdos-Renyi source (q = 0.5, density 0.25),
 against the dense step, timed in alternating rounds in one process (machine noise hits the three alike):
 
-    .venv/bin/python benchmarks/bench_sparse_source_step.py
+    slth bench sparse-source-step [--rounds 9 --steps 15]
 
 Prints, per model and method, median/min ms per step and the ratios (docs/training.md, "Sparse random sources").
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -17,7 +18,13 @@ from slth.supermask import after_step, build, regularization
 from slth.train.config import TrainConfig
 
 
-def main(rounds: int = 9, steps: int = 15) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="slth bench sparse-source-step", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds (the median and min are over them)")
+    parser.add_argument("--steps", type=int, default=15, help="training steps per configuration and round")
+    args = parser.parse_args(argv)
+    rounds, steps = args.rounds, args.steps
     torch.set_num_threads(1)
     for model, method in (("fc", "edge-popup"), ("lenet5", "edge-popup"), ("fc", "biprop")):
         cfgs = {"dense": TrainConfig(method="dense", model=model).resolved(),
@@ -61,6 +68,3 @@ def main(rounds: int = 9, steps: int = 15) -> None:
               f"er {best['src-er'] / best['dense']:.3f}",
               flush=True)
 
-
-if __name__ == "__main__":
-    main()
