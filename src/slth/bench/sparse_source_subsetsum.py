@@ -38,7 +38,8 @@ def measure(n: int, p: float, eps: float, rows: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="slth bench sparse-source-subsetsum", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="slth bench sparse-source-subsetsum", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[8, 12, 16, 24, 32])
     parser.add_argument("--p", type=float, nargs="+", default=[1.0, 0.5, 0.25])
     parser.add_argument("--eps", type=float, default=0.01)
