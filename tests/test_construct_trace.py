@@ -414,7 +414,8 @@ def test_cli_refuses_an_unrealisable_parameter_and_writes_nothing(tmp_path):
 
 # -- traced ops the construction cannot build: each refused by name, pointing at the node ---------------------------
 class Traced(nn.Module):
-    """A Linear, then ``body(self, y)`` traced by torch.fx; buffers a body may read: an index, attention masks."""
+    """A Linear, then ``body(self, y)`` traced by torch.fx; buffers a body may read: an index, attention masks,
+    a gain."""
 
     def __init__(self, body):
         super().__init__()
@@ -423,6 +424,7 @@ class Traced(nn.Module):
         self.register_buffer("mask_3d", torch.zeros(2, 3, 3))
         self.register_buffer("mask_nan", torch.tensor([[0.0, math.nan], [0.0, 0.0]]))
         self.register_buffer("mask_zero", torch.zeros(3, 3))
+        self.register_buffer("gain", torch.full((4,), 0.5))
 
     def forward(self, x):
         return self.body(self, self.fc(x))
@@ -433,6 +435,8 @@ class Traced(nn.Module):
     (lambda s, y: y.expand(y.shape), r"'expand' at node 'expand' with size _Shape"),
     (lambda s, y: F.silu(y, inplace=True), r"call_function 'silu' at node 'silu' with \{'inplace': True\}"),
     (lambda s, y: y + True, "add at node 'add' of True"),
+    (lambda s, y: y * s.gain, "call_function 'mul' at node 'mul': activations multiplied elementwise by the tensor "
+                              "'gain' of the target; only a number factor is supported"),
     (lambda s, y: torch.softmax(y, 0), r"softmax at node 'softmax' over dim 0: only dim=-1 \(the last\)"),
     (lambda s, y: F.scaled_dot_product_attention(y, y, y, dropout_p=0.1),
      "scaled_dot_product_attention at node 'scaled_dot_product_attention' with dropout_p > 0 or enable_gqa"),
