@@ -96,6 +96,14 @@ def test_masks_times_random_equals_module(bias):
     assert sum(p.numel() for p in rand.values()) == ticket.stats["random_params"]
 
 
+def test_a_traced_ticket_refuses_a_model_to_rebuild_in():
+    ticket = construct(random_mlp([4, 3, 2], False), 0.05, seed=0)
+    for build in (ticket.to_module, ticket.random_module):
+        with pytest.raises(ValueError, match="model= is for tickets built by module replacement; this ticket is its "
+                                             "own network"):
+            build(model=random_mlp([4, 3, 2], False))
+
+
 def test_same_seed_same_random_network_and_ticket():
     net = random_mlp([10, 6, 3], True)
     a = construct(net, 0.01, seed=11)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slth import ticketfile
-from slth.construction import Ticket, construct
+from slth.construction import Ticket, construct, parse_target
 from slth.construction.bound import certified_bound_nd
 
 EPS = 0.01
@@ -286,6 +286,32 @@ def test_unsupported_attention_uses_name_the_node(net, match):
 def test_attention_in_training_mode_with_dropout_is_refused():
     with pytest.raises(NotImplementedError, match=r"\('attn'\) is in training mode with dropout 0.1; construct an"):
         construct(Projected(dropout=0.1).train(), 0.05)
+
+
+class PaddedEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(D, HEADS, 2 * D, dropout=0.0, batch_first=True)
+        self.register_buffer("pad", torch.zeros(1, 3, dtype=torch.bool))
+
+    def forward(self, x):
+        return self.layer(x, src_key_padding_mask=self.pad)
+
+
+@pytest.mark.parametrize("make, attention, match", [
+    (lambda: nn.MultiheadAttention(D, HEADS, kdim=4, vdim=4).eval(), "product",
+     r"MultiheadAttention at the top \('MultiheadAttention'\) with kdim/vdim != embed_dim"),
+    (lambda: nn.TransformerEncoderLayer(D, HEADS, 2 * D), "projection",
+     r"TransformerEncoderLayer at the top \('TransformerEncoderLayer'\) is in training mode with dropout; construct "
+     "an eval"),
+    (lambda: nn.TransformerEncoderLayer(D, HEADS, 2 * D, dropout=0.0, activation=F.silu).eval(), "projection",
+     r"activation <function silu.*> is not supported \(F.relu, F.gelu or a supported module\)"),
+    (lambda: PaddedEncoder().eval(), "projection",
+     r"TransformerEncoderLayer at node 'layer' \('layer'\) with a src_key_padding_mask"),
+])
+def test_unsupported_transformer_layers_are_refused_by_name(make, attention, match):
+    with pytest.raises(NotImplementedError, match=match):
+        parse_target(make(), attention=attention)
 
 
 def test_softmax_bound_is_sound_under_perturbations():

@@ -54,6 +54,10 @@ def test_conv_pair_shapes_and_block_rows_are_bit_identical():
     assert np.array_equal(b_rows(7, 2, lay, 2, 4), t["b.weight"][2:4])  # any row block, same bits
     assert bias_tap(lay) == 4  # the centre of a 3x3 kernel
     assert LayerLayout(**lay.to_json()) == lay
+    padded = LayerLayout(**dict(lay.to_json(), padding=[2, 1]))  # the parser refuses it; a damaged ticket may not
+    with pytest.raises(ValueError, match=r"no kernel tap is inside the image for every output pixel \(kernel \(3, 3\), "
+                                         r"padding \(2, 1\)"):
+        bias_tap(padded)
 
 
 def test_conv1d_network_is_within_bound_exact_masks_and_version_3(tmp_path):

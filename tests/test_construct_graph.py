@@ -65,6 +65,10 @@ def test_graph_json_round_trip_and_planning_returns_new_values():
     assert Graph.from_json(planned.to_json()) == planned
     # replaying the plan from its layer scales gives the same plan
     assert plan_scales(graph, specs, plan.layer_scales) == plan
+    damaged = graph.to_json()
+    damaged[3] = dict(damaged[3], op="lstm")  # an op this version does not know (a damaged or newer ticket)
+    with pytest.raises(ValueError, match="unknown op 'lstm' at position 3"):
+        Graph.from_json(damaged)
 
 
 def test_adaptive_max_pool_builds_its_module():

@@ -480,6 +480,8 @@ def test_a_module_ticket_refuses_a_fresh_instance_that_does_not_match():
         ticket.to_module(model=_Small(pos=False))
     with pytest.raises(ValueError, match="module 'emb' of the model does not match the ticket"):
         ticket.to_module(model=_Small(max_norm=1.0))
+    with pytest.raises(ValueError, match=r"replaced the modules of a \S*_Small and has no construction graph"):
+        ticket.graph  # noqa: B018 (the property refuses)
     assert ticket.to_module(model=_Small())(torch.arange(10)).shape == (10, 3)  # a matching instance rebuilds
 
 

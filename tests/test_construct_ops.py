@@ -162,6 +162,8 @@ def test_embedding_is_a_linear_map_on_one_hot_inputs(tmp_path):
     (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 2)), "only Linear layers may read"),
     (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "no Linear to fold into"),
     (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm([2, 2]), nn.Linear(4, 2)), "only the last dimension"),
+    (nn.Sequential(nn.LayerNorm(4), nn.Conv2d(1, 2, 3)),
+     r"Conv2d at position 1 \('1'\) reads LayerNorm '0', whose affine can only be folded into a Linear"),
     (nn.Sequential(nn.Linear(4, 4), nn.Softmax(-1), nn.Linear(4, 2)), "layer Softmax at position 1"),
     (nn.Sequential(nn.Linear(4, 4), nn.Embedding(4, 2)), "must read the network input"),
     (nn.Sequential(nn.Embedding(4, 2, max_norm=1.0), nn.Flatten(), nn.Linear(2, 2)),

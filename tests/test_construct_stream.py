@@ -109,6 +109,23 @@ def test_damaged_work_dir_files_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"lacks \['redraws'\]"):
         resume()
     files[0].write_bytes(original)
+    for padded in files:  # a chunk whose mask ends inside a byte: bits set past its last entry, checksum consistent
+        with np.load(padded, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "sha256"}
+        size = int(np.prod(arrays["shape"]))
+        if size % 8:
+            break
+    assert size % 8, "the test needs a chunk whose mask ends inside a byte"
+    kept = padded.read_bytes()
+    arrays["b_mask"] = arrays["b_mask"].copy()
+    arrays["b_mask"][(size + 7) // 8 - 1] = 0xFF
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, sha256=np.frombuffer(_chunk_digest(arrays), np.uint8))
+    padded.write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match=f"work dir chunk .*{padded.name}: packed mask of shape .* has bits set past"):
+        resume()
+    padded.write_bytes(kept)
+    files[0].write_bytes(original)
     resume()  # the intact file is reused
     (work / "plan.json").write_text("{not json")
     with pytest.raises(ValueError, match="plan.json is damaged"):
@@ -158,6 +175,22 @@ def test_ray_backend_equals_local():
         ray.shutdown()
     assert distributed.run["backend"] == "ray" and distributed.run["computed"] == local.run["chunks"]
     assert distributed.digest() == local.digest()
+
+
+def test_merging_chunks_that_do_not_cover_the_rows_once_is_refused():
+    import numpy as np
+
+    from slth.construction.build import LayerJob, merge_layer, solve_chunk
+    from slth.construction.network import LayerLayout
+
+    layout = LayerLayout(d_in=2, d_out=3, n=8, signed_input=True, bias=False, relu_after=False)
+    job = LayerJob(0, layout, seed=0, scale=1.0, bias_scale=1.0, eps=0.1, method="pensia", sparse=False)
+    w = np.random.default_rng(0).uniform(-1, 1, (3, 2))
+    first, rest = solve_chunk(job, 0, 1, w[:1], None), solve_chunk(job, 1, 3, w[1:], None)
+    assert merge_layer(job, [rest, first]).masks["b.weight"].shape == layout.b_shape  # any order
+    for chunks in ([first], [rest], [first, first, rest], [first, rest, rest]):
+        with pytest.raises(ValueError, match="chunks of layer 0 do not cover its 3 rows exactly once"):
+            merge_layer(job, chunks)
 
 
 def test_bad_backend_and_workers():

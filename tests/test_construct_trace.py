@@ -11,6 +11,7 @@ Each built ticket is checked like the attention tests: exact masks, measured err
 tolerance, save/load."""
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -443,3 +444,50 @@ class _TwoInputs(_Traced):
 def test_parse_target_refuses_what_it_cannot_trace(make, match):
     with pytest.raises(NotImplementedError, match=match):
         parse_target(make().eval())
+
+
+# -- traced ops the construction cannot build: each refused by name, pointing at the node ---------------------------
+class Traced(nn.Module):
+    """A Linear, then ``body(self, y)`` traced by torch.fx; buffers a body may read: an index, attention masks,
+    a gain."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.fc, self.body = nn.Linear(4, 4), body
+        self.register_buffer("index", torch.tensor([0, 1]))
+        self.register_buffer("mask_3d", torch.zeros(2, 3, 3))
+        self.register_buffer("mask_nan", torch.tensor([[0.0, math.nan], [0.0, 0.0]]))
+        self.register_buffer("mask_zero", torch.zeros(3, 3))
+        self.register_buffer("gain", torch.full((4,), 0.5))
+
+    def forward(self, x):
+        return self.body(self, self.fc(x))
+
+
+@pytest.mark.parametrize("body, match", [
+    (lambda s, y: torch.relu(y.size(1)), r"call_function 'relu' \('relu'\) takes a non-tensor argument size"),
+    (lambda s, y: y.expand(y.shape), r"'expand' at node 'expand' with size _Shape"),
+    (lambda s, y: F.silu(y, inplace=True), r"call_function 'silu' at node 'silu' with \{'inplace': True\}"),
+    (lambda s, y: y + True, "add at node 'add' of True"),
+    (lambda s, y: y * s.gain, "call_function 'mul' at node 'mul': activations multiplied elementwise by the tensor "
+                              "'gain' of the target; only a number factor is supported"),
+    (lambda s, y: torch.softmax(y, 0), r"softmax at node 'softmax' over dim 0: only dim=-1 \(the last\)"),
+    (lambda s, y: F.scaled_dot_product_attention(y, y, y, dropout_p=0.1),
+     "scaled_dot_product_attention at node 'scaled_dot_product_attention' with dropout_p > 0 or enable_gqa"),
+    (lambda s, y: y.mean(), r"mean at node 'mean' over every dimension \(give dim\)"),
+    (lambda s, y: F.linear(y, y), "linear at node 'linear': its weight and bias must be parameters or constants"),
+    (lambda s, y: F.linear(y, s.fc.bias), r"linear at node 'linear': weight 'fc.bias' has shape \(4,\)"),
+    (lambda s, y: F.layer_norm(y, (4,), weight=y[0]),
+     "layer_norm at node 'layer_norm': its weight must be a parameter or constant of the target"),
+    (lambda s, y: y[:, : y.size(1)], "indexing at node 'getitem' with a non-constant slice"),
+    (lambda s, y: y[s.index], r"indexing at node 'getitem' with index \(only ints, slices, None and \.\.\.\)"),
+    (lambda s, y: F.scaled_dot_product_attention(y, y, y, attn_mask=s.mask_3d),
+     "the mask must be a constant 2-D tensor"),
+    (lambda s, y: F.scaled_dot_product_attention(y, y, y, attn_mask=s.mask_nan), r"the mask has NaN or \+inf entries"),
+    (lambda s, y: F.scaled_dot_product_attention(y, y, y, attn_mask=s.mask_zero, is_causal=True),
+     "is_causal=True with a mask that is not the causal mask"),
+])
+def test_unsupported_traced_ops_are_refused_by_name(body, match):
+    with pytest.raises(NotImplementedError, match=match) as info:
+        parse_target(Traced(body).eval())
+    assert "test_construct_trace.py:" in str(info.value).splitlines()[0]  # points at the line of the body
