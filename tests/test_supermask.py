@@ -20,6 +20,12 @@ torch.set_num_threads(1)
 SHAPE = (1, 8, 8)
 
 
+def _own(method, **settings):
+    """The settings of ``settings`` that ``method`` reads (another method's own setting is refused)."""
+    entry = sm.METHODS.get(method)
+    return {k: v for k, v in settings.items() if entry is not None and k in entry.settings}
+
+
 def _model(method="edge-popup", density=0.3, seed=0, **kw):
     config = sm.SupermaskConfig(method=method, density=density, **kw)
     return sm.build("fc", SHAPE, 10, seed=seed, hidden=[24, 12], supermask=config)
@@ -135,7 +141,7 @@ def test_same_seed_same_weights_other_seed_differs():
 
 @pytest.mark.parametrize("method", sm.METHODS)
 def test_ticket_roundtrip_is_bit_identical(tmp_path, method):
-    model = _train(_model(method, seed=11, rerand_period=3, rerand_prob=0.5))
+    model = _train(_model(method, seed=11, **_own(method, rerand_period=3, rerand_prob=0.5)))
     path = tmp_path / "t.slth"
     sm.to_ticket(model, path)
     ticket = ticketfile.load(path)
@@ -175,6 +181,45 @@ def test_bad_config_errors():
 def test_each_bad_hyper_parameter_is_refused_by_name_and_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         sm.SupermaskConfig(method="gem-miner", **{field: value})
+
+
+@pytest.mark.parametrize("method, setting, value", [
+    ("edge-popup", "rerand_period", 3), ("biprop", "rerand_prob", 0.5), ("iterand", "score_l2", 0.1),
+    ("gem-miner", "coats", (0.5,)), ("signed", "gate_l0", 1e-3), ("l0-hc", "gate_sigma", 0.3),
+    ("multicoated", "sign_threshold", 0.2), ("bernoulli", "coats", ()),
+])
+def test_another_methods_setting_is_refused_by_name(method, setting, value):
+    # a setting the method does not read would be silently ignored: a wrong experiment, so it is refused
+    owners = [m for m, entry in sm.METHODS.items() if setting in entry.settings]
+    with pytest.raises(ValueError, match=rf"^{setting} is a setting of {' and '.join(owners)}; {method} does not read"):
+        sm.SupermaskConfig(method=method, **{setting: value})
+    from slth.train import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"^{setting} is a setting of .*; {method} does not read"):
+        TrainConfig(method=method, **{setting: value})
+    with pytest.raises(ValueError, match=rf"^{setting} is a setting of .*; dense training does not read"):
+        TrainConfig(method="dense", **{setting: value})
+    # its own method takes it (and every method its default)
+    sm.SupermaskConfig(method=owners[0], **{setting: value})
+    sm.SupermaskConfig(method=method, **{setting: getattr(sm.SupermaskConfig(), setting)})
+
+
+def test_the_method_settings_are_declared_once_and_each_belongs_to_a_method():
+    from dataclasses import fields
+
+    from slth._hparams import DEFAULTS, METHOD_FIELDS, MethodSettings, TrainSettings
+    from slth.supermask.methods import COMMON_SETTINGS
+
+    declared = {f.name: f for f in fields(MethodSettings)}
+    for cls in (sm.SupermaskConfig, TrainSettings):  # the mirrors: same names, same defaults
+        mirror = {f.name: f for f in fields(cls)}
+        for name in METHOD_FIELDS:
+            assert mirror[name].default == getattr(DEFAULTS, name), (cls, name)
+    assert {f.name: f.metadata for f in fields(TrainSettings) if f.name in declared} == {
+        n: f.metadata for n, f in declared.items()}
+    owned = {name for entry in sm.METHODS.values() for name in entry.settings}
+    assert owned <= set(METHOD_FIELDS) and set(COMMON_SETTINGS) <= set(METHOD_FIELDS)
+    assert owned | set(COMMON_SETTINGS) == set(METHOD_FIELDS)  # every setting is read by some method
 
 
 def _state(model):

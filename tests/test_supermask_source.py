@@ -25,7 +25,8 @@ PF = {"source": "partially-frozen", "source_density": 0.7, "source_locked": 0.1}
 
 
 def _model(method="edge-popup", density=0.3, seed=0, **kw):
-    config = sm.SupermaskConfig(method=method, density=density, rerand_period=3, **kw)
+    own = {"rerand_period": 3} if method == "iterand" else {}
+    config = sm.SupermaskConfig(method=method, density=density, **own, **kw)
     return sm.build("fc", SHAPE, 10, seed=seed, hidden=[24, 12], supermask=config)
 
 

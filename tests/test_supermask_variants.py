@@ -253,7 +253,8 @@ def test_reference_defaults_come_from_the_reference_configs():
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("variant", ["reference", "slth"])
 def test_ticket_round_trip(method, variant, tmp_path):
-    cfg = SupermaskConfig(method=method, density=0.3, variant=variant, rerand_period=2, rerand_prob=0.5)
+    own = {"rerand_period": 2, "rerand_prob": 0.5} if method == "iterand" else {}
+    cfg = SupermaskConfig(method=method, density=0.3, variant=variant, **own)
     net = build("fc", (1, 6, 6), 4, seed=3, hidden=[16, 8], supermask=cfg)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
     gen = torch.Generator().manual_seed(0)

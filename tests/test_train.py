@@ -24,7 +24,7 @@ def _cli(args):
 
 @pytest.mark.parametrize("method", ["edge-popup", "bernoulli", "iterand", "gem-miner", "dense"])
 def test_resume_equals_uninterrupted_run(tmp_path, method):
-    config = TrainConfig(method=method, rerand_period=5, **TINY)
+    config = TrainConfig(method=method, **({"rerand_period": 5} if method == "iterand" else {}), **TINY)
     full = train(config, tmp_path / "full", quiet=True)
     part = train(config, tmp_path / "part", quiet=True, stop_after=1)
     assert part.metrics["epochs_done"] == 1 and not part.metrics["finished"]

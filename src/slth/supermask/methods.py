@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 from .._hparams import DEFAULTS as _METHOD
-from .._hparams import MethodSettings
+from .._hparams import METHOD_FIELDS, MethodSettings
 from .._hparams import is_real as _is_real
 from .._names import METHOD_NAMES, check_registry
 from ._philox import PhiloxStream, tie_words
@@ -155,6 +155,7 @@ class SupermaskConfig:
             raise ValueError(f"unknown density distribution {self.distribution!r}; "
                              f"valid names: {', '.join(DISTRIBUTIONS)}")
         self.method_settings()  # checks every method setting (MethodSettings.__post_init__) and the source
+        check_method_settings(self.method, self.method_settings())
         if self.source != "dense" and not METHODS[self.method].sparse_sources:
             supported = ", ".join(name for name, m in METHODS.items() if m.sparse_sources)
             raise ValueError(f"{self.method} does not search inside a sparse source (its masks rank every weight); "
@@ -168,11 +169,7 @@ class SupermaskConfig:
 
     def method_settings(self) -> MethodSettings:
         """The methods' own settings of this config (checked)."""
-        return MethodSettings(rerand_period=self.rerand_period, rerand_prob=self.rerand_prob,
-                              score_l2=self.score_l2, sign_threshold=self.sign_threshold, coats=self.coats,
-                              gate_l0=self.gate_l0, gate_sigma=self.gate_sigma, variant=self.variant,
-                              source=self.source, source_density=self.source_density,
-                              source_distribution=self.source_distribution, source_locked=self.source_locked)
+        return MethodSettings(**{name: getattr(self, name) for name in METHOD_FIELDS})
 
     def record(self) -> dict:
         """This config as a model's ``slth_spec`` and a ticket hold it: ``asdict``, without the source's
@@ -1164,6 +1161,9 @@ class Method:
     # the parametrization keeps its masks inside a sparse source (Supermask.set_source: the ranking restricted
     # to the present weights); the others are refused a sparse source by SupermaskConfig
     sparse_sources: bool = True
+    # the settings of slth._hparams.MethodSettings this method reads (its own, besides variant and source);
+    # SupermaskConfig refuses another method's setting changed from its default (check_method_settings)
+    settings: tuple[str, ...] = ()
 
     def default_lr(self, variant: str = "slth") -> float:
         return self.reference.lr if variant == "reference" else self.lr
@@ -1238,6 +1238,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                shape, density, scores, sample_seed, redraw=redraw, period=config.rerand_period,
                prob=config.rerand_prob, variant=config.variant),
            uniform_scores, lr=1.0, weight_decay=1e-4, redraws=True,
+           settings=("rerand_period", "rerand_prob"),
            paper="Chijiwa et al. 2021, Pruning Randomly Initialized Neural Networks with Iterative "
                  "Randomization, arXiv 2106.09269",
            doc="edge-popup that periodically re-draws pruned weights from the init",
@@ -1248,6 +1249,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                                                                                score_l2=config.score_l2,
                                                                                variant=config.variant),
            unit_scores, lr=3.0, weight_decay=0.0,  # its own regulariser instead (score_l2)
+           settings=("score_l2",),
            paper="Sreenivasan et al. 2022, Rare Gems: Finding Lottery Tickets at Initialization, arXiv 2202.12002",
            doc="scores in [0, 1] rounded at 0.5, an L2 pull toward pruning, a shrinking removable set",
            reference=ReferenceDefaults(0.1, 0.0, "signed-constant",
@@ -1255,6 +1257,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("signed", lambda shape, density, scores, *, config, **_: Signed(shape, density, scores,
                                                                            config.sign_threshold, config.variant),
            uniform_scores, lr=LR_SIGNED, weight_decay=1e-4, final_weight=masked_weight, levels=True,
+           settings=("sign_threshold",),
            paper="Koster, Grothe & Rettinger 2022, Signing the Supermask: Keep, Hide, Invert, arXiv 2201.13361",
            doc="mask in {-1, 0, +1}: the top-k |scores| kept with the scores' signs, straight-through gradients",
            sparse_sources=False,
@@ -1265,6 +1268,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                                                                                      config.coats, config.variant),
            uniform_scores, lr=LR_MULTICOATED, weight_decay=1e-4,  # signed-constant: see MULTICOATED_INIT_NOTE
            final_weight=masked_weight, levels=True, reference_fan_kept=True,
+           settings=("coats",),
            paper="Okoshi et al. 2022, Multicoated Supermasks Enhance Hidden Networks, ICML 2022, PMLR 162 "
                  "(proceedings.mlr.press/v162/okoshi22a.html; no arXiv version)",
            doc="K nested top-k coats of |scores|; a weight's level is how many coats keep it: W * level",
@@ -1278,6 +1282,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                shape, density, scores, sample_seed, lam=config.gate_l0, sigma=config.gate_sigma,
                variant=config.variant),
            stg_scores, lr=GATE_LR, weight_decay=0.0,  # the L0 penalty instead (gate_l0)
+           settings=("gate_l0", "gate_sigma"),
            paper="Tsayag & Lindenbaum 2026, Uncovering a Winning Lottery Ticket with Continuously Relaxed "
                  "Bernoulli Gates, arXiv 2603.08914 (gates: Yamada et al. 2020, arXiv 1810.04247)",
            doc="Gaussian stochastic gates clamp(mu + eps, 0, 1), L0 penalty until k gates are open, top-k of mu",
@@ -1287,6 +1292,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("l0-hc", lambda shape, density, scores, *, config, sample_seed, **_: HardConcreteGates(
                shape, density, scores, sample_seed, lam=config.gate_l0, variant=config.variant),
            log_alpha_scores, lr=HC_LR, weight_decay=0.0,
+           settings=("gate_l0",),
            paper="Louizos et al. 2018, Learning Sparse Neural Networks through L0 Regularization, arXiv 1712.01312",
            doc="hard-concrete gates, L0 penalty until k gates are open, top-k of log alpha",
            sparse_sources=False,
@@ -1294,4 +1300,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                                        "AMLab-Amsterdam/L0_regularization l0_layers.py (beta, gamma, zeta, "
                                        "log alpha init)")),
 )}
-check_registry("supermask method", METHODS, METHOD_NAMES)  # slth train --help lists them without torch
+check_registry("supermask method", METHODS, METHOD_NAMES)
+# the settings every method reads: the variant and the random source; the rest belong to the methods that name them
+COMMON_SETTINGS = ("variant", "source", "source_density", "source_distribution", "source_locked")
+
+
+def check_method_settings(method: str | None, settings: MethodSettings) -> None:
+    """Refuse a method's own setting changed from its default for a method that does not read it (``None``:
+    dense training, which reads none): a silently ignored option is a wrong experiment."""
+    reads = set(COMMON_SETTINGS) | set(METHODS[method].settings if method is not None else ())
+    for name in METHOD_FIELDS:
+        if name not in reads and getattr(settings, name) != getattr(_METHOD, name):
+            owners = [m for m, entry in METHODS.items() if name in entry.settings]
+            raise ValueError(f"{name} is a setting of {' and '.join(owners)}; {method or 'dense training'} does not "
+                             f"read it (leave it at its default, {getattr(_METHOD, name)!r})")  # slth train --help lists them without torch

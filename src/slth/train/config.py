@@ -4,9 +4,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
-from .._hparams import TrainSettings
+from .._hparams import METHOD_FIELDS, MethodSettings, TrainSettings
 from .._names import VARIANT_NAMES
-from ..supermask.methods import METHODS, SupermaskConfig
+from ..supermask.methods import METHODS, SupermaskConfig, check_method_settings
 from .runtime import check_device_name, check_precision, check_precision_name
 
 TRAIN_METHODS = ("dense", *METHODS)
@@ -81,6 +81,8 @@ class TrainConfig(TrainSettings):
         elif self.source != "dense":
             raise ValueError(f"source {self.source!r} is the random network a supermask searches; the dense "
                              "method trains every weight (choose a supermask method)")
+        else:
+            check_method_settings(None, MethodSettings(**self.method_settings()))  # dense reads none of them
 
     def resolved(self) -> TrainConfig:
         """This config with every ``None`` default replaced by the method's default."""
@@ -115,13 +117,11 @@ class TrainConfig(TrainSettings):
             return None
         return SupermaskConfig(method=self.method, density=float(self.density),
                                init=self.init or default("init", self.method, self.variant),
-                               distribution=self.distribution, rerand_period=self.rerand_period,
-                               rerand_prob=self.rerand_prob, score_l2=self.score_l2,
-                               sign_threshold=self.sign_threshold, coats=self.coats, gate_l0=self.gate_l0,
-                               gate_sigma=self.gate_sigma, variant=self.variant,
-                               source=self.source, source_density=float(self.source_density),
-                               source_distribution=self.source_distribution,
-                               source_locked=float(self.source_locked))
+                               distribution=self.distribution, **self.method_settings())
+
+    def method_settings(self) -> dict:
+        """The supermask methods' own settings of this config, by name (slth._hparams.METHOD_FIELDS)."""
+        return {name: getattr(self, name) for name in METHOD_FIELDS}
 
     def to_dict(self) -> dict:
         d = asdict(self)
