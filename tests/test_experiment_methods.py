@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -78,6 +79,13 @@ def test_cells_computed_with_other_settings_are_refused_before_any_work(tmp_path
         M.finished_cells(settings.cells(), work)
 
 
+def test_an_unreadable_cell_is_named(tmp_path):
+    cell = M.Settings(**M.PRESETS["quick"]).cells()[0]
+    (tmp_path / cell.file).write_text("{not json")
+    with pytest.raises(ValueError, match=f"{cell.file} is not a readable cell"):
+        M.finished_cells([cell], tmp_path)
+
+
 def test_a_setting_added_to_slth_later_keeps_the_earlier_cells():
     cell = M.Settings(**M.PRESETS["quick"]).cells()[1]
     wanted = cell.identity()
@@ -99,6 +107,8 @@ def test_the_default_arms_come_from_the_method_registry():
     ({"methods": ("edge-popup@lr",)}, "KEY=VALUE"),
     ({"methods": ("edge-popup@model=vit",)}, "not a slth train setting an arm may set"),
     ({"methods": ("edge-popup@rerand_prob=x",)}, "is not a float"),
+    ({"methods": ("edge-popup@normalize=yes",)}, "is not a bool"),
+    ({"methods": ("edge-popup@hidden=3",)}, "which an arm cannot set"),
     ({"methods": ("iterand@rerand_prob=2",)}, "rerand_prob"),
     ({"methods": ("dense", "dense")}, "lists a value twice"),
     ({"nets": ("resnet20",)}, "unknown --nets resnet20"),
@@ -109,6 +119,9 @@ def test_the_default_arms_come_from_the_method_registry():
     ({"data": "mnist"}, "--mnist-dir is needed"),
     ({"data": "cifar10"}, "unknown --data"),
     ({"device": "tpu"}, "device"),
+    ({"methods": ()}, "--methods is empty"),
+    ({"methods": ("edge-popup@lr=0.1@lr=0.2",)}, "given twice"),
+    ({"data": "mnist", "mnist_dir": Path("/no/such/folder")}, "no such --mnist-dir directory"),
 ])
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -128,6 +141,9 @@ def test_a_work_dir_that_is_a_file_and_a_net_that_cannot_take_the_data_are_refus
 def test_arms_carry_slth_train_settings():
     assert M.parse_arm("iterand@rerand_prob=0.5@rerand_period=7") == ("iterand", {"rerand_prob": 0.5,
                                                                                   "rerand_period": 7})
+    # the setting's type, also where its default is None (then the method's default applies)
+    assert M.parse_arm("edge-popup@lr=0.1@augment=true@init=kaiming-normal") == (
+        "edge-popup", {"lr": 0.1, "augment": True, "init": "kaiming-normal"})
     cell = dataclasses.replace(M.Settings(**M.PRESETS["quick"]).cells()[1], arm="iterand@rerand_period=7")
     assert cell.config().rerand_period == 7 and cell.file == "fc_iterand+rerand_period-7_d0.5_s0.json"
 

@@ -55,36 +55,38 @@ def _default_arms() -> tuple[str, ...]:
 
 def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
     """``"edge-popup@source=erdos-renyi@source_density=0.5"`` -> ("edge-popup", {"source": "erdos-renyi",
-    "source_density": 0.5}); values take the type of the ``slth train`` setting's default."""
+    "source_density": 0.5}); each value converted to its ``slth train`` setting's type (int, float, str or bool:
+    ``true``/``false``)."""
+    import typing
+
     from .._hparams import TrainSettings
 
     method, *parts = arm.split("@")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    hints = typing.get_type_hints(TrainSettings)
     fixed = {"method", "model", "data", "data_dir", "density", "epochs", "seed", "batch_size", "device",
-             "model_args", "data_args"}  # the experiment's own axes and settings
+             "model_args", "data_args", "workers"}  # the experiment's own axes and settings
     out: dict[str, Any] = {}
     for part in parts:
         key, eq, text = part.partition("=")
         if not eq or not key or not text:
             raise ValueError(f"--methods: {arm!r}: each setting after @ is KEY=VALUE, got {part!r}")
-        if key not in defaults or key in fixed:
+        if key not in hints or key in fixed:
             raise ValueError(f"--methods: {arm!r}: {key!r} is not a slth train setting an arm may set")
         if key in out:
             raise ValueError(f"--methods: {arm!r}: {key!r} given twice")
-        default = defaults[key]
+        kinds = [t for t in typing.get_args(hints[key]) if t is not type(None)] or [hints[key]]
+        kind = kinds[0] if len(kinds) == 1 else None
+        if kind not in (bool, int, float, str):
+            raise ValueError(f"--methods: {arm!r}: {key!r} takes a {hints[key]}, which an arm cannot set")
         try:
-            if isinstance(default, bool):
+            if kind is bool:
                 if text not in ("true", "false"):
                     raise ValueError
                 value: Any = text == "true"
-            elif isinstance(default, int):
-                value = int(text)
-            elif isinstance(default, float):
-                value = float(text)
             else:
-                value = text
+                value = kind(text)
         except ValueError:
-            raise ValueError(f"--methods: {arm!r}: {key}={text!r} is not a {type(default).__name__}") from None
+            raise ValueError(f"--methods: {arm!r}: {key}={text!r} is not a {kind.__name__}") from None
         out[key] = value
     return method, out
 
