@@ -86,6 +86,30 @@ def test_an_unreadable_cell_is_named(tmp_path):
         M.finished_cells([cell], tmp_path)
 
 
+def test_a_work_dir_in_use_by_a_living_run_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    settings = M.Settings(**{**M.PRESETS["quick"], "methods": ("edge-popup",), "densities": (0.5,),
+                             "work_dir": tmp_path})
+    lock = tmp_path / M.LOCK
+    lock.write_text(f"{os.getpid()} {host}")  # this test's process: alive
+    with pytest.raises(ValueError, match="is in use by another run"):
+        M.execute(settings, log=lambda *a: None)
+    assert [p.name for p in tmp_path.iterdir()] == [M.LOCK]  # nothing ran
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{dead.stdout.strip()} {host}")  # a process that has ended
+    with M.work_lock(tmp_path) as held:
+        assert held.read_text() == f"{os.getpid()} {host}"
+        with pytest.raises(ValueError, match=f"process {os.getpid()} on {host}"):
+            with M.work_lock(tmp_path):
+                pass
+    assert not lock.exists()  # released
+
+
 def test_a_setting_added_to_slth_later_keeps_the_earlier_cells():
     cell = M.Settings(**M.PRESETS["quick"]).cells()[1]
     wanted = cell.identity()

@@ -24,6 +24,7 @@ record, each computed from the cells by the rule stated there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import statistics
@@ -367,46 +368,99 @@ def execute(settings: Settings, *, out=None, log: Callable[..., None] = print, q
     with tempfile.TemporaryDirectory(prefix="slth-methods-") as tmp:
         work_dir = Path(tmp) if s.work_dir is None else s.work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
-        done = finished_cells(cells, work_dir)
-        todo = [c for c in cells if c not in done]
-        log(f"{len(cells)} cells: {len(done)} finished in {work_dir}, {len(todo)} to run in "
-            f"{min(s.workers, max(1, len(todo)))} process(es)")
-        results = dict(done)
-        from ..provenance import git_commit
-
-        commit = git_commit()
-        tasks = [(c, s.data_dir(c.data), work_dir, s.device, commit) for c in todo]
-        start = time.perf_counter()
-
-        def note(result: dict) -> None:
-            c = result["cell"]
-            log(f"[{len(results) - len(done)}/{len(todo)}, {time.perf_counter() - start:.0f} s] {c['net']} "
-                f"{c['arm']} d={c['density']:g} seed {c['seed']}: {100 * result['test_accuracy']:.2f} % (kept "
-                f"{result['kept_fraction']:.4f}) in {result['seconds']:.1f} s ({result['cpu_seconds']:.1f} s CPU)")
-
-        by_file = {c.file: c for c in todo}
-        if s.workers == 1 or len(todo) <= 1:
-            for task in tasks:
-                result = run_cell(*task)
-                results[task[0]] = result
-                note(result)
-        elif tasks:
-            import multiprocessing
-
-            import torch
-
-            context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads
-            with context.Pool(min(s.workers, len(tasks)), initializer=_worker_init,
-                              initargs=(torch.get_num_threads(),)) as pool:
-                for result in pool.imap_unordered(_run_task, tasks):
-                    results[by_file[result["file"]]] = result
-                    note(result)
+        with work_lock(work_dir):
+            done = finished_cells(cells, work_dir)
+            todo = [c for c in cells if c not in done]
+            results = _run_cells(s, todo, done, work_dir, log)
         runs = [results[c] for c in cells]
     body = {"cells": runs, "nets": {n: (NETS[n] if s.data == "mnist" else s.data) for n in s.nets},
             "batch_size": BATCH_SIZE, "optimizer": OPTIMIZER, "tolerance": TOLERANCE,
             "cells_run": len(todo), "cells_reused": len(done)}
     log(table(points(runs), list(s.nets)))
     return body
+
+
+def _run_cells(s: Settings, todo: list[Cell], done: dict[Cell, dict], work_dir: Path,
+               log: Callable[..., None]) -> dict[Cell, dict]:
+    """Run ``todo`` (in ``s.workers`` processes); returns every cell's result, ``done``'s included."""
+    from ..provenance import git_commit
+
+    log(f"{len(todo) + len(done)} cells: {len(done)} finished in {work_dir}, {len(todo)} to run in "
+        f"{min(s.workers, max(1, len(todo)))} process(es)")
+    results = dict(done)
+    commit = git_commit()
+    tasks = [(c, s.data_dir(c.data), work_dir, s.device, commit) for c in todo]
+    start = time.perf_counter()
+
+    def note(result: dict) -> None:
+        c = result["cell"]
+        log(f"[{len(results) - len(done)}/{len(todo)}, {time.perf_counter() - start:.0f} s] {c['net']} "
+            f"{c['arm']} d={c['density']:g} seed {c['seed']}: {100 * result['test_accuracy']:.2f} % (kept "
+            f"{result['kept_fraction']:.4f}) in {result['seconds']:.1f} s ({result['cpu_seconds']:.1f} s CPU)")
+
+    by_file = {c.file: c for c in todo}
+    if s.workers == 1 or len(todo) <= 1:
+        for task in tasks:
+            result = run_cell(*task)
+            results[task[0]] = result
+            note(result)
+    elif tasks:
+        import multiprocessing
+
+        import torch
+
+        context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads
+        with context.Pool(min(s.workers, len(tasks)), initializer=_worker_init,
+                          initargs=(torch.get_num_threads(),)) as pool:
+            for result in pool.imap_unordered(_run_task, tasks):
+                results[by_file[result["file"]]] = result
+                note(result)
+    return results
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def work_lock(work_dir: Path):
+    """Hold ``work_dir/.lock`` (this process's id and host) while cells run: a second run on the same folder is
+    refused while the first one lives; a lock left behind by a process that no longer runs (on this host) is
+    taken over."""
+    import os
+    import socket
+
+    path = work_dir / LOCK
+    host = socket.gethostname()
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid, _, owner = path.read_text(encoding="utf-8").partition(" ") if path.is_file() else ("", "", "")
+            if owner.strip() == host and pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)  # its process ended without removing it
+                continue
+            raise ValueError(f"--work-dir {work_dir} is in use by another run (process {pid or '?'} on "
+                             f"{owner.strip() or '?'}); wait for it to end, or remove {path} if it no longer runs") \
+                from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()} {host}")
+        break
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- summaries
