@@ -735,6 +735,7 @@ def plot(record: dict, path) -> None:
                             lw=1, capsize=2, color=colours(i % 20), label=arm)
         ax.set_xscale("log")
         plain_log_ticks(ax.xaxis)
+        ax.set_xticks(sorted({p.density for p in ps if p.arm != "dense"}))  # the requested densities
         ax.set_xlabel("kept fraction (measured)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{net} ({record['nets'][net]})")
