@@ -38,6 +38,7 @@ def test_methods_quick_runs_resumes_in_parallel_and_renders(tmp_path):
         want = r["cell"]["density"]
         assert r["kept_fraction"] == pytest.approx(want, abs=2e-3)
         assert (work / r["file"]).is_file()
+    assert rec["git_commit"] == rec["cells"][0]["git_commit"]
     ep = next(r for r in rec["cells"] if r["cell"]["arm"] == "edge-popup")
     assert (ep["train"]["lr"], ep["train"]["init"]) == (1.0, "signed-constant")  # METHODS["edge-popup"]
     stamps = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
@@ -108,6 +109,19 @@ def test_a_work_dir_in_use_by_a_living_run_is_refused_and_a_dead_runs_lock_taken
             with M.work_lock(tmp_path):
                 pass
     assert not lock.exists()  # released
+
+
+def test_the_record_carries_its_earliest_cells_commit():
+    import subprocess
+
+    root = Path(M.__file__).resolve().parent
+    head, parent = (subprocess.run(["git", "-C", str(root), "rev-parse", "--short", r], capture_output=True,
+                                   text=True).stdout.strip() for r in ("HEAD", "HEAD~1"))
+    if not head or not parent:
+        pytest.skip("not a git checkout with history")
+    assert M.earliest_commit([head, parent, head]) == parent
+    assert M.earliest_commit([head]) == head
+    assert M.earliest_commit([head, None]) is None  # a cell of unknown code: the record cannot be checked
 
 
 def test_a_setting_added_to_slth_later_keeps_the_earlier_cells():

@@ -375,9 +375,36 @@ def execute(settings: Settings, *, out=None, log: Callable[..., None] = print, q
         runs = [results[c] for c in cells]
     body = {"cells": runs, "nets": {n: (NETS[n] if s.data == "mnist" else s.data) for n in s.nets},
             "batch_size": BATCH_SIZE, "optimizer": OPTIMIZER, "tolerance": TOLERANCE,
-            "cells_run": len(todo), "cells_reused": len(done)}
+            "cells_run": len(todo), "cells_reused": len(done),
+            # the record's commit: the earliest of its cells', so slth report checks the oldest code behind it
+            "git_commit": earliest_commit([r.get("git_commit") for r in runs])}
     log(table(points(runs), list(s.nets)))
     return body
+
+
+def earliest_commit(commits: Sequence[str | None]) -> str | None:
+    """The commit among ``commits`` that every other one descends from; None when one is unknown, git is not
+    at hand, or they are not in one line of history (then the record's freshness cannot be checked)."""
+    import subprocess
+
+    if not commits or any(c is None for c in commits):
+        return None
+    unique = sorted({c for c in commits if c is not None})
+    if len(unique) == 1:
+        return unique[0]
+    here = Path(__file__).resolve().parent
+
+    def ancestor(a: str, b: str) -> bool:
+        try:
+            return subprocess.run(["git", "-C", str(here), "merge-base", "--is-ancestor", a, b],
+                                  capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+    for c in unique:
+        if all(ancestor(c, o) for o in unique if o != c):
+            return c
+    return None
 
 
 def _run_cells(s: Settings, todo: list[Cell], done: dict[Cell, dict], work_dir: Path,
