@@ -10,6 +10,7 @@ width-sweep            dense at width w vs each supermask method at width k*w
 transformers           tickets of a trained ViT (MNIST, Fashion-MNIST) and char-GPT; width vs eps
 hf-models              tickets of transformers' GPT-2, Llama, BERT as downloaded (module replacement)
 variants               each supermask method's slth variant vs its reference-code variant, same seeds
+methods                every supermask method and dense on MNIST FC, LeNet-5, Fashion-MNIST ViT; claims
 =====================  ==========================================================================
 
 :data:`EXPERIMENTS` is the one registry: the record kind (the record's ``"experiment"`` key), the module
@@ -85,6 +86,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                threads=1),
     Experiment("variants", "variants", 67, _LEARNING + ("data/", "experiments/variants.py"),
                summary="Each supermask method in slth's variant against its reference-code variant, same seeds"),
+    Experiment("methods", "methods", 68, _LEARNING + ("data/", "experiments/methods.py"),
+               summary="Every supermask method against dense on MNIST FC, LeNet-5 and a Fashion-MNIST ViT across "
+                       "densities; the papers' claims decided from the cells (resumable: --work-dir)",
+               threads=1),
     Experiment("train-run", "train_runs", 70, _LEARNING + ("data/",), command=False),
     Experiment("train-runs", "train_runs", 95, _LEARNING + ("data/",), command=False, render="render_set"),
 )}
