@@ -1300,7 +1300,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                                        "AMLab-Amsterdam/L0_regularization l0_layers.py (beta, gamma, zeta, "
                                        "log alpha init)")),
 )}
-check_registry("supermask method", METHODS, METHOD_NAMES)
+check_registry("supermask method", METHODS, METHOD_NAMES)  # slth train --help lists them without torch
 # the settings every method reads: the variant and the random source; the rest belong to the methods that name them
 COMMON_SETTINGS = ("variant", "source", "source_density", "source_distribution", "source_locked")
 
@@ -1313,4 +1313,4 @@ def check_method_settings(method: str | None, settings: MethodSettings) -> None:
         if name not in reads and getattr(settings, name) != getattr(_METHOD, name):
             owners = [m for m, entry in METHODS.items() if name in entry.settings]
             raise ValueError(f"{name} is a setting of {' and '.join(owners)}; {method or 'dense training'} does not "
-                             f"read it (leave it at its default, {getattr(_METHOD, name)!r})")  # slth train --help lists them without torch
+                             f"read it (leave it at its default, {getattr(_METHOD, name)!r})")
