@@ -98,7 +98,10 @@ class Ticket:
     def _replacements(self) -> dict[str, nn.Module]:
         """A module-replacement ticket's new modules (zero weights), by the path they replace."""
         layouts = self.layouts
-        return {leaf.path: leaf.module(layouts) for leaf in self.leaves}
+        built: dict[str, nn.Module] = {}
+        for leaf in sorted(self.leaves, key=lambda leaf: leaf.kind == "tied_linear"):  # a tied head after its table
+            built[leaf.path] = leaf.module(layouts, built.get(leaf.options.get("tie", "")))
+        return built
 
     def _param_shapes(self) -> dict[str, tuple]:
         if self.replaces_modules:
