@@ -570,3 +570,48 @@ def test_vit_ticket_runs_its_own_forward_and_agrees_with_the_target(cls, tmp_pat
         assert (want[key] - got[key]).abs().max() < 0.05, key
     if cls == "ViTForImageClassification":
         assert (want.logits.argmax(-1) == got.logits.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("construction", ["graph", "modules"])
+def test_to_module_draws_the_random_layers_blockwise_bit_for_bit(construction):
+    from slth.construction.network import apply_redraws, layer_tensors
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 4))
+    ticket = slth.construct(net, eps=0.01, n=4, seed=0, construction=construction)  # n too small: redraws
+    assert len(ticket.redraws) > 0
+    fresh = (lambda: None) if construction == "graph" else (lambda: nn.Sequential(nn.Linear(6, 9), nn.ReLU(),
+                                                                                  nn.Linear(9, 4)))
+    for masked in (True, False):
+        # the reference: each layer's whole tensors, its redraws replayed, times its mask
+        want = {}
+        for index, (prefix, layout) in enumerate(zip(ticket._prefixes(), ticket.layouts)):
+            tensors = layer_tensors(ticket.seed, index, layout)
+            apply_redraws(ticket.seed, index, layout, tensors["b.weight"], ticket.redraws)
+            for name, arr in tensors.items():
+                value = torch.from_numpy(arr)
+                want[f"{prefix}.{name}"] = value * ticket.masks[f"{prefix}.{name}"] if masked else value
+        for block in (1, 7, 10**9):  # a row at a time, blocks across a row boundary, whole layers
+            got = dict(ticket._fill(masked, None, fresh(), block_values=block).named_parameters())
+            assert want.keys() == got.keys()
+            assert all(torch.equal(want[k].view(torch.int32), got[k].view(torch.int32)) for k in want)
+
+
+def test_embedding_and_tied_head_compute_the_pairs_maps_a_block_at_a_time(gpt2, monkeypatch):
+    from slth.construction import modules
+    from slth.construction.network import EmbeddingPair
+
+    _, _, loaded = gpt2
+    pruned = loaded.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    wte, head = pruned.transformer.wte, pruned.lm_head
+    idx = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(0))
+    h = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # the gather is the pair's own map on the one-hot index (the same products, fewer zeros summed)
+        torch.testing.assert_close(wte(idx), EmbeddingPair.forward(wte, idx) * wte.factor, rtol=1e-6, atol=1e-6)
+        whole = head(h)
+        monkeypatch.setattr(modules, "TABLE_BLOCK_VALUES", 1)  # one column of the table at a time
+        torch.testing.assert_close(head(h), whole, rtol=1e-5, atol=1e-5)  # torch matmuls of other shapes
+        for bad in (-1, 64):  # a negative index would wrap around in a gather: refused like one_hot refuses it
+            with pytest.raises(IndexError, match="index out of range: the embedding has 64 entries"):
+                wte(torch.tensor([[3, bad]]))

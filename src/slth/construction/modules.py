@@ -67,6 +67,8 @@ from torch import nn
 from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
 from .target import LinearSpec, _array
 
+# a tied head computes its embedding's table this many random weights at a time (memory: one block, not the pair)
+TABLE_BLOCK_VALUES = 1 << 24
 KINDS = ("linear", "conv1d_t", "conv1d", "conv2d", "embedding", "layernorm", "rmsnorm", "batchnorm", "mha", "const",
          "tied_linear")
 SUPPORTED_LEAVES = ("Linear, transformers' Conv1D, Conv1d/Conv2d (groups 1, zero padding), Embedding, LayerNorm, "
@@ -99,25 +101,36 @@ class Conv1dPair(LeafPair):
 
 
 class EmbeddingLeaf(EmbeddingPair):
-    """An ``nn.Embedding`` replaced by its pair on the one-hot index, times the fixed ``factor``."""
+    """An ``nn.Embedding`` replaced by its pair on the one-hot index, times the fixed ``factor``. The pair's map on
+    a one-hot input reads only the index's own n first-layer units, so the forward gathers them (the same products
+    as ``b(relu(a(one_hot(idx))))``, without the (tokens, num * n) one-hot activations)."""
 
     def __init__(self, layout: LayerLayout, factor: float = 1.0):
         super().__init__(layout)
         self.register_buffer("factor", torch.tensor(float(factor)))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return super().forward(idx) * self.factor
+        num, n = self.a.weight.shape
+        flat = idx.reshape(-1).long()
+        if flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < num):
+            raise IndexError(f"index out of range: the embedding has {num} entries")
+        rows = self.b.weight.unflatten(1, (num, n))[:, flat, :]  # (dim, tokens, n)
+        out = (rows * torch.relu(self.a.weight[flat])).sum(-1).T  # (tokens, dim)
+        return out.reshape(*idx.shape, -1) * self.factor
 
     @property
     def weight(self) -> nn.Parameter:
         """The pair's last layer (``b.weight``): the module's dtype and device, not its realised table."""
         return self.b.weight
 
-    def table(self) -> torch.Tensor:
-        """The realised table Ê^T, (dim, num): column k is the embedding of token k, computed from the pruned
-        random weights (``b.weight`` times each token's first-layer scalars, summed over its n units)."""
+    def table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Columns ``start:stop`` of the realised table Ê^T, (dim, num): column k is the embedding of token k,
+        computed from the pruned random weights (``b.weight`` times token k's first-layer scalars, summed over its
+        n units)."""
         num, n = self.a.weight.shape
-        return (self.b.weight.unflatten(1, (num, n)) * torch.relu(self.a.weight)).sum(-1) * self.factor
+        stop = num if stop is None else stop
+        b = self.b.weight.unflatten(1, (num, n))[:, start:stop, :]
+        return (b * torch.relu(self.a.weight[start:stop])).sum(-1) * self.factor
 
 
 class TiedHead(nn.Module):
@@ -141,7 +154,10 @@ class TiedHead(nn.Module):
         return self.embedding.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x @ self.embedding.table()
+        e = self.embedding
+        (num, n), dim = e.a.weight.shape, e.b.weight.shape[0]
+        step = max(1, TABLE_BLOCK_VALUES // (dim * n))  # the table's columns a block at a time
+        out = torch.cat([x @ e.table(s, min(num, s + step)) for s in range(0, num, step)], dim=-1)
         return out if self.bias is None else out + self.bias()
 
     def extra_repr(self) -> str:
