@@ -130,6 +130,11 @@ def test_a_tied_head_stays_tied_one_pair_used_at_both_places(gpt2):
         x = torch.randint(0, 64, (4, 10), generator=torch.Generator().manual_seed(1))
         want = pruned.lm_head(pruned.transformer(x).last_hidden_state)
         torch.testing.assert_close(pruned(x).logits, want)
+    pruned.tie_weights()  # transformers' own re-tie (head.weight = embedding.weight) keeps it as it is
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight and pruned.lm_head.embedding is pruned.transformer.wte
+    with pytest.raises(AttributeError, match="a tied head's weight is its embedding pair's"):
+        pruned.lm_head.weight = nn.Parameter(torch.zeros(64, 32))
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight
     # half the random network an untied head pair would add (n per token instead of 2n per hidden feature)
     wte = next(leaf for leaf in ticket.leaves if leaf.path == "transformer.wte")
     assert ticket.layouts[wte.layers[0]].d_in == 64 and not ticket.layouts[wte.layers[0]].signed_input

@@ -153,6 +153,14 @@ class TiedHead(nn.Module):
         """The shared pair's last layer: ``head.weight is embedding.weight``, as in the tied class."""
         return self.embedding.weight
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # transformers' tie_weights() sets head.weight = embedding.weight: already so
+            if value is self.embedding.weight:
+                return
+            raise AttributeError("a tied head's weight is its embedding pair's (read-only); it cannot be set to "
+                                 "another tensor")
+        super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.embedding
         (num, n), dim = e.a.weight.shape, e.b.weight.shape[0]
