@@ -97,7 +97,8 @@ def test_bad_options_fail_before_any_work(tmp_path):
     assert result.exit_code != 0 and "t5" in result.output and not out.exists()
     result = runner.invoke(app, ["experiment", "hf-models", "--eps", "0.5,2", "--out", str(out)])
     assert result.exit_code != 0 and "--eps" in result.output and not out.exists()
-    result = runner.invoke(app, ["experiment", "hf-models", "--closest-eps", "0.001,1.5", "--out", str(out)])
+    result = runner.invoke(app, ["experiment", "hf-models", "--quick", "--models", "bert", "--closest-eps", "0.001,1.5",
+                                 "--out", str(out)])  # --quick: without the check this would run (and pass) quickly
     assert result.exit_code != 0 and "--closest-eps needs values in (0, 1)" in result.output and not out.exists()
 
 
