@@ -107,10 +107,77 @@ def test_gpt2_ticket_is_a_gpt2_that_generates_like_the_target(gpt2):
     pruned = _check_causal_lm(target, ticket, loaded, T.GPT2LMHeadModel, gpt2_config())
     kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
     assert kinds["transformer.h.0.attn.c_attn"] == "conv1d_t" and kinds["transformer.wte"] == "embedding"
-    assert kinds["transformer.h.1.ln_2"] == "layernorm" and kinds["lm_head"] == "linear"
-    # the tie lm_head.weight is wte.weight is recorded; each use is its own pair (one pair per use)
+    assert kinds["transformer.h.1.ln_2"] == "layernorm" and kinds["lm_head"] == "tied_linear"
     assert sorted(ticket.stats["tied_parameters"][0]) == ["lm_head.weight", "transformer.wte.weight"]
     assert pruned.get_output_embeddings() is pruned.lm_head and pruned.get_input_embeddings() is pruned.transformer.wte
+
+
+def test_a_tied_head_stays_tied_one_pair_used_at_both_places(gpt2):
+    target, ticket, loaded = gpt2
+    assert target.lm_head.weight is target.transformer.wte.weight  # the class ties them
+    pruned = loaded.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight  # so does the rebuilt ticket: one pair
+    assert pruned.lm_head.embedding is pruned.transformer.wte
+    assert not any(name.startswith("lm_head.") for name in loaded.masks)  # no pair of its own
+    assert not any(name.startswith("lm_head.") for name, _ in pruned.named_parameters())
+    # the head computes x Ê^T with Ê the table the embedding realises (its output for every token)
+    h = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        table = pruned.transformer.wte(torch.arange(64))
+        torch.testing.assert_close(pruned.lm_head(h), h @ table.T, rtol=1e-5, atol=1e-5)
+        assert (table - target.transformer.wte.weight).abs().max() <= EPS * 1.0001  # within eps of E
+        # the whole rebuilt model: the ticket's outputs, through the tie
+        x = torch.randint(0, 64, (4, 10), generator=torch.Generator().manual_seed(1))
+        want = pruned.lm_head(pruned.transformer(x).last_hidden_state)
+        torch.testing.assert_close(pruned(x).logits, want)
+    pruned.tie_weights()  # transformers' own re-tie (head.weight = embedding.weight) keeps it as it is
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight and pruned.lm_head.embedding is pruned.transformer.wte
+    with pytest.raises(AttributeError, match="a tied head's weight is its embedding pair's"):
+        pruned.lm_head.weight = nn.Parameter(torch.zeros(64, 32))
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight
+    # half the random network an untied head pair would add (n per token instead of 2n per hidden feature)
+    wte = next(leaf for leaf in ticket.leaves if leaf.path == "transformer.wte")
+    assert ticket.layouts[wte.layers[0]].d_in == 64 and not ticket.layouts[wte.layers[0]].signed_input
+
+
+def test_a_tied_ticket_refuses_an_untied_fresh_instance(gpt2):
+    _, _, loaded = gpt2
+    untied = T.GPT2LMHeadModel(T.GPT2Config(**{**gpt2_config().to_dict(), "tie_word_embeddings": False}))
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    before = {k: v.clone() for k, v in untied.state_dict().items()}
+    with pytest.raises(ValueError, match="'lm_head' of the model is not tied to 'transformer.wte'"):
+        loaded.to_module(model=untied)
+    assert all(torch.equal(v, untied.state_dict()[k]) for k, v in before.items())  # refused before any change
+    other = T.GPT2LMHeadModel(gpt2_config())
+    other.lm_head = nn.Identity()
+    with pytest.raises(ValueError, match="'lm_head' of the model is a Identity, the ticket replaces a Linear tied"):
+        loaded.to_module(model=other)
+    from slth.construction.modules import Leaf
+
+    head = next(leaf for leaf in loaded.leaves if leaf.kind == "tied_linear")  # a damaged ticket: no table built
+    with pytest.raises(ValueError, match="'lm_head' is tied to the embedding 'transformer.wte': build that first"):
+        Leaf.from_json(head.to_json()).module(loaded.layouts, None)
+
+
+def test_a_tied_head_with_a_bias_bert_masked_lm(tmp_path_factory):
+    target = _build(T.BertForMaskedLM, bert_config())
+    assert target.cls.predictions.decoder.weight is target.bert.embeddings.word_embeddings.weight
+    ticket, loaded = _construct(target, tmp_path_factory)
+    kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
+    assert kinds["cls.predictions.decoder"] == "tied_linear"
+    pruned = loaded.to_module(model=T.BertForMaskedLM(bert_config()))
+    head = pruned.cls.predictions.decoder
+    assert head.weight is pruned.bert.embeddings.word_embeddings.weight and head.bias is not None
+    with torch.no_grad():
+        torch.testing.assert_close(head.bias(), target.cls.predictions.decoder.bias, rtol=0, atol=EPS * 1.0001)
+        x = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))
+        want, got = target(x).logits, pruned(x).logits
+    assert want.shape == got.shape and (want - got).abs().max() < 0.1
+    assert (want.argmax(-1) == got.argmax(-1)).float().mean() >= 0.95
+    with pytest.raises(ValueError, match="has bias=False, the ticket's True"):  # a head without its bias
+        fresh = T.BertForMaskedLM(bert_config())
+        fresh.cls.predictions.decoder.bias = None
+        loaded.to_module(model=fresh)
 
 
 def test_llama_gqa_rmsnorm_ticket_generates_like_the_target(llama):
@@ -144,6 +211,8 @@ def test_pruned_weights_are_random_weights_times_masks(gpt2):
     assert sum(int(m.sum()) for m in loaded.masks.values()) == ticket.stats["kept_params"]
     with pytest.raises(ValueError, match="'transformer.wte' of the model is a EmbeddingLeaf"):
         loaded.to_module(model=pruned)  # not a fresh instance: refused
+    random_head = random.lm_head  # the unpruned network is tied too
+    assert random_head.weight is random.transformer.wte.weight
 
 
 def test_to_module_without_a_fresh_instance_is_refused(gpt2):
@@ -483,6 +552,76 @@ def test_a_module_ticket_refuses_a_fresh_instance_that_does_not_match():
     with pytest.raises(ValueError, match=r"replaced the modules of a \S*_Small and has no construction graph"):
         ticket.graph  # noqa: B018 (the property refuses)
     assert ticket.to_module(model=_Small())(torch.arange(10)).shape == (10, 3)  # a matching instance rebuilds
+
+
+@pytest.mark.parametrize("cls", ["ViTForImageClassification", "ViTModel"])
+def test_vit_ticket_runs_its_own_forward_and_agrees_with_the_target(cls, tmp_path_factory):
+    # ViT's forward casts its pixels to patch_embeddings.projection.weight.dtype: a replaced leaf's ``weight`` is
+    # its pair's last layer (dtype and device), so the class's own forward runs unchanged
+    config = T.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=32, num_labels=3, initializer_range=0.1)
+    target = _build(getattr(T, cls), config)
+    ticket, loaded = _construct(target, tmp_path_factory)
+    kinds = {leaf.path: leaf.kind for leaf in ticket.leaves}
+    assert kinds["vit.embeddings.patch_embeddings.projection".removeprefix("vit." if cls == "ViTModel" else "")] \
+        == "conv2d"
+    assert kinds["embeddings.cls_token" if cls == "ViTModel" else "vit.embeddings.cls_token"] == "const"
+    pruned = loaded.to_module(model=getattr(T, cls)(config))
+    projection = (pruned if cls == "ViTModel" else pruned.vit).embeddings.patch_embeddings.projection
+    assert projection.weight is projection.b.weight and projection.weight.dtype == torch.float32
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = target(x), pruned(x)
+    for key in ("logits",) if cls == "ViTForImageClassification" else ("last_hidden_state", "pooler_output"):
+        assert want[key].shape == got[key].shape
+        assert (want[key] - got[key]).abs().max() < 0.05, key
+    if cls == "ViTForImageClassification":
+        assert (want.logits.argmax(-1) == got.logits.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("construction", ["graph", "modules"])
+def test_to_module_draws_the_random_layers_blockwise_bit_for_bit(construction):
+    from slth.construction.network import apply_redraws, layer_tensors
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 4))
+    ticket = slth.construct(net, eps=0.01, n=4, seed=0, construction=construction)  # n too small: redraws
+    assert len(ticket.redraws) > 0
+    fresh = (lambda: None) if construction == "graph" else (lambda: nn.Sequential(nn.Linear(6, 9), nn.ReLU(),
+                                                                                  nn.Linear(9, 4)))
+    for masked in (True, False):
+        # the reference: each layer's whole tensors, its redraws replayed, times its mask
+        want = {}
+        for index, (prefix, layout) in enumerate(zip(ticket._prefixes(), ticket.layouts)):
+            tensors = layer_tensors(ticket.seed, index, layout)
+            apply_redraws(ticket.seed, index, layout, tensors["b.weight"], ticket.redraws)
+            for name, arr in tensors.items():
+                value = torch.from_numpy(arr)
+                want[f"{prefix}.{name}"] = value * ticket.masks[f"{prefix}.{name}"] if masked else value
+        for block in (1, 7, 10**9):  # a row at a time, blocks across a row boundary, whole layers
+            got = dict(ticket._fill(masked, None, fresh(), block_values=block).named_parameters())
+            assert want.keys() == got.keys()
+            assert all(torch.equal(want[k].view(torch.int32), got[k].view(torch.int32)) for k in want)
+
+
+def test_embedding_and_tied_head_compute_the_pairs_maps_a_block_at_a_time(gpt2, monkeypatch):
+    from slth.construction import modules
+    from slth.construction.network import EmbeddingPair
+
+    _, _, loaded = gpt2
+    pruned = loaded.to_module(model=T.GPT2LMHeadModel(gpt2_config()))
+    wte, head = pruned.transformer.wte, pruned.lm_head
+    idx = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(0))
+    h = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # the gather is the pair's own map on the one-hot index (the same products, fewer zeros summed)
+        torch.testing.assert_close(wte(idx), EmbeddingPair.forward(wte, idx) * wte.factor, rtol=1e-6, atol=1e-6)
+        whole = head(h)
+        monkeypatch.setattr(modules, "TABLE_BLOCK_VALUES", 1)  # one column of the table at a time
+        torch.testing.assert_close(head(h), whole, rtol=1e-5, atol=1e-5)  # torch matmuls of other shapes
+        for bad in (-1, 64):  # a negative index would wrap around in a gather: refused like one_hot refuses it
+            with pytest.raises(IndexError, match="index out of range: the embedding has 64 entries"):
+                wte(torch.tensor([[3, bad]]))
 
 
 # -- refusals, each fails when its check is deleted (formerly tests/test_safety_construction.py) -----------------------

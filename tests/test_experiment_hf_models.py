@@ -30,7 +30,12 @@ def test_quick_record_has_the_fields(quick):
     assert gpt2["class"] == "GPT2LMHeadModel" and bert["class"] == "BertForSequenceClassification"
     assert rec["text_data"]["unigram_perplexity"] > 1 and gpt2["train"]["steps"] == 20
     for m in rec["models"]:
-        assert [t["eps"] for t in m["tickets"]] == [0.01, 0.001]
+        assert [t["eps"] for t in m["tickets"]] == [0.01, 0.001, 0.001]  # and a closest-subsets ticket at 1e-3
+        assert [t["subsets"] for t in m["tickets"]] == ["fewest", "fewest", "closest"]
+        fewest, closest = m["tickets"][1:]
+        assert closest["random_params"] == fewest["random_params"]  # the same random network (n from eps)
+        assert closest["kept_params"] > fewest["kept_params"] and closest["max_weight_error"] <= fewest["eps"]
+        assert closest["weight_error_median"] < fewest["weight_error_median"] / 2
         for t in m["tickets"]:
             assert t["random_params"] > t["kept_params"] > 0 and t["eps_met"] and t["max_weight_error"] <= t["eps"]
             assert t["random_ratio"] == t["random_params"] / t["target_params"] and 0 <= t["top1_agreement"] <= 1
@@ -51,7 +56,9 @@ def test_quick_record_renders(quick, tmp_path):
     for part in ("### Causal language models", "### BERT sequence classification", "### Goals", "GPT2LMHeadModel",
                  rec["git_commit"]):
         assert part in section
-    assert section.count("goal within 1 %") == 1 and "generate()` of 8 tokens" in section
+    assert section.count("goal within 1 %") == 2 and "generate()` of 8 tokens" in section
+    assert "GPT2LMHeadModel (closest subsets), eps 0.001: ticket perplexity" in section
+    assert "| 0.001 closest |" in section
 
 
 def _lm(agreement, ratio, identical):
@@ -71,6 +78,13 @@ def test_goal_lines_follow_the_numbers():
                                                                   "examples": 360}]}
     assert "**not met**" in H.goal_lines([bert])[0]
     assert "not measured" in H.goal_lines([{"class": "X", "tickets": [{"eps": 1e-2}]}])[0]
+    both = _lm(0.994, 1.001, 44)
+    both["tickets"].append({**both["tickets"][0], "top1_agreement": 0.999, "generate_identical": 48,
+                            "generate_identical_share": 0.96, "subsets": "closest"})
+    lines = H.goal_lines([both])  # one verdict per ticket at the goal eps, the closest one labelled
+    assert len(lines) == 6 and all("closest" not in line for line in lines[:3])
+    assert all(line.startswith("* GPT2LMHeadModel (closest subsets), eps 0.001") for line in lines[3:])
+    assert "**not met**" in lines[1] and "**met**" in lines[4] and "**met**" in lines[5]
 
 
 def test_bad_options_fail_before_any_work(tmp_path):
@@ -83,6 +97,9 @@ def test_bad_options_fail_before_any_work(tmp_path):
     assert result.exit_code != 0 and "t5" in result.output and not out.exists()
     result = runner.invoke(app, ["experiment", "hf-models", "--eps", "0.5,2", "--out", str(out)])
     assert result.exit_code != 0 and "--eps" in result.output and not out.exists()
+    result = runner.invoke(app, ["experiment", "hf-models", "--quick", "--models", "bert", "--closest-eps", "0.001,1.5",
+                                 "--out", str(out)])  # --quick: without the check this would run (and pass) quickly
+    assert result.exit_code != 0 and "--closest-eps needs values in (0, 1)" in result.output and not out.exists()
 
 
 def test_below_the_goal_eps_is_reported_without_a_verdict():

@@ -37,12 +37,22 @@ What replaces what (``KINDS``):
 Every parameter of another leaf type (``nn.LSTM``, ``nn.PReLU``, a norm that is not weight * normalise(x), ...)
 is refused by its full name before any work.
 
-**Tied parameters** (one tensor under two names, GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) get
-one pair *per use*: the embedding realises E^T on one-hot indices (nonnegative inputs, n units per token), the
-head realises E on signed hidden states (2n units per feature): two different maps, each a pair within eps of
-its target; a pair is a two-layer network, not a weight tensor that could be shared. The ticket records the ties
-(``stats["tied_parameters"]``); the rebuilt model keeps both module names (``get_input_embeddings()`` /
-``get_output_embeddings()`` give the two pairs). The same module instance under two paths is one pair at both.
+**Tied parameters** (one tensor under two names): an output layer whose weight *is* an embedding's table
+(``tie_word_embeddings``: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) stays tied -- one pair for the
+shared tensor, used at both places, as the class uses one tensor. The embedding's pair realises the table
+Ê (Ê^T on the one-hot index, each entry within eps of E); the head (kind ``tied_linear``, :class:`TiedHead`)
+computes ``x Ê^T`` from the same pruned random weights, its two layers read in reverse order: a one-hot input and
+nonnegative first-layer weights make the embedding's ReLU the identity, so its map is linear and its transpose is
+that of the same weights. The head's own bias, if any, is a constant (a bias-units pair). ``lm_head.weight is
+transformer.wte.weight`` holds in the rebuilt model (both are the shared pair's ``b.weight``, see ``weight``
+below); a fresh instance must tie them too. Other ties (a bias under two names) get one pair per use. The
+ticket records every tie (``stats["tied_parameters"]``). The same module instance under two paths is one pair
+at both.
+
+``weight`` of a replaced Linear-like leaf (:class:`LeafPair`, :class:`EmbeddingLeaf`, :class:`TiedHead`) is its
+pair's last layer, ``b.weight`` (masked), read-only: the tensor that carries the module's dtype and device, for
+code that reads ``layer.weight.dtype`` (ViT's forward casts its pixels to ``projection.weight.dtype``). It is
+not the realised map: a pair has no single weight matrix.
 """
 
 from __future__ import annotations
@@ -57,7 +67,10 @@ from torch import nn
 from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
 from .target import LinearSpec, _array
 
-KINDS = ("linear", "conv1d_t", "conv1d", "conv2d", "embedding", "layernorm", "rmsnorm", "batchnorm", "mha", "const")
+# a tied head computes its embedding's table this many random weights at a time (memory: one block, not the pair)
+TABLE_BLOCK_VALUES = 1 << 24
+KINDS = ("linear", "conv1d_t", "conv1d", "conv2d", "embedding", "layernorm", "rmsnorm", "batchnorm", "mha", "const",
+         "tied_linear")
 SUPPORTED_LEAVES = ("Linear, transformers' Conv1D, Conv1d/Conv2d (groups 1, zero padding), Embedding, LayerNorm, "
                     "RMSNorm (torch's or a library's weight-only RMSNorm), eval-mode BatchNorm1d/2d, "
                     "MultiheadAttention")
@@ -74,6 +87,11 @@ class LeafPair(RandomPair):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.factor
 
+    @property
+    def weight(self) -> nn.Parameter:
+        """The pair's last layer (``b.weight``): the module's dtype and device, not its realised map."""
+        return self.b.weight
+
 
 class Conv1dPair(LeafPair):
     """An ``nn.Conv1d`` as the Conv2d pair with kernel (1, k) on the input viewed as (N, C, 1, L)."""
@@ -83,14 +101,76 @@ class Conv1dPair(LeafPair):
 
 
 class EmbeddingLeaf(EmbeddingPair):
-    """An ``nn.Embedding`` replaced by its pair on the one-hot index, times the fixed ``factor``."""
+    """An ``nn.Embedding`` replaced by its pair on the one-hot index, times the fixed ``factor``. The pair's map on
+    a one-hot input reads only the index's own n first-layer units, so the forward gathers them (the same products
+    as ``b(relu(a(one_hot(idx))))``, without the (tokens, num * n) one-hot activations)."""
 
     def __init__(self, layout: LayerLayout, factor: float = 1.0):
         super().__init__(layout)
         self.register_buffer("factor", torch.tensor(float(factor)))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return super().forward(idx) * self.factor
+        num, n = self.a.weight.shape
+        flat = idx.reshape(-1).long()
+        if flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < num):
+            raise IndexError(f"index out of range: the embedding has {num} entries")
+        rows = self.b.weight.unflatten(1, (num, n))[:, flat, :]  # (dim, tokens, n)
+        out = (rows * torch.relu(self.a.weight[flat])).sum(-1).T  # (tokens, dim)
+        return out.reshape(*idx.shape, -1) * self.factor
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The pair's last layer (``b.weight``): the module's dtype and device, not its realised table."""
+        return self.b.weight
+
+    def table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Columns ``start:stop`` of the realised table Ê^T, (dim, num): column k is the embedding of token k,
+        computed from the pruned random weights (``b.weight`` times token k's first-layer scalars, summed over its
+        n units)."""
+        num, n = self.a.weight.shape
+        stop = num if stop is None else stop
+        b = self.b.weight.unflatten(1, (num, n))[:, start:stop, :]
+        return (b * torch.relu(self.a.weight[start:stop])).sum(-1) * self.factor
+
+
+class TiedHead(nn.Module):
+    """A Linear whose weight is an embedding's table (a tied output layer): ``x Ê^T (+ bias)``, Ê the table that
+    ``embedding`` (an :class:`EmbeddingLeaf`) realises, from its pruned random weights (:meth:`EmbeddingLeaf.table`).
+    The embedding is held by reference, not as a child: its parameters are the embedding's, named there once.
+    ``bias``: the head's own bias as a :class:`ConstLeaf`, or None."""
+
+    def __init__(self, embedding: EmbeddingLeaf, bias: ConstLeaf | None = None):
+        super().__init__()
+        object.__setattr__(self, "_tied", (embedding,))
+        self.bias = bias
+
+    @property
+    def embedding(self) -> EmbeddingLeaf:
+        return self._tied[0]
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The shared pair's last layer: ``head.weight is embedding.weight``, as in the tied class."""
+        return self.embedding.weight
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # transformers' tie_weights() sets head.weight = embedding.weight: already so
+            if value is self.embedding.weight:
+                return
+            raise AttributeError("a tied head's weight is its embedding pair's (read-only); it cannot be set to "
+                                 "another tensor")
+        super().__setattr__(name, value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.embedding
+        (num, n), dim = e.a.weight.shape, e.b.weight.shape[0]
+        step = max(1, TABLE_BLOCK_VALUES // (dim * n))  # the table's columns a block at a time
+        out = torch.cat([x @ e.table(s, min(num, s + step)) for s in range(0, num, step)], dim=-1)
+        return out if self.bias is None else out + self.bias()
+
+    def extra_repr(self) -> str:
+        num, n = self.embedding.a.weight.shape
+        return f"tied to an embedding pair ({num} tokens, n={n})"
 
 
 class NormLeaf(nn.Module):
@@ -209,6 +289,8 @@ class Leaf:
             return [f"{self.path}.{p}" for p in ("q", "k", "v", "o")]
         if self.kind in ("layernorm", "rmsnorm", "batchnorm"):
             return [f"{self.path}.affine"][: len(self.layers)]
+        if self.kind == "tied_linear":  # its pairs are its tied embedding's; its own: the bias, if any
+            return [f"{self.path}.bias"][: len(self.layers)]
         return [self.path]
 
     def to_json(self) -> dict:
@@ -227,10 +309,16 @@ class Leaf:
         return cls(str(d["path"]), d["kind"], tuple(int(v) for v in d["layers"]),
                    tuple(float(v) for v in d["scales"]), options, tuple(str(a) for a in d.get("aliases", ())))
 
-    def module(self, layouts: list[LayerLayout]) -> nn.Module:
-        """The replacement module (zero weights); its parameters are named as in the ticket's masks."""
+    def module(self, layouts: list[LayerLayout], tied: nn.Module | None = None) -> nn.Module:
+        """The replacement module (zero weights); its parameters are named as in the ticket's masks. ``tied``:
+        for a ``tied_linear`` leaf, the module built for the embedding it is tied to (``options["tie"]``)."""
         pairs = [(layouts[i], s) for i, s in zip(self.layers, self.scales)]
         opt = self.options
+        if self.kind == "tied_linear":
+            if not isinstance(tied, EmbeddingLeaf):
+                raise ValueError(f"{self.path!r} is tied to the embedding {opt['tie']!r}: build that first")
+            bias = ConstLeaf(pairs[0][0], (pairs[0][0].d_out,), pairs[0][1]) if pairs else None
+            return TiedHead(tied, bias)
         if self.kind in ("linear", "conv1d_t", "conv2d"):
             return LeafPair(*pairs[0])
         if self.kind == "conv1d":
@@ -452,6 +540,16 @@ def plan_modules(model: nn.Module) -> ModulePlan:
         handled[key] = info
     if not handled and not consts:
         raise ValueError("the model has no weight-holding module to construct")
+    # an output Linear whose weight is an embedding's table (tie_word_embeddings) is computed from the
+    # embedding's pair: its own specs are its bias only, as a constant (bias units)
+    tables = {id(modules[key].weight): paths[key][0] for key, info in handled.items() if info[0] == "embedding"}
+    for key, (kind, leaf_specs, _) in list(handled.items()):
+        tie = tables.get(id(modules[key].weight)) if kind == "linear" else None
+        if tie is not None:
+            bias = leaf_specs[0].bias
+            own = [] if bias is None else [LinearSpec(f"{paths[key][0]}.bias", np.zeros((bias.size, 0)), bias.copy(),
+                                                      True)]
+            handled[key] = ("tied_linear", own, {"tie": tie})
     leaves, specs = [], []
     for key, (kind, leaf_specs, options) in handled.items():
         path, *aliases = paths[key]
@@ -501,6 +599,9 @@ def check_model(model: nn.Module, leaves: list[Leaf], layouts: list[LayerLayout]
                 info = _leaf(path, module)
             except NotImplementedError as exc:
                 raise ValueError(f"module {path!r} of the model does not match the ticket: {exc}") from None
+            if leaf.kind == "tied_linear":
+                _check_tie(model, path, module, info, leaf)
+                continue
             if info is None or info[0] != leaf.kind:
                 raise ValueError(f"module {path!r} of the model is a {type(module).__name__}, the ticket replaces a "
                                  f"{leaf.kind} there (built for a {model_class})")
@@ -515,6 +616,26 @@ def check_model(model: nn.Module, leaves: list[Leaf], layouts: list[LayerLayout]
                 if want != got or (spec.bias is not None and not lay.bias):
                     raise ValueError(f"module {path!r} of the model has shape {got} (bias: {spec.bias is not None}); "
                                      f"the ticket's pair realises {want} (bias: {lay.bias})")
+
+
+def _check_tie(model: nn.Module, path: str, module: nn.Module, info, leaf: Leaf) -> None:
+    """A ``tied_linear`` leaf's module in a fresh model: a Linear whose weight is its embedding's (the model ties
+    them as the target did), with a bias exactly when the ticket realises one."""
+    tie = leaf.options["tie"]
+    if info is None or info[0] != "linear":
+        raise ValueError(f"module {path!r} of the model is a {type(module).__name__}, the ticket replaces a Linear "
+                         f"tied to {tie!r} there")
+    try:
+        table = model.get_submodule(tie).weight
+    except AttributeError:
+        table = None
+    if module.weight is not table:
+        raise ValueError(f"module {path!r} of the model is not tied to {tie!r} (its weight is not {tie}.weight); the "
+                         "ticket realises one pair for both, as its target tied them: rebuild it in an instance whose "
+                         "config ties them (tie_word_embeddings=True)")
+    if (module.bias is not None) != bool(leaf.layers):
+        raise ValueError(f"module {path!r} of the model has bias={module.bias is not None}, the ticket's "
+                         f"{bool(leaf.layers)}")
 
 
 def install(model: nn.Module, leaves: list[Leaf], built: dict[str, nn.Module]) -> nn.Module:
@@ -563,4 +684,4 @@ def first_untraceable(model: nn.Module, trace_error: str) -> str:
 
 
 __all__ = ["KINDS", "Leaf", "ModulePlan", "plan_modules", "check_model", "install", "first_untraceable",
-           "LeafPair", "Conv1dPair", "EmbeddingLeaf", "NormLeaf", "BatchNormLeaf"]
+           "LeafPair", "Conv1dPair", "EmbeddingLeaf", "TiedHead", "NormLeaf", "BatchNormLeaf"]

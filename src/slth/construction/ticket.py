@@ -17,13 +17,26 @@ from torch import nn
 from .. import ticketfile
 from .graph import Graph
 from .modules import Leaf, check_model, install
-from .network import LayerLayout, apply_redraws, layer_tensors
+from .network import LayerLayout, a_tensors, apply_redraws, b_rows
 
 KIND = "constructed"
 TIMINGS = ("seconds", "compile_seconds")  # stats that differ between runs of the same ticket
 # random_module() refuses networks above this many parameters unless asked (max_params=None): the
 # random network of a large target is n times the target's size and is rarely needed densely.
 MAX_RANDOM_PARAMS = 100_000_000
+# to_module() / random_module() draw each second random layer this many values at a time (rows of b.weight, drawn
+# alone bit for bit, network.b_rows): the float64 draw, its mask and its product never exist for a whole layer
+FILL_BLOCK_VALUES = 1 << 24
+
+
+def _mask_rows(mask: ticketfile.PackedMask, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` (of the first dimension) of a packed mask, unpacked alone."""
+    if not mask.size:  # an empty tensor (a constant's first layer has no inputs)
+        return np.zeros((stop - start, *mask.shape[1:]), dtype=bool)
+    row = mask.size // mask.shape[0]
+    lo, hi = start * row, stop * row
+    bits = np.unpackbits(mask.bits[lo // 8 : (hi + 7) // 8], bitorder="little")
+    return bits[lo % 8 : lo % 8 + hi - lo].astype(bool).reshape((stop - start, *mask.shape[1:]))
 
 
 class MaskView(Mapping):
@@ -88,17 +101,30 @@ class Ticket:
             return [prefixes[i] for i in range(len(prefixes))]
         return [str(pos) for pos in self.graph.layer_positions()]
 
-    def _layer_states(self):
-        """Per layer, its seeded tensors after redraws (one layer in memory at a time)."""
+    def _layer_blocks(self, block_values: int):
+        """(parameter name, first row, its seeded values after redraws) for every layer: the first layer's tensors
+        whole, ``b.weight`` in blocks of rows of at most ``block_values`` values (at least one row), so that only a
+        block's draw is in memory at a time."""
+        redraws = np.asarray(self.redraws, dtype=np.int64).reshape(-1, 4)
         for index, (prefix, layout) in enumerate(zip(self._prefixes(), self.layouts)):
-            tensors = layer_tensors(self.seed, index, layout)
-            apply_redraws(self.seed, index, layout, tensors["b.weight"], self.redraws)
-            yield {f"{prefix}.{name}": torch.from_numpy(arr) for name, arr in tensors.items()}
+            for name, arr in a_tensors(self.seed, index, layout).items():
+                yield f"{prefix}.{name}", 0, arr
+            mine = redraws[redraws[:, 0] == index]  # in order: replayed per block as for the whole tensor
+            rows = max(1, block_values // max(1, layout.row_size))
+            for start in range(0, layout.d_out, rows):
+                stop = min(layout.d_out, start + rows)
+                block = b_rows(self.seed, index, layout, start, stop)
+                inside = mine[(mine[:, 2] >= start) & (mine[:, 2] < stop)]
+                apply_redraws(self.seed, index, layout, block, inside, row_offset=start)
+                yield f"{prefix}.b.weight", start, block
 
     def _replacements(self) -> dict[str, nn.Module]:
         """A module-replacement ticket's new modules (zero weights), by the path they replace."""
         layouts = self.layouts
-        return {leaf.path: leaf.module(layouts) for leaf in self.leaves}
+        built: dict[str, nn.Module] = {}
+        for leaf in sorted(self.leaves, key=lambda leaf: leaf.kind == "tied_linear"):  # a tied head after its table
+            built[leaf.path] = leaf.module(layouts, built.get(leaf.options.get("tie", "")))
+        return built
 
     def _param_shapes(self) -> dict[str, tuple]:
         if self.replaces_modules:
@@ -109,7 +135,8 @@ class Ticket:
     def _skeleton(self) -> nn.Sequential:
         return self.graph.module(self.layouts, self.config["output_scale"])
 
-    def _fill(self, masked: bool, device, model: nn.Module | None = None) -> nn.Module:
+    def _fill(self, masked: bool, device, model: nn.Module | None = None,
+              block_values: int = FILL_BLOCK_VALUES) -> nn.Module:
         module: nn.Module
         if self.replaces_modules:
             if model is None:
@@ -128,10 +155,11 @@ class Ticket:
             module = self._skeleton().to(device)
             params = dict(module.named_parameters())
         with torch.no_grad():
-            for layer in self._layer_states():
-                for name, value in layer.items():
-                    value = value.to(device)
-                    params[name].copy_(value * self.masks[name].to(device) if masked else value)
+            for name, start, arr in self._layer_blocks(block_values):
+                value = torch.from_numpy(arr).to(device)
+                if masked:
+                    value = value * torch.from_numpy(_mask_rows(self.packed[name], start, start + len(arr))).to(device)
+                params[name][start : start + len(arr)].copy_(value)
         if self.replaces_modules:
             module = install(host, leaves, built).to(device)
         return module.eval()

@@ -18,6 +18,11 @@ model is what is measured.
   token then the 64 pixel values (0..16) as tokens, 10 classes; trained ``bert_epochs`` epochs; top-1 agreement
   and accuracies of ticket and target on the 360 test images.
 
+Subsets: each ticket takes, per weight, the fewest random products within eps (``construct``'s default,
+``sparse=True``: the errors spread up to eps); at each eps of ``closest_eps`` a second ticket of the same random
+network takes the closest subset instead (``sparse=False``: the minimal-error SubsetSum, more products kept, errors
+far below eps), both measured the same way.
+
 Widths: random params / target params and kept params / target params from ``ticket.stats``; seconds: the
 construction's work (``ticket.stats["seconds"]``, numba's compilation excluded).
 """
@@ -51,6 +56,9 @@ class Settings:
     models: tuple[str, ...] = option(MODELS, "gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM), bert "
                                              "(BertForSequenceClassification)")
     eps: tuple[float, ...] = option((0.01, 0.001, 0.0001), "eps values of the tickets (the goals are read at 0.001)")
+    closest_eps: tuple[float, ...] = option((0.001,), "eps values at which a second ticket takes each weight's "
+                                                      "closest subset (construct(sparse=False)), not the fewest "
+                                                      "products within eps")
     context: int = option(128, "pystdlib-chars window length the causal LMs train on")
     max_bytes: int = option(1_000_000, "pystdlib-chars corpus size")
     lm_steps: int = option(3000, "AdamW steps of each causal LM")
@@ -70,6 +78,9 @@ class Settings:
         check_names(self.models, "models", MODELS)
         if not self.eps or not all(0 < e < 1 for e in self.eps):
             raise ValueError(f"{flag('eps')} needs values in (0, 1), got {','.join(map(str, self.eps))}")
+        if not all(0 < e < 1 for e in self.closest_eps):
+            raise ValueError(f"{flag('closest_eps')} needs values in (0, 1), got "
+                             f"{','.join(map(str, self.closest_eps))}")
         check_at_least(self, 1, "context", "max_bytes", "lm_steps", "lm_batch", "bert_epochs", "bert_batch",
                        "prompts", "prompt_tokens", "new_tokens")
         check_at_least(self, 0, "test_windows")
@@ -90,7 +101,8 @@ def execute(settings: Settings, *, out=None, log=print, quiet: bool = False) -> 
     s = settings
     return run(models=list(s.models), quick=s.tiny, context=s.context, max_bytes=s.max_bytes, lm_steps=s.lm_steps,
                lm_batch=s.lm_batch, lm_lr=s.lm_lr, bert_epochs=s.bert_epochs, bert_batch=s.bert_batch,
-               bert_lr=s.bert_lr, eps_values=list(s.eps), prompts=s.prompts, prompt_tokens=s.prompt_tokens,
+               bert_lr=s.bert_lr, eps_values=list(s.eps), closest_eps=list(s.closest_eps), prompts=s.prompts,
+               prompt_tokens=s.prompt_tokens,
                new_tokens=s.new_tokens, test_windows=s.test_windows, seed=s.seed, log=log)
 
 
@@ -276,16 +288,18 @@ def _stats(ticket) -> dict[str, Any]:
             "kept_params": s["kept_params"], "random_ratio": s["random_params"] / s["target_params"],
             "kept_ratio": s["kept_params"] / s["target_params"],
             "seconds": s["seconds"], "n_per_layer": list(s["n_per_layer"]), "eps_met": bool(s["eps_met"]),
-            "failures": int(s["failures"]), "max_weight_error": float(s["max_weight_error"])}
+            "failures": int(s["failures"]), "max_weight_error": float(s["max_weight_error"]),
+            "weight_error_median": float(s["weight_error_median"]), "weight_error_p99": float(s["weight_error_p99"])}
 
 
-def construct_rebuilt(target, eps: float, fresh: Callable, *, seed: int):
-    """(rebuilt ticket module, stats row, wall seconds of construct): construct (module replacement), save, load,
-    rebuild into ``fresh()``, a new instance of the class."""
+def construct_rebuilt(target, eps: float, fresh: Callable, *, seed: int, sparse: bool = True):
+    """(rebuilt ticket module, stats row, wall seconds of construct): construct (module replacement; ``sparse``:
+    fewest products within eps, else the closest subset), save, load, rebuild into ``fresh()``, a new instance of
+    the class."""
     from ..construction import Ticket, construct
 
     start = time.perf_counter()
-    ticket = construct(target, eps, seed=seed, construction="modules")
+    ticket = construct(target, eps, seed=seed, construction="modules", sparse=sparse)
     wall = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         path = ticket.save(Path(tmp) / "ticket.slth")
@@ -293,12 +307,22 @@ def construct_rebuilt(target, eps: float, fresh: Callable, *, seed: int):
         if loaded.digest() != ticket.digest():
             raise RuntimeError("the saved ticket does not load to the same digest")
         module = loaded.to_module(model=fresh()).eval()
-    return module, {**_stats(ticket), "construct_wall_seconds": wall}
+    return module, {**_stats(ticket), "construct_wall_seconds": wall, "subsets": "fewest" if sparse else "closest"}
+
+
+def _runs(eps_values: Sequence[float], closest_eps: Sequence[float]) -> list[tuple[float, bool]]:
+    """(eps, sparse) of each ticket: every eps with the fewest products, then each closest_eps with the closest."""
+    return [(eps, True) for eps in eps_values] + [(eps, False) for eps in closest_eps]
+
+
+def _label(t: dict) -> str:
+    """A ticket's eps, and how its subsets were picked when not the default (old records: the default)."""
+    return f"{t['eps']:g}" + (" closest" if t.get("subsets") == "closest" else "")
 
 
 def run_lm(name: str, data, *, quick: bool, steps: int, batch: int, lr: float, eps_values: Sequence[float],
-           prompts: int, prompt_tokens: int, new_tokens: int, test_windows: int, seed: int,
-           log: Callable = print) -> dict[str, Any]:
+           closest_eps: Sequence[float], prompts: int, prompt_tokens: int, new_tokens: int, test_windows: int,
+           seed: int, log: Callable = print) -> dict[str, Any]:
     import torch
 
     from .record import Stopwatch
@@ -317,15 +341,15 @@ def run_lm(name: str, data, *, quick: bool, steps: int, batch: int, lr: float, e
     log(f"{name}: {param_count(target):,} params, {steps} steps in {train['seconds']:.0f} s, test perplexity "
         f"{t_ppl:.3f}, next-char accuracy {t_acc:.4f}")
     tickets = []
-    for eps in eps_values:
-        module, row = construct_rebuilt(target, eps, lambda: make(cls, cfg_cls, cfg), seed=seed)
+    for eps, sparse in _runs(eps_values, closest_eps):
+        module, row = construct_rebuilt(target, eps, lambda: make(cls, cfg_cls, cfg), seed=seed, sparse=sparse)
         with Stopwatch() as sw:
             m = compare_lm(ft_all, module, x, y)
             gen = generate_agreement(target, module, prompt_ids, new_tokens)
         row.update(eps=eps, **m, **gen, measure_seconds=sw.wall)
         k_ppl = m["ticket_perplexity"]
-        log(f"  eps {eps:g}: perplexity {k_ppl:.4f} vs {t_ppl:.4f} ({100 * (k_ppl / t_ppl - 1):+.3f} %), agreement "
-            f"{m['top1_agreement']:.4f}, generate {gen['generate_identical']}/{gen['prompts']} identical, "
+        log(f"  eps {_label(row)}: perplexity {k_ppl:.4f} vs {t_ppl:.4f} ({100 * (k_ppl / t_ppl - 1):+.3f} %), "
+            f"agreement {m['top1_agreement']:.4f}, generate {gen['generate_identical']}/{gen['prompts']} identical, "
             f"{row['random_ratio']:.1f}x random, {row['kept_ratio']:.2f}x kept, {row['seconds']:.1f} s "
             f"(measured in {sw.wall:.0f} s)")
         tickets.append(row)
@@ -350,8 +374,8 @@ def digits_tokens():
     return tokens(ds.x_train), ds.y_train.long(), tokens(ds.x_test), ds.y_test.long()
 
 
-def run_bert(*, quick: bool, epochs: int, batch: int, lr: float, eps_values: Sequence[float], seed: int,
-             log: Callable = print) -> dict[str, Any]:
+def run_bert(*, quick: bool, epochs: int, batch: int, lr: float, eps_values: Sequence[float],
+             closest_eps: Sequence[float], seed: int, log: Callable = print) -> dict[str, Any]:
     import torch
 
     from ..construction import measure
@@ -365,12 +389,12 @@ def run_bert(*, quick: bool, epochs: int, batch: int, lr: float, eps_values: Seq
         t_acc = float((target(x_test).logits.argmax(-1) == y_test).float().mean())
     log(f"bert: {param_count(target):,} params, {epochs} epochs in {train['seconds']:.0f} s, test accuracy {t_acc:.4f}")
     tickets = []
-    for eps in eps_values:
-        module, row = construct_rebuilt(target, eps, lambda: make(cls, cfg_cls, cfg), seed=seed)
+    for eps, sparse in _runs(eps_values, closest_eps):
+        module, row = construct_rebuilt(target, eps, lambda: make(cls, cfg_cls, cfg), seed=seed, sparse=sparse)
         m = measure(module, target, x_test, y_test)
         row.update(eps=eps, top1_agreement=m["top1_agreement"], max_logit_diff=m["max_logit_diff"],
                    target_accuracy=m["target_accuracy"], ticket_accuracy=m["ticket_accuracy"], examples=m["examples"])
-        log(f"  eps {eps:g}: agreement {m['top1_agreement']:.4f}, accuracy {m['ticket_accuracy']:.4f} vs "
+        log(f"  eps {_label(row)}: agreement {m['top1_agreement']:.4f}, accuracy {m['ticket_accuracy']:.4f} vs "
             f"{m['target_accuracy']:.4f}, {row['random_ratio']:.1f}x random, {row['kept_ratio']:.2f}x kept, "
             f"{row['seconds']:.1f} s")
         tickets.append(row)
@@ -381,7 +405,8 @@ def run_bert(*, quick: bool, epochs: int, batch: int, lr: float, eps_values: Seq
 
 def run(*, models: Sequence[str], quick: bool, context: int, max_bytes: int, lm_steps: int, lm_batch: int,
         lm_lr: float, bert_epochs: int, bert_batch: int, bert_lr: float, eps_values: Sequence[float], prompts: int,
-        prompt_tokens: int, new_tokens: int, test_windows: int, seed: int, log: Callable = print) -> dict[str, Any]:
+        prompt_tokens: int, new_tokens: int, test_windows: int, seed: int, closest_eps: Sequence[float] = (),
+        log: Callable = print) -> dict[str, Any]:
     """The record body (without the header): one entry per model, its target and its tickets."""
     from .._jit import warm_up
     from ..subsetsum import compile_kernels
@@ -407,11 +432,12 @@ def run(*, models: Sequence[str], quick: bool, context: int, max_bytes: int, lm_
         for name in ("gpt2", "llama"):
             if name in models:
                 out["models"].append(run_lm(name, data, quick=quick, steps=lm_steps, batch=lm_batch, lr=lm_lr,
-                                            eps_values=eps_values, prompts=prompts, prompt_tokens=prompt_tokens,
+                                            eps_values=eps_values, closest_eps=closest_eps, prompts=prompts,
+                                            prompt_tokens=prompt_tokens,
                                             new_tokens=new_tokens, test_windows=test_windows, seed=seed, log=log))
     if "bert" in models:
         out["models"].append(run_bert(quick=quick, epochs=bert_epochs, batch=bert_batch, lr=bert_lr,
-                                      eps_values=eps_values, seed=seed, log=log))
+                                      eps_values=eps_values, closest_eps=closest_eps, seed=seed, log=log))
     return out
 
 
@@ -421,32 +447,39 @@ def _met(ok: bool) -> str:
 
 
 def goal_lines(models: list[dict]) -> list[str]:
-    """One line per goal at eps 1e-3 (ours, not a paper's), with the measured number and whether it is met."""
+    """One line per goal at eps 1e-3 (ours, not a paper's) and ticket there (fewest products, closest subsets), with
+    the measured number and whether it is met."""
+    lines = []
+    for m in models:
+        rows = [t for t in m["tickets"] if t["eps"] == GOAL_EPS]
+        if not rows:
+            lines.append(f"* {m['class']}: no ticket at eps {GOAL_EPS:g} in this record: not measured.")
+        for row in rows:
+            lines += _goal_lines(m, row)
+    return lines
+
+
+def _goal_lines(m: dict, row: dict) -> list[str]:
     from .sections import pct
 
     lines = []
-    for m in models:
-        row = next((t for t in m["tickets"] if t["eps"] == GOAL_EPS), None)
-        label = f"{m['class']}"
-        if row is None:
-            lines.append(f"* {label}: no ticket at eps {GOAL_EPS:g} in this record: not measured.")
-            continue
-        if "perplexity_ratio" in row:
-            d = row["perplexity_ratio"] - 1
-            lines.append(f"* {label}, eps {GOAL_EPS:g}: ticket perplexity {row['ticket_perplexity']:.4f} vs target "
-                         f"{row['target_perplexity']:.4f} ({100 * d:+.3f} %), goal within "
-                         f"{100 * GOAL_PERPLEXITY:g} %: {_met(abs(d) <= GOAL_PERPLEXITY)}.")
-            lines.append(f"* {label}, eps {GOAL_EPS:g}: next-token top-1 agreement {pct(row['top1_agreement'])} % "
-                         f"({row['positions']:,} positions), goal >= {pct(GOAL_AGREEMENT, 1)} %: "
-                         f"{_met(row['top1_agreement'] >= GOAL_AGREEMENT)}.")
-            lines.append(f"* {label}, eps {GOAL_EPS:g}: greedy `generate()` of {row['new_tokens']} tokens identical "
-                         f"to the target's on {row['generate_identical']} / {row['prompts']} prompts "
-                         f"({pct(row['generate_identical_share'], 0)} %), goal >= {pct(GOAL_GENERATE, 0)} %: "
-                         f"{_met(row['generate_identical_share'] >= GOAL_GENERATE)}.")
-        else:
-            lines.append(f"* {label}, eps {GOAL_EPS:g}: top-1 agreement {pct(row['top1_agreement'])} % "
-                         f"({row['examples']} test images), goal >= {pct(GOAL_AGREEMENT, 1)} %: "
-                         f"{_met(row['top1_agreement'] >= GOAL_AGREEMENT)}.")
+    label = f"{m['class']}" + (" (closest subsets)" if row.get("subsets") == "closest" else "")
+    if "perplexity_ratio" in row:
+        d = row["perplexity_ratio"] - 1
+        lines.append(f"* {label}, eps {GOAL_EPS:g}: ticket perplexity {row['ticket_perplexity']:.4f} vs target "
+                     f"{row['target_perplexity']:.4f} ({100 * d:+.3f} %), goal within "
+                     f"{100 * GOAL_PERPLEXITY:g} %: {_met(abs(d) <= GOAL_PERPLEXITY)}.")
+        lines.append(f"* {label}, eps {GOAL_EPS:g}: next-token top-1 agreement {pct(row['top1_agreement'])} % "
+                     f"({row['positions']:,} positions), goal >= {pct(GOAL_AGREEMENT, 1)} %: "
+                     f"{_met(row['top1_agreement'] >= GOAL_AGREEMENT)}.")
+        lines.append(f"* {label}, eps {GOAL_EPS:g}: greedy `generate()` of {row['new_tokens']} tokens identical "
+                     f"to the target's on {row['generate_identical']} / {row['prompts']} prompts "
+                     f"({pct(row['generate_identical_share'], 0)} %), goal >= {pct(GOAL_GENERATE, 0)} %: "
+                     f"{_met(row['generate_identical_share'] >= GOAL_GENERATE)}.")
+    else:
+        lines.append(f"* {label}, eps {GOAL_EPS:g}: top-1 agreement {pct(row['top1_agreement'])} % "
+                     f"({row['examples']} test images), goal >= {pct(GOAL_AGREEMENT, 1)} %: "
+                     f"{_met(row['top1_agreement'] >= GOAL_AGREEMENT)}.")
     return lines
 
 
@@ -463,7 +496,7 @@ def beyond_lines(models: list[dict]) -> list[str]:
             if "perplexity_ratio" in t:
                 bits = [f"perplexity {100 * (t['perplexity_ratio'] - 1):+.3f} %", *bits,
                         f"`generate()` identical on {t['generate_identical']} / {t['prompts']} prompts"]
-            lines.append(f"* {m['class']}, eps {t['eps']:g}: " + ", ".join(bits) + f"; {t['random_ratio']:.1f}x "
+            lines.append(f"* {m['class']}, eps {_label(t)}: " + ", ".join(bits) + f"; {t['random_ratio']:.1f}x "
                          f"random, {t['kept_ratio']:.2f}x kept, {t['seconds']:.1f} s.")
     return lines
 
@@ -476,7 +509,7 @@ def _divergence_note(m: dict) -> str:
             continue
         margins = sorted(d["target_margin"] for d in div)
         small = sum(1 for v in margins if v <= t["max_logit_diff"])
-        notes.append(f"eps {t['eps']:g}: {len(div)} prompt(s) differ; at the first differing token the target's "
+        notes.append(f"eps {_label(t)}: {len(div)} prompt(s) differ; at the first differing token the target's "
                      f"top-1 minus top-2 logit is {', '.join(f'{v:.3g}' for v in margins[:8])}"
                      f"{' ...' if len(margins) > 8 else ''} ({small} of them within the ticket's max |logit "
                      f"difference| {t['max_logit_diff']:.2g} on the test windows: a near-tie flipped)")
@@ -496,7 +529,11 @@ def render(record: Record, ctx: Context) -> str:
            "then constructed by `slth.construct` (module replacement: torch.fx cannot trace them). Each ticket is "
            "saved, loaded and rebuilt into a fresh instance of its class (`ticket.to_module(model=cls(config))`); "
            "that model is measured, its own `forward` and `generate()`. *Random / kept*: random params and kept params "
-           "over the target's weights; *seconds*: the construction's work (numba compilation excluded).\n"]
+           "over the target's weights; *seconds*: the construction's work (numba compilation excluded). Each "
+           "ticket takes, per weight, the fewest random products within eps (`construct`'s default, `sparse=True`: "
+           "errors spread up to eps); an eps marked *closest* is a second ticket of the same random network that "
+           "takes each weight's closest subset instead (`sparse=False`, the minimal-error SubsetSum: more products "
+           "kept, errors far below eps).\n"]
     lms = [m for m in d["models"] if "target_perplexity" in m]
     if lms:
         info = d.get("text_data", {})
@@ -520,7 +557,7 @@ def render(record: Record, ctx: Context) -> str:
             tr = m["train"]
             for t in m["tickets"]:
                 rows.append([m["class"], f"{m['params']:,}", f"{tr['steps']} ({tr['seconds']:.0f} s)",
-                             f"{t['eps']:g}", f"{t['target_perplexity']:.4f}", pct(t["target_accuracy"]),
+                             _label(t), f"{t['target_perplexity']:.4f}", pct(t["target_accuracy"]),
                              f"{t['ticket_perplexity']:.4f}", f"{100 * (t['perplexity_ratio'] - 1):+.3f} %",
                              pct(t["top1_agreement"]), f"{t['max_logit_diff']:.2g}",
                              f"{t['generate_identical']} / {t['prompts']}", pct(t["generate_token_agreement"]),
@@ -536,7 +573,7 @@ def render(record: Record, ctx: Context) -> str:
                 if g is None:
                     continue
                 med = g["disagreement_margin_median"]
-                why.append([m["class"], f"{t['eps']:g}", f"{g['disagreements']:,} / {t['positions']:,}",
+                why.append([m["class"], _label(t), f"{g['disagreements']:,} / {t['positions']:,}",
                             "-" if med is None else f"{med:.3g} (max {g['disagreement_margin_max']:.3g})",
                             f"{g['margin_median']:.3g}", f"{g['diff_median']:.2g} / {g['diff_p99']:.2g}",
                             pct(g["near_tie_share"])])
@@ -564,7 +601,7 @@ def render(record: Record, ctx: Context) -> str:
                    f"trained {tr['epochs']} epochs ({tr['steps']} AdamW steps of {tr['batch']}, lr {tr['lr']:g}, "
                    f"{tr['seconds']:.0f} s); {bert['params']:,} params. One flipped image is "
                    f"{100 / bert['test_examples']:.2f} % agreement.\n")
-        rows = [[bert["class"], f"{t['eps']:g}", pct(t["target_accuracy"]), pct(t["ticket_accuracy"]),
+        rows = [[bert["class"], _label(t), pct(t["target_accuracy"]), pct(t["ticket_accuracy"]),
                  pct(t["top1_agreement"]), f"{t['max_logit_diff']:.2g}", f"{t['random_ratio']:.1f}x",
                  f"{t['kept_ratio']:.2f}x", f"{t['seconds']:.1f}" + ("" if t["eps_met"] else " (eps not met)")]
                 for t in bert["tickets"]]
@@ -578,9 +615,9 @@ def render(record: Record, ctx: Context) -> str:
     if beyond:
         out.append("Below the goals' eps (not goals, measured in the same run):\n\n" + "\n".join(beyond) + "\n")
     for m in d["models"]:
-        row = next((t for t in m["tickets"] if t["eps"] == GOAL_EPS), None)
-        if row is not None:
-            ctx.summary.append((f"{m['class']} ticket vs target at eps {GOAL_EPS:g}",
+        for row in (t for t in m["tickets"] if t["eps"] == GOAL_EPS):
+            closest = " (closest subsets)" if row.get("subsets") == "closest" else ""
+            ctx.summary.append((f"{m['class']} ticket vs target at eps {GOAL_EPS:g}{closest}",
                                 "goal (ours): agreement >= 99.5 %"
                                 + ("; perplexity within 1 %; generate identical >= 90 %" if "perplexity_ratio" in row
                                    else ""),
