@@ -643,15 +643,23 @@ def coated_weight(weight, scores, thresholds, takes, limit, out, kept):
     coats = thresholds.shape[0]
     for j in range(coats):
         kept[j] = 0
-    if not limit:
-        for i in range(n):
-            a = abs(scores[i])
-            level = 0
+    if not limit:  # block by block, a loop per coat: integer sums of comparisons, which vectorise
+        levels = np.empty(_BLOCK, dtype=np.int64)
+        for start in range(0, n, _BLOCK):
+            w, s, o = weight[start : start + _BLOCK], scores[start : start + _BLOCK], out[start : start + _BLOCK]
+            m = w.shape[0]  # views looped over range(len): see _banded_pass
+            for i in range(m):
+                levels[i] = 0
             for j in range(coats):
-                on = np.int64(a >= thresholds[j])
-                level += on
-                kept[j] += on
-            out[i] = weight[i] * np.float32(level)
+                t = thresholds[j]
+                c = 0
+                for i in range(m):
+                    on = np.int64(abs(s[i]) >= t)
+                    levels[i] += on
+                    c += on
+                kept[j] += c
+            for i in range(m):
+                o[i] = w[i] * np.float32(levels[i])
         return
     left = takes.copy()
     for i in range(n):
