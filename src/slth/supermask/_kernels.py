@@ -86,17 +86,16 @@ def band_count(values, absolute, lo, hi, band):
     nb = 0
     for start in range(0, n, _BLOCK):
         block = values[start : start + _BLOCK]  # a view: range(len) below, see _banded_pass
-        a = 0
+        a = 0  # (two sums, the band's count the rest of the block: a tenth faster than three)
         b = 0
-        c = 0
         for j in range(block.shape[0]):
             v = _magnitude(block[j], absolute)
-            a += np.int64(v > hi)
-            b += np.int64(v < lo)
-            c += np.int64(v >= lo) & np.int64(v <= hi)
+            a += np.int32(v > hi)
+            b += np.int32(v < lo)
         above += a
         below += b
-        if c:  # copy the block's band values: unconditional store, conditional advance (no branch)
+        if a + b < block.shape[0]:  # a band value (or a NaN): copy the block's band values, unconditional
+            # store, conditional advance (no branch)
             for j in range(block.shape[0]):
                 v = _magnitude(block[j], absolute)
                 band[nb] = v
