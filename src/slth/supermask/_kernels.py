@@ -86,17 +86,16 @@ def band_count(values, absolute, lo, hi, band):
     nb = 0
     for start in range(0, n, _BLOCK):
         block = values[start : start + _BLOCK]  # a view: range(len) below, see _banded_pass
-        a = 0
+        a = 0  # (two sums, the band's count the rest of the block: a tenth faster than three)
         b = 0
-        c = 0
         for j in range(block.shape[0]):
             v = _magnitude(block[j], absolute)
-            a += np.int64(v > hi)
-            b += np.int64(v < lo)
-            c += np.int64(v >= lo) & np.int64(v <= hi)
+            a += np.int32(v > hi)
+            b += np.int32(v < lo)
         above += a
         below += b
-        if c:  # copy the block's band values: unconditional store, conditional advance (no branch)
+        if a + b < block.shape[0]:  # a band value (or a NaN): copy the block's band values, unconditional
+            # store, conditional advance (no branch)
             for j in range(block.shape[0]):
                 v = _magnitude(block[j], absolute)
                 band[nb] = v
@@ -643,15 +642,23 @@ def coated_weight(weight, scores, thresholds, takes, limit, out, kept):
     coats = thresholds.shape[0]
     for j in range(coats):
         kept[j] = 0
-    if not limit:
-        for i in range(n):
-            a = abs(scores[i])
-            level = 0
+    if not limit:  # block by block, a loop per coat: integer sums of comparisons, which vectorise
+        levels = np.empty(_BLOCK, dtype=np.int64)
+        for start in range(0, n, _BLOCK):
+            w, s, o = weight[start : start + _BLOCK], scores[start : start + _BLOCK], out[start : start + _BLOCK]
+            m = w.shape[0]  # views looped over range(len): see _banded_pass
+            for i in range(m):
+                levels[i] = 0
             for j in range(coats):
-                on = np.int64(a >= thresholds[j])
-                level += on
-                kept[j] += on
-            out[i] = weight[i] * np.float32(level)
+                t = thresholds[j]
+                c = 0
+                for i in range(m):
+                    on = np.int64(abs(s[i]) >= t)
+                    levels[i] += on
+                    c += on
+                kept[j] += c
+            for i in range(m):
+                o[i] = w[i] * np.float32(levels[i])
         return
     left = takes.copy()
     for i in range(n):
