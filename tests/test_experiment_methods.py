@@ -140,6 +140,18 @@ def test_the_default_arms_come_from_the_method_registry():
     assert set(arms[1 + len(METHOD_NAMES):]) <= {M.ER_ARM}
 
 
+def test_an_arm_on_a_sparse_source_runs_only_below_its_source_density():
+    # at the source's density the mask is the whole source: nothing left to learn, so no cell is run there
+    arms = ("dense", "edge-popup", "edge-popup@source=erdos-renyi@source_density=0.3")
+    settings = M.Settings(**{**M.PRESETS["quick"], "methods": arms, "densities": (0.5, 0.3, 0.1)})
+    by_arm = {}
+    for cell in settings.cells():
+        by_arm.setdefault(cell.arm, []).append(cell.density)
+    assert by_arm == {"dense": [1.0], "edge-popup": [0.5, 0.3, 0.1], arms[2]: [0.1]}
+    with pytest.raises(ValueError, match="runs only below its source density, and no --densities value is below 0.3"):
+        M.Settings(**{**M.PRESETS["quick"], "methods": arms, "densities": (0.5, 0.3)})
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"methods": ("edge-popup", "bogus")}, "unknown method 'bogus'"),
     ({"methods": ("edge-popup@lr",)}, "KEY=VALUE"),

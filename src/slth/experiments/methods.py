@@ -146,7 +146,10 @@ class Settings:
             raise ValueError(f"--work-dir {self.work_dir} exists and is not a directory")
         for arm in self.methods:  # every arm's every cell is a valid training config, before any work
             method, extra = parse_arm(arm)
-            for density in (1.0,) if method == "dense" else self.densities:
+            if not self.arm_densities(arm):
+                raise ValueError(f"--methods: {arm!r} runs only below its source density, and no --densities "
+                                 f"value is below {extra.get('source_density')}")
+            for density in self.arm_densities(arm):
                 try:
                     TrainConfig(method=method, density=density, **extra)
                 except ValueError as exc:
@@ -161,12 +164,22 @@ class Settings:
                 data = NETS[net] if self.data == "mnist" else self.data
                 model_args = tuple(sorted(self.vit_args.items())) if net == "vit" else ()
                 for arm in self.methods:
-                    dense = parse_arm(arm)[0] == "dense"
-                    for density in (1.0,) if dense else self.densities:
+                    for density in self.arm_densities(arm):
                         out.append(Cell(arm=arm, net=net, density=float(density), seed=seed, data=data,
                                         epochs=self.epochs, train_size=self.train_size, test_size=self.test_size,
                                         batch_size=BATCH_SIZE, model_args=model_args))
         return out
+
+    def arm_densities(self, arm: str) -> tuple[float, ...]:
+        """The densities an arm runs at: dense once (1.0); an arm on a sparse source only below its source's
+        density (at the source density the mask is the whole source, so nothing is left to learn: a random
+        network's chance accuracy, not the method's)."""
+        method, extra = parse_arm(arm)
+        if method == "dense":
+            return (1.0,)
+        if extra.get("source", "dense") != "dense":
+            return tuple(d for d in self.densities if d < extra.get("source_density", 1.0))
+        return tuple(self.densities)
 
     def data_dir(self, data: str) -> Path | None:
         return {"mnist": self.mnist_dir, "fashion-mnist": self.fashion_mnist_dir}.get(data)
