@@ -170,7 +170,7 @@ def test_a_bad_option_is_one_line_on_the_command_line(tmp_path):
 
 
 def test_command_line_shows_dir_for_data_folders():
-    from slth.cli.experiment import _command_with_dir
+    from slth.cli._settings import command_with_dir as _command_with_dir
 
     cmd = _command_with_dir(["experiment", "transformers", "--data-root", "/secret/data", "--vit-epochs", "2"],
                             ("--data-root",))

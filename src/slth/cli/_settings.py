@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shlex
 import types
 import typing
 from collections.abc import Callable
@@ -141,3 +142,29 @@ def key_values(text: str, what: str) -> dict[str, str]:
             raise CommandError(f"{what}: {key.strip()!r} given twice")
         out[key.strip()] = value.strip()
     return out
+
+
+def command_with_dir(argv: list[str], options: tuple[str, ...]) -> str:
+    """The command line with the values of ``options`` (data folders) shown as DIR, as every record does."""
+    args, hide = [], False
+    for a in argv:
+        if hide:
+            args.append("DIR")
+            hide = False
+            continue
+        name, eq, _ = a.partition("=")
+        if name in options:
+            if eq:
+                args.append(f"{name}=DIR")
+            else:
+                args.append(a)
+                hide = True
+            continue
+        args.append(a)
+    return "slth " + " ".join(a if a.endswith("DIR") else shlex.quote(a) for a in args)
+
+
+def folder_options(cls) -> tuple[str, ...]:
+    """Options naming data folders (``Path`` fields called ``*_dir`` or ``*_root``): shown as DIR in records."""
+    return tuple("--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)
+                 if f.name.endswith(("_dir", "_root")))

@@ -12,7 +12,6 @@ lists the registry's summaries), so the help stays fast. The command checks the 
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,34 +23,6 @@ from ._common import CommandError, output_dir, output_file
 from ._common import threads as set_threads
 
 RESULTS = Path("docs/results")
-
-
-def _command_with_dir(argv: list[str], options: tuple[str, ...]) -> str:
-    """The command line with the values of ``options`` (data folders) shown as DIR, as every record does."""
-    args, hide = [], False
-    for a in argv:
-        if hide:
-            args.append("DIR")
-            hide = False
-            continue
-        name, eq, _ = a.partition("=")
-        if name in options:
-            if eq:
-                args.append(f"{name}=DIR")
-            else:
-                args.append(a)
-                hide = True
-            continue
-        args.append(a)
-    return "slth " + " ".join(a if a.endswith("DIR") else shlex.quote(a) for a in args)
-
-
-def _folder_options(cls) -> tuple[str, ...]:
-    """Options naming data folders (``Path`` fields called ``*_dir`` or ``*_root``): shown as DIR in records."""
-    import dataclasses
-
-    return tuple("--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)
-                 if f.name.endswith(("_dir", "_root")))
 
 
 def build_command(name: str):
@@ -84,7 +55,7 @@ def build_command(name: str):
             output_file(out, "--out")
         set_threads(threads)
         console = Console(quiet=quiet)
-        cmd = _command_with_dir(sys.argv[1:], _folder_options(cls))
+        cmd = _settings.command_with_dir(sys.argv[1:], _settings.folder_options(cls))
         run_experiment(name, settings, out, preset=preset, command=cmd, log=console.print, quiet=quiet)
         console.print(f"{name} -> {out / experiment.record_file if experiment.record_file else out}")
 
