@@ -838,7 +838,11 @@ def render(record: Record, ctx: Context) -> str:
             ctx.summary.append((f"{v.claim.statement} (`{v.arm}`)", v.claim.paper, f"{v.outcome} at this scale"))
     else:
         lines += ["No claim of the table in `slth.experiments.methods.CLAIMS` has its arms in this record.", ""]
-    lines += [f"Mean CPU seconds per cell: {'; '.join(f'{n} {cpu[n]:.1f}' for n in nets)}. Cells computed at "
+    total_cpu, total_wall = sum(r["cpu_seconds"] for r in cells), sum(r.get("seconds", 0.0) for r in cells)
+    lines += [f"Mean CPU seconds per cell: {'; '.join(f'{n} {cpu[n]:.1f}' for n in nets)}; all {len(cells)} cells: "
+              f"{total_cpu / 60:.1f} CPU-minutes, {total_wall / 60:.1f} minutes of cell wall time summed over the "
+              f"worker processes (the record's own wall time counts only the run that wrote it, which reuses "
+              f"finished cells). Cells computed at "
               f"commit(s) {', '.join(commits)}; on {'; '.join(machines)}.", "", provenance(d)]
     return "\n".join(lines)
 
