@@ -204,6 +204,27 @@ def test_another_methods_setting_is_refused_by_name(method, setting, value):
     sm.SupermaskConfig(method=method, **{setting: getattr(sm.SupermaskConfig(), setting)})
 
 
+def test_files_written_before_the_refusal_with_an_ignored_setting_still_load(tmp_path):
+    # slth accepted (and ignored) another method's setting before it refused them: such tickets and checkpoint
+    # configs load, the ignored setting at its default (what training saw)
+    from dataclasses import replace
+
+    from slth import ticketfile
+    from slth.train import TrainConfig
+
+    model = _train(_model("edge-popup", seed=4))
+    ticket = sm.to_ticket(model)
+    old = replace(ticket, config={**ticket.config, "supermask": {**ticket.config["supermask"], "rerand_period": 3}})
+    ticketfile.save(tmp_path / "old.slth", old)
+    rebuilt = sm.from_ticket(tmp_path / "old.slth")
+    assert rebuilt.slth_spec["supermask"]["rerand_period"] == 3  # the file's record, as written
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(),
+                                                 sm.from_ticket(ticket).state_dict().values()))
+    saved = TrainConfig(method="edge-popup").to_dict()
+    assert TrainConfig.from_dict({**saved, "score_l2": 0.5}).score_l2 == TrainConfig().score_l2
+    assert TrainConfig.from_dict({**saved, "method": "dense", "coats": [0.5]}).coats == TrainConfig().coats
+
+
 def test_the_method_settings_are_declared_once_and_each_belongs_to_a_method():
     from dataclasses import fields
 

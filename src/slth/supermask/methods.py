@@ -1314,3 +1314,11 @@ def check_method_settings(method: str | None, settings: MethodSettings) -> None:
             owners = [m for m, entry in METHODS.items() if name in entry.settings]
             raise ValueError(f"{name} is a setting of {' and '.join(owners)}; {method or 'dense training'} does not "
                              f"read it (leave it at its default, {getattr(_METHOD, name)!r})")
+
+
+def unread_settings_dropped(method: str | None, record: dict) -> dict:
+    """``record`` (a ticket's or checkpoint's settings, by name) without the method settings ``method`` does not
+    read: slth before 2026-12-07 accepted and ignored them, so its files still load (they take their defaults,
+    which is what training saw)."""
+    reads = set(COMMON_SETTINGS) | set(METHODS[method].settings if method in METHODS else ())
+    return {k: v for k, v in record.items() if k not in METHOD_FIELDS or k in reads}

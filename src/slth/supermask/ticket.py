@@ -37,7 +37,7 @@ from .init import (
     prunable_tensors,
     tied_tensors,
 )
-from .methods import METHODS, SupermaskConfig
+from .methods import METHODS, SupermaskConfig, unread_settings_dropped
 from .source import check_mask, draw_sources, source_densities
 
 KIND = "learned-supermask"
@@ -187,7 +187,7 @@ def from_ticket(source: str | os.PathLike | ticketfile.TicketFile, model: nn.Mod
     config = ticket.config
     if config.get("kind") != KIND:
         raise ticketfile.TicketFileError(f"not a learned supermask ticket (kind {config.get('kind')!r})")
-    sm = SupermaskConfig(**config["supermask"])
+    sm = SupermaskConfig(**unread_settings_dropped(config["supermask"].get("method"), config["supermask"]))
     if model is None:
         if config.get("model") is None:
             raise ValueError(f"this ticket was learned on a user's model ({config.get('class')}): rebuild it with "

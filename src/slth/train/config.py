@@ -6,7 +6,7 @@ import torch
 
 from .._hparams import METHOD_FIELDS, MethodSettings, TrainSettings
 from .._names import VARIANT_NAMES
-from ..supermask.methods import METHODS, SupermaskConfig, check_method_settings
+from ..supermask.methods import METHODS, SupermaskConfig, check_method_settings, unread_settings_dropped
 from .runtime import check_device_name, check_precision, check_precision_name
 
 TRAIN_METHODS = ("dense", *METHODS)
@@ -137,7 +137,7 @@ class TrainConfig(TrainSettings):
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        d = dict(d)
+        d = unread_settings_dropped(None if d.get("method") == "dense" else d.get("method"), d)
         if d.get("hidden") is not None:
             d["hidden"] = tuple(d["hidden"])
         if isinstance(d.get("coats"), list):
