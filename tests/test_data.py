@@ -225,3 +225,13 @@ def test_real_idx_data(name):
     ds = load_dataset(name, directory)
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.y_test).tolist()[:2] == ([980, 1135] if name == "mnist" else [1000, 1000])
+
+
+def test_normalized_subtracts_the_training_mean_and_divides_by_the_std_per_channel():
+    ds = load_dataset("digits")
+    x = ds.x_test[:16]
+    want = (x - ds.mean[0]) / ds.std[0]  # one channel
+    assert torch.allclose(ds.normalized(x), want, rtol=0, atol=1e-6)
+    assert ds.normalized(x).mean(dim=(0, 2, 3)).abs().max() < 0.5
+    plain = Dataset("plain", ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, (), ())
+    assert plain.normalized(x) is x  # no statistics: the images as they are

@@ -24,6 +24,13 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (images of this data set) minus the training mean, over the training std, per channel; ``x``
+        itself for a data set without statistics (empty ``mean``)."""
+        if not self.mean:
+            return x
+        return (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
+
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.float32 or x.ndim != 4:

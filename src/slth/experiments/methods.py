@@ -272,14 +272,8 @@ def _loaders(data, cell: Cell):
 
     x, y = data.x_train[: cell.train_size], data.y_train[: cell.train_size]
     test = torch.randperm(len(data.x_test), generator=generator(0, "methods-test-subset"))[: cell.test_size]
-    if data.mean:
-        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-        std = torch.tensor(data.std).view(1, -1, 1, 1)
-        norm = lambda t: (t - mean) / std  # noqa: E731
-    else:
-        norm = lambda t: t  # noqa: E731
-    train_set = torch.utils.data.TensorDataset(norm(x), y)
-    test_set = torch.utils.data.TensorDataset(norm(data.x_test[test]), data.y_test[test])
+    train_set = torch.utils.data.TensorDataset(data.normalized(x), y)
+    test_set = torch.utils.data.TensorDataset(data.normalized(data.x_test[test]), data.y_test[test])
     return (torch.utils.data.DataLoader(train_set, batch_size=cell.batch_size, shuffle=True,
                                         generator=generator(cell.seed, "methods-order")),
             torch.utils.data.DataLoader(test_set, batch_size=1000))

@@ -67,14 +67,8 @@ def _loaders(data, train_size: int, batch_size: int, seed: int):
     from ..seeding import generator
 
     x, y = data.x_train[:train_size], data.y_train[:train_size]
-    if data.mean:
-        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-        std = torch.tensor(data.std).view(1, -1, 1, 1)
-        norm = lambda t: (t - mean) / std  # noqa: E731
-    else:
-        norm = lambda t: t  # noqa: E731
-    train = torch.utils.data.TensorDataset(norm(x), y)
-    test = torch.utils.data.TensorDataset(norm(data.x_test), data.y_test)
+    train = torch.utils.data.TensorDataset(data.normalized(x), y)
+    test = torch.utils.data.TensorDataset(data.normalized(data.x_test), data.y_test)
     return (torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True,
                                         generator=generator(seed, "variants-order")),
             torch.utils.data.DataLoader(test, batch_size=1000))
