@@ -408,3 +408,34 @@ def test_slth_train_runs_the_method_with_its_settings(method, extra, tmp_path):
         assert config["coats"] == [0.5] and settings.coats == (0.5,)
     else:
         assert config["sign_threshold"] == 0.5 and settings.sign_threshold == 0.5
+
+
+# ---------------------------------------------------------------- the default learning rate
+def _lenet5_on_digits(lr: float | None) -> list[float]:
+    """Signed LeNet-5 (density 0.5, seed 0) trained by slth.train.fit for 3 epochs on 1,000 digits upsampled to
+    28 x 28 (LeNet-5's input; no data files needed) at ``lr`` (None: the default); its test accuracy per epoch."""
+    from slth.data import load_dataset
+    from slth.seeding import generator
+    from slth.train import fit
+
+    ds = load_dataset("digits")
+
+    def images(x):
+        return F.interpolate(ds.normalized(x), size=(28, 28), mode="bilinear", align_corners=False)
+
+    train = torch.utils.data.TensorDataset(images(ds.x_train[:1000]), ds.y_train[:1000])
+    test = torch.utils.data.TensorDataset(images(ds.x_test), ds.y_test)
+    cfg = TrainConfig(method="signed", model="lenet5", density=0.5, epochs=3, seed=0, lr=lr, device="cpu")
+    net = sm.build("lenet5", (1, 28, 28), 10, seed=0, supermask=cfg.supermask_config(), init=cfg.resolved().init)
+    loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True, generator=generator(0, "order"))
+    run = fit(net, loader, torch.utils.data.DataLoader(test, batch_size=1000), cfg)
+    return run.metrics["test_accuracy_per_epoch"]
+
+
+def test_the_default_learning_rate_trains_lenet5():
+    """The signed default lr (0.5; docs/supermask.md) trains a bias-free conv net: at the earlier default, 10, a few
+    steps turn every unit of some layer of LeNet-5 off (the test accuracy then stays at one class's share)."""
+    assert METHODS["signed"].lr == 0.5
+    assert _lenet5_on_digits(None)[-1] > 0.6  # 0.82 measured
+    dead = _lenet5_on_digits(10.0)
+    assert max(dead) < 0.15 and len(set(dead)) == 1  # the failure this default avoids: one class, every epoch
