@@ -44,6 +44,7 @@ from .network import (
     LayerLayout,
     Matmul,
     Mean,
+    Mul,
     MulConst,
     Normalize,
     Permute,
@@ -862,6 +863,32 @@ class MulConstNode(Node):
 
     def module(self, layouts):
         return MulConst(self.c)
+
+@dataclass(frozen=True)
+class MulNode(Node):
+    """``a * b`` elementwise (broadcasting) of two values: a gated MLP's act(gate) * up, a rotary embedding's
+    x * cos (the table a constant). Only in the graph a module-replacement ticket's bound reads
+    (:func:`slth.construction.target.parse_exported`), not in tickets (not in :data:`KINDS`). Scales multiply
+    (exact). Bound: the interval spans the four corner products; with |a^| <= |a| + d_a,
+    |a^ b^ - a b| = |a^ (b^ - b) + (a^ - a) b| <= |a| d_b + d_a |b| + d_a d_b (|a| = max(|lo|, |hi|))."""
+
+    kind: ClassVar[str] = "mul"
+
+    def nonneg(self, ins):
+        return all(ins)
+
+    def scale(self, ins):
+        return ins[0] * ins[1]
+
+    def bound(self, ins, ctx):
+        (alo, ahi, ad), (blo, bhi, bd) = ins
+        corners = torch.stack(torch.broadcast_tensors(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
+        d = _mag(alo, ahi) * bd + ad * _mag(blo, bhi) + ad * bd
+        return corners.min(0).values, corners.max(0).values, d
+
+    def module(self, layouts):
+        return Mul()
+
 
 KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (
     LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,
