@@ -14,6 +14,7 @@ from torch import nn
 
 import slth
 from slth.construction import certified_bound
+from slth.construction.bound import certified_bound_nd
 from slth.construction.exported import linear_t
 from slth.construction.target import export_target
 from test_construct_modules import _build, bert_config, gpt2_config, llama_config
@@ -243,3 +244,28 @@ def test_a_refused_op_of_the_exported_graph_names_the_line_of_the_models_code():
     assert first.startswith("call_function 'exp") and "is not supported" in first, first
     assert f"test_construct_export.py:{line}, the target's own forward]" in first, first
     assert "supported:" in str(info.value)  # the list of supported ops after the first line
+
+
+class FunctionalEmbedding(nn.Module):
+    """F.embedding of a table parameter, on the input reshaped: the ops the exported graphs brought to the parser,
+    here on the torch.fx path (a traced target, built from its graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 6))
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, idx):
+        return self.fc(nn.functional.embedding(idx.reshape(-1, 4), self.table))
+
+
+def test_functional_embedding_of_a_reshaped_input_is_built_from_the_fx_graph():
+    torch.manual_seed(0)
+    target = FunctionalEmbedding().eval()
+    ticket = slth.construct(target, eps=0.01, seed=0)
+    assert not ticket.replaces_modules and [op["op"] for op in ticket.config["ops"]][:2] == ["reshape", "embedding"]
+    ids = torch.randint(0, 10, (8, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        err = (ticket.to_module()(ids) - target(ids)).abs()
+    bound = certified_bound_nd(ticket, target, ids.double(), ids.double(), batched=True)  # (8, 4 * 3)
+    assert (err.reshape(8, -1).numpy() <= bound + 1e-6).all() and err.max() < 0.1
