@@ -269,3 +269,25 @@ def test_functional_embedding_of_a_reshaped_input_is_built_from_the_fx_graph():
         err = (ticket.to_module()(ids) - target(ids)).abs()
     bound = certified_bound_nd(ticket, target, ids.double(), ids.double(), batched=True)  # (8, 4 * 3)
     assert (err.reshape(8, -1).numpy() <= bound + 1e-6).all() and err.max() < 0.1
+
+
+class DataDependent(nn.Module):
+    """Branches on the input's values: neither torch.fx nor torch.export can trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(10, 8), nn.Linear(8, 8)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        if idx.sum() > 0:
+            h = torch.relu(h)
+        return self.fc(h)
+
+
+def test_a_model_torch_export_cannot_export_is_refused_by_name():
+    torch.manual_seed(0)
+    target = DataDependent().eval()
+    ticket = slth.construct(target, eps=0.05, seed=0)
+    with pytest.raises(NotImplementedError, match=r"^torch.export cannot export DataDependent \("):
+        certified_bound(ticket, target, example_inputs=(torch.randint(0, 10, (1, 4)),))
