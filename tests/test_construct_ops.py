@@ -12,7 +12,7 @@ from torch import nn
 from slth import ticketfile
 from slth.construction import Ticket, construct
 from slth.construction.bound import certified_bound_nd
-from slth.construction.graph import V1_KINDS, V3_KINDS
+from slth.construction.graph import V1_KINDS, V3_KINDS, LayerNormNode, RMSNormNode
 
 
 def seeded(net, seed=0, scale=0.6):
@@ -200,3 +200,27 @@ def test_activation_bound_is_sound_on_a_box():
         diff = (ticket.to_module()(x) - net(x)).abs().max(0).values.double().numpy()
     assert (diff <= bound + 1e-5).all()
     assert np.isfinite(bound).all()
+
+
+@pytest.mark.parametrize("node", [LayerNormNode((0,), (6,), 1e-5), RMSNormNode((0,), (6,), 1e-6)])
+@pytest.mark.parametrize("width", [0.0, 0.05, 3.0])
+def test_norm_bound_holds_for_sampled_inputs_and_errors(node, width):
+    """The norms' bound (the spread of the input lower-bounded over the box and the errors): sampled target inputs
+    x in [lo, hi] and ticket inputs within d of them never move the output by more than it says; at a point
+    (width 0) the output interval is the output itself."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    lo, hi = c - width, c + width
+    d = 0.02 * torch.rand(4, 6, generator=g, dtype=torch.float64)
+    blo, bhi, bd = node.bound([(lo, hi, d)], None)
+    f = torch.nn.functional.layer_norm if isinstance(node, LayerNormNode) and node.centre else \
+        (lambda x, s, eps: torch.nn.functional.rms_norm(x, s, eps=eps))
+    for _ in range(200):
+        x = lo + (hi - lo) * torch.rand(4, 6, generator=g, dtype=torch.float64)
+        x_hat = x + d * (2 * torch.rand(4, 6, generator=g, dtype=torch.float64) - 1)
+        z, z_hat = f(x, (6,), eps=node.eps), f(x_hat, (6,), eps=node.eps)
+        assert ((z_hat - z).abs() <= bd + 1e-12).all()
+        assert (z >= blo - 1e-12).all() and (z <= bhi + 1e-12).all()
+    if width == 0:
+        assert torch.allclose(blo, f(c, (6,), eps=node.eps)) and torch.equal(blo, bhi)
+        assert bd.max() < 1.0  # 1 / std of the input, not 1 / sqrt(eps)

@@ -105,7 +105,8 @@ def construct(
     ``construction``: ``"auto"`` (default) reads the target into a construction graph (a chain, or a torch.fx
     trace) and, when torch.fx cannot trace it (any Hugging Face model, say), builds a ticket that replaces every
     weight-holding leaf module by its pair instead (``slth.construction.modules``; the ticket rebuilds with
-    ``ticket.to_module(model=fresh_instance)``, has no certified bound, and names the first module it could
+    ``ticket.to_module(model=fresh_instance)``, its certified bound reads the target with torch.export on example
+    inputs, ``certified_bound(ticket, target, example_inputs=...)``, and it names the first module torch.fx could
     not trace in ``config["untraced"]``); ``"graph"`` only the former, ``"modules"`` only the latter. See
     docs/construction.md, "Any model: module replacement".
     """

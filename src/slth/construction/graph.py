@@ -44,6 +44,7 @@ from .network import (
     LayerLayout,
     Matmul,
     Mean,
+    Mul,
     MulConst,
     Normalize,
     Permute,
@@ -383,9 +384,12 @@ class LayerNormNode(Node):
     reads it: W diag(gamma), b + W beta -- exact). The normalisation z = (x - mean) / sqrt(var + eps) is kept
     in the ticket; it is scale-invariant only up to eps, so the rescaling is undone first (``factor``).
 
-    Bound: |z_i| <= sqrt(D - 1) for D features; its Jacobian is (P - z z^T / D) / sqrt(var + eps) with P the
-    centring projection, of L2 norm <= 1 / sqrt(eps), so |dz|_inf <= |dz|_2 <= |d|_2 / sqrt(eps) per token.
-    Certified but loose (1/sqrt(eps) ~ 316 for eps = 1e-5): the measured error is far smaller."""
+    Bound: |z_i| <= sqrt(D - 1) for D features (z exactly, where the target's input is a point: lo = hi); its
+    Jacobian at y is (P - z z^T / D) / sqrt(var(y) + eps) with P the centring projection, of L2 norm
+    <= 1 / sqrt(var(y) + eps). On the segment from the target's input x to the ticket's x^ every y = c + e with c
+    the interval's centre and |e| <= r + d (r its radius), and std is a seminorm with std(e) <= |e|_2 / sqrt(D), so
+    std(y) >= m = max(std(c) - |r + d|_2 / sqrt(D), 0) and |dz|_inf <= |dz|_2 <= |d|_2 / sqrt(m^2 + eps) per token
+    (m = 0 gives 1 / sqrt(eps) ~ 316 for eps = 1e-5, the worst case over wide boxes)."""
 
     normalized_shape: tuple = ()
     eps: float = 1e-5
@@ -398,13 +402,25 @@ class LayerNormNode(Node):
     def planned(self, ins):
         return {"factor": float(ins[0])}
 
+    centre: ClassVar[bool] = True  # subtract the mean (LayerNorm), or not (RMSNorm)
+
     def bound(self, ins, ctx):
         lo, hi, d = ins[0]
         size = int(np.prod(self.normalized_shape))
-        reach = float(np.sqrt(max(size - 1, 0)))
+        reach = float(np.sqrt(max(size - 1, 0) if self.centre else size))
         dims = tuple(range(-len(self.normalized_shape), 0))
-        spread = (d.pow(2).sum(dims, keepdim=True).sqrt() / np.sqrt(self.eps)).expand_as(d)
-        return torch.full_like(lo, -reach), torch.full_like(hi, reach), spread
+        c, r = (lo + hi) / 2, (hi - lo) / 2
+        centred = c - c.mean(dims, keepdim=True) if self.centre else c
+        spread_c = centred.pow(2).mean(dims, keepdim=True).sqrt()  # std(c) (LayerNorm) or rms(c) (RMSNorm)
+        slack = (r + d).pow(2).sum(dims, keepdim=True).sqrt() / np.sqrt(size)
+        floor = (spread_c - slack).clamp(min=0)
+        err = (d.pow(2).sum(dims, keepdim=True).sqrt() / (floor.pow(2) + self.eps).sqrt()).expand_as(d)
+        z = centred / (centred.pow(2).mean(dims, keepdim=True) + self.eps).sqrt()
+        point = (r == 0).all(dim=dims[0], keepdim=True) if len(dims) == 1 else (r == 0).flatten(dims[0]).all(
+            -1).reshape(*r.shape[:dims[0]], *([1] * len(dims)))
+        out_lo = torch.where(point, z, torch.full_like(lo, -reach))
+        out_hi = torch.where(point, z, torch.full_like(hi, reach))
+        return out_lo, out_hi, err
 
     def module(self, layouts):
         return Normalize(self.normalized_shape, self.eps, self.factor)
@@ -416,18 +432,12 @@ class RMSNormNode(LayerNormNode):
     affine is): z = x / sqrt(mean(x^2) + eps), kept in the ticket, the rescaling undone first (``factor``).
 
     Bound: |z|_2^2 = D mean(x^2) / (mean(x^2) + eps) <= D, so |z_i| <= sqrt(D); the Jacobian (I - z z^T / D) / rms
-    has L2 norm <= 1 / rms <= 1 / sqrt(eps) (I - z z^T / D is symmetric with eigenvalues in [0, 1]), so
-    |dz|_inf <= |dx|_2 / sqrt(eps) per token. Certified and loose, like LayerNorm's."""
+    has L2 norm <= 1 / rms (I - z z^T / D is symmetric with eigenvalues in [0, 1]), and rms is a norm / sqrt(D),
+    so along the segment from x to x^ rms >= m = max(rms(c) - |r + d|_2 / sqrt(D), 0), as for LayerNorm:
+    |dz|_inf <= |dx|_2 / sqrt(m^2 + eps) per token."""
 
     kind: ClassVar[str] = "rmsnorm"
-
-    def bound(self, ins, ctx):
-        lo, hi, d = ins[0]
-        size = int(np.prod(self.normalized_shape))
-        reach = float(np.sqrt(size))
-        dims = tuple(range(-len(self.normalized_shape), 0))
-        spread = (d.pow(2).sum(dims, keepdim=True).sqrt() / np.sqrt(self.eps)).expand_as(d)
-        return torch.full_like(lo, -reach), torch.full_like(hi, reach), spread
+    centre: ClassVar[bool] = False
 
     def module(self, layouts):
         return Normalize(self.normalized_shape, self.eps, self.factor, center=False)
@@ -853,6 +863,32 @@ class MulConstNode(Node):
 
     def module(self, layouts):
         return MulConst(self.c)
+
+@dataclass(frozen=True)
+class MulNode(Node):
+    """``a * b`` elementwise (broadcasting) of two values: a gated MLP's act(gate) * up, a rotary embedding's
+    x * cos (the table a constant). Only in the graph a module-replacement ticket's bound reads
+    (:func:`slth.construction.target.parse_exported`), not in tickets (not in :data:`KINDS`). Scales multiply
+    (exact). Bound: the interval spans the four corner products; with |a^| <= |a| + d_a,
+    |a^ b^ - a b| = |a^ (b^ - b) + (a^ - a) b| <= |a| d_b + d_a |b| + d_a d_b (|a| = max(|lo|, |hi|))."""
+
+    kind: ClassVar[str] = "mul"
+
+    def nonneg(self, ins):
+        return all(ins)
+
+    def scale(self, ins):
+        return ins[0] * ins[1]
+
+    def bound(self, ins, ctx):
+        (alo, ahi, ad), (blo, bhi, bd) = ins
+        corners = torch.stack(torch.broadcast_tensors(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
+        d = _mag(alo, ahi) * bd + ad * _mag(blo, bhi) + ad * bd
+        return corners.min(0).values, corners.max(0).values, d
+
+    def module(self, layouts):
+        return Mul()
+
 
 KINDS: dict[str, type[Node]] = {cls.kind: cls for cls in (
     LayerNode, ReluNode, FlattenNode, MaxPoolNode, AvgPoolNode, AdaptiveAvgPoolNode, AdaptiveMaxPoolNode, AddNode,

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .exported import rms_eps as _rms_eps
 from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
 from .target import LinearSpec, _array
 
@@ -351,28 +352,6 @@ def _is_conv1d_t(module: nn.Module) -> bool:
         except Exception:  # noqa: BLE001 - any failure means it is not the module we know
             return False
     return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, 1e-4, 1e-5)
-
-
-def _rms_eps(module: nn.Module) -> float | None:
-    """A library RMSNorm by duck typing: the only parameter is a 1-D ``weight``, no children, an epsilon
-    (``variance_epsilon`` or ``eps``), and ``forward(x) == weight * rms_norm(x)`` on a random input. Returns its
-    epsilon, or None when the module is not such a norm."""
-    params = dict(module.named_parameters(recurse=False))
-    if "rmsnorm" not in type(module).__name__.lower() or set(params) != {"weight"} or list(module.children()):
-        return None
-    w = params["weight"]
-    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-    if w.ndim != 1 or not isinstance(eps, (int, float)):
-        return None
-    x = torch.randn(3, w.shape[0], generator=torch.Generator().manual_seed(0), dtype=w.dtype).to(w.device)
-    with torch.no_grad():
-        want = nn.functional.rms_norm(x, (w.shape[0],), w, float(eps))
-        try:
-            got = module(x)
-        except Exception:  # noqa: BLE001
-            return None
-    ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, 1e-4, 1e-5)
-    return float(eps) if ok else None
 
 
 def _scale(spec: LinearSpec) -> float:

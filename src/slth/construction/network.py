@@ -569,6 +569,13 @@ class MulConst(nn.Module):
         return x * self.c
 
 
+class Mul(nn.Module):
+    """``a * b`` of two values, elementwise (bilinear, no parameters)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 class ConstPair(RandomPair):
     """A pair standing for a constant tensor of the target (a free ``nn.Parameter`` such as a positional
     embedding or a class token, or anything computed from parameters alone): a pair with no inputs and only

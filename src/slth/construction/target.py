@@ -2,7 +2,9 @@
 dead code dropped, optional None inputs fixed), each op turned into a typed node of :mod:`.graph` and each
 weight-holding layer into a :class:`LinearSpec` (:func:`parse_target`). A target torch.fx cannot trace raises
 :class:`UntraceableError` (``construct`` then replaces its modules instead, :mod:`.modules`); every other refusal
-names the op's file, line and module. :func:`load_target` reads a saved target from disk."""
+names the op's file, line and module. :func:`parse_exported` reads a torch.export graph (normalised by
+:mod:`.exported`) with the same parser, for the certified bound of a module-replacement ticket.
+:func:`load_target` reads a saved target from disk."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from .graph import (
     MaxPoolNode,
     MeanNode,
     MulConstNode,
+    MulNode,
     Node,
     PermuteNode,
     QKNode,
@@ -56,8 +59,8 @@ SUPPORTED = (
     "allowed); other modules are traced with torch.fx, which adds residual additions (x + y, x + constant), "
     "MultiheadAttention (self-attention), reshape/view/expand, transpose/permute, indexing, split/chunk, cat, "
     "matmul of activations, x @ constant matrix, softmax(dim=-1), scaled_dot_product_attention, mean(dim), x * "
-    "number, unbind, F.linear / F.layer_norm / F.rms_norm on the target's parameters; shape assertions and code "
-    "that does not reach the output are dropped"
+    "number, unbind, F.linear / F.embedding / F.layer_norm / F.rms_norm on the target's parameters; shape "
+    "assertions and code that does not reach the output are dropped"
 )
 ACTIVATION_MODULES = {"GELU": "gelu", "SiLU": "silu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 LAYERS = ("Linear", "Conv2d", "Conv1d")
@@ -82,6 +85,9 @@ class LinearSpec:
     # a merged map of the product attention construction: its first random layer is a selector without a ReLU,
     # so one sign group of units serves inputs of either sign
     selector: bool = False
+    # the target's parameter names of weight and bias ("" where none), where the parser knows them: a bound of a
+    # module-replacement ticket finds each layer's pair by them (:func:`parse_exported`)
+    source: tuple = ()
 
     @property
     def d_out(self) -> int:
@@ -144,8 +150,14 @@ class _Builder:
     else each reads the previous one (a chain)."""
 
     def __init__(self, nonnegative_input: bool, graph: bool, shift: float | None = None,
-                 attention: str = "projection"):
+                 attention: str = "projection", leaves: bool = False):
         self.attention_mode = attention
+        # ``leaves``: the graph of a module-replacement ticket's target, for its bound: every norm's affine is its
+        # own (diagonal) layer, as module replacement builds it, never folded into its readers; constants carry
+        # the ticket's value beside the target's (:class:`_Const`)
+        self.leaves = leaves
+        self.pending_sources: dict[int, tuple] = {}  # pending value -> its affine's parameter names
+        self.const_values: dict[int, torch.Tensor] = {}  # leaves: spec index of a constant -> the ticket's value
         self.nodes: list[Node] = []
         self.specs: list[LinearSpec] = []
         self.graph = graph
@@ -229,7 +241,8 @@ class _Builder:
             return self.nodes[node.inputs[0]]
         return node
 
-    def linear(self, weight: np.ndarray, bias, kind: str, path: str, where: str, src: int, conv=None) -> int:
+    def linear(self, weight: np.ndarray, bias, kind: str, path: str, where: str, src: int, conv=None,
+               source: tuple = ()) -> int:
         """A Linear (or, with ``conv``, Conv2d) map from its float64 arrays: folds a pending LayerNorm affine
         and an input shift, and emits its :class:`LayerNode`."""
         if conv is None and not self.graph and self.specs and self.flat[src] and self.specs[-1].conv is None \
@@ -248,18 +261,26 @@ class _Builder:
             path = f"{ln_path}+{path}"
         if self.shift is not None and self.raw[src]:
             src, bias = self.shifted(src, weight, bias, conv)
-        self.specs.append(LinearSpec(path, weight, bias, self.nonneg[src], conv=conv))
+        self.specs.append(LinearSpec(path, weight, bias, self.nonneg[src], conv=conv, source=source))
         return self.emit(LayerNode((src,), len(self.specs) - 1), kind == "Linear", folds_affine=folds)
 
     def embedding(self, module, path: str, where: str, src: int) -> int:
-        if src != -1:
-            raise NotImplementedError(f"Embedding {where} ({path!r}) must read the network input (token indices)")
         if module.max_norm is not None:
             raise NotImplementedError(f"Embedding {where} ({path!r}) with max_norm (it renormalises rows) is "
                                       "not supported")
-        table = _array(module.weight, f"weight of Embedding {path!r}")  # (num, dim)
+        return self.embedding_table(module.weight, path, where, src)
+
+    def embedding_table(self, weight: torch.Tensor, path: str, where: str, src: int, source: tuple = ()) -> int:
+        """An embedding lookup of the table ``weight`` (num, dim) at the indices ``src``: the network input, or the
+        input reshaped / indexed (the indices move, their values do not)."""
+        at = src
+        while at >= 0 and isinstance(self.nodes[at], (ReshapeNode, PermuteNode, GetItemNode, IdentityNode)):
+            at = self.nodes[at].inputs[0]
+        if at != -1:
+            raise NotImplementedError(f"Embedding {where} ({path!r}) must read the network input (token indices)")
+        table = _array(weight, f"weight of Embedding {path!r}")  # (num, dim)
         # the map E^T (dim, num) on the one-hot of the index: a nonnegative input
-        self.specs.append(LinearSpec(path, np.ascontiguousarray(table.T), None, True))
+        self.specs.append(LinearSpec(path, np.ascontiguousarray(table.T), None, True, source=source))
         return self.emit(EmbeddingNode((src,), len(self.specs) - 1), True)
 
     def activation(self, fn: str, src: int) -> int:
@@ -277,7 +298,7 @@ class _Builder:
                               path, where, src, rms)
 
     def normalise(self, name: str, normalized_shape, eps, weight, bias, path: str, where: str, src: int,
-                  rms: bool = False) -> int:
+                  rms: bool = False, source: tuple = ()) -> int:
         """A LayerNorm (``rms``: RMSNorm) with shape, eps and affine tensors (None: absent), from a module or from
         a call of ``F.layer_norm`` / ``F.rms_norm`` on parameters of the target."""
         shape = tuple(int(v) for v in normalized_shape)
@@ -291,6 +312,9 @@ class _Builder:
         if (gamma is not None and not (gamma == 1).all()) or (beta is not None and beta.any()):
             self.pending[i] = (np.ones(shape) if gamma is None else gamma, np.zeros(shape) if beta is None else beta,
                                path)
+            self.pending_sources[i] = source
+            if self.leaves:  # module replacement's NormLeaf: the affine is a diagonal pair of its own
+                return self.plain(i)
         return i
 
     def batchnorm(self, module, kind: str, path: str, where: str, src: int, sole_user: bool = True) -> int:
@@ -388,13 +412,21 @@ class _Builder:
             return src
         if src not in self.affines:
             d = self.pending[src][0].shape[0]
-            self.affines[src] = self.linear(np.eye(d), None, "Linear", "affine", "(its affine)", src)
+            self.affines[src] = self.linear(np.eye(d), None, "Linear", "affine", "(its affine)", src,
+                                            source=self.pending_sources.get(src, ()))
         return self.affines[src]
 
-    def const(self, value: torch.Tensor, key, path: str) -> int:
-        """A constant tensor of the target as a :class:`ConstNode` (a pair of bias units only), memoised by key."""
+    def const(self, value: torch.Tensor, key, path: str, ticket=None) -> int:
+        """A constant tensor of the target as a :class:`ConstNode` (a pair of bias units only), memoised by key.
+        ``ticket``: with ``leaves``, the value the ticket computes there (:class:`_Const`)."""
         if key not in self.consts:
             arr = _array(value, f"constant {path!r}")
+            if self.leaves:
+                if ticket is _UNKNOWN:
+                    raise NotImplementedError(
+                        f"the constant {path!r} is computed from the weights of a layer that the ticket realises as a "
+                        "pair, which has no single weight tensor: the bound cannot follow it")
+                self.const_values[len(self.specs)] = value if ticket is None else ticket
             self.specs.append(LinearSpec(path, np.zeros((arr.size, 0)), arr.reshape(-1).copy(), True))
             self.consts[key] = self.emit(ConstNode((), len(self.specs) - 1, tuple(arr.shape)), True)
         return self.consts[key]
@@ -638,13 +670,55 @@ def parse_target(target, *, nonnegative_input: bool = False, input_range=None,
 TRANSFORMER_MODULES = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder")
 
 
+def export_target(target: nn.Module, example_inputs):
+    """``target`` exported with ``torch.export`` (``strict=False``) on ``example_inputs`` and normalised into the
+    parser's op set (:func:`slth.construction.exported.normalise`; a ``use_cache`` argument is set to False).
+    The graph is valid for inputs of the example's shape only. Raises :class:`UntraceableError` when torch.export
+    cannot export it."""
+    import inspect
+
+    from .exported import normalise
+
+    inputs = check_example_inputs(target, example_inputs)
+    try:
+        names = inspect.signature(target.forward).parameters
+    except (TypeError, ValueError):
+        names = {}
+    kwargs = {"use_cache": False} if "use_cache" in names else {}
+    try:
+        ep = torch.export.export(target, inputs, kwargs=kwargs, strict=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UntraceableError(f"torch.export cannot export {_type_name(target)} ({type(exc).__name__}: "
+                               f"{first})") from None
+    return normalise(ep, target)
+
+
+def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None):
+    """The graph of ``target`` as torch.export sees it on ``example_inputs``, read by the one parser for the bound
+    of a module-replacement ticket: every layer is named by its parameters (``LinearSpec.source``), every norm's
+    affine is its own diagonal layer (as module replacement builds it), and every constant carries the value the
+    ticket computes there (from ``realised``: parameter name -> realised tensor). Returns (graph, specs,
+    {spec index of a constant: the ticket's value}, the input shape the graph is valid for). Refusals name the
+    op, the line of the model's code that made it and its module."""
+    exported = export_target(target, example_inputs)
+    b = _Builder(False, graph=True, leaves=True)
+    graph, specs = _parse_gm(exported.module, b, realised)
+    return graph, specs, b.const_values, exported.shape
+
+
 @dataclass(frozen=True)
 class _Const:
     """A value of the traced target that does not depend on its input (a parameter, a buffer, a literal, or
-    anything computed from them alone): evaluated at parse time."""
+    anything computed from them alone): evaluated at parse time. ``ticket``: when parsing for a module-replacement
+    ticket's bound, the value the ticket computes there (``_UNKNOWN``: none, it reads a layer realised as a pair)."""
 
     value: object
     key: str
+    ticket: object = None
+
+
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -683,14 +757,18 @@ def _causal_rows(lq: int, lk: int) -> tuple:
     return tuple(tuple(None if j > i else 0.0 for j in range(lk)) for i in range(lq))
 
 
-def _mask_rows(mask, blocked_when_true: bool, causal: bool, where: str) -> tuple[tuple, bool]:
+def _mask_rows(mask, blocked_when_true: bool, causal: bool, where: str, uniform: bool = False) -> tuple[tuple, bool]:
     """A constant 2-D attention mask as stored rows (floats, None = -inf) and the causal flag. ``blocked_when_true``:
     a bool mask's True means "may not attend" (nn.MultiheadAttention) rather than "may" (scaled_dot_product_attention).
-    A mask equal to the causal one becomes the causal flag (it then fits any sequence length)."""
+    A mask equal to the causal one becomes the causal flag (it then fits any sequence length). ``uniform``: a mask
+    with leading (batch, head) dimensions whose every slice is the same is read as that slice (a bound's graph, whose
+    sizes are fixed: transformers build their masks (batch, 1, Lq, Lk))."""
     if mask is None:
         return (), bool(causal)
     if isinstance(mask, _Const):
         mask = mask.value
+    while uniform and isinstance(mask, torch.Tensor) and mask.dim() > 2 and (mask == mask[:1]).all():
+        mask = mask[0]  # (batch, heads, Lq, Lk) the same for every batch and head (an exported model's mask)
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         raise NotImplementedError(f"attention {where}: the mask must be a constant 2-D tensor (no per-batch or "
                                   "per-head masks, no key_padding_mask)")
@@ -826,18 +904,26 @@ def _located(exc: Exception, node, gm) -> Exception:
 
 def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
               attention: str = "projection") -> tuple[Graph, list[LinearSpec]]:
+    return _parse_gm(_trace(target), _Builder(nonnegative_input, graph=True, shift=shift, attention=attention))
+
+
+def _parse_gm(gm, b: _Builder, realised: dict | None = None) -> tuple[Graph, list[LinearSpec]]:
+    """The one parser: an fx ``GraphModule`` (a torch.fx trace, :func:`_trace`, or a normalised torch.export graph,
+    :mod:`.exported`) read node by node into ``b``. ``realised`` (with ``b.leaves``): parameter name -> the value
+    the ticket computes in its place (an embedding's realised table, a free parameter's realised value); other
+    parameters (the weights of layers realised as pairs) have none."""
     import builtins
     import inspect
     import operator
 
     import torch.fx as fx
 
-    gm = _trace(target)
+    from .exported import linear_t
+
     modules = dict(gm.named_modules())
     FX_ACTIVATIONS = {F.gelu: "gelu", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
                       F.sigmoid: "sigmoid"}
     SIZE_OPS = (operator.mul, operator.floordiv, operator.add, operator.sub)
-    b = _Builder(nonnegative_input, graph=True, shift=shift, attention=attention)
     env: dict = {}
     out = None
     seen_input = False
@@ -847,7 +933,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
         if isinstance(value, fx.Node):
             got = env[value]
             if isinstance(got, _Const) and isinstance(got.value, torch.Tensor):
-                return b.const(got.value, got.key, got.key)
+                return b.const(got.value, got.key, got.key, got.ticket)
             if isinstance(got, int):
                 return got
         raise NotImplementedError(f"{node.op} {getattr(node.target, '__name__', node.target)!r} ({node.name!r}) "
@@ -931,21 +1017,29 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             value = gm
             for part in node.target.split("."):
                 value = getattr(value, part)
-            env[node] = _Const(value, node.target)
+            ticket = None
+            if b.leaves:  # what the ticket holds there: a realised value, the same buffer, or no single tensor
+                ticket = (realised or {}).get(node.target, _UNKNOWN if isinstance(value, nn.Parameter) else value)
+            env[node] = _Const(value, node.target, ticket)
             return
         if node.op in ("call_function", "call_method", "call_module") and \
                 all(isinstance(env[n], _Const) for n in node.all_input_nodes):
             # a constant sub-expression (positional embeddings of arange(T), masks, ...): evaluate it now
-            cargs = fx.node.map_arg(node.args, lambda n: env[n].value)
-            ckwargs = fx.node.map_arg(node.kwargs, lambda n: env[n].value)
-            with torch.no_grad():
-                if node.op == "call_function":
-                    value = node.target(*cargs, **ckwargs)
-                elif node.op == "call_method":
-                    value = getattr(cargs[0], node.target)(*cargs[1:], **ckwargs)
-                else:
-                    value = modules[node.target](*cargs, **ckwargs)
-            env[node] = _Const(value, node.name)
+            def evaluate(which):
+                cargs = fx.node.map_arg(node.args, lambda n: which(env[n]))
+                ckwargs = fx.node.map_arg(node.kwargs, lambda n: which(env[n]))
+                with torch.no_grad():
+                    if node.op == "call_function":
+                        return node.target(*cargs, **ckwargs)
+                    if node.op == "call_method":
+                        return getattr(cargs[0], node.target)(*cargs[1:], **ckwargs)
+                    return modules[node.target](*cargs, **ckwargs)
+
+            value, ticket = evaluate(lambda c: c.value), None
+            if b.leaves:  # the same expression over the ticket's values
+                known = all(env[n].ticket is not _UNKNOWN for n in node.all_input_nodes)
+                ticket = evaluate(lambda c: c.ticket) if known else _UNKNOWN
+            env[node] = _Const(value, node.name, ticket)
             return
         t = node.target
         if node.op == "call_function" and t in SIZE_OPS and \
@@ -1011,6 +1105,10 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
                 x, y = y, x
             c = scalar(y)
             other = node_value(y)
+            if b.leaves and c is None and not divide and isinstance(x, fx.Node) and isinstance(y, fx.Node):
+                # a bound's graph: x * y elementwise (a gate, x * a constant table); not a ticket op
+                env[node] = b.op(MulNode((arg(node, x), arg(node, y))))
+                return
             if c is None and isinstance(other, _Const) and isinstance(other.value, torch.Tensor):
                 raise NotImplementedError(f"{node.op} {getattr(t, '__name__', t)!r} {where}: activations multiplied "
                                           f"elementwise by the tensor {other.key!r} of the target; only a number "
@@ -1079,7 +1177,8 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             a = {**dict(zip(names, node.args)), **node.kwargs}
             if scalar(a.get("dropout_p", 0.0)) or a.get("enable_gqa", False):
                 raise NotImplementedError(f"scaled_dot_product_attention {where} with dropout_p > 0 or enable_gqa")
-            rows, causal = _mask_rows(node_value(a.get("attn_mask")), False, bool(a.get("is_causal", False)), where)
+            rows, causal = _mask_rows(node_value(a.get("attn_mask")), False, bool(a.get("is_causal", False)), where,
+                                      uniform=b.leaves)
             sm_scale = a.get("scale")
             env[node] = b.op(AttentionNode(tuple(arg(node, a[k]) for k in names[:3]), causal, rows,
                                            None if sm_scale is None else float(scalar(sm_scale))))
@@ -1104,7 +1203,7 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
             full = ("slice", None, None, None)
             env[node] = _Parts(lambda i, src=src, dim=dim: b.op(GetItemNode(
                 (src,), (*[full] * dim, i) if dim >= 0 else ("...", i, *[full] * (-dim - 1)))), "unbind")
-        elif node.op == "call_function" and t is F.linear:  # F.linear(x, self.weight, self.bias): a Linear layer
+        elif node.op == "call_function" and t in (F.linear, linear_t):  # F.linear(x, self.weight, self.bias): a Linear
             a = {**dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
             w, bias = node_value(a["weight"]), node_value(a.get("bias"))
             for v in (w, bias):
@@ -1113,26 +1212,38 @@ def _parse_fx(target: nn.Module, nonnegative_input: bool, shift: float | None,
                                               "of the target, not computed from the input")
             if w.value.dim() != 2:
                 raise NotImplementedError(f"linear {where}: weight {w.key!r} has shape {tuple(w.value.shape)}")
-            env[node] = b.linear(_array(w.value, f"weight {w.key!r}"),
+            weight = _array(w.value, f"weight {w.key!r}")
+            env[node] = b.linear(weight.T.copy() if t is linear_t else weight,  # linear_t: stored (in, out)
                                  None if bias is None else _array(bias.value, f"bias {bias.key!r}"), "Linear",
-                                 w.key.removesuffix(".weight"), where, arg(node, a["input"]))
+                                 w.key.removesuffix(".weight"), where, arg(node, a["input"]),
+                                 source=(w.key, "" if bias is None else bias.key))
+        elif node.op == "call_function" and t is F.embedding:  # F.embedding(indices, self.weight)
+            names = ("input", "weight", "padding_idx", "max_norm")
+            a = {**dict(zip(names, node.args)), **node.kwargs}
+            w = node_value(a["weight"])
+            if not (isinstance(w, _Const) and isinstance(w.value, torch.Tensor)) or a.get("max_norm") is not None:
+                raise NotImplementedError(f"embedding {where}: its table must be a parameter or constant of the "
+                                          "target (and max_norm is not supported)")
+            env[node] = b.embedding_table(w.value, w.key.removesuffix(".weight"), where, arg(node, a["input"]),
+                                          source=(w.key, ""))
         elif node.op == "call_function" and t in (F.layer_norm, F.rms_norm):
             rms = t is F.rms_norm
             names = ("input", "normalized_shape", "weight", *(() if rms else ("bias",)), "eps")
             a = {**dict(zip(names, node.args)), **node.kwargs}
-            affine = []
+            affine, keys = [], []
             for key in ("weight", "bias"):
                 v = node_value(a.get(key))
                 if v is not None and not (isinstance(v, _Const) and isinstance(v.value, torch.Tensor)):
                     raise NotImplementedError(f"{getattr(t, '__name__', t)} {where}: its {key} must be a parameter "
                                               "or constant of the target, not computed from the input")
                 affine.append(None if v is None else v.value)
+                keys.append("" if v is None else v.key)
             eps = scalar(a.get("eps"))
             if eps is None:  # rms_norm's eps=None: torch uses the float32 machine epsilon
                 eps = torch.finfo(torch.float32).eps if rms else 1e-5
             path = ".".join(filter(None, (_module_path(node), node.name)))
             env[node] = b.normalise("RMSNorm" if rms else "LayerNorm", a["normalized_shape"], eps, *affine, path,
-                                    where, b.plain(arg(node, a["input"])), rms)
+                                    where, b.plain(arg(node, a["input"])), rms, source=tuple(keys))
         elif node.op == "output":
             out = arg(node, node.args[0])
         else:
