@@ -15,7 +15,7 @@ from torch import nn
 
 import slth
 from slth.construction import Ticket
-from slth.construction.kept import KeptLinear, embedding_lookup, tied_head
+from slth.construction.kept import KeptLinear, block_counts, embedding_lookup, tied_head
 from slth.construction.modules import EmbeddingLeaf, LeafPair, TiedHead
 
 T = pytest.importorskip("transformers")
@@ -51,6 +51,7 @@ def _brute(values, mask, h):
 
 def _kept(values, mask, units, columns, splits=()):
     layer = KeptLinear(values.shape[0], values.shape[1], units, columns)
+    layer.reserve(block_counts(mask, units))
     bounds = [0, *sorted(set(splits)), values.shape[0]]
     for lo, hi in zip(bounds, bounds[1:]):
         if hi > lo:
@@ -228,8 +229,15 @@ def test_kept_storage_refusals_come_before_any_change(gpt2, tmp_path):
         wide.to_module(model=model, storage="kept")
     assert isinstance(model[0], nn.Linear) and torch.equal(model[0].weight, weight)  # not replaced
     layer = KeptLinear(2, 4, 2)
+    with pytest.raises(RuntimeError, match="reserve\\(\\) the layer before adding rows"):
+        layer.add_rows(0, np.zeros((1, 4), np.float32), np.zeros((1, 4), bool))
+    with pytest.raises(ValueError, match=r"reserve takes kept counts of shape \(2, 2\) once, got \(2, 3\)"):
+        layer.reserve(np.zeros((2, 3), np.uint8))
+    layer.reserve(np.zeros((2, 2), np.uint8))
     with pytest.raises(ValueError, match="rows must come in order with 4 columns: expected row 0, got 1"):
         layer.add_rows(1, np.zeros((1, 4), np.float32), np.zeros((1, 4), bool))
+    with pytest.raises(ValueError, match="rows 0:1: their mask keeps other weights than the reserved counts"):
+        layer.add_rows(0, np.zeros((1, 4), np.float32), np.ones((1, 4), bool))
     with pytest.raises(RuntimeError, match="was not finished: it holds no weights yet"):
         layer(torch.zeros(1, 4))
     with pytest.raises(ValueError, match="1 of 2 rows were added"):

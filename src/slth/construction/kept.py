@@ -129,13 +129,12 @@ def tied_head_forward(masks, values, offsets, first, xt, out):  # pragma: no cov
 
 
 @njit(cache=True)
-def _to_columns(counts, values, offsets, out):  # pragma: no cover - numba
-    """Row-major kept values (``counts`` (d_out, blocks) per target weight) -> column-major ``out``, whose column j
-    starts at ``offsets[j]``."""
-    d_out, blocks = counts.shape
-    cursor = offsets[:-1].copy()
+def _to_columns(counts, values, cursor, out):  # pragma: no cover - numba
+    """Rows of kept values in row-major order (``counts`` (rows, blocks) per target weight) -> their places in the
+    column-major ``out``: column j's next free place is ``cursor[j]`` (advanced)."""
+    rows, blocks = counts.shape
     src = 0
-    for i in range(d_out):
+    for i in range(rows):
         for j in range(blocks):
             c = counts[i, j]
             dst = cursor[j]
@@ -155,7 +154,12 @@ def compile_kernels() -> None:
         columns_forward(masks, values, offsets, 2, ht, np.zeros((1, 1)))
         embedding_forward(masks, values, offsets, first, np.zeros(1, np.int64), np.zeros((1, 1)))
         tied_head_forward(masks, values, offsets, first, np.ones((1, 1), np.float32), np.zeros((1, 1)))
-    _to_columns(np.ones((1, 1), np.uint8), values, offsets, np.zeros(2, np.float32))
+    _to_columns(np.ones((1, 1), np.uint8), values, np.zeros(1, np.int64), np.zeros(2, np.float32))
+
+
+def block_counts(mask: np.ndarray, units: int) -> np.ndarray:
+    """Kept weights per target weight (uint8, (rows, blocks)) of a block of rows of a pair's ``b`` mask."""
+    return _popcount(mask_words(mask, units))
 
 
 def mask_words(mask: np.ndarray, units: int) -> np.ndarray:
@@ -221,48 +225,66 @@ class KeptLinear(nn.Module):
         self.register_buffer("masks", torch.zeros(shape, dtype=torch.int32 if units <= 32 else torch.int64))
         self.register_buffer("values", torch.zeros(0))
         self.register_buffer("offsets", torch.zeros(shape[0] + 1, dtype=torch.int64))
-        self._parts: list[tuple[int, np.ndarray, np.ndarray]] | None = []
+        self._fill: dict | None = None  # while being filled: counts, words, values, offsets, cursor, next row
+        self._sealed = False
 
-    def add_rows(self, start: int, values: np.ndarray, mask: np.ndarray) -> None:
-        """Rows ``start:start + len(values)`` of the random layer (values (rows, hidden) float32) and their mask
-        (bool, same shape), in order from row 0."""
-        if self._parts is None:
-            raise RuntimeError("this kept layer is sealed (finish() was called)")
-        done = sum(len(p[1]) for p in self._parts)
-        if start != done or values.shape != (len(values), self.hidden) or mask.shape != values.shape:
-            raise ValueError(f"rows must come in order with {self.hidden} columns: expected row {done}, got {start} "
-                             f"with shape {values.shape} (mask {mask.shape})")
-        self._parts.append((start, mask_words(mask, self.units), np.ascontiguousarray(values[mask], np.float32)))
-
-    def finish(self) -> KeptLinear:
-        """Seal the layer once every row was added: masks, values and offsets become its buffers."""
-        if self._parts is None:
-            return self
-        words = np.concatenate([p[1] for p in self._parts]) if self._parts else np.zeros((0, self.blocks),
-                                                                                           self._dtype)
-        if words.shape[0] != self.d_out:
-            raise ValueError(f"{words.shape[0]} of {self.d_out} rows were added")
-        values = np.concatenate([p[2] for p in self._parts]) if self._parts else np.zeros(0, np.float32)
-        self._parts = None
-        counts = _popcount(words)  # (d_out, blocks)
+    def reserve(self, counts: np.ndarray) -> None:
+        """Allocate the layer for its kept weights: ``counts`` (d_out, blocks), kept weights per target weight (the
+        mask's :func:`block_counts`, all rows). Then :meth:`add_rows` writes each block of rows in its place (the
+        values are never held twice, whatever the storage order)."""
+        counts = np.asarray(counts)
+        if counts.shape != (self.d_out, self.blocks) or self._sealed:
+            raise ValueError(f"reserve takes kept counts of shape {(self.d_out, self.blocks)} once, got {counts.shape}")
         if self.columns:
             offsets = np.zeros(self.blocks + 1, np.int64)
             np.cumsum(counts.sum(axis=0, dtype=np.int64), out=offsets[1:])
-            ordered = np.empty_like(values)
-            _to_columns(counts, values, offsets, ordered)
-            del values
-            values, words = ordered, np.ascontiguousarray(words.T)
         else:
             offsets = np.zeros(self.d_out + 1, np.int64)
             np.cumsum(counts.sum(axis=1, dtype=np.int64), out=offsets[1:])
+        self._fill = {"counts": counts, "words": np.zeros((self.d_out, self.blocks), self._dtype),
+                      "values": np.empty(int(offsets[-1]), np.float32), "offsets": offsets,
+                      "cursor": offsets[:-1].copy(), "next": 0}
+
+    def add_rows(self, start: int, values: np.ndarray, mask: np.ndarray) -> None:
+        """Rows ``start:start + len(values)`` of the random layer (values (rows, hidden) float32) and their mask
+        (bool, same shape), in order from row 0, after :meth:`reserve`."""
+        fill = self._fill
+        if fill is None:
+            raise RuntimeError("reserve() the layer before adding rows" if not self._sealed else
+                               "this kept layer is sealed (finish() was called)")
+        stop = start + len(values)
+        if start != fill["next"] or values.shape != (len(values), self.hidden) or mask.shape != values.shape:
+            raise ValueError(f"rows must come in order with {self.hidden} columns: expected row {fill['next']}, got "
+                             f"{start} with shape {values.shape} (mask {mask.shape})")
+        words = mask_words(mask, self.units)
+        counts = _popcount(words)
+        if not np.array_equal(counts, fill["counts"][start:stop]):
+            raise ValueError(f"rows {start}:{stop}: their mask keeps other weights than the reserved counts")
+        fill["words"][start:stop] = words
+        kept = np.ascontiguousarray(values[mask], np.float32)
+        if self.columns:
+            _to_columns(counts, kept, fill["cursor"], fill["values"])
+        else:
+            fill["values"][fill["offsets"][start] : fill["offsets"][stop]] = kept
+        fill["next"] = stop
+
+    def finish(self) -> KeptLinear:
+        """Seal the layer once every row was added: masks, values and offsets become its buffers."""
+        fill = self._fill
+        if self._sealed:
+            return self
+        if fill is None or fill["next"] != self.d_out:
+            raise ValueError(f"{0 if fill is None else fill['next']} of {self.d_out} rows were added")
+        words = np.ascontiguousarray(fill["words"].T) if self.columns else fill["words"]
         self.masks = torch.from_numpy(words.view(np.int32) if words.dtype == np.uint32 else words)
-        self.values = torch.from_numpy(values)
-        self.offsets = torch.from_numpy(offsets)
+        self.values = torch.from_numpy(fill["values"])
+        self.offsets = torch.from_numpy(fill["offsets"])
+        self._fill, self._sealed = None, True
         return self
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(masks as uint32 / int64 words, values, offsets) as numpy arrays for the kernels."""
-        if self._parts is not None:
+        if not self._sealed:
             raise RuntimeError("this kept layer was not finished: it holds no weights yet")
         if self.masks.device.type != "cpu":
             raise ValueError(f"storage='kept' runs on the CPU (numba); this layer is on {self.masks.device}")

@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import ticketfile
 from .graph import Graph
-from .kept import KeptLinear
+from .kept import KeptLinear, block_counts
 from .modules import Leaf, check_model, install
 from .network import STORAGES, LayerLayout, a_tensors, apply_redraws, b_rows
 
@@ -38,6 +38,15 @@ def _mask_rows(mask: ticketfile.PackedMask, start: int, stop: int) -> np.ndarray
     lo, hi = start * row, stop * row
     bits = np.unpackbits(mask.bits[lo // 8 : (hi + 7) // 8], bitorder="little")
     return bits[lo % 8 : lo % 8 + hi - lo].astype(bool).reshape((stop - start, *mask.shape[1:]))
+
+
+def _kept_counts(mask: ticketfile.PackedMask, units: int, block_values: int) -> np.ndarray:
+    """Kept weights per target weight of a pair's second layer (``block_counts``), from its mask alone, a block
+    of rows at a time."""
+    rows_total, hidden = mask.shape
+    rows = max(1, block_values // max(1, hidden))
+    return np.concatenate([block_counts(_mask_rows(mask, s, min(rows_total, s + rows)), units)
+                           for s in range(0, rows_total, rows)])
 
 
 class MaskView(Mapping):
@@ -170,7 +179,9 @@ class Ticket:
             params = dict(module.named_parameters())
         with torch.no_grad():
             for name, start, arr in self._layer_blocks(block_values):
-                if name in kept:  # only the kept weights are stored
+                if name in kept:  # only the kept weights are stored, each written in its place
+                    if start == 0:
+                        kept[name].reserve(_kept_counts(self.packed[name], kept[name].units, block_values))
                     kept[name].add_rows(start, arr.reshape(len(arr), -1),
                                         _mask_rows(self.packed[name], start, start + len(arr)))
                     continue
