@@ -22,7 +22,8 @@ timed and measured apart from the construction; ``--storage kept`` (the default)
 pair (``to_module(storage="kept")``), ``--storage dense`` materialises the random network (float32).
 ``--ticket PATH`` loads a saved ticket of that target instead of constructing one (with ``--generate``: the target's
 own greedy tokens are computed first and the target dropped, then the ticket is loaded, rebuilt and run, peak RSS
-read after each step).
+read after each step). ``--check-pairs`` then compares every kept pair but the token embedding's (2.3 GB dense) with its
+dense pair, materialised one at a time from the same ticket, on the pair's own input in the prompt's forward.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default="kept", choices=["kept", "dense"],
                     help="--generate: how the ticket is rebuilt (to_module(storage=...))")
     ap.add_argument("--ticket", default=None, help="hf-gpt2-small: load this saved ticket instead of constructing")
+    ap.add_argument("--check-pairs", action="store_true",
+                    help="--storage kept: after generate(), compare every pair but the token embedding's on the "
+                         "prompt with its dense pair, materialised one at a time")
     ap.add_argument("--save", default=None, help="also save the ticket here")
     ap.add_argument("--out", default=None, help="JSON record to write")
     args = ap.parse_args(argv)
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         del target
         record = {"command": "python " + " ".join(sys.argv), "target": described,
                   "target_module_params": target_params, "machine": machine(),
-                  **_load_and_generate(args.ticket, held, args.generate, args.seed, args.storage)}
+                  **_load_and_generate(args.ticket, held, args.generate, args.seed, args.storage, args.check_pairs)}
         print(json.dumps(record, indent=2))
         if args.out:
             atomic_write_json(args.out, record)
@@ -154,7 +158,7 @@ def _target_tokens(target, tokens: int, seed: int):
     return prompt, settings, expected
 
 
-def _run_ticket(ticket, cls, config, prompt, settings, expected, storage: str) -> dict:
+def _run_ticket(ticket, cls, config, prompt, settings, expected, storage: str, check_pairs: bool = False) -> dict:
     """Rebuild the ticket into a fresh ``cls(config)`` and run its greedy ``generate()``: seconds, peak RSS after
     each step, and how many tokens match the target's continuation ``expected``."""
     import torch
@@ -169,12 +173,62 @@ def _run_ticket(ticket, cls, config, prompt, settings, expected, storage: str) -
     generate_seconds = time.perf_counter() - t0
     tokens = settings["max_new_tokens"]
     first = prompt.shape[1]
-    return {"storage": storage, "generate_tokens": tokens, "prompt_tokens": first,
-            "rebuild_seconds": round(build_seconds, 1), "generate_seconds": round(generate_seconds, 1),
-            "seconds_per_token": round(generate_seconds / tokens, 2),
-            "generate_matches_target": int((out[0, first:] == expected[0, first:]).sum()),
-            "tokens_ticket": out[0, first:].tolist(), "tokens_target": expected[0, first:].tolist(),
-            "peak_rss_after_rebuild_gb": rss_rebuilt, "peak_rss_after_generate_gb": _peak_gb()}
+    record = {"storage": storage, "generate_tokens": tokens, "prompt_tokens": first,
+              "rebuild_seconds": round(build_seconds, 1), "generate_seconds": round(generate_seconds, 1),
+              "seconds_per_token": round(generate_seconds / tokens, 2),
+              "generate_matches_target": int((out[0, first:] == expected[0, first:]).sum()),
+              "tokens_ticket": out[0, first:].tolist(), "tokens_target": expected[0, first:].tolist(),
+              "peak_rss_after_rebuild_gb": rss_rebuilt, "peak_rss_after_generate_gb": _peak_gb()}
+    if check_pairs:
+        record.update(_check_pairs(ticket, model, prompt))
+    return record
+
+
+def _check_pairs(ticket, model, prompt, skip: tuple = ("transformer.wte",)) -> dict:
+    """Every kept pair of ``model`` (but those in ``skip``) against its dense pair, built one at a time from the same
+    ticket (``Ticket._layer_blocks``, as ``to_module`` draws them), on the input the pair received in ``model``'s
+    forward of ``prompt``: the largest |dense - kept| relative to max |dense| (float32 summation order)."""
+    import torch
+
+    from slth.construction.modules import EmbeddingLeaf, LeafPair
+    from slth.construction.ticket import FILL_BLOCK_VALUES, _mask_rows
+
+    seen: dict = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+             for name, m in model.named_modules() if isinstance(m, (LeafPair, EmbeddingLeaf)) and name not in skip]
+    with torch.no_grad():
+        model(prompt)
+    for h in hooks:
+        h.remove()
+    layouts, index = ticket.layouts, {p: i for i, p in enumerate(ticket._prefixes())}
+    t0, worst, checked, current = time.perf_counter(), 0.0, 0, None
+
+    def compare(prefix, dense):
+        nonlocal worst, checked
+        x, y = seen.pop(prefix)
+        with torch.no_grad():
+            d = dense(x)
+        worst, checked = max(worst, float((d - y).abs().max() / d.abs().max())), checked + 1
+
+    for name, start, arr in ticket._layer_blocks(FILL_BLOCK_VALUES):
+        prefix, layer, what = name.rsplit(".", 2)
+        if prefix not in seen and (current is None or current[0] != prefix):
+            continue
+        if current is None or current[0] != prefix:
+            if current is not None:
+                compare(*current)
+            kept = model.get_submodule(prefix)
+            cls = EmbeddingLeaf if isinstance(kept, EmbeddingLeaf) else LeafPair
+            current = (prefix, cls(layouts[index[prefix]], float(kept.factor)))
+        value = torch.from_numpy(arr)
+        if layer == "b":
+            value = value * torch.from_numpy(_mask_rows(ticket.packed[name], start, start + len(arr)))
+        with torch.no_grad():
+            current[1].get_parameter(f"{layer}.{what}")[start : start + len(arr)].copy_(value)
+    if current is not None:
+        compare(*current)
+    return {"pairs_checked_against_dense": checked, "pairs_max_relative_diff": worst,
+            "check_pairs_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _generate(ticket, target, tokens: int, seed: int, storage: str = "kept") -> dict:
@@ -183,7 +237,7 @@ def _generate(ticket, target, tokens: int, seed: int, storage: str = "kept") -> 
     return _run_ticket(ticket, type(target), target.config, prompt, settings, expected, storage)
 
 
-def _load_and_generate(path: str, held: list, tokens: int, seed: int, storage: str) -> dict:
+def _load_and_generate(path: str, held: list, tokens: int, seed: int, storage: str, check_pairs: bool = False) -> dict:
     """A saved ticket of the target (``held``: a list holding it, emptied here): the target's greedy tokens first
     (then the target is dropped), then load the ticket, rebuild it and generate; peak RSS after each step."""
     from slth.construction import Ticket
@@ -202,6 +256,6 @@ def _load_and_generate(path: str, held: list, tokens: int, seed: int, storage: s
                kept_params=ticket.stats["kept_params"], eps=ticket.config["eps"],
                loadavg_1min_start=round(os.getloadavg()[0], 2))
     if tokens:
-        out.update(_run_ticket(ticket, cls, config, prompt, settings, expected, storage))
+        out.update(_run_ticket(ticket, cls, config, prompt, settings, expected, storage, check_pairs))
         out["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     return out
