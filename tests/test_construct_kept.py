@@ -17,6 +17,7 @@ import slth
 from slth.construction import Ticket
 from slth.construction.kept import KeptLinear, block_counts, embedding_lookup, tied_head
 from slth.construction.modules import EmbeddingLeaf, LeafPair, TiedHead
+from slth.construction.network import LayerLayout, RandomPair
 
 T = pytest.importorskip("transformers")
 
@@ -222,6 +223,8 @@ def test_kept_storage_refusals_come_before_any_change(gpt2, tmp_path):
     traced = slth.construct(nn.Sequential(nn.Linear(3, 2)), eps=0.05, n=4, seed=0)
     with pytest.raises(ValueError, match="storage='kept' rebuilds tickets built by module replacement"):
         traced.to_module(storage="kept")
+    with pytest.raises(ValueError, match=r"storage must be one of \('dense', 'kept'\), got 'sparse'"):
+        traced.to_module(storage="sparse")  # a traced ticket reads no storage: refused all the same
     wide = slth.construct(nn.Sequential(nn.Linear(2, 2)), eps=0.05, n=33, seed=0, construction="modules")
     model = nn.Sequential(nn.Linear(2, 2))
     weight = model[0].weight.clone()
@@ -244,7 +247,20 @@ def test_kept_storage_refusals_come_before_any_change(gpt2, tmp_path):
         layer.add_rows(0, np.zeros((1, 4), np.float32), np.zeros((1, 4), bool))
         layer.finish()
     done = _kept(np.ones((2, 4), np.float32), np.ones((2, 4), bool), 2, False)
+    with pytest.raises(RuntimeError, match="this kept layer is sealed"):
+        done.add_rows(0, np.ones((1, 4), np.float32), np.ones((1, 4), bool))
+    with pytest.raises(ValueError, match="runs on the CPU \\(numba\\); this layer is on meta"):
+        _kept(np.ones((2, 4), np.float32), np.ones((2, 4), bool), 2, False).to("meta")(torch.zeros(1, 4))
     with pytest.raises(ValueError, match="runs on the CPU in float32 .* got a torch.float64 tensor"):
         done(torch.zeros(1, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="expected 4 features in the last dimension, got 3"):
         done(torch.zeros(1, 3))
+
+
+def test_a_random_pair_refuses_a_storage_it_cannot_hold():
+    with pytest.raises(ValueError, match=r"storage must be one of \('dense', 'kept'\), got 'bits'"):
+        RandomPair(LayerLayout(3, 2, 4, True, False, False), storage="bits")
+    conv = LayerLayout(3, 2, 4, True, False, False, kernel=(3, 3))
+    with pytest.raises(ValueError, match="storage='kept' is for Linear-like pairs; a conv pair stays dense"):
+        RandomPair(conv, storage="kept")
+    assert isinstance(RandomPair(LayerLayout(3, 2, 4, True, True, False), storage="kept").b, KeptLinear)
