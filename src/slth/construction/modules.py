@@ -65,6 +65,7 @@ import torch
 from torch import nn
 
 from .exported import rms_eps as _rms_eps
+from .kept import KeptLinear, embedding_lookup, tied_head
 from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
 from .target import LinearSpec, _array
 
@@ -79,10 +80,11 @@ SUPPORTED_LEAVES = ("Linear, transformers' Conv1D, Conv1d/Conv2d (groups 1, zero
 
 class LeafPair(RandomPair):
     """A Linear-like leaf replaced by its pair on the last dimension (a conv pair on (N, C, H, W)):
-    ``b(relu(a(x))) * factor``, the fixed ``factor`` (a buffer) undoing the leaf's rescaling."""
+    ``b(relu(a(x))) * factor``, the fixed ``factor`` (a buffer) undoing the leaf's rescaling. ``storage``: "dense"
+    or "kept" (``b`` holds only the kept weights, :mod:`slth.construction.kept`; Linear layouts only)."""
 
-    def __init__(self, layout: LayerLayout, factor: float = 1.0):
-        super().__init__(layout)
+    def __init__(self, layout: LayerLayout, factor: float = 1.0, storage: str = "dense"):
+        super().__init__(layout, storage)
         self.register_buffer("factor", torch.tensor(float(factor)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,10 +106,11 @@ class Conv1dPair(LeafPair):
 class EmbeddingLeaf(EmbeddingPair):
     """An ``nn.Embedding`` replaced by its pair on the one-hot index, times the fixed ``factor``. The pair's map on
     a one-hot input reads only the index's own n first-layer units, so the forward gathers them (the same products
-    as ``b(relu(a(one_hot(idx))))``, without the (tokens, num * n) one-hot activations)."""
+    as ``b(relu(a(one_hot(idx))))``, without the (tokens, num * n) one-hot activations). ``storage="kept"``: ``b``
+    holds only its kept weights, column by column (a token's are contiguous; inference only)."""
 
-    def __init__(self, layout: LayerLayout, factor: float = 1.0):
-        super().__init__(layout)
+    def __init__(self, layout: LayerLayout, factor: float = 1.0, storage: str = "dense"):
+        super().__init__(layout, storage, columns=True)
         self.register_buffer("factor", torch.tensor(float(factor)))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -115,6 +118,9 @@ class EmbeddingLeaf(EmbeddingPair):
         flat = idx.reshape(-1).long()
         if flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < num):
             raise IndexError(f"index out of range: the embedding has {num} entries")
+        if isinstance(self.b, KeptLinear):
+            out = embedding_lookup(self.b, torch.relu(self.a.weight), flat)
+            return out.reshape(*idx.shape, -1) * self.factor
         rows = self.b.weight.unflatten(1, (num, n))[:, flat, :]  # (dim, tokens, n)
         out = (rows * torch.relu(self.a.weight[flat])).sum(-1).T  # (tokens, dim)
         return out.reshape(*idx.shape, -1) * self.factor
@@ -130,6 +136,8 @@ class EmbeddingLeaf(EmbeddingPair):
         n units)."""
         num, n = self.a.weight.shape
         stop = num if stop is None else stop
+        if isinstance(self.b, KeptLinear):
+            return embedding_lookup(self.b, torch.relu(self.a.weight), torch.arange(start, stop)).T * self.factor
         b = self.b.weight.unflatten(1, (num, n))[:, start:stop, :]
         return (b * torch.relu(self.a.weight[start:stop])).sum(-1) * self.factor
 
@@ -164,6 +172,9 @@ class TiedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.embedding
+        if isinstance(e.b, KeptLinear):  # the pair read in reverse from its kept weights, a token per thread
+            out = tied_head(e.b, torch.relu(e.a.weight), x) * e.factor
+            return out if self.bias is None else out + self.bias()
         (num, n), dim = e.a.weight.shape, e.b.weight.shape[0]
         step = max(1, TABLE_BLOCK_VALUES // (dim * n))  # the table's columns a block at a time
         out = torch.cat([x @ e.table(s, min(num, s + step)) for s in range(0, num, step)], dim=-1)
@@ -215,7 +226,7 @@ class AttentionLeaf(nn.Module):
         super().__init__()
         self.q, self.k, self.v, self.o = q, k, v, o
         self.num_heads, self.batch_first, self.dropout = int(heads), bool(batch_first), float(dropout)
-        self.embed_dim = q.b.weight.shape[0]
+        self.embed_dim = q.b.d_out if isinstance(q.b, KeptLinear) else q.b.weight.shape[0]
         self.head_dim = self.embed_dim // self.num_heads
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
@@ -310,26 +321,28 @@ class Leaf:
         return cls(str(d["path"]), d["kind"], tuple(int(v) for v in d["layers"]),
                    tuple(float(v) for v in d["scales"]), options, tuple(str(a) for a in d.get("aliases", ())))
 
-    def module(self, layouts: list[LayerLayout], tied: nn.Module | None = None) -> nn.Module:
+    def module(self, layouts: list[LayerLayout], tied: nn.Module | None = None, storage: str = "dense") -> nn.Module:
         """The replacement module (zero weights); its parameters are named as in the ticket's masks. ``tied``:
-        for a ``tied_linear`` leaf, the module built for the embedding it is tied to (``options["tie"]``)."""
-        pairs = [(layouts[i], s) for i, s in zip(self.layers, self.scales)]
+        for a ``tied_linear`` leaf, the module built for the embedding it is tied to (``options["tie"]``).
+        ``storage="kept"``: its Linear-like pairs and embedding pairs hold only their kept weights (empty until
+        filled); conv pairs and constants stay dense."""
+        pairs = [(layouts[i], s, storage) for i, s in zip(self.layers, self.scales)]
         opt = self.options
         if self.kind == "tied_linear":
             if not isinstance(tied, EmbeddingLeaf):
                 raise ValueError(f"{self.path!r} is tied to the embedding {opt['tie']!r}: build that first")
-            bias = ConstLeaf(pairs[0][0], (pairs[0][0].d_out,), pairs[0][1]) if pairs else None
+            bias = ConstLeaf(pairs[0][0], (pairs[0][0].d_out,), pairs[0][1]) if pairs else None  # dense: a constant
             return TiedHead(tied, bias)
-        if self.kind in ("linear", "conv1d_t", "conv2d"):
+        if self.kind in ("linear", "conv1d_t"):
             return LeafPair(*pairs[0])
-        if self.kind == "conv1d":
-            return Conv1dPair(*pairs[0])
+        if self.kind in ("conv2d", "conv1d"):  # conv pairs are dense whatever the storage
+            return (LeafPair if self.kind == "conv2d" else Conv1dPair)(*pairs[0][:2])
         if self.kind == "embedding":
             return EmbeddingLeaf(*pairs[0])
         if self.kind in ("layernorm", "rmsnorm"):
             return NormLeaf(opt["shape"], opt["eps"], self.kind == "layernorm", LeafPair(*pairs[0]) if pairs else None)
         if self.kind == "const":
-            return ConstLeaf(*pairs[0][:1], opt["shape"], pairs[0][1])
+            return ConstLeaf(pairs[0][0], opt["shape"], pairs[0][1])
         if self.kind == "mha":
             return AttentionLeaf(*(LeafPair(*pair) for pair in pairs), heads=opt["heads"],
                                  batch_first=opt["batch_first"], dropout=opt["dropout"])

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .kept import KeptLinear
+
 A_WEIGHT, A_BIAS, B_WEIGHT, REDRAW = 0, 1, 2, 3
 
 
@@ -243,12 +245,25 @@ class BlockConv2d(nn.Module):
         return f"channels={d_in}, units_per_channel={units}, bias_channels={n_bias}"
 
 
-class RandomPair(nn.Module):
-    """``b(relu(a(x)))``: the two random layers that stand for one target Linear or Conv2d."""
+STORAGES = ("dense", "kept")
 
-    def __init__(self, layout: LayerLayout):
+
+class RandomPair(nn.Module):
+    """``b(relu(a(x)))``: the two random layers that stand for one target Linear or Conv2d.
+
+    ``storage="kept"`` (a Linear layout): ``b`` is a :class:`~slth.construction.kept.KeptLinear` holding only the
+    weights the ticket keeps (inference only); ``columns``: its storage order (an embedding's pair)."""
+
+    def __init__(self, layout: LayerLayout, storage: str = "dense", columns: bool = False):
         super().__init__()
-        if layout.conv:
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        if storage == "kept":
+            if layout.conv:
+                raise ValueError("storage='kept' is for Linear-like pairs; a conv pair stays dense")
+            self.a = BlockLinear(layout.d_in, layout.units, layout.n_bias)
+            self.b = KeptLinear(layout.d_out, layout.hidden, layout.units, columns)
+        elif layout.conv:
             self.a = BlockConv2d(layout.d_in, layout.units, layout.n_bias)
             self.b = nn.Conv2d(layout.hidden, layout.d_out, layout.kernel, layout.stride, layout.padding,
                                layout.dilation, bias=False)
