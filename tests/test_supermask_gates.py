@@ -11,6 +11,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from slth._hparams import MethodSettings
@@ -255,6 +257,58 @@ def test_kernels_give_the_same_bits_on_any_number_of_chunks(kernel, dtype):
                       else gates.hard_concrete_gates_parallel(*args, chunks))
         results.append((tuple(a.tobytes() for a in (out, factor, pgrad, prob)), totals))
     assert all(r == results[0] for r in results)
+
+
+def _tail_total_reference(p: np.ndarray):
+    """What tail_total's docstring says, one numpy operation at a time in p's dtype."""
+    real = p.dtype.type
+    lanes = 64 // p.itemsize
+
+    def halve(v):
+        while len(v) > 1:
+            v = v[: len(v) // 2] + v[len(v) // 2 :]
+        return v[0]
+
+    t, m = real(0.0), 0
+    if len(p) >= 4 * lanes:
+        accs = [np.full(lanes, -0.0, p.dtype) for _ in range(4)]
+        accs[0][0] = t
+        for r in range(0, len(p) // (4 * lanes) * 4 * lanes, 4 * lanes):
+            for u in range(4):
+                accs[u] = accs[u] + p[r + u * lanes : r + (u + 1) * lanes]
+        t, m = halve(((accs[0] + accs[1]) + accs[2]) + accs[3]), len(p) // (4 * lanes) * 4 * lanes
+    if len(p) - m >= 8:
+        acc = np.full(8, -0.0, p.dtype)
+        acc[0] = t
+        e = m + (len(p) - m) // 8 * 8
+        for r in range(m, e, 8):
+            acc = acc + p[r : r + 8]
+        t, m = halve(acc), e
+    for x in p[m:]:
+        t = real(t + x)
+    return t
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 63), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1e-6, 1.0, 1e6]))
+def test_tail_total_sums_in_its_documented_order(n, dtype, seed, scale):
+    rng = np.random.default_rng(seed)
+    p = (rng.random(n) * scale * rng.choice([1.0, 1e-3, 1e3], n)).astype(dtype)
+    got = gates.tail_total(p)
+    assert np.asarray(got, dtype).tobytes() == np.asarray(_tail_total_reference(p), dtype).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_total_and_count(dtype):
+    """_sums' float64 total of the chunk sums (the chunks' order within is the compiler's: compared with a
+    tolerance) and its exact count, for sizes with and without a partial last chunk."""
+    rng = np.random.default_rng(4)
+    for n in (1, 63, 64, 65, 1000, 30_000, 70_001):
+        p, s = rng.random(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+        total, count = gates._sums(p, s, 0.25)
+        assert total == pytest.approx(float(p.astype(np.float64).sum()), rel=1e-6)
+        assert count == int((s > dtype(0.25)).sum())
 
 
 def test_same_seed_same_bits_and_the_draw_count_resumes_exactly():
