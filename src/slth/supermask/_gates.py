@@ -75,6 +75,14 @@ def draw_words(k0, k1, draw: int, n: int, words: np.ndarray | None = None) -> np
     return words[:m]
 
 
+@njit(cache=True)
+def draw_into(k0, k1, draw, words):
+    """:func:`draw_words` into ``words`` (all ``ceil(n / 2)`` of them), the key words and the draw number as
+    integers: one call from Python where :func:`draw_words` made four numpy scalars first (microseconds a
+    layer and step)."""
+    stream_words(np.uint32(k0), np.uint32(k1), np.uint32(draw & 0xFFFFFFFF), np.uint32(draw >> 32), words)
+
+
 def noise_levels(words: np.ndarray, n: int) -> np.ndarray:
     """The 16-bit levels ``h_0 .. h_{n-1}`` of a draw's words (by shifts: independent of the byte order)."""
     halves = (words[:, None] >> np.array([0, 16], dtype=np.uint32)) & np.uint32(0xFFFF)
