@@ -880,7 +880,8 @@ class _GateStep:
         self.key = (int(key[0]), int(key[1]))  # the Philox key words, as integers (for _gates.draw_into)
         self.words: np.ndarray | None = None  # the Philox words of the last draw
         self.count = 0  # the open test-time gates the last fused forward pass counted
-        self.last: tuple | None = None  # (scores identity, draw, lambda * sum P(z > 0) in the graph, open count)
+        # ((id, data_ptr, version) of the scores, draw, lambda * sum P(z > 0) in the graph, open count)
+        self.last: tuple | None = None
         self.adapted: int | None = None  # the draw the gain was last adapted at
         self.side = 0  # the side of k the open count was on then (+1 above, -1 below)
         self.kernel: tuple | None = None  # (dtype, lambda, the kernels and their parameters), cached
@@ -966,7 +967,7 @@ class _Gates(Supermask):
             scores = self.scores
             out, penalty = _GateWeight.apply(weight, scores, self, draw)
             step = self.step
-            step.last = (_identity(scores), draw, penalty, step.count)
+            step.last = ((id(scores), scores.data_ptr(), scores._version), draw, penalty, step.count)
             return out
         eps = self.noise_sample(draw, self.scores.dtype).to(self.scores.device)
         return weight * self.gate(self.scores, eps)
@@ -981,7 +982,8 @@ class _Gates(Supermask):
             return self.lam * self.open_probability(self.scores).sum()
         step, draws = self.step, self.stream.draws
         last = step.last
-        fresh = last is not None and last[1] == draws - 1 and last[0] == _identity(self.scores)
+        s = self.scores
+        fresh = last is not None and last[1] == draws - 1 and last[0] == (id(s), s.data_ptr(), s._version)
         count = last[3] if fresh else self.open_count()
         if count == self.k:
             return 0.0
@@ -992,7 +994,11 @@ class _Gates(Supermask):
             step.adapted = draws
             side = 1 if sign > 0 else -1
             if step.side:  # (the first step only records the side)
-                gain.mul_(GATE_GAIN if side == step.side else 0.5)
+                factor = GATE_GAIN if side == step.side else 0.5
+                if gain.is_cpu:  # the same float64 product as gain.mul_, without a torch op's dispatch
+                    gain.numpy()[()] *= factor
+                else:
+                    gain.mul_(factor)
             step.side = side
         if fresh:  # the forward pass's penalty, its gradient computed with the weight path's
             return last[2] * scale
