@@ -59,6 +59,19 @@ def test_noise_is_the_quantised_distribution_at_the_streams_levels():
     assert t.shape == (65536,) and t[0] == -t[-1] and abs(t[32768] - _normal(32768)) == 0
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**40), n=st.integers(1, 300))
+def test_draw_into_gives_the_words_of_draw_words(seed, draw, n):
+    """The training step's one-call draw (integer key words and draw number) against draw_words and the
+    stream's bytes: the same words."""
+    stream = PhiloxStream(seed)
+    words = np.empty((n + 1) // 2, np.uint32)
+    gates.draw_into(int(stream.key[0]), int(stream.key[1]), draw, words)
+    assert np.array_equal(words, gates.draw_words(*stream.key, draw, n))
+    halves = stream.bytes(2 * n, stream.counter(draw)).astype(np.int64)
+    assert np.array_equal(gates.noise_levels(words, n), halves[0::2] | halves[1::2] << 8)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gaussian_gate_and_gradient_match_the_brute_force(dtype):
     mu = torch.tensor([[0.5, -0.3, 1.2], [0.05, 0.9, -1.0]], dtype=dtype)
@@ -112,6 +125,27 @@ def test_fused_kernel_agrees_with_the_torch_path(cls, kw):
     ref = w * p.gate(ref_s, eps)
     ref.backward(g)
     assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(p.scores.grad, ref_s.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls, kw", [(GaussianGates, {"sigma": 0.7}), (HardConcreteGates, {})])
+def test_reused_buffers_leave_held_outputs_and_accumulated_gradients_alone(cls, kw):
+    """The fused pass writes into pooled arrays: an output and a gradient still held from one step keep
+    their values through the next, and gradients accumulate (no zero_grad) to the sum of the steps'."""
+    gen = torch.Generator().manual_seed(1)
+    s, w = 2 * torch.randn(40, 300, generator=gen), torch.randn(40, 300, generator=gen)
+    g1, g2 = torch.randn(40, 300, generator=gen), torch.randn(40, 300, generator=gen)
+    p = _layer(cls, s, **kw)
+    out1 = p(w)
+    out1.backward(g1)
+    held_out, held_grad = out1.detach().clone(), p.scores.grad.clone()
+    out2 = p(w)  # the next draw
+    out2.backward(g2)
+    assert torch.equal(out1, held_out)
+    q = _layer(cls, s, **kw)  # the same two draws, each gradient on its own
+    q(w).backward(g1)
+    q.scores.grad = None
+    q(w).backward(g2)
+    assert torch.equal(p.scores.grad, held_grad + q.scores.grad)
 
 
 # ---------------------------------------------------------------- the L0 penalty and its switch
