@@ -11,6 +11,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from slth._hparams import MethodSettings
@@ -55,6 +57,19 @@ def test_noise_is_the_quantised_distribution_at_the_streams_levels():
     assert p.noise_sample(4, torch.float64).reshape(-1).tolist() != eps  # another draw, other noise
     t = gates.noise_table("normal")
     assert t.shape == (65536,) and t[0] == -t[-1] and abs(t[32768] - _normal(32768)) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**40), n=st.integers(1, 300))
+def test_draw_into_gives_the_words_of_draw_words(seed, draw, n):
+    """The training step's one-call draw (integer key words and draw number) against draw_words and the
+    stream's bytes: the same words."""
+    stream = PhiloxStream(seed)
+    words = np.empty((n + 1) // 2, np.uint32)
+    gates.draw_into(int(stream.key[0]), int(stream.key[1]), draw, words)
+    assert np.array_equal(words, gates.draw_words(*stream.key, draw, n))
+    halves = stream.bytes(2 * n, stream.counter(draw)).astype(np.int64)
+    assert np.array_equal(gates.noise_levels(words, n), halves[0::2] | halves[1::2] << 8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -110,6 +125,27 @@ def test_fused_kernel_agrees_with_the_torch_path(cls, kw):
     ref = w * p.gate(ref_s, eps)
     ref.backward(g)
     assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(p.scores.grad, ref_s.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls, kw", [(GaussianGates, {"sigma": 0.7}), (HardConcreteGates, {})])
+def test_reused_buffers_leave_held_outputs_and_accumulated_gradients_alone(cls, kw):
+    """The fused pass writes into pooled arrays: an output and a gradient still held from one step keep
+    their values through the next, and gradients accumulate (no zero_grad) to the sum of the steps'."""
+    gen = torch.Generator().manual_seed(1)
+    s, w = 2 * torch.randn(40, 300, generator=gen), torch.randn(40, 300, generator=gen)
+    g1, g2 = torch.randn(40, 300, generator=gen), torch.randn(40, 300, generator=gen)
+    p = _layer(cls, s, **kw)
+    out1 = p(w)
+    out1.backward(g1)
+    held_out, held_grad = out1.detach().clone(), p.scores.grad.clone()
+    out2 = p(w)  # the next draw
+    out2.backward(g2)
+    assert torch.equal(out1, held_out)
+    q = _layer(cls, s, **kw)  # the same two draws, each gradient on its own
+    q(w).backward(g1)
+    q.scores.grad = None
+    q(w).backward(g2)
+    assert torch.equal(p.scores.grad, held_grad + q.scores.grad)
 
 
 # ---------------------------------------------------------------- the L0 penalty and its switch
@@ -255,6 +291,58 @@ def test_kernels_give_the_same_bits_on_any_number_of_chunks(kernel, dtype):
                       else gates.hard_concrete_gates_parallel(*args, chunks))
         results.append((tuple(a.tobytes() for a in (out, factor, pgrad, prob)), totals))
     assert all(r == results[0] for r in results)
+
+
+def _tail_total_reference(p: np.ndarray):
+    """What tail_total's docstring says, one numpy operation at a time in p's dtype."""
+    real = p.dtype.type
+    lanes = 64 // p.itemsize
+
+    def halve(v):
+        while len(v) > 1:
+            v = v[: len(v) // 2] + v[len(v) // 2 :]
+        return v[0]
+
+    t, m = real(0.0), 0
+    if len(p) >= 4 * lanes:
+        accs = [np.full(lanes, -0.0, p.dtype) for _ in range(4)]
+        accs[0][0] = t
+        for r in range(0, len(p) // (4 * lanes) * 4 * lanes, 4 * lanes):
+            for u in range(4):
+                accs[u] = accs[u] + p[r + u * lanes : r + (u + 1) * lanes]
+        t, m = halve(((accs[0] + accs[1]) + accs[2]) + accs[3]), len(p) // (4 * lanes) * 4 * lanes
+    if len(p) - m >= 8:
+        acc = np.full(8, -0.0, p.dtype)
+        acc[0] = t
+        e = m + (len(p) - m) // 8 * 8
+        for r in range(m, e, 8):
+            acc = acc + p[r : r + 8]
+        t, m = halve(acc), e
+    for x in p[m:]:
+        t = real(t + x)
+    return t
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 63), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1e-6, 1.0, 1e6]))
+def test_tail_total_sums_in_its_documented_order(n, dtype, seed, scale):
+    rng = np.random.default_rng(seed)
+    p = (rng.random(n) * scale * rng.choice([1.0, 1e-3, 1e3], n)).astype(dtype)
+    got = gates.tail_total(p)
+    assert np.asarray(got, dtype).tobytes() == np.asarray(_tail_total_reference(p), dtype).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_total_and_count(dtype):
+    """_sums' float64 total of the chunk sums (the chunks' order within is the compiler's: compared with a
+    tolerance) and its exact count, for sizes with and without a partial last chunk."""
+    rng = np.random.default_rng(4)
+    for n in (1, 63, 64, 65, 1000, 30_000, 70_001):
+        p, s = rng.random(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+        total, count = gates._sums(p, s, 0.25)
+        assert total == pytest.approx(float(p.astype(np.float64).sum()), rel=1e-6)
+        assert count == int((s > dtype(0.25)).sum())
 
 
 def test_same_seed_same_bits_and_the_draw_count_resumes_exactly():

@@ -830,20 +830,23 @@ class _GateWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, gates: _Gates, draw: int):
-        state = gates.kernels
+        state, step = gates.kernels, gates.step
         w, s = state.view("weight", weight), state.view("scores", scores)
         n = s.shape[0]
-        out_factor = state.pool.take("gate", (2, n), w.dtype)
-        pgrad = state.pool.take("gate-penalty", (n,), w.dtype)
-        prob = state.pool.take("gate-probability", (n,), w.dtype)
-        gates._words = words = _gates().draw_words(*gates.stream.key, draw, n, gates._words)
-        serial, parallel, args = gates._kernel(w.dtype)
-        total, count = run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args,
-                                  out_factor[0], out_factor[1], pgrad, prob)
-        gates._count = int(count)
-        ctx.factor, ctx.pgrad = out_factor[1], pgrad
+        # the output, the score gradient's factor, the penalty's gradient, P(z > 0); and the backward's output
+        arrays = state.pool.take("gate", (4, n), w.dtype)
+        ctx.grad = state.pool.take("gate-grad", (n,), w.dtype)
+        words = step.words
+        if words is None or words.shape[0] != (n + 1) // 2:
+            words = step.words = np.empty((n + 1) // 2, dtype=np.uint32)
+        serial, parallel, args, draw_into = gates._kernel_args(w.dtype)
+        draw_into(step.key[0], step.key[1], draw, words)
+        total, count = run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args, *arrays)
+        step.count = int(count)
+        ctx.factor, ctx.pgrad = arrays[1], arrays[2]
         ctx.save_for_backward(weight, scores)  # (autograd's check that neither changed in place since)
-        return torch.from_numpy(out_factor[0]).view(weight.shape), torch.tensor(gates.lam * total, dtype=scores.dtype)
+        # numpy's reshape and a 0-d array: torch's view and torch.tensor cost microseconds more (same values)
+        return torch.from_numpy(arrays[0].reshape(weight.shape)), torch.from_numpy(np.array(gates.lam * total, w.dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, grad_penalty: torch.Tensor):
@@ -855,14 +858,33 @@ class _GateWeight(torch.autograd.Function):
             if c != 0.0:
                 g = g + c * torch.from_numpy(pgrad).view(grad.shape).to(grad.device)
             return None, g, None, None
-        out = np.empty_like(factor)
+        out, ctx.grad = ctx.grad, None  # (the pool's array, prepared by the forward pass; once)
+        if out is None:  # a second backward pass through a retained graph
+            out = np.empty_like(factor)
         threads = kernel_threads(factor.shape[0])
         if c == 0.0:
             run_kernel(_kernels().product, _kernels().product_parallel, threads, _flat(grad), factor, out)
         else:
             gates = _gates()
             run_kernel(gates.product_plus, gates.product_plus_parallel, threads, _flat(grad), factor, c, pgrad, out)
-        return None, torch.from_numpy(out).view(grad.shape), None, None
+        return None, torch.from_numpy(out.reshape(grad.shape)), None, None
+
+
+class _GateStep:
+    """What a gate layer's training steps carry from one call to the next: a plain object, because
+    ``nn.Module`` attribute writes cost microseconds each (several per layer and step)."""
+
+    __slots__ = ("key", "words", "count", "last", "adapted", "side", "kernel")
+
+    def __init__(self, key: tuple) -> None:
+        self.key = (int(key[0]), int(key[1]))  # the Philox key words, as integers (for _gates.draw_into)
+        self.words: np.ndarray | None = None  # the Philox words of the last draw
+        self.count = 0  # the open test-time gates the last fused forward pass counted
+        # ((id, data_ptr, version) of the scores, draw, lambda * sum P(z > 0) in the graph, open count)
+        self.last: tuple | None = None
+        self.adapted: int | None = None  # the draw the gain was last adapted at
+        self.side = 0  # the side of k the open count was on then (+1 above, -1 below)
+        self.kernel: tuple | None = None  # (dtype, lambda, the kernels and their parameters), cached
 
 
 def _gates():
@@ -914,13 +936,9 @@ class _Gates(Supermask):
         super().__init__(shape, density, scores, variant)
         self.lam = float(lam)
         self.stream = PhiloxStream(sample_seed)
-        self._words: np.ndarray | None = None
-        self._count = 0  # the open test-time gates the last fused forward pass counted
+        self.step = _GateStep(self.stream.key)  # the open count, the last penalty, the gain's side, ...
         # the penalty's gain (slth's variant; class docstring): a buffer, so a resumed run continues with it
         self.register_buffer("gain", torch.ones((), dtype=torch.float64))
-        self._adapted: int | None = None  # the draw the gain was last adapted at
-        self._side = 0  # the side of k the open count was on then (+1 above, -1 below)
-        self._last: tuple | None = None  # (scores identity, draw, lambda * sum P(z > 0) in the graph, open count)
 
     def get_extra_state(self):
         return {"draws": self.stream.draws}
@@ -946,8 +964,10 @@ class _Gates(Supermask):
     def training_weight(self, weight: torch.Tensor) -> torch.Tensor:
         draw = self.stream.next_draw()
         if not self.reference and _numba_ok(weight, self.scores):
-            out, penalty = _GateWeight.apply(weight, self.scores, self, draw)
-            self._last = (_identity(self.scores), draw, penalty, self._count)
+            scores = self.scores
+            out, penalty = _GateWeight.apply(weight, scores, self, draw)
+            step = self.step
+            step.last = ((id(scores), scores.data_ptr(), scores._version), draw, penalty, step.count)
             return out
         eps = self.noise_sample(draw, self.scores.dtype).to(self.scores.device)
         return weight * self.gate(self.scores, eps)
@@ -960,27 +980,34 @@ class _Gates(Supermask):
             return 0.0
         if self.reference:  # always on
             return self.lam * self.open_probability(self.scores).sum()
-        last = self._last
-        fresh = last is not None and last[0] == _identity(self.scores) and last[1] == self.stream.draws - 1
+        step, draws = self.step, self.stream.draws
+        last = step.last
+        s = self.scores
+        fresh = last is not None and last[1] == draws - 1 and last[0] == (id(s), s.data_ptr(), s._version)
         count = last[3] if fresh else self.open_count()
         if count == self.k:
             return 0.0
         sign = 1.0 if count > self.k else -1.0  # close gates while too many are open, open them while too few
-        scale = sign * float(self.gain)
-        if self._adapted != self.stream.draws:  # once per draw: the gain grows while the count stays on one side
-            self._adapted = self.stream.draws
+        gain = self.gain
+        scale = sign * float(gain)
+        if step.adapted != draws:  # once per draw: the gain grows while the count stays on one side
+            step.adapted = draws
             side = 1 if sign > 0 else -1
-            if self._side:  # (the first step only records the side)
-                self.gain.mul_(GATE_GAIN if side == self._side else 0.5)
-            self._side = side
+            if step.side:  # (the first step only records the side)
+                factor = GATE_GAIN if side == step.side else 0.5
+                if gain.is_cpu:  # the same float64 product as gain.mul_, without a torch op's dispatch
+                    gain.numpy()[()] *= factor
+                else:
+                    gain.mul_(factor)
+            step.side = side
         if fresh:  # the forward pass's penalty, its gradient computed with the weight path's
             return last[2] * scale
         return scale * self.lam * self.open_probability(self.scores).sum()
 
-    @torch.no_grad()
     def after_step(self, step: int, weight: torch.Tensor) -> None:
         if not self.reference:  # (the references leave the gate parameters unbounded)
-            self.scores.clamp_(*self.bounds)
+            # in place through a detached alias: what torch.no_grad would do, without entering that context
+            self.scores.detach().clamp_(*self.bounds)
 
     # the subclasses' semantics, in torch ops (the reference of the kernels)
     def gate(self, scores: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -991,6 +1018,19 @@ class _Gates(Supermask):
 
     def _kernel(self, dtype) -> tuple:
         raise NotImplementedError
+
+    def _kernel_args(self, dtype) -> tuple:
+        """(serial kernel, parallel kernel, their parameters, _gates.draw_into) for numpy ``dtype``: :meth:`_kernel`,
+        cached while ``lam`` and the dtype stay (the noise table's look-up costs microseconds a call)."""
+        cached = self.step.kernel
+        if cached is None or cached[0] != dtype or cached[1] != self.lam or cached[2] != self._kernel_key():
+            kernels = (*self._kernel(dtype), _gates().draw_into)
+            cached = self.step.kernel = (dtype, self.lam, self._kernel_key(), kernels)
+        return cached[3]
+
+    def _kernel_key(self):
+        """The subclass's kernel parameters besides lambda (a change refreshes :meth:`_kernel_args`' cache)."""
+        return None
 
 
 class GaussianGates(_Gates):
@@ -1012,6 +1052,9 @@ class GaussianGates(_Gates):
 
     def gate(self, scores, eps):
         return torch.clamp(scores + self.sigma * eps, 0.0, 1.0)
+
+    def _kernel_key(self):
+        return self.sigma
 
     def open_probability(self, scores):
         return torch.special.ndtr(scores / self.sigma)
