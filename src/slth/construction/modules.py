@@ -490,10 +490,14 @@ class ModulePlan:
     model: str  # the model's class, module-qualified
 
 
-def plan_modules(model: nn.Module) -> ModulePlan:
+def plan_modules(model: nn.Module, folds: dict[str, tuple[str, ...]] | None = None) -> ModulePlan:
     """Find every weight-holding leaf of ``model`` and read it as layer specs; refuse (``NotImplementedError``
     naming the full parameter name) any parameter that module replacement cannot realise, before any work.
-    The model is not changed."""
+    The model is not changed.
+
+    ``folds``: {norm path: its readers' paths} (:func:`slth.construction.target.foldable_norms`, read from the
+    model's exported graph): each such norm keeps no affine pair (its normalisation alone) and each reader's pair
+    realises W diag(gamma), with bias b + W beta (exact: W (gamma z + beta) + b)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     paths: dict[int, list[str]] = {}
@@ -542,6 +546,8 @@ def plan_modules(model: nn.Module) -> ModulePlan:
             own = [] if bias is None else [LinearSpec(f"{paths[key][0]}.bias", np.zeros((bias.size, 0)), bias.copy(),
                                                       True)]
             handled[key] = ("tied_linear", own, {"tie": tie})
+    if folds:
+        _fold(handled, {paths[key][0]: key for key in handled}, folds)
     leaves, specs = [], []
     for key, (kind, leaf_specs, options) in handled.items():
         path, *aliases = paths[key]
@@ -558,6 +564,27 @@ def plan_modules(model: nn.Module) -> ModulePlan:
     tied = tuple(tuple(group) for group in names.values()
                  if len({g.rsplit(".", 1)[0] for g in group} - {a for leaf in leaves for a in leaf.aliases}) > 1)
     return ModulePlan(tuple(leaves), tuple(specs), tied, _qualname(model))
+
+
+def _fold(handled: dict, keys: dict[str, int], folds: dict[str, tuple[str, ...]]) -> None:
+    """Fold each norm's affine into its readers' specs, in ``handled`` (module key -> (kind, specs, options))."""
+    for norm, readers in folds.items():
+        kind, norm_specs, options = handled[keys[norm]]
+        if kind not in ("layernorm", "rmsnorm") or not readers:
+            raise ValueError(f"cannot fold {norm!r} (a {kind}) into {list(readers)}")
+        if not norm_specs:  # an identity affine: nothing to fold
+            continue
+        gamma, beta = np.diag(norm_specs[0].weight), norm_specs[0].bias
+        handled[keys[norm]] = (kind, [], options)
+        for reader in readers:
+            rkind, (spec,), roptions = handled[keys[reader]]
+            if rkind not in ("linear", "conv1d_t") or spec.d_in != gamma.shape[0]:
+                raise ValueError(f"cannot fold {norm!r} into {reader!r} (a {rkind} of {spec.d_in} inputs)")
+            bias = spec.bias
+            if beta is not None and beta.any():
+                bias = spec.weight @ beta + (0.0 if bias is None else bias)
+            folded = LinearSpec(spec.path, spec.weight * gamma[None, :], bias, False)
+            handled[keys[reader]] = (rkind, [folded], roptions)
 
 
 def _locate(model: nn.Module, path: str) -> tuple[nn.Module, str]:
