@@ -210,3 +210,46 @@ def test_a_target_torch_export_cannot_export_is_built_unfolded_and_says_why():
     model = Branchy().eval()
     ticket = slth.construct(model, eps=1e-2, seed=0, construction="modules", example_inputs=(EXAMPLE,))
     assert ticket.folds == {} and ticket.stats["folds"].startswith("not folded: UntraceableError")
+
+
+class Attending(nn.Module):
+    """embedding -> norm -> MultiheadAttention (self-attention; the residual reads the norm's input): the norm's only
+    readers are the attention's input projections, which are not Linear leaves (the attention is replaced whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.norm = nn.Embedding(VOCAB, 16), nn.LayerNorm(16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, VOCAB)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        z = self.norm(h)
+        return self.head(h + self.attn(z, z, z, need_weights=False)[0])
+
+
+def test_a_norm_read_by_an_attention_is_not_folded():
+    torch.manual_seed(0)
+    model = Attending().eval()
+    assert _folds(model) == {}
+
+
+class FreeWeight(nn.Module):
+    """A norm read by ``F.linear`` on a free parameter of the model (realised as a constant, not a Linear leaf)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.norm, self.head = nn.Embedding(VOCAB, 16), nn.LayerNorm(16), nn.Linear(16, VOCAB)
+        self.w = nn.Parameter(torch.randn(16, 16) * 0.3)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, idx):
+        return self.head(nn.functional.linear(self.norm(self.emb(idx)), self.w))
+
+
+def test_a_norm_read_by_a_free_parameter_is_not_folded():
+    torch.manual_seed(0)
+    assert _folds(FreeWeight().eval()) == {}

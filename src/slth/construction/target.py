@@ -266,7 +266,7 @@ class _Builder:
             if conv is not None or weight.shape[1] != gamma.shape[0]:
                 raise NotImplementedError(f"{kind} {where} ({path!r}) reads LayerNorm {ln_path!r}, whose affine can "
                                           "only be folded into a Linear over its normalised features")
-            if src in self.pending_norm:
+            if src in self.pending_norm and self.pending_norm[src] not in self.unfolded:
                 self.folded.setdefault(self.pending_norm[src], []).append(len(self.specs))
             bias = weight @ beta + (0.0 if bias is None else bias)
             weight = weight * gamma[None, :]
@@ -444,7 +444,7 @@ class _Builder:
                     f"the ticket folded the affine of {norm!r} into the Linear layers that read it, but in this graph "
                     f"node {len(self.nodes)} (not a Linear) reads it too: the graph is not the one the ticket was "
                     "built from")
-            self.unfolded.add(norm)
+            self.unfolded.add(norm)  # (before its diagonal pair below, which is no reader it folds into)
         if src not in self.affines:
             d = self.pending[src][0].shape[0]
             self.affines[src] = self.linear(np.eye(d), None, "Linear", "affine", "(its affine)", src,
