@@ -215,8 +215,10 @@ def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig
     """Module replacement (``modules.py``): every weight-holding leaf of a copy of ``target`` becomes its pair,
     solved by the same layer jobs and chunk runner as the traced construction. Refuses (before any work) a
     parameter it cannot realise, by its full name."""
-    folds, why = module_folds(target, config)
-    plan = plan_modules(target, folds)
+    why: list[str] = []  # why nothing was folded, when the exported graph could not be read
+    plan = plan_modules(target, None if config.example_inputs is None or not config.fold else
+                        lambda kinds: module_folds(target, config.example_inputs, kinds, why))
+    folds = plan.folds
     specs = list(plan.specs)
     if not specs:
         raise ValueError(f"{type(target).__name__} has no weight to construct (its norms have identity affines)")
@@ -242,28 +244,25 @@ def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig
     }
     if folds:  # only here: tickets built without example inputs (and their digests) stay as they were
         ticket_config["folds"] = {norm: list(readers) for norm, readers in folds.items()}
-    if why is not None:
-        stats["folds"] = why
+    if why:
+        stats["folds"] = why[0]
     ticket = Ticket(seed=config.seed, config=ticket_config, packed=masks, redraws=redraws, stats=stats)
     ticket.run = _run_record(run, execution)
     return ticket
 
 
-def module_folds(target: nn.Module, config: ConstructConfig) -> tuple[dict[str, tuple[str, ...]], str | None]:
+def module_folds(target: nn.Module, example_inputs, kinds: dict[str, str], why: list[str]
+                 ) -> dict[str, tuple[str, ...]]:
     """The norms whose affine module replacement folds into their readers ({norm path: readers' paths},
-    :func:`~slth.construction.target.foldable_norms`), read from the target exported on ``config.example_inputs``
-    (none without them or with ``fold=False``), and why none were looked for when export or parsing failed (the
-    ticket is then built unfolded)."""
-    if config.example_inputs is None or not config.fold:
-        return {}, None
-    kinds = {}
-    for leaf in plan_modules(target).leaves:
-        kinds.update({path: leaf.kind for path in (leaf.path, *leaf.aliases)})
+    :func:`~slth.construction.target.foldable_norms`; ``kinds``: module path -> leaf kind), read from the target
+    exported on ``example_inputs``. When torch.export or the parser cannot read it, none, and ``why`` gets the
+    reason (the ticket is then built unfolded)."""
     try:
-        exported = export_target(target, config.example_inputs)
-        return foldable_norms(target, exported, kinds), None
+        exported = export_target(target, example_inputs)
+        return foldable_norms(target, exported, kinds)
     except (UntraceableError, NotImplementedError, ValueError) as exc:
-        return {}, f"not folded: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        why.append(f"not folded: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return {}
 
 
 def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, config: ConstructConfig,
