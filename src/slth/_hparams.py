@@ -222,6 +222,8 @@ class ConstructSettings:
                                       "Otsuka et al.)")
     construction: str = _f("auto", "auto (trace the model; if torch.fx cannot, replace its modules) | graph "
                                    "(traced only) | modules (module replacement)")
+    fold: bool = _f(True, "with example inputs, fold a norm's affine into the Linear layers that alone read it "
+                          "(module replacement; read from the torch.export graph)", cli=False)
     # checks the target before any work; not part of the ticket
     example_inputs: Any = field(default=None, compare=False, repr=False, metadata={"cli": False})
 

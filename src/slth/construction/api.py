@@ -20,7 +20,7 @@ from .methods import METHODS
 from .modules import first_untraceable, plan_modules
 from .network import LayerLayout
 from .stream import WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
-from .target import LinearSpec, UntraceableError, check_example_inputs, parse_target
+from .target import LinearSpec, UntraceableError, check_example_inputs, export_target, foldable_norms, parse_target
 from .ticket import Ticket
 
 
@@ -58,6 +58,7 @@ def construct(
     attention: str = _WHAT.attention,
     example_inputs=None,
     construction: str = _WHAT.construction,
+    fold: bool = _WHAT.fold,
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
 
@@ -100,7 +101,10 @@ def construct(
     ``example_inputs``: a tuple of inputs (one tensor, with its batch dimension) the target is run on before any
     work, so that a target that fails on its inputs (a shape assertion, a dtype) is refused at once. The ticket
     does not depend on them: sizes are read from the ticket's own input when it runs. Optional ``forward``
-    arguments that default to None are fixed to None when tracing.
+    arguments that default to None are fixed to None when tracing. A target built by module replacement is also
+    exported with torch.export on them, and with ``fold=True`` (default) the affine of each LayerNorm / RMSNorm
+    whose output only Linear layers (``nn.Linear``, transformers' ``Conv1D``) read is folded into those layers
+    (recorded in ``config["folds"]``; docs/construction.md, "Folding norms into their readers").
 
     ``construction``: ``"auto"`` (default) reads the target into a construction graph (a chain, or a torch.fx
     trace) and, when torch.fx cannot trace it (any Hugging Face model, say), builds a ticket that replaces every
@@ -113,7 +117,7 @@ def construct(
     config = ConstructConfig(eps=eps, seed=seed, method=method, n=n, p=p, sparse=sparse,
                              nonnegative_input=nonnegative_input, input_range=input_range,
                              max_redraw_rounds=max_redraw_rounds, attention=attention, construction=construction,
-                             example_inputs=example_inputs)
+                             example_inputs=example_inputs, fold=fold)
     execution = Execution(workers=workers, backend=backend, address=address, workdir=workdir, resume=resume,
                           chunk_instances=chunk_instances, device=device, progress=progress)
     return construct_with(target, config, execution)
@@ -211,7 +215,10 @@ def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig
     """Module replacement (``modules.py``): every weight-holding leaf of a copy of ``target`` becomes its pair,
     solved by the same layer jobs and chunk runner as the traced construction. Refuses (before any work) a
     parameter it cannot realise, by its full name."""
-    plan = plan_modules(target)
+    why: list[str] = []  # why nothing was folded, when the exported graph could not be read
+    plan = plan_modules(target, None if config.example_inputs is None or not config.fold else
+                        lambda kinds: module_folds(target, config.example_inputs, kinds, why))
+    folds = plan.folds
     specs = list(plan.specs)
     if not specs:
         raise ValueError(f"{type(target).__name__} has no weight to construct (its norms have identity affines)")
@@ -235,9 +242,27 @@ def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig
         "layers": [r.layout.to_json() for r in results],
         "untraced": untraced,
     }
+    if folds:  # only here: tickets built without example inputs (and their digests) stay as they were
+        ticket_config["folds"] = {norm: list(readers) for norm, readers in folds.items()}
+    if why:
+        stats["folds"] = why[0]
     ticket = Ticket(seed=config.seed, config=ticket_config, packed=masks, redraws=redraws, stats=stats)
     ticket.run = _run_record(run, execution)
     return ticket
+
+
+def module_folds(target: nn.Module, example_inputs, kinds: dict[str, str], why: list[str]
+                 ) -> dict[str, tuple[str, ...]]:
+    """The norms whose affine module replacement folds into their readers ({norm path: readers' paths},
+    :func:`~slth.construction.target.foldable_norms`; ``kinds``: module path -> leaf kind), read from the target
+    exported on ``example_inputs``. When torch.export or the parser cannot read it, none, and ``why`` gets the
+    reason (the ticket is then built unfolded)."""
+    try:
+        exported = export_target(target, example_inputs)
+        return foldable_norms(target, exported, kinds)
+    except (UntraceableError, NotImplementedError, ValueError) as exc:
+        why.append(f"not folded: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return {}
 
 
 def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, config: ConstructConfig,

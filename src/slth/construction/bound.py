@@ -215,6 +215,8 @@ def _leaf_realisation(ticket, spec, is_embedding: bool, kernels: dict, values: d
             bias = real.bias
         elif bkey in values:
             bias = values[bkey].reshape(-1)
+        elif not bkey and real.bias is not None:  # a norm's beta folded into a reader without a bias of its own
+            bias = real.bias
         elif not bkey and not spec.bias.any():  # a zero bias the parser made (an RMSNorm weight's diagonal pair)
             bias = torch.zeros(spec.d_out, dtype=torch.float64)
         else:
@@ -233,9 +235,10 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
     The target is exported with torch.export on ``example_inputs`` (:func:`~slth.construction.target.parse_exported`)
     into the construction graph, in which each layer is the leaf whose parameters it reads; the ticket is rebuilt
     in a copy of the target and each leaf's pair gives its realised kernels (a head tied to an embedding reads the
-    embedding's pair); constants (positional embeddings of ``arange(T)``, masks) are evaluated with the target's and
-    with the ticket's values. The layers' and ops' bounds are the traced construction's (:mod:`.graph`). The
-    exported graph has the example's sizes: the bound holds for inputs of exactly that shape."""
+    embedding's pair; a norm the ticket folded into its readers (``config["folds"]``) is read folded, its readers'
+    layers W diag(gamma), b + W beta); constants (positional embeddings of ``arange(T)``, masks) are evaluated with
+    the target's and with the ticket's values. The layers' and ops' bounds are the traced construction's
+    (:mod:`.graph`). The exported graph has the example's sizes: the bound holds for inputs of exactly that shape."""
     import copy
 
     if isinstance(example_inputs, torch.Tensor):
@@ -257,7 +260,9 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
         raise ValueError("input box must be finite with lo <= hi")
     model = ticket.to_module(model=copy.deepcopy(target))
     kernels, values = leaf_kernels(ticket, model)
-    graph, specs, consts, _ = parse_exported(target, example_inputs, realised=values)
+    folds = ticket.config.get("folds")  # norms whose affine the ticket folded into their readers
+    graph, specs, consts, _ = parse_exported(target, example_inputs, realised=values,
+                                             folds=set(folds) if folds else None)
     owners = {path: leaf for leaf in ticket.leaves for path in (leaf.path, *leaf.aliases)}
     owners.update({leaf.path: owners[leaf.options["tie"]] for leaf in ticket.leaves if leaf.kind == "tied_linear"})
     embeddings = {node.index for node in graph.nodes if node.kind == "embedding"}

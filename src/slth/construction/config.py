@@ -28,7 +28,8 @@ class ConstructConfig(ConstructSettings):
     ``slth construct``'s options). Refuses a bad value when made.
 
     ``n`` is None (chosen per layer from eps and ``p``), one int, or one per layer (kept as a tuple).
-    ``example_inputs`` only checks the target before any work (it does not change the ticket).
+    ``example_inputs`` checks the target before any work; with ``fold`` (module replacement) the target is also
+    exported on them to fold norm affines into their Linear readers (``config["folds"]`` of the ticket).
     """
 
     def __post_init__(self):
@@ -41,6 +42,8 @@ class ConstructConfig(ConstructSettings):
             raise ValueError(f"eps must be a positive finite number, got {eps!r}")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a nonnegative int, got {seed!r}")
+        if not isinstance(self.fold, bool):
+            raise ValueError(f"fold must be True or False, got {self.fold!r}")
         if self.construction not in CONSTRUCTIONS:
             raise ValueError(f"unknown construction {self.construction!r}; valid: {', '.join(CONSTRUCTIONS)}")
         if not (isinstance(p, (int, float)) and 0 < p < 1):

@@ -58,6 +58,7 @@ not the realised map: a pair has no single weight matrix.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -482,18 +483,25 @@ def _qualname(obj) -> str:
 @dataclass(frozen=True)
 class ModulePlan:
     """What module replacement builds for a model: its leaves, their layer specs (one per pair, in layer
-    order) and the tied parameter names (groups of names of one tensor)."""
+    order), the tied parameter names (groups of names of one tensor) and the folded norms."""
 
     leaves: tuple[Leaf, ...]
     specs: tuple[LinearSpec, ...]
     tied: tuple[tuple[str, ...], ...]
     model: str  # the model's class, module-qualified
+    folds: dict = field(default_factory=dict)  # norm path -> the readers its affine was folded into
 
 
-def plan_modules(model: nn.Module) -> ModulePlan:
+def plan_modules(model: nn.Module, folds: Callable[[dict[str, str]], dict[str, tuple[str, ...]]] | None = None
+                 ) -> ModulePlan:
     """Find every weight-holding leaf of ``model`` and read it as layer specs; refuse (``NotImplementedError``
     naming the full parameter name) any parameter that module replacement cannot realise, before any work.
-    The model is not changed."""
+    The model is not changed.
+
+    ``folds``: called with {module path: leaf kind} once every parameter was checked, returns {norm path: its
+    readers' paths} (:func:`slth.construction.target.foldable_norms`, read from the model's exported graph): each
+    such norm keeps no affine pair (its normalisation alone) and each reader's pair realises W diag(gamma), with
+    bias b + W beta (exact: W (gamma z + beta) + b). The plan records them (``ModulePlan.folds``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     paths: dict[int, list[str]] = {}
@@ -542,6 +550,10 @@ def plan_modules(model: nn.Module) -> ModulePlan:
             own = [] if bias is None else [LinearSpec(f"{paths[key][0]}.bias", np.zeros((bias.size, 0)), bias.copy(),
                                                       True)]
             handled[key] = ("tied_linear", own, {"tie": tie})
+    folded: dict[str, tuple[str, ...]] = {}
+    if folds is not None:
+        folded = folds({path: info[0] for key, info in handled.items() for path in paths[key]})
+        _fold(handled, {paths[key][0]: key for key in handled}, folded)
     leaves, specs = [], []
     for key, (kind, leaf_specs, options) in handled.items():
         path, *aliases = paths[key]
@@ -557,7 +569,28 @@ def plan_modules(model: nn.Module) -> ModulePlan:
     # the same module under two paths shares its parameters by construction; a tie is one tensor in two modules
     tied = tuple(tuple(group) for group in names.values()
                  if len({g.rsplit(".", 1)[0] for g in group} - {a for leaf in leaves for a in leaf.aliases}) > 1)
-    return ModulePlan(tuple(leaves), tuple(specs), tied, _qualname(model))
+    return ModulePlan(tuple(leaves), tuple(specs), tied, _qualname(model), folded)
+
+
+def _fold(handled: dict, keys: dict[str, int], folds: dict[str, tuple[str, ...]]) -> None:
+    """Fold each norm's affine into its readers' specs, in ``handled`` (module key -> (kind, specs, options))."""
+    for norm, readers in folds.items():
+        kind, norm_specs, options = handled[keys[norm]]
+        if kind not in ("layernorm", "rmsnorm") or not readers:
+            raise ValueError(f"cannot fold {norm!r} (a {kind}) into {list(readers)}")
+        if not norm_specs:  # an identity affine: nothing to fold
+            continue
+        gamma, beta = np.diag(norm_specs[0].weight), norm_specs[0].bias
+        handled[keys[norm]] = (kind, [], options)
+        for reader in readers:
+            rkind, (spec,), roptions = handled[keys[reader]]
+            if rkind not in ("linear", "conv1d_t") or spec.d_in != gamma.shape[0]:
+                raise ValueError(f"cannot fold {norm!r} into {reader!r} (a {rkind} of {spec.d_in} inputs)")
+            bias = spec.bias
+            if beta is not None and beta.any():
+                bias = spec.weight @ beta + (0.0 if bias is None else bias)
+            folded = LinearSpec(spec.path, spec.weight * gamma[None, :], bias, False)
+            handled[keys[reader]] = (rkind, [folded], roptions)
 
 
 def _locate(model: nn.Module, path: str) -> tuple[nn.Module, str]:

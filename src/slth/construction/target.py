@@ -150,12 +150,20 @@ class _Builder:
     else each reads the previous one (a chain)."""
 
     def __init__(self, nonnegative_input: bool, graph: bool, shift: float | None = None,
-                 attention: str = "projection", leaves: bool = False):
+                 attention: str = "projection", leaves: bool = False, folds=None):
         self.attention_mode = attention
         # ``leaves``: the graph of a module-replacement ticket's target, for its bound: every norm's affine is its
-        # own (diagonal) layer, as module replacement builds it, never folded into its readers; constants carry
-        # the ticket's value beside the target's (:class:`_Const`)
+        # own (diagonal) layer, as module replacement builds it, unless it is folded into its readers (``folds``);
+        # constants carry the ticket's value beside the target's (:class:`_Const`)
         self.leaves = leaves
+        # ``folds`` (with ``leaves``): the norms (module paths) whose affine the ticket folded into the Linear layers
+        # that read them (their affines stay pending, through last-dimension-keeping reshapes, and a norm any other
+        # node reads is refused), or FOLD_ALL: fold wherever a Linear reads a norm and record where (``folded``:
+        # norm path -> the spec indices that folded it; ``unfolded``: norms some other node read)
+        self.folds = folds
+        self.folded: dict[str, list[int]] = {}
+        self.unfolded: set[str] = set()
+        self.pending_norm: dict[int, str] = {}  # pending value -> its norm's module path (``folds`` only)
         self.pending_sources: dict[int, tuple] = {}  # pending value -> its affine's parameter names
         self.const_values: dict[int, torch.Tensor] = {}  # leaves: spec index of a constant -> the ticket's value
         self.nodes: list[Node] = []
@@ -170,6 +178,8 @@ class _Builder:
         self.consts: dict = {}  # key -> ConstNode value of a constant of the target
 
     def emit(self, node: Node, flat, folds_affine: bool = False) -> int:
+        if not folds_affine and any(a in self.pending_norm for a in node.inputs):  # a folded norm's other reader
+            node = dataclasses.replace(node, inputs=tuple(self.plain(a) for a in node.inputs))
         for a in node.inputs:
             if a in self.pending and not folds_affine:
                 raise NotImplementedError(
@@ -256,6 +266,8 @@ class _Builder:
             if conv is not None or weight.shape[1] != gamma.shape[0]:
                 raise NotImplementedError(f"{kind} {where} ({path!r}) reads LayerNorm {ln_path!r}, whose affine can "
                                           "only be folded into a Linear over its normalised features")
+            if src in self.pending_norm and self.pending_norm[src] not in self.unfolded:
+                self.folded.setdefault(self.pending_norm[src], []).append(len(self.specs))
             bias = weight @ beta + (0.0 if bias is None else bias)
             weight = weight * gamma[None, :]
             path = f"{ln_path}+{path}"
@@ -313,8 +325,23 @@ class _Builder:
             self.pending[i] = (np.ones(shape) if gamma is None else gamma, np.zeros(shape) if beta is None else beta,
                                path)
             self.pending_sources[i] = source
-            if self.leaves:  # module replacement's NormLeaf: the affine is a diagonal pair of its own
+            norm = source[0].rpartition(".")[0] if source and source[0] else None
+            if self.leaves and norm is not None and (self.folds is FOLD_ALL or norm in (self.folds or ())):
+                self.pending_norm[i] = norm  # folded into its Linear readers, as the ticket did
+            elif self.leaves:  # module replacement's NormLeaf: the affine is a diagonal pair of its own
                 return self.plain(i)
+        return i
+
+    def carries_affine(self, src: int) -> bool:
+        """A value carrying a folded norm's pending affine (``folds``): a reshape that keeps the last dimension
+        passes it on (a transformers ``Conv1D`` flattens its input before its ``addmm``)."""
+        return src in self.pending_norm
+
+    def carry(self, src: int, node: Node) -> int:
+        """Emit ``node`` (a last-dimension-keeping reshape of ``src``) with ``src``'s pending affine carried on."""
+        i = self.emit(node, True, folds_affine=True)
+        self.pending[i], self.pending_norm[i] = self.pending[src], self.pending_norm[src]
+        self.pending_sources[i] = self.pending_sources.get(src, ())
         return i
 
     def batchnorm(self, module, kind: str, path: str, where: str, src: int, sole_user: bool = True) -> int:
@@ -410,6 +437,14 @@ class _Builder:
         diagonal Linear (diag(gamma), beta) pair reading it (memoised; Linear readers still fold it)."""
         if src not in self.pending:
             return src
+        if src in self.pending_norm:  # a folded norm read by something other than a Linear
+            norm = self.pending_norm[src]
+            if self.folds is not FOLD_ALL:
+                raise NotImplementedError(
+                    f"the ticket folded the affine of {norm!r} into the Linear layers that read it, but in this graph "
+                    f"node {len(self.nodes)} (not a Linear) reads it too: the graph is not the one the ticket was "
+                    "built from")
+            self.unfolded.add(norm)  # (before its diagonal pair below, which is no reader it folds into)
         if src not in self.affines:
             d = self.pending[src][0].shape[0]
             self.affines[src] = self.linear(np.eye(d), None, "Linear", "affine", "(its affine)", src,
@@ -694,17 +729,50 @@ def export_target(target: nn.Module, example_inputs):
     return normalise(ep, target)
 
 
-def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None):
+FOLD_ALL = "all"  # _Builder(folds=FOLD_ALL): fold every norm affine a Linear reads, recording where
+
+
+def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None, folds=None, exported=None):
     """The graph of ``target`` as torch.export sees it on ``example_inputs``, read by the one parser for the bound
     of a module-replacement ticket: every layer is named by its parameters (``LinearSpec.source``), every norm's
     affine is its own diagonal layer (as module replacement builds it), and every constant carries the value the
     ticket computes there (from ``realised``: parameter name -> realised tensor). Returns (graph, specs,
     {spec index of a constant: the ticket's value}, the input shape the graph is valid for). Refusals name the
-    op, the line of the model's code that made it and its module."""
-    exported = export_target(target, example_inputs)
-    b = _Builder(False, graph=True, leaves=True)
+    op, the line of the model's code that made it and its module.
+
+    ``folds``: the norms (module paths) whose affine the ticket folded into its readers (``config["folds"]``): their
+    readers' specs are W diag(gamma), b + W beta, as the ticket realises them. ``exported``: the target already
+    exported (:func:`export_target`), not exported again."""
+    if exported is None:
+        exported = export_target(target, example_inputs)
+    b = _Builder(False, graph=True, leaves=True, folds=folds)
     graph, specs = _parse_gm(exported.module, b, realised)
     return graph, specs, b.const_values, exported.shape
+
+
+def foldable_norms(target: nn.Module, exported, kinds: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """The norms of ``target`` whose affine module replacement can fold into their readers: {norm path: its
+    readers' paths}, read from the exported graph (``exported``, :func:`export_target`) by the one parser. A norm
+    folds when every node that reads its output (through reshapes that keep the last dimension) is a Linear whose
+    module (``kinds``: module path -> its leaf kind) is a ``linear`` or ``conv1d_t`` leaf, and every call of those
+    modules in the graph reads that norm: not a norm whose output also feeds a residual add or any other op, nor a
+    head tied to an embedding (its weight is the embedding's table)."""
+    b = _Builder(False, graph=True, leaves=True, folds=FOLD_ALL)
+    # constants read as the target's own values (no ticket yet)
+    _, specs = _parse_gm(exported.module, b, {k: v.detach() for k, v in target.named_parameters()})
+    calls: dict[str, list[int]] = {}  # module path -> the specs of its calls
+    for index, spec in enumerate(specs):
+        if spec.source and spec.source[0]:
+            calls.setdefault(spec.source[0].rpartition(".")[0], []).append(index)
+    out = {}
+    for norm, readers in b.folded.items():
+        if norm in b.unfolded or kinds.get(norm) not in ("layernorm", "rmsnorm"):
+            continue
+        paths = [specs[i].source[0].rpartition(".")[0] if specs[i].source and specs[i].source[0] else ""
+                 for i in readers]
+        if all(kinds.get(p) in ("linear", "conv1d_t") and set(calls[p]) <= set(readers) for p in paths):
+            out[norm] = tuple(dict.fromkeys(paths))
+    return out
 
 
 @dataclass(frozen=True)
@@ -1143,7 +1211,12 @@ def _parse_gm(gm, b: _Builder, realised: dict | None = None) -> tuple[Graph, lis
         elif is_fn(node, (torch.reshape,), ("reshape", "view")):
             refs, spec = sizes_of(node, node.args[1:] or (node.kwargs.get("shape"),), reshape=True)
             src = arg(node, node.args[0])
-            env[node] = b.op(ReshapeNode((src, *refs), spec))
+            before, after = (getattr(v, "meta", {}).get("val") for v in (node.args[0], node))
+            if b.carries_affine(src) and isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) \
+                    and before.dim() and after.dim() and before.shape[-1] == after.shape[-1]:
+                env[node] = b.carry(src, ReshapeNode((src, *refs), spec))  # the features stay where they were
+            else:
+                env[node] = b.op(ReshapeNode((src, *refs), spec))
         elif is_fn(node, (), ("expand",)):
             refs, spec = sizes_of(node, node.args[1:])
             env[node] = b.op(ExpandNode((arg(node, node.args[0]), *refs), spec))

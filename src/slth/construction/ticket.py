@@ -97,6 +97,13 @@ class Ticket:
         return [Leaf.from_json(d) for d in self.config.get("modules", [])]
 
     @property
+    def folds(self) -> dict[str, list[str]]:
+        """A module-replacement ticket built with example inputs: {norm path: its readers' paths} for every norm
+        whose affine it folded into the Linear layers that read it (the norm keeps its normalisation only, each
+        reader's pair realises W diag(gamma), b + W beta); empty otherwise."""
+        return {norm: list(readers) for norm, readers in self.config.get("folds", {}).items()}
+
+    @property
     def graph(self) -> Graph:
         """The ticket's construction graph, read from ``config["ops"]`` (planned join factors included)."""
         if self.replaces_modules:
