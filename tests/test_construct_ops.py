@@ -224,3 +224,16 @@ def test_norm_bound_holds_for_sampled_inputs_and_errors(node, width):
     if width == 0:
         assert torch.allclose(blo, f(c, (6,), eps=node.eps)) and torch.equal(blo, bhi)
         assert bd.max() < 1.0  # 1 / std of the input, not 1 / sqrt(eps)
+
+
+def test_a_layernorm_after_a_relu_feeds_a_signed_input():
+    """x - mean(x) is signed even when x >= 0: the Linear after ReLU -> LayerNorm gets a negative group (it got
+    none, and the ticket was off by ~1 at eps 1e-3); RMSNorm's x / rms(x) keeps the ReLU's nonnegative output."""
+    torch.manual_seed(0)
+    for norm, signed in ((nn.LayerNorm(12), True), (nn.RMSNorm(12), False)):
+        target = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), norm, nn.Linear(12, 3)).eval()
+        ticket = construct(target, 1e-3, seed=0)
+        assert [lay.signed_input for lay in ticket.layouts] == [True, signed]
+        x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            assert (ticket.to_module()(x) - target(x)).abs().max().item() < 0.05

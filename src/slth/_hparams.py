@@ -224,6 +224,9 @@ class ConstructSettings:
                                    "(traced only) | modules (module replacement)")
     fold: bool = _f(True, "with example inputs, fold a norm's affine into the Linear layers that alone read it "
                           "(module replacement; read from the torch.export graph)", cli=False)
+    nonnegative_leaves: bool = _f(True, "with example inputs, build a Linear whose input is nonnegative in every call "
+                                        "(after a ReLU, ...) with n first-layer units per input, not 2n (module "
+                                        "replacement; read from the torch.export graph)", cli=False)
     # checks the target before any work; not part of the ticket
     example_inputs: Any = field(default=None, compare=False, repr=False, metadata={"cli": False})
 

@@ -20,7 +20,15 @@ from .methods import METHODS
 from .modules import first_untraceable, plan_modules
 from .network import LayerLayout
 from .stream import WorkDir, fingerprint, plan_chunks, run_chunks, take_layer_chunks
-from .target import LinearSpec, UntraceableError, check_example_inputs, export_target, foldable_norms, parse_target
+from .target import (
+    ExportedLeaves,
+    LinearSpec,
+    UntraceableError,
+    check_example_inputs,
+    export_target,
+    exported_leaves,
+    parse_target,
+)
 from .ticket import Ticket
 
 
@@ -59,6 +67,7 @@ def construct(
     example_inputs=None,
     construction: str = _WHAT.construction,
     fold: bool = _WHAT.fold,
+    nonnegative_leaves: bool = _WHAT.nonnegative_leaves,
 ) -> Ticket:
     """Build a ticket: masks over a seeded random network that approximates ``target``.
 
@@ -104,7 +113,10 @@ def construct(
     arguments that default to None are fixed to None when tracing. A target built by module replacement is also
     exported with torch.export on them, and with ``fold=True`` (default) the affine of each LayerNorm / RMSNorm
     whose output only Linear layers (``nn.Linear``, transformers' ``Conv1D``) read is folded into those layers
-    (recorded in ``config["folds"]``; docs/construction.md, "Folding norms into their readers").
+    (recorded in ``config["folds"]``; docs/construction.md, "Folding norms into their readers"); with
+    ``nonnegative_leaves=True`` (default) each such Linear-like leaf whose input is nonnegative in every call of
+    the exported graph (a ReLU's output, ...) gets n first-layer units per input, not 2n (its layouts' ``signed_input``
+    is False; listed in ``stats["nonnegative_leaves"]``; docs/construction.md, "Nonnegative inputs").
 
     ``construction``: ``"auto"`` (default) reads the target into a construction graph (a chain, or a torch.fx
     trace) and, when torch.fx cannot trace it (any Hugging Face model, say), builds a ticket that replaces every
@@ -117,7 +129,8 @@ def construct(
     config = ConstructConfig(eps=eps, seed=seed, method=method, n=n, p=p, sparse=sparse,
                              nonnegative_input=nonnegative_input, input_range=input_range,
                              max_redraw_rounds=max_redraw_rounds, attention=attention, construction=construction,
-                             example_inputs=example_inputs, fold=fold)
+                             example_inputs=example_inputs, fold=fold,
+                             nonnegative_leaves=nonnegative_leaves)
     execution = Execution(workers=workers, backend=backend, address=address, workdir=workdir, resume=resume,
                           chunk_instances=chunk_instances, device=device, progress=progress)
     return construct_with(target, config, execution)
@@ -216,8 +229,8 @@ def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig
     solved by the same layer jobs and chunk runner as the traced construction. Refuses (before any work) a
     parameter it cannot realise, by its full name."""
     why: list[str] = []  # why nothing was folded, when the exported graph could not be read
-    plan = plan_modules(target, None if config.example_inputs is None or not config.fold else
-                        lambda kinds: module_folds(target, config.example_inputs, kinds, why))
+    reads = config.example_inputs is not None and (config.fold or config.nonnegative_leaves)
+    plan = plan_modules(target, (lambda kinds: module_graph(target, config, kinds, why)) if reads else None)
     folds = plan.folds
     specs = list(plan.specs)
     if not specs:
@@ -246,23 +259,25 @@ def _construct_modules(target: nn.Module, untraced: str, config: ConstructConfig
         ticket_config["folds"] = {norm: list(readers) for norm, readers in folds.items()}
     if why:
         stats["folds"] = why[0]
+    if plan.nonnegative:  # (their layouts record it: signed_input False)
+        stats["nonnegative_leaves"] = list(plan.nonnegative)
     ticket = Ticket(seed=config.seed, config=ticket_config, packed=masks, redraws=redraws, stats=stats)
     ticket.run = _run_record(run, execution)
     return ticket
 
 
-def module_folds(target: nn.Module, example_inputs, kinds: dict[str, str], why: list[str]
-                 ) -> dict[str, tuple[str, ...]]:
-    """The norms whose affine module replacement folds into their readers ({norm path: readers' paths},
-    :func:`~slth.construction.target.foldable_norms`; ``kinds``: module path -> leaf kind), read from the target
-    exported on ``example_inputs``. When torch.export or the parser cannot read it, none, and ``why`` gets the
-    reason (the ticket is then built unfolded)."""
+def module_graph(target: nn.Module, config: ConstructConfig, kinds: dict[str, str], why: list[str]) -> ExportedLeaves:
+    """What the target exported on ``config.example_inputs`` says of its leaves
+    (:func:`~slth.construction.target.exported_leaves`; ``kinds``: module path -> leaf kind): the norms whose affine
+    module replacement folds into their readers (with ``config.fold``) and the Linear-like leaves whose input is
+    nonnegative in every call (with ``config.nonnegative_leaves``). When torch.export or the parser cannot read it,
+    neither, and ``why`` gets the reason (the ticket is then built as without example inputs)."""
     try:
-        exported = export_target(target, example_inputs)
-        return foldable_norms(target, exported, kinds)
+        read = exported_leaves(target, export_target(target, config.example_inputs), kinds)
     except (UntraceableError, NotImplementedError, ValueError) as exc:
         why.append(f"not folded: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        return {}
+        return ExportedLeaves({}, ())
+    return ExportedLeaves(read.folds if config.fold else {}, read.nonnegative if config.nonnegative_leaves else ())
 
 
 def layer_jobs(linears: list[LinearSpec], ns: list[int | None], scales, bias_scales, config: ConstructConfig,

@@ -199,6 +199,10 @@ def _leaf_realisation(ticket, spec, is_embedding: bool, kernels: dict, values: d
         real = RealisedKernels(pos=pos, neg=-pos, bias=None)  # the ticket computes x Ê^T, linear in x
         layout = LayerLayout(d_in=spec.d_in, d_out=spec.d_out, n=1, signed_input=True, bias=spec.bias is not None,
                              relu_after=False)
+    if not layout.signed_input and not spec.nonnegative_input:  # its pair reads relu(x): x must be >= 0
+        raise NotImplementedError(f"the ticket's pair for {owner.path!r} reads a nonnegative input (the ticket was "
+                                  f"built from a graph in which it does), but layer {spec.path!r} of the exported "
+                                  "graph reads a signed one; the bound cannot follow it")
     if tuple(real.pos.shape) != tuple(w.shape):
         raise NotImplementedError(f"layer {spec.path!r} of the exported graph has shape {tuple(w.shape)}, the pair of "
                                   f"{owner.path!r} realises {tuple(real.pos.shape)}")

@@ -29,7 +29,8 @@ class ConstructConfig(ConstructSettings):
 
     ``n`` is None (chosen per layer from eps and ``p``), one int, or one per layer (kept as a tuple).
     ``example_inputs`` checks the target before any work; with ``fold`` (module replacement) the target is also
-    exported on them to fold norm affines into their Linear readers (``config["folds"]`` of the ticket).
+    exported on them to fold norm affines into their Linear readers (``config["folds"]`` of the ticket) and, with
+    ``nonnegative_leaves``, to give a Linear whose input is nonnegative in every call n first-layer units per input.
     """
 
     def __post_init__(self):
@@ -44,6 +45,8 @@ class ConstructConfig(ConstructSettings):
             raise ValueError(f"seed must be a nonnegative int, got {seed!r}")
         if not isinstance(self.fold, bool):
             raise ValueError(f"fold must be True or False, got {self.fold!r}")
+        if not isinstance(self.nonnegative_leaves, bool):
+            raise ValueError(f"nonnegative_leaves must be True or False, got {self.nonnegative_leaves!r}")
         if self.construction not in CONSTRUCTIONS:
             raise ValueError(f"unknown construction {self.construction!r}; valid: {', '.join(CONSTRUCTIONS)}")
         if not (isinstance(p, (int, float)) and 0 < p < 1):

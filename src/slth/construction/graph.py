@@ -425,6 +425,10 @@ class LayerNormNode(Node):
     def module(self, layouts):
         return Normalize(self.normalized_shape, self.eps, self.factor)
 
+    def nonneg(self, ins):
+        # x - mean(x) is signed whatever x is; RMSNorm's x / rms(x) keeps x's signs
+        return False if self.centre else ins[0]
+
 
 @dataclass(frozen=True)
 class RMSNormNode(LayerNormNode):

@@ -57,6 +57,7 @@ not the realised map: a pair has no single weight matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ from torch import nn
 from .exported import rms_eps as _rms_eps
 from .kept import KeptLinear, embedding_lookup, tied_head
 from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
-from .target import LinearSpec, _array
+from .target import ExportedLeaves, LinearSpec, _array
 
 # a tied head computes its embedding's table this many random weights at a time (memory: one block, not the pair)
 TABLE_BLOCK_VALUES = 1 << 24
@@ -483,25 +484,29 @@ def _qualname(obj) -> str:
 @dataclass(frozen=True)
 class ModulePlan:
     """What module replacement builds for a model: its leaves, their layer specs (one per pair, in layer
-    order), the tied parameter names (groups of names of one tensor) and the folded norms."""
+    order), the tied parameter names (groups of names of one tensor), the folded norms and the Linear-like leaves
+    whose pairs read a nonnegative input (n first-layer units per input)."""
 
     leaves: tuple[Leaf, ...]
     specs: tuple[LinearSpec, ...]
     tied: tuple[tuple[str, ...], ...]
     model: str  # the model's class, module-qualified
     folds: dict = field(default_factory=dict)  # norm path -> the readers its affine was folded into
+    nonnegative: tuple = ()  # Linear-like leaves whose input is >= 0 in every call of the exported graph
 
 
-def plan_modules(model: nn.Module, folds: Callable[[dict[str, str]], dict[str, tuple[str, ...]]] | None = None
+def plan_modules(model: nn.Module, exported: Callable[[dict[str, str]], ExportedLeaves] | None = None
                  ) -> ModulePlan:
     """Find every weight-holding leaf of ``model`` and read it as layer specs; refuse (``NotImplementedError``
     naming the full parameter name) any parameter that module replacement cannot realise, before any work.
     The model is not changed.
 
-    ``folds``: called with {module path: leaf kind} once every parameter was checked, returns {norm path: its
-    readers' paths} (:func:`slth.construction.target.foldable_norms`, read from the model's exported graph): each
-    such norm keeps no affine pair (its normalisation alone) and each reader's pair realises W diag(gamma), with
-    bias b + W beta (exact: W (gamma z + beta) + b). The plan records them (``ModulePlan.folds``)."""
+    ``exported``: called with {module path: leaf kind} once every parameter was checked, returns what the model's
+    exported graph says of its leaves (:func:`slth.construction.target.exported_leaves`): each norm of its
+    ``folds`` ({norm path: its readers' paths}) keeps no affine pair (its normalisation alone) and each reader's
+    pair realises W diag(gamma), with bias b + W beta (exact: W (gamma z + beta) + b); each Linear-like leaf of its
+    ``nonnegative`` reads its input as nonnegative (its pair has n first-layer units per input, not 2n). The plan
+    records both (``ModulePlan.folds``, ``ModulePlan.nonnegative``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     paths: dict[int, list[str]] = {}
@@ -551,9 +556,13 @@ def plan_modules(model: nn.Module, folds: Callable[[dict[str, str]], dict[str, t
                                                       True)]
             handled[key] = ("tied_linear", own, {"tie": tie})
     folded: dict[str, tuple[str, ...]] = {}
-    if folds is not None:
-        folded = folds({path: info[0] for key, info in handled.items() for path in paths[key]})
-        _fold(handled, {paths[key][0]: key for key in handled}, folded)
+    nonnegative: tuple[str, ...] = ()
+    if exported is not None:
+        read = exported({path: info[0] for key, info in handled.items() for path in paths[key]})
+        keys = {path: key for key in handled for path in paths[key]}
+        folded, nonnegative = read.folds, read.nonnegative
+        _fold(handled, keys, folded)
+        _nonnegative(handled, keys, nonnegative)
     leaves, specs = [], []
     for key, (kind, leaf_specs, options) in handled.items():
         path, *aliases = paths[key]
@@ -569,7 +578,7 @@ def plan_modules(model: nn.Module, folds: Callable[[dict[str, str]], dict[str, t
     # the same module under two paths shares its parameters by construction; a tie is one tensor in two modules
     tied = tuple(tuple(group) for group in names.values()
                  if len({g.rsplit(".", 1)[0] for g in group} - {a for leaf in leaves for a in leaf.aliases}) > 1)
-    return ModulePlan(tuple(leaves), tuple(specs), tied, _qualname(model), folded)
+    return ModulePlan(tuple(leaves), tuple(specs), tied, _qualname(model), folded, nonnegative)
 
 
 def _fold(handled: dict, keys: dict[str, int], folds: dict[str, tuple[str, ...]]) -> None:
@@ -591,6 +600,15 @@ def _fold(handled: dict, keys: dict[str, int], folds: dict[str, tuple[str, ...]]
                 bias = spec.weight @ beta + (0.0 if bias is None else bias)
             folded = LinearSpec(spec.path, spec.weight * gamma[None, :], bias, False)
             handled[keys[reader]] = (rkind, [folded], roptions)
+
+
+def _nonnegative(handled: dict, keys: dict[str, int], paths: tuple[str, ...]) -> None:
+    """Mark the specs of the Linear-like leaves at ``paths`` as reading a nonnegative input, in ``handled``."""
+    for path in paths:
+        kind, specs, options = handled[keys[path]]
+        if kind not in ("linear", "conv1d_t"):
+            raise ValueError(f"cannot read {path!r} (a {kind}) as a Linear on a nonnegative input")
+        handled[keys[path]] = (kind, [dataclasses.replace(specs[0], nonnegative_input=True)], options)
 
 
 def _locate(model: nn.Module, path: str) -> tuple[nn.Module, str]:

@@ -750,13 +750,28 @@ def parse_exported(target: nn.Module, example_inputs, realised: dict | None = No
     return graph, specs, b.const_values, exported.shape
 
 
-def foldable_norms(target: nn.Module, exported, kinds: dict[str, str]) -> dict[str, tuple[str, ...]]:
-    """The norms of ``target`` whose affine module replacement can fold into their readers: {norm path: its
-    readers' paths}, read from the exported graph (``exported``, :func:`export_target`) by the one parser. A norm
-    folds when every node that reads its output (through reshapes that keep the last dimension) is a Linear whose
-    module (``kinds``: module path -> its leaf kind) is a ``linear`` or ``conv1d_t`` leaf, and every call of those
-    modules in the graph reads that norm: not a norm whose output also feeds a residual add or any other op, nor a
-    head tied to an embedding (its weight is the embedding's table)."""
+@dataclass(frozen=True)
+class ExportedLeaves:
+    """What module replacement reads from the target's exported graph (:func:`exported_leaves`): the norms whose
+    affine folds into their readers ({norm path: its readers' paths}) and the Linear-like leaves whose input is
+    nonnegative in every call (their pairs need no negative units: n first-layer units per input, not 2n)."""
+
+    folds: dict[str, tuple[str, ...]]
+    nonnegative: tuple[str, ...]
+
+
+def exported_leaves(target: nn.Module, exported, kinds: dict[str, str]) -> ExportedLeaves:
+    """Read the exported graph of ``target`` (``exported``, :func:`export_target`) once with the one parser;
+    ``kinds``: module path -> its leaf kind.
+
+    A norm folds when every node that reads its output (through reshapes that keep the last dimension) is a Linear
+    whose module is a ``linear`` or ``conv1d_t`` leaf, and every call of those modules in the graph reads that norm:
+    not a norm whose output also feeds a residual add or any other op, nor a head tied to an embedding (its weight
+    is the embedding's table).
+
+    A ``linear`` or ``conv1d_t`` leaf reads a nonnegative input when, in every call of it in the graph, the layer's
+    input is nonnegative as the traced construction decides it (:meth:`Node.nonneg`: the output of a ReLU, a
+    sigmoid, a softmax, ...; ``LinearSpec.nonnegative_input``)."""
     b = _Builder(False, graph=True, leaves=True, folds=FOLD_ALL)
     # constants read as the target's own values (no ticket yet)
     _, specs = _parse_gm(exported.module, b, {k: v.detach() for k, v in target.named_parameters()})
@@ -764,15 +779,17 @@ def foldable_norms(target: nn.Module, exported, kinds: dict[str, str]) -> dict[s
     for index, spec in enumerate(specs):
         if spec.source and spec.source[0]:
             calls.setdefault(spec.source[0].rpartition(".")[0], []).append(index)
-    out = {}
+    folds = {}
     for norm, readers in b.folded.items():
         if norm in b.unfolded or kinds.get(norm) not in ("layernorm", "rmsnorm"):
             continue
         paths = [specs[i].source[0].rpartition(".")[0] if specs[i].source and specs[i].source[0] else ""
                  for i in readers]
         if all(kinds.get(p) in ("linear", "conv1d_t") and set(calls[p]) <= set(readers) for p in paths):
-            out[norm] = tuple(dict.fromkeys(paths))
-    return out
+            folds[norm] = tuple(dict.fromkeys(paths))
+    nonnegative = tuple(path for path, at in calls.items() if kinds.get(path) in ("linear", "conv1d_t")
+                        and all(specs[i].nonnegative_input for i in at))
+    return ExportedLeaves(folds, nonnegative)
 
 
 @dataclass(frozen=True)
