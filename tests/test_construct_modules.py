@@ -189,39 +189,51 @@ def test_llama_gqa_rmsnorm_ticket_generates_like_the_target(llama):
     assert kinds["model.layers.1.mlp.gate_proj"] == "linear"
 
 
-def t5_config(tie: bool):
-    # transformers 5 always ties T5's head to its embeddings; tie_word_embeddings=False (T5 v1.1's configs) only
-    # turns off the d_model**-0.5 scaling of the decoder's output before the head
-    return T.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                      relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=tie)
+def t5_config(tie: str):
+    """"tied": T5's config; "unscaled": tie_word_embeddings=False, which transformers 5 reads as T5 v1.1's (still
+    tied, without the d_model**-0.5 scaling of the decoder's output before the head); "untied": the attribute set
+    after the config is made, which unties the head and the three embeddings (and keeps the scaling)."""
+    config = T.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+                        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                        tie_word_embeddings=tie != "unscaled")
+    if tie == "untied":
+        config.tie_word_embeddings = False
+    return config
 
 
-@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("tie", ["tied", "unscaled", "untied"])
 def test_t5_encoder_decoder_ticket_generates_like_the_target(tie, tmp_path_factory):
     """T5: T5LayerNorm is an RMSNorm by the numerical check (not by its name), relative_attention_bias an Embedding
     read at computed position buckets, shared / encoder.embed_tokens / decoder.embed_tokens one table (one pair)
-    and the head tied to it, with and without the decoder output's scaling."""
+    and the head tied to it, with and without the decoder output's scaling; untied, a pair per module."""
     target = _build(T.T5ForConditionalGeneration, t5_config(tie))
-    assert target.config.scale_decoder_outputs is tie and target.lm_head.weight is target.shared.weight
+    assert target.config.scale_decoder_outputs is (tie != "unscaled")
+    assert (target.lm_head.weight is target.shared.weight) is (tie != "untied")
     ticket, loaded = _construct(target, tmp_path_factory)
     assert ticket.replaces_modules and ticket.stats["failures"] == 0 and ticket.stats["max_weight_error"] <= EPS
     leaves = {leaf.path: leaf for leaf in ticket.leaves}
     assert leaves["encoder.block.1.layer.1.layer_norm"].kind == "rmsnorm"  # T5LayerNorm
     assert leaves["decoder.final_layer_norm"].options["eps"] == target.config.layer_norm_epsilon
     assert leaves["encoder.block.0.layer.0.SelfAttention.relative_attention_bias"].kind == "embedding"
-    assert leaves["shared"].aliases == ("encoder.embed_tokens", "decoder.embed_tokens")  # one table, one pair
-    assert leaves["lm_head"].kind == "tied_linear" and leaves["lm_head"].options["tie"] == "shared"
     fresh = T.T5ForConditionalGeneration(t5_config(tie))
+    if tie == "untied":
+        assert leaves["lm_head"].kind == "linear" and not leaves["shared"].aliases and not ticket.stats[
+            "tied_parameters"] and leaves["decoder.embed_tokens"].kind == "embedding"
+    else:
+        assert leaves["shared"].aliases == ("encoder.embed_tokens", "decoder.embed_tokens")  # one table, one pair
+        assert leaves["lm_head"].kind == "tied_linear" and leaves["lm_head"].options["tie"] == "shared"
     pruned = loaded.to_module(model=fresh).eval()
-    assert pruned is fresh and pruned.lm_head.weight is pruned.shared.weight is pruned.decoder.embed_tokens.weight
+    assert pruned is fresh
+    if tie != "untied":
+        assert pruned.lm_head.weight is pruned.shared.weight is pruned.decoder.embed_tokens.weight
     g = torch.Generator().manual_seed(0)
     x, d = torch.randint(2, 64, (16, 12), generator=g), torch.randint(2, 64, (16, 10), generator=g)
     with torch.no_grad():
         want, got = (m(input_ids=x, decoder_input_ids=d).logits for m in (target, pruned))
     err, top1 = (want - got).abs().max().item(), (want.argmax(-1) == got.argmax(-1)).float().mean().item()
     print(f"T5 tie={tie} eps={EPS}: max logit error {err:.4f} (logits up to {want.abs().max():.2f}), top-1 {top1}")
-    assert err < 0.03 * want.abs().max() and top1 >= 0.95  # measured: 0.9% of the largest logit, top-1 >= 0.98
+    assert err < 0.03 * want.abs().max() and top1 >= 0.95  # measured: 0.7-1.3 % of the largest logit, top-1 >= 0.98
     with torch.no_grad():
         want = target.generate(x[:8], max_new_tokens=8, do_sample=False)
         got = pruned.generate(x[:8], max_new_tokens=8, do_sample=False)
