@@ -189,6 +189,72 @@ def test_llama_gqa_rmsnorm_ticket_generates_like_the_target(llama):
     assert kinds["model.layers.1.mlp.gate_proj"] == "linear"
 
 
+def t5_config(tie: str):
+    """"tied": T5's config; "unscaled": tie_word_embeddings=False, which transformers 5 reads as T5 v1.1's (still
+    tied, without the d_model**-0.5 scaling of the decoder's output before the head); "untied": the attribute set
+    after the config is made, which unties the head and the three embeddings (and keeps the scaling)."""
+    config = T.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+                        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                        tie_word_embeddings=tie != "unscaled")
+    if tie == "untied":
+        config.tie_word_embeddings = False
+    return config
+
+
+@pytest.mark.parametrize("tie", ["tied", "unscaled", "untied"])
+def test_t5_encoder_decoder_ticket_generates_like_the_target(tie, tmp_path_factory):
+    """T5: T5LayerNorm is an RMSNorm by the numerical check (not by its name), relative_attention_bias an Embedding
+    read at computed position buckets, shared / encoder.embed_tokens / decoder.embed_tokens one table (one pair)
+    and the head tied to it, with and without the decoder output's scaling; untied, a pair per module."""
+    target = _build(T.T5ForConditionalGeneration, t5_config(tie))
+    assert target.config.scale_decoder_outputs is (tie != "unscaled")
+    assert (target.lm_head.weight is target.shared.weight) is (tie != "untied")
+    ticket, loaded = _construct(target, tmp_path_factory)
+    assert ticket.replaces_modules and ticket.stats["failures"] == 0 and ticket.stats["max_weight_error"] <= EPS
+    leaves = {leaf.path: leaf for leaf in ticket.leaves}
+    assert leaves["encoder.block.1.layer.1.layer_norm"].kind == "rmsnorm"  # T5LayerNorm
+    assert leaves["decoder.final_layer_norm"].options["eps"] == target.config.layer_norm_epsilon
+    assert leaves["encoder.block.0.layer.0.SelfAttention.relative_attention_bias"].kind == "embedding"
+    fresh = T.T5ForConditionalGeneration(t5_config(tie))
+    if tie == "untied":
+        assert leaves["lm_head"].kind == "linear" and not leaves["shared"].aliases and not ticket.stats[
+            "tied_parameters"] and leaves["decoder.embed_tokens"].kind == "embedding"
+    else:
+        assert leaves["shared"].aliases == ("encoder.embed_tokens", "decoder.embed_tokens")  # one table, one pair
+        assert leaves["lm_head"].kind == "tied_linear" and leaves["lm_head"].options["tie"] == "shared"
+    pruned = loaded.to_module(model=fresh).eval()
+    assert pruned is fresh
+    if tie != "untied":
+        assert pruned.lm_head.weight is pruned.shared.weight is pruned.decoder.embed_tokens.weight
+    g = torch.Generator().manual_seed(0)
+    x, d = torch.randint(2, 64, (16, 12), generator=g), torch.randint(2, 64, (16, 10), generator=g)
+    with torch.no_grad():
+        want, got = (m(input_ids=x, decoder_input_ids=d).logits for m in (target, pruned))
+    err, top1 = (want - got).abs().max().item(), (want.argmax(-1) == got.argmax(-1)).float().mean().item()
+    print(f"T5 tie={tie} eps={EPS}: max logit error {err:.4f} (logits up to {want.abs().max():.2f}), top-1 {top1}")
+    assert err < 0.03 * want.abs().max() and top1 >= 0.95  # measured: 0.7-1.3 % of the largest logit, top-1 >= 0.98
+    with torch.no_grad():
+        want = target.generate(x[:8], max_new_tokens=8, do_sample=False)
+        got = pruned.generate(x[:8], max_new_tokens=8, do_sample=False)
+    assert got.shape == want.shape and (got == want).all(dim=1).float().mean() >= 0.75
+
+
+def test_t5_encoder_model_ticket_agrees_with_the_target(tmp_path_factory):
+    target = _build(T.T5EncoderModel, t5_config("tied"))
+    ticket, loaded = _construct(target, tmp_path_factory)
+    leaves = {leaf.path: leaf for leaf in ticket.leaves}
+    assert leaves["shared"].aliases == ("encoder.embed_tokens",)
+    assert leaves["encoder.final_layer_norm"].kind == "rmsnorm"
+    pruned = loaded.to_module(model=T.T5EncoderModel(t5_config("tied"))).eval()
+    x = torch.randint(2, 64, (16, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = target(input_ids=x).last_hidden_state, pruned(input_ids=x).last_hidden_state
+    assert want.shape == got.shape == (16, 12, 32)
+    print(f"T5EncoderModel eps={EPS}: max error {(want - got).abs().max():.4f} of {want.abs().max():.2f}")
+    assert (want - got).abs().max() < 0.03 * want.abs().max()  # measured at eps 1e-3: 0.034 of 3.6 (0.9 %)
+
+
 def test_bert_classifier_ticket_agrees_with_the_target(tmp_path_factory):
     target = _build(T.BertForSequenceClassification, bert_config())
     ticket, loaded = _construct(target, tmp_path_factory)
@@ -288,11 +354,59 @@ class GemmaStyleRMSNorm(nn.Module):
         return nn.functional.rms_norm(x, (x.shape[-1],), None, self.eps) * (1 + self.weight)
 
 
+class CenteredNorm(nn.Module):
+    """A weight-only LayerNorm (mean subtracted, no bias): not an RMSNorm, whatever its attributes."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.variance_epsilon = 1e-6
+
+    def forward(self, x):
+        return self.weight * nn.functional.layer_norm(x, (x.shape[-1],), None, None, self.variance_epsilon)
+
+
+class ScaleOnly(nn.Module):
+    """A learned scale with an epsilon attribute but no normalisation."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = 1e-6
+
+    def forward(self, x):
+        return self.weight * x
+
+
+class IgnoresWeight(nn.Module):
+    """rms_norm(x) with a weight of ones it never reads: equal to weight * rms_norm(x) for its own weight only."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = 1e-6
+
+    def forward(self, x):
+        return nn.functional.rms_norm(x, (x.shape[-1],), None, self.eps)
+
+
+class Normaliser(nn.Module):
+    """An RMSNorm written out under a name that does not say so (as T5's T5LayerNorm): recognised numerically."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.variance_epsilon = 1e-6
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
 class WithOddNorm(nn.Module):
-    def __init__(self):
+    def __init__(self, norm=None):
         super().__init__()
         self.fc = nn.Linear(4, 4)
-        self.norm = GemmaStyleRMSNorm(4)
+        self.norm = GemmaStyleRMSNorm(4) if norm is None else norm
 
     def forward(self, x):
         return self.norm(self.fc(x))
@@ -308,7 +422,10 @@ def no_work(monkeypatch):
 
 
 @pytest.mark.parametrize("model, name", [(WithLSTM(), "rnn.weight_ih_l0"), (WithPReLU(), "act.weight"),
-                                         (WithOddNorm(), "norm.weight")])
+                                         (WithOddNorm(), "norm.weight"),
+                                         (WithOddNorm(CenteredNorm(4)), "norm.weight"),
+                                         (WithOddNorm(ScaleOnly(4)), "norm.weight"),
+                                         (WithOddNorm(IgnoresWeight(4)), "norm.weight")])
 def test_unrealisable_parameters_are_refused_by_full_name_before_any_work(model, name, no_work):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NotImplementedError, match=f"parameter '{name}'"):
@@ -317,6 +434,17 @@ def test_unrealisable_parameters_are_refused_by_full_name_before_any_work(model,
         with pytest.raises(NotImplementedError, match=f"parameter '{name}'"):
             slth.construct(model, eps=0.01)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_an_rms_norm_is_recognised_numerically_whatever_its_name():
+    target = _jitter_norms(WithOddNorm(Normaliser(4)))
+    ticket = slth.construct(target, eps=EPS, construction="modules", seed=0)
+    leaf = next(leaf for leaf in ticket.leaves if leaf.path == "norm")
+    assert leaf.kind == "rmsnorm" and leaf.options == {"shape": (4,), "eps": 1e-6}
+    pruned = ticket.to_module(model=WithOddNorm(Normaliser(4)))
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        assert (pruned(x) - target(x)).abs().max() < 0.05
 
 
 def test_module_replacement_refuses_what_only_the_traced_construction_can_do(gpt2, no_work):

@@ -177,21 +177,35 @@ def test_bert_classifier_masks_every_linear_and_embedding_and_rebuilds(tmp_path)
     _round_trip(model, make, tmp_path, x)
 
 
-def test_t5_ties_three_places_to_one_mask_and_freezes_its_t5_layernorms(tmp_path):
+@pytest.mark.parametrize("tie", [True, False])
+def test_t5_ties_three_places_to_one_mask_and_freezes_its_t5_layernorms(tie, tmp_path):
+    """T5 (tie_word_embeddings=False: transformers 5 still ties, without the decoder output's d_model**-0.5 scaling):
+    every Linear and Embedding masked (relative_attention_bias too), each T5LayerNorm frozen at 1, a few steps of
+    training, then from_ticket(model=fresh) bit for bit and the rebuilt model's own generate()."""
     transformers = pytest.importorskip("transformers")
     config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=True)
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+                                   tie_word_embeddings=tie)
     make = lambda: transformers.T5ForConditionalGeneration(config)  # noqa: E731
     model = sm.apply_supermask(make(), sm.SupermaskConfig("edge-popup", 0.5), seed=6)
+    assert model.config.scale_decoder_outputs is tie
     report = sm.supermask_report(model)
     assert dict(report.tied) == {f"{place}.weight": "shared.weight"
                                  for place in ("encoder.embed_tokens", "decoder.embed_tokens", "lm_head")}
+    layers = {f"{n}.weight" for n, m in make().named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    assert {m.name for m in report.masked} == layers - set(dict(report.tied))  # the tied places: shared's mask
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in layers
     assert {(f.value, f.role) for f in report.frozen} == {("one", "norm")}  # every T5LayerNorm, nothing else
-    x = _tokens(n=2, seed=4)
+    assert {f.name for f in report.frozen} == {n for n, _ in make().named_parameters() if "layer_norm" in n}
+    x = _tokens(n=4, seed=4)
+    losses, reached = _train(model, lambda m: m(input_ids=x, labels=x).loss)
+    assert reached and losses[-1] < losses[0]
     model.eval()
     rebuilt = sm.from_ticket(sm.to_ticket(model, tmp_path / "t5.slth"), model=make())
     with torch.no_grad():
         assert torch.equal(model(input_ids=x, labels=x).logits, rebuilt(input_ids=x, labels=x).logits)
+        out = rebuilt.generate(x[:2], max_new_tokens=4, do_sample=False)
+        assert torch.equal(out, model.generate(x[:2], max_new_tokens=4, do_sample=False))
     assert rebuilt.lm_head.weight is rebuilt.shared.weight is rebuilt.encoder.embed_tokens.weight
 
 

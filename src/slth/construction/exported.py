@@ -55,25 +55,33 @@ ACTIVATIONS = {aten.silu: F.silu, aten.relu: F.relu, aten.tanh: torch.tanh, aten
 
 
 def rms_eps(module: nn.Module) -> float | None:
-    """A library RMSNorm by duck typing: the only parameter is a 1-D ``weight``, no children, an epsilon
-    (``variance_epsilon`` or ``eps``), and ``forward(x) == weight * rms_norm(x)`` on a random input. Returns its
-    epsilon, or None when the module is not such a norm."""
+    """A library RMSNorm by duck typing, whatever its class is called (``LlamaRMSNorm``, T5's ``T5LayerNorm``):
+    the only parameter is a 1-D ``weight``, no children, an epsilon (``variance_epsilon`` or ``eps``), and
+    ``forward(x) == weight * rms_norm(x)`` on a random input -- numerically, the one criterion -- both with the
+    module's own weight and with a random one put in its place (``torch.func.functional_call``; the module is not
+    changed), so that a module that ignores its weight, or whose weight is not a plain scale, is not taken for one
+    (nor is a mean-subtracting norm or a scale without normalisation). Returns its epsilon, or None when the module
+    is not such a norm."""
     params = dict(module.named_parameters(recurse=False))
-    if "rmsnorm" not in type(module).__name__.lower() or set(params) != {"weight"} or list(module.children()):
+    if set(params) != {"weight"} or list(module.children()):
         return None
     w = params["weight"]
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
     if w.ndim != 1 or not isinstance(eps, (int, float)):
         return None
-    x = torch.randn(3, w.shape[0], generator=torch.Generator().manual_seed(0), dtype=w.dtype).to(w.device)
-    with torch.no_grad():
-        want = F.rms_norm(x, (w.shape[0],), w, float(eps))
-        try:
-            got = module(x)
-        except Exception:  # noqa: BLE001
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, w.shape[0], generator=g, dtype=w.dtype).to(w.device)
+    other = (torch.rand(w.shape[0], generator=g) + 0.5).to(dtype=w.dtype, device=w.device)
+    for weight in (w, other):
+        with torch.no_grad():
+            want = F.rms_norm(x, (w.shape[0],), weight, float(eps))
+            try:
+                got = torch.func.functional_call(module, {"weight": weight}, (x,))
+            except Exception:  # noqa: BLE001 - any failure means it is not an RMSNorm
+                return None
+        if not (isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, 1e-4, 1e-5)):
             return None
-    ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, 1e-4, 1e-5)
-    return float(eps) if ok else None
+    return float(eps)
 
 
 def _activation_of(module: nn.Module):

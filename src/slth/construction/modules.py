@@ -45,7 +45,9 @@ computes ``x Ê^T`` from the same pruned random weights, its two layers read in 
 nonnegative first-layer weights make the embedding's ReLU the identity, so its map is linear and its transpose is
 that of the same weights. The head's own bias, if any, is a constant (a bias-units pair). ``lm_head.weight is
 transformer.wte.weight`` holds in the rebuilt model (both are the shared pair's ``b.weight``, see ``weight``
-below); a fresh instance must tie them too. Other ties (a bias under two names) get one pair per use. The
+below); a fresh instance must tie them too. Embeddings of one table (T5's ``shared``, ``encoder.embed_tokens``
+and ``decoder.embed_tokens``: three modules, one tensor) are one pair, installed at each of their paths (the
+first one's aliases). Other ties (a bias under two names) get one pair per use. The
 ticket records every tie (``stats["tied_parameters"]``). The same module instance under two paths is one pair
 at both.
 
@@ -545,9 +547,19 @@ def plan_modules(model: nn.Module, exported: Callable[[dict[str, str]], Exported
         handled[key] = info
     if not handled and not consts:
         raise ValueError("the model has no weight-holding module to construct")
+    # embeddings of one table (T5's shared, encoder.embed_tokens and decoder.embed_tokens: three modules, one
+    # tensor) are one pair, installed at each of their paths as the aliases of the first
+    shared: dict[int, list[str]] = {}  # first embedding's key -> the paths of the others
+    tables: dict[int, str] = {}  # the table's id -> the first embedding's path
+    for key, info in list(handled.items()):
+        if info[0] == "embedding":
+            first = tables.setdefault(id(modules[key].weight), paths[key][0])
+            if first != paths[key][0]:
+                first_key = next(k for k in handled if paths[k][0] == first)
+                shared.setdefault(first_key, []).extend(paths[key])
+                del handled[key]
     # an output Linear whose weight is an embedding's table (tie_word_embeddings) is computed from the
     # embedding's pair: its own specs are its bias only, as a constant (bias units)
-    tables = {id(modules[key].weight): paths[key][0] for key, info in handled.items() if info[0] == "embedding"}
     for key, (kind, leaf_specs, _) in list(handled.items()):
         tie = tables.get(id(modules[key].weight)) if kind == "linear" else None
         if tie is not None:
@@ -565,7 +577,7 @@ def plan_modules(model: nn.Module, exported: Callable[[dict[str, str]], Exported
         _nonnegative(handled, keys, nonnegative)
     leaves, specs = [], []
     for key, (kind, leaf_specs, options) in handled.items():
-        path, *aliases = paths[key]
+        path, *aliases = paths[key] + shared.get(key, [])
         layers = tuple(range(len(specs), len(specs) + len(leaf_specs)))
         specs += leaf_specs
         leaves.append(Leaf(path, kind, layers, tuple(_scale(spec) for spec in leaf_specs), options, tuple(aliases)))
@@ -576,8 +588,8 @@ def plan_modules(model: nn.Module, exported: Callable[[dict[str, str]], Exported
     for full, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(full)
     # the same module under two paths shares its parameters by construction; a tie is one tensor in two modules
-    tied = tuple(tuple(group) for group in names.values()
-                 if len({g.rsplit(".", 1)[0] for g in group} - {a for leaf in leaves for a in leaf.aliases}) > 1)
+    same = {a for key in handled for a in paths[key][1:]}
+    tied = tuple(tuple(group) for group in names.values() if len({g.rsplit(".", 1)[0] for g in group} - same) > 1)
     return ModulePlan(tuple(leaves), tuple(specs), tied, _qualname(model), folded, nonnegative)
 
 
