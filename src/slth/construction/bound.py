@@ -30,7 +30,7 @@ import torch
 
 from .graph import BoundContext, plan_scales
 from .network import LayerLayout, RandomPair, RealisedKernels
-from .target import parse_exported, parse_options, parse_target
+from .target import as_example_inputs, parse_exported, parse_options, parse_target
 
 
 def refuse_untraced(ticket, what: str) -> None:
@@ -245,11 +245,7 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
     (:mod:`.graph`). The exported graph has the example's sizes: the bound holds for inputs of exactly that shape."""
     import copy
 
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if not isinstance(example_inputs, (tuple, list)) or not example_inputs or \
-            not isinstance(example_inputs[0], torch.Tensor):
-        raise ValueError("example_inputs must be a tuple of tensors (the target's positional inputs)")
+    example_inputs = as_example_inputs(example_inputs)
     x = example_inputs[0].double()
     shape = tuple(x.shape)
     box = []

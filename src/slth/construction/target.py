@@ -145,6 +145,15 @@ def _pair(v) -> list[int]:
     return [int(x) for x in v] if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
+def fold_affine(weight: np.ndarray, bias, gamma: np.ndarray, beta) -> tuple[np.ndarray, np.ndarray | None]:
+    """A norm's affine (gamma, beta) folded into the Linear (weight, bias) that reads it, exact:
+    W (gamma z + beta) + b = (W diag(gamma)) z + (b + W beta). ``beta`` None: no shift, the bias stays as it is.
+    The one fold of the traced construction, of the bound's graphs and of module replacement's folded readers."""
+    if beta is not None:
+        bias = weight @ beta + (0.0 if bias is None else bias)
+    return weight * gamma[None, :], bias
+
+
 class _Builder:
     """Collects typed nodes and layer specs; ``graph=True``: nodes read any earlier value (-1 = the input),
     else each reads the previous one (a chain)."""
@@ -268,8 +277,7 @@ class _Builder:
                                           "only be folded into a Linear over its normalised features")
             if src in self.pending_norm and self.pending_norm[src] not in self.unfolded:
                 self.folded.setdefault(self.pending_norm[src], []).append(len(self.specs))
-            bias = weight @ beta + (0.0 if bias is None else bias)
-            weight = weight * gamma[None, :]
+            weight, bias = fold_affine(weight, bias, gamma, beta)
             path = f"{ln_path}+{path}"
         if self.shift is not None and self.raw[src]:
             src, bias = self.shifted(src, weight, bias, conv)
@@ -637,15 +645,21 @@ def input_range_of(input_range, nonnegative_input: bool = False) -> tuple[float,
     return lo, hi
 
 
-def check_example_inputs(target, example_inputs) -> tuple:
-    """``example_inputs`` as a tuple of tensors, after running ``target`` on them (no gradients): a target that
-    fails on its own example inputs is refused with the error it raised."""
+def as_example_inputs(example_inputs) -> tuple:
+    """``example_inputs`` as a tuple of tensors (one tensor: a tuple of it); anything else is refused by name."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs or \
             not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise ValueError(f"example_inputs must be a tuple of tensors (the target's positional inputs), got "
                          f"{type(example_inputs).__name__}")
+    return tuple(example_inputs)
+
+
+def check_example_inputs(target, example_inputs) -> tuple:
+    """``example_inputs`` as a tuple of tensors (:func:`as_example_inputs`), after running ``target`` on them (no
+    gradients): a target that fails on its own example inputs is refused with the error it raised."""
+    example_inputs = as_example_inputs(example_inputs)
     try:
         with torch.no_grad():
             target(*example_inputs)
