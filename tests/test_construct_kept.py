@@ -5,6 +5,8 @@ exactly the seeded random weights the masks keep, give the same bits on any numb
 what it cannot do (backward, a dense ``weight``, other devices, blocks over 64 units) by name.
 """
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -264,3 +266,28 @@ def test_a_random_pair_refuses_a_storage_it_cannot_hold():
     with pytest.raises(ValueError, match="storage='kept' is for Linear-like pairs; a conv pair stays dense"):
         RandomPair(conv, storage="kept")
     assert isinstance(RandomPair(LayerLayout(3, 2, 4, True, True, False), storage="kept").b, KeptLinear)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ticket", "t.slth"], "--generate and --ticket are for --target hf-gpt2-small, not resnet18"),
+    (["--target", "gpt2-small", "--generate", "4"], "--generate and --ticket are for --target hf-gpt2-small"),
+    (["--target", "hf-gpt2-small", "--hf-layers", "1", "--hf-embd", "64", "--ticket", "t.slth", "--generate", "-1"],
+     "--generate must be >= 0, got -1"),
+    (["--target", "hf-gpt2-small", "--ticket", "missing.slth"], "no such --ticket file: missing.slth"),
+    (["--target", "hf-gpt2-small", "--ticket", "t.slth", "--check-pairs"], "--check-pairs .* needs --ticket"),
+    (["--target", "hf-gpt2-small", "--generate", "4", "--check-pairs"], "--check-pairs .* needs --ticket"),
+    (["--target", "hf-gpt2-small", "--ticket", "t.slth", "--generate", "4", "--storage", "dense", "--check-pairs"],
+     "needs --ticket, --generate N and --storage kept"),
+])
+def test_bench_construct_scale_refuses_options_it_would_ignore_before_any_work(args, message, tmp_path, monkeypatch,
+                                                                               capsys):
+    """``slth bench construct-scale``'s ticket options are refused by name before the (124M-parameter) target is
+    built: an option another target ignores, a missing ticket, --check-pairs where it would not run."""
+    from slth.bench import construct_scale
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.slth").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        construct_scale.main(args)
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err.splitlines()[-1])
