@@ -291,3 +291,17 @@ def test_bench_construct_scale_refuses_options_it_would_ignore_before_any_work(a
         construct_scale.main(args)
     assert exit_.value.code == 2
     assert re.search(message, capsys.readouterr().err.splitlines()[-1])
+
+
+def test_bench_check_pairs_rebuilds_each_pair_as_to_module_does(gpt2):
+    """``slth bench construct-scale --check-pairs`` rebuilds every pair but the token embedding's densely, one at a
+    time, and compares it with the kept one on the input it got: every pair is checked and agrees to float32
+    rounding (its dense pair masked as ``to_module`` masks it)."""
+    from slth.bench.construct_scale import _check_pairs
+
+    _, loaded, _, kept = gpt2
+    prompt = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(1))
+    got = _check_pairs(loaded, kept, prompt)
+    pairs = [name for name, m in kept.named_modules() if isinstance(m, (LeafPair, EmbeddingLeaf))]
+    assert got["pairs_checked_against_dense"] == len(pairs) - 1  # all but transformer.wte
+    assert got["pairs_max_relative_diff"] < 1e-5

@@ -228,9 +228,8 @@ def _check_pairs(ticket, model, prompt, skip: tuple = ("transformer.wte",)) -> d
             kept = model.get_submodule(prefix)
             cls = EmbeddingLeaf if isinstance(kept, EmbeddingLeaf) else LeafPair
             current = (prefix, cls(layouts[index[prefix]], float(kept.factor)))
-        value = torch.from_numpy(arr)
-        if layer == "b":
-            value = value * torch.from_numpy(_mask_rows(ticket.packed[name], start, start + len(arr)))
+        # every layer masked, as to_module masks it (not only b)
+        value = torch.from_numpy(arr) * torch.from_numpy(_mask_rows(ticket.packed[name], start, start + len(arr)))
         with torch.no_grad():
             current[1].get_parameter(f"{layer}.{what}")[start : start + len(arr)].copy_(value)
     if current is not None:
