@@ -261,8 +261,8 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
     model = ticket.to_module(model=copy.deepcopy(target))
     kernels, values = leaf_kernels(ticket, model)
     folds = ticket.config.get("folds")  # norms whose affine the ticket folded into their readers
-    graph, specs, consts, _ = parse_exported(target, example_inputs, realised=values,
-                                             folds=set(folds) if folds else None)
+    read = parse_exported(target, example_inputs, realised=values, folds=set(folds) if folds else None)
+    graph, specs, consts = read.graph, read.specs, read.consts
     owners = {path: leaf for leaf in ticket.leaves for path in (leaf.path, *leaf.aliases)}
     owners.update({leaf.path: owners[leaf.options["tie"]] for leaf in ticket.leaves if leaf.kind == "tied_linear"})
     embeddings = {node.index for node in graph.nodes if node.kind == "embedding"}

@@ -746,22 +746,31 @@ def export_target(target: nn.Module, example_inputs):
 FOLD_ALL = "all"  # _Builder(folds=FOLD_ALL): fold every norm affine a Linear reads, recording where
 
 
-def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None, folds=None, exported=None):
+@dataclass(frozen=True)
+class ExportedGraph:
+    """The graph of a target as torch.export sees it, read for a module-replacement ticket's bound
+    (:func:`parse_exported`): the construction graph, its layers, {spec index of a constant: the value the ticket
+    computes there} and the input shape the graph is valid for (the example's)."""
+
+    graph: Graph
+    specs: tuple[LinearSpec, ...]
+    consts: dict[int, torch.Tensor]
+    shape: tuple[int, ...]
+
+
+def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None, folds=None) -> ExportedGraph:
     """The graph of ``target`` as torch.export sees it on ``example_inputs``, read by the one parser for the bound
     of a module-replacement ticket: every layer is named by its parameters (``LinearSpec.source``), every norm's
     affine is its own diagonal layer (as module replacement builds it), and every constant carries the value the
-    ticket computes there (from ``realised``: parameter name -> realised tensor). Returns (graph, specs,
-    {spec index of a constant: the ticket's value}, the input shape the graph is valid for). Refusals name the
-    op, the line of the model's code that made it and its module.
+    ticket computes there (from ``realised``: parameter name -> realised tensor). Refusals name the op, the line of
+    the model's code that made it and its module.
 
     ``folds``: the norms (module paths) whose affine the ticket folded into its readers (``config["folds"]``): their
-    readers' specs are W diag(gamma), b + W beta, as the ticket realises them. ``exported``: the target already
-    exported (:func:`export_target`), not exported again."""
-    if exported is None:
-        exported = export_target(target, example_inputs)
+    readers' specs are W diag(gamma), b + W beta, as the ticket realises them."""
+    exported = export_target(target, example_inputs)
     b = _Builder(False, graph=True, leaves=True, folds=folds)
     graph, specs = _parse_gm(exported.module, b, realised)
-    return graph, specs, b.const_values, exported.shape
+    return ExportedGraph(graph, tuple(specs), b.const_values, tuple(exported.shape))
 
 
 @dataclass(frozen=True)
