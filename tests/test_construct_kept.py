@@ -5,6 +5,8 @@ exactly the seeded random weights the masks keep, give the same bits on any numb
 what it cannot do (backward, a dense ``weight``, other devices, blocks over 64 units) by name.
 """
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -264,3 +266,42 @@ def test_a_random_pair_refuses_a_storage_it_cannot_hold():
     with pytest.raises(ValueError, match="storage='kept' is for Linear-like pairs; a conv pair stays dense"):
         RandomPair(conv, storage="kept")
     assert isinstance(RandomPair(LayerLayout(3, 2, 4, True, True, False), storage="kept").b, KeptLinear)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ticket", "t.slth"], "--generate and --ticket are for --target hf-gpt2-small, not resnet18"),
+    (["--target", "gpt2-small", "--generate", "4"], "--generate and --ticket are for --target hf-gpt2-small"),
+    (["--target", "hf-gpt2-small", "--hf-layers", "1", "--hf-embd", "64", "--ticket", "t.slth", "--generate", "-1"],
+     "--generate must be >= 0, got -1"),
+    (["--target", "hf-gpt2-small", "--ticket", "missing.slth"], "no such --ticket file: missing.slth"),
+    (["--target", "hf-gpt2-small", "--ticket", "t.slth", "--check-pairs"], "--check-pairs .* needs --ticket"),
+    (["--target", "hf-gpt2-small", "--generate", "4", "--check-pairs"], "--check-pairs .* needs --ticket"),
+    (["--target", "hf-gpt2-small", "--ticket", "t.slth", "--generate", "4", "--storage", "dense", "--check-pairs"],
+     "needs --ticket, --generate N and --storage kept"),
+])
+def test_bench_construct_scale_refuses_options_it_would_ignore_before_any_work(args, message, tmp_path, monkeypatch,
+                                                                               capsys):
+    """``slth bench construct-scale``'s ticket options are refused by name before the (124M-parameter) target is
+    built: an option another target ignores, a missing ticket, --check-pairs where it would not run."""
+    from slth.bench import construct_scale
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.slth").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        construct_scale.main(args)
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err.splitlines()[-1])
+
+
+def test_bench_check_pairs_rebuilds_each_pair_as_to_module_does(gpt2):
+    """``slth bench construct-scale --check-pairs`` rebuilds every pair but the token embedding's densely, one at a
+    time, and compares it with the kept one on the input it got: every pair is checked and agrees to float32
+    rounding (its dense pair masked as ``to_module`` masks it)."""
+    from slth.bench.construct_scale import _check_pairs
+
+    _, loaded, _, kept = gpt2
+    prompt = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(1))
+    got = _check_pairs(loaded, kept, prompt)
+    pairs = [name for name, m in kept.named_modules() if isinstance(m, (LeafPair, EmbeddingLeaf))]
+    assert got["pairs_checked_against_dense"] == len(pairs) - 1  # all but transformer.wte
+    assert got["pairs_max_relative_diff"] < 1e-5

@@ -227,7 +227,8 @@ class ConstructSettings:
     nonnegative_leaves: bool = _f(True, "with example inputs, build a Linear whose input is nonnegative in every call "
                                         "(after a ReLU, ...) with n first-layer units per input, not 2n (module "
                                         "replacement; read from the torch.export graph)", cli=False)
-    # checks the target before any work; not part of the ticket
+    # checks the target before any work; not stored in the ticket (a module-replacement ticket records what its
+    # exported graph gave: its folds and its layouts)
     example_inputs: Any = field(default=None, compare=False, repr=False, metadata={"cli": False})
 
 

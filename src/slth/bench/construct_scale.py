@@ -64,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", default=None, help="also save the ticket here")
     ap.add_argument("--out", default=None, help="JSON record to write")
     args = ap.parse_args(argv)
+    # options that would be ignored, or fail only after the target is built: refused before any work
+    if (args.generate or args.ticket) and args.target != "hf-gpt2-small":
+        ap.error(f"--generate and --ticket are for --target hf-gpt2-small, not {args.target}")
+    if args.generate < 0:
+        ap.error(f"--generate must be >= 0, got {args.generate}")
+    if args.ticket and not os.path.isfile(args.ticket):
+        ap.error(f"no such --ticket file: {args.ticket}")
+    if args.check_pairs and not (args.ticket and args.generate and args.storage == "kept"):
+        ap.error("--check-pairs compares a loaded ticket's kept pairs with dense ones: it needs --ticket, "
+                 "--generate N and --storage kept")
 
     import numba
     import torch
@@ -90,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                      "head), transformers' random init, module replacement")
     target_params = sum(p.numel() for p in target.parameters())
     if args.ticket:
-        if args.target != "hf-gpt2-small":
-            raise SystemExit("--ticket is for --target hf-gpt2-small")
         held = [target]  # the target is dropped once its tokens are computed (not counted in the ticket's peak)
         del target
         record = {"command": "python " + " ".join(sys.argv), "target": described,
@@ -220,9 +228,8 @@ def _check_pairs(ticket, model, prompt, skip: tuple = ("transformer.wte",)) -> d
             kept = model.get_submodule(prefix)
             cls = EmbeddingLeaf if isinstance(kept, EmbeddingLeaf) else LeafPair
             current = (prefix, cls(layouts[index[prefix]], float(kept.factor)))
-        value = torch.from_numpy(arr)
-        if layer == "b":
-            value = value * torch.from_numpy(_mask_rows(ticket.packed[name], start, start + len(arr)))
+        # every layer masked, as to_module masks it (not only b)
+        value = torch.from_numpy(arr) * torch.from_numpy(_mask_rows(ticket.packed[name], start, start + len(arr)))
         with torch.no_grad():
             current[1].get_parameter(f"{layer}.{what}")[start : start + len(arr)].copy_(value)
     if current is not None:

@@ -108,8 +108,8 @@ def construct(
     per projection in both modes (listed in ``stats["attention"]``). See docs/construction.md, "Attention".
 
     ``example_inputs``: a tuple of inputs (one tensor, with its batch dimension) the target is run on before any
-    work, so that a target that fails on its inputs (a shape assertion, a dtype) is refused at once. The ticket
-    does not depend on them: sizes are read from the ticket's own input when it runs. Optional ``forward``
+    work, so that a target that fails on its inputs (a shape assertion, a dtype) is refused at once. A traced
+    ticket does not depend on them: sizes are read from the ticket's own input when it runs. Optional ``forward``
     arguments that default to None are fixed to None when tracing. A target built by module replacement is also
     exported with torch.export on them, and with ``fold=True`` (default) the affine of each LayerNorm / RMSNorm
     whose output only Linear layers (``nn.Linear``, transformers' ``Conv1D``) read is folded into those layers

@@ -30,7 +30,7 @@ import torch
 
 from .graph import BoundContext, plan_scales
 from .network import LayerLayout, RandomPair, RealisedKernels
-from .target import parse_exported, parse_options, parse_target
+from .target import as_example_inputs, parse_exported, parse_options, parse_target
 
 
 def refuse_untraced(ticket, what: str) -> None:
@@ -245,11 +245,7 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
     (:mod:`.graph`). The exported graph has the example's sizes: the bound holds for inputs of exactly that shape."""
     import copy
 
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if not isinstance(example_inputs, (tuple, list)) or not example_inputs or \
-            not isinstance(example_inputs[0], torch.Tensor):
-        raise ValueError("example_inputs must be a tuple of tensors (the target's positional inputs)")
+    example_inputs = as_example_inputs(example_inputs)
     x = example_inputs[0].double()
     shape = tuple(x.shape)
     box = []
@@ -265,8 +261,8 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
     model = ticket.to_module(model=copy.deepcopy(target))
     kernels, values = leaf_kernels(ticket, model)
     folds = ticket.config.get("folds")  # norms whose affine the ticket folded into their readers
-    graph, specs, consts, _ = parse_exported(target, example_inputs, realised=values,
-                                             folds=set(folds) if folds else None)
+    read = parse_exported(target, example_inputs, realised=values, folds=set(folds) if folds else None)
+    graph, specs, consts = read.graph, read.specs, read.consts
     owners = {path: leaf for leaf in ticket.leaves for path in (leaf.path, *leaf.aliases)}
     owners.update({leaf.path: owners[leaf.options["tie"]] for leaf in ticket.leaves if leaf.kind == "tied_linear"})
     embeddings = {node.index for node in graph.nodes if node.kind == "embedding"}

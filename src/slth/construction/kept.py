@@ -30,6 +30,8 @@ runs on the CPU in float32 (numba); other devices and dtypes are refused by name
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from numba import njit, prange
@@ -204,6 +206,20 @@ def _cpu_float32(x: torch.Tensor, what: str) -> np.ndarray:
     return x.detach().numpy()
 
 
+@dataclass
+class _Filling:
+    """A :class:`KeptLinear` while its rows are added: the reserved kept counts (d_out, blocks), the subset words,
+    the values, each major line's first value (plus the total), each line's next free value (column order) and the
+    next row expected."""
+
+    counts: np.ndarray
+    words: np.ndarray
+    values: np.ndarray
+    offsets: np.ndarray
+    cursor: np.ndarray
+    next: int = 0
+
+
 class KeptLinear(nn.Module):
     """A pair's second layer (``hidden -> d_out``, no bias) holding only its kept weights (module docstring).
 
@@ -225,7 +241,7 @@ class KeptLinear(nn.Module):
         self.register_buffer("masks", torch.zeros(shape, dtype=torch.int32 if units <= 32 else torch.int64))
         self.register_buffer("values", torch.zeros(0))
         self.register_buffer("offsets", torch.zeros(shape[0] + 1, dtype=torch.int64))
-        self._fill: dict | None = None  # while being filled: counts, words, values, offsets, cursor, next row
+        self._fill: _Filling | None = None  # while being filled
         self._sealed = False
 
     def reserve(self, counts: np.ndarray) -> None:
@@ -241,9 +257,8 @@ class KeptLinear(nn.Module):
         else:
             offsets = np.zeros(self.d_out + 1, np.int64)
             np.cumsum(counts.sum(axis=1, dtype=np.int64), out=offsets[1:])
-        self._fill = {"counts": counts, "words": np.zeros((self.d_out, self.blocks), self._dtype),
-                      "values": np.empty(int(offsets[-1]), np.float32), "offsets": offsets,
-                      "cursor": offsets[:-1].copy(), "next": 0}
+        self._fill = _Filling(counts, np.zeros((self.d_out, self.blocks), self._dtype),
+                              np.empty(int(offsets[-1]), np.float32), offsets, offsets[:-1].copy())
 
     def add_rows(self, start: int, values: np.ndarray, mask: np.ndarray) -> None:
         """Rows ``start:start + len(values)`` of the random layer (values (rows, hidden) float32) and their mask
@@ -253,32 +268,32 @@ class KeptLinear(nn.Module):
             raise RuntimeError("reserve() the layer before adding rows" if not self._sealed else
                                "this kept layer is sealed (finish() was called)")
         stop = start + len(values)
-        if start != fill["next"] or values.shape != (len(values), self.hidden) or mask.shape != values.shape:
-            raise ValueError(f"rows must come in order with {self.hidden} columns: expected row {fill['next']}, got "
+        if start != fill.next or values.shape != (len(values), self.hidden) or mask.shape != values.shape:
+            raise ValueError(f"rows must come in order with {self.hidden} columns: expected row {fill.next}, got "
                              f"{start} with shape {values.shape} (mask {mask.shape})")
         words = mask_words(mask, self.units)
         counts = _popcount(words)
-        if not np.array_equal(counts, fill["counts"][start:stop]):
+        if not np.array_equal(counts, fill.counts[start:stop]):
             raise ValueError(f"rows {start}:{stop}: their mask keeps other weights than the reserved counts")
-        fill["words"][start:stop] = words
+        fill.words[start:stop] = words
         kept = np.ascontiguousarray(values[mask], np.float32)
         if self.columns:
-            _to_columns(counts, kept, fill["cursor"], fill["values"])
+            _to_columns(counts, kept, fill.cursor, fill.values)
         else:
-            fill["values"][fill["offsets"][start] : fill["offsets"][stop]] = kept
-        fill["next"] = stop
+            fill.values[fill.offsets[start] : fill.offsets[stop]] = kept
+        fill.next = stop
 
     def finish(self) -> KeptLinear:
         """Seal the layer once every row was added: masks, values and offsets become its buffers."""
         fill = self._fill
         if self._sealed:
             return self
-        if fill is None or fill["next"] != self.d_out:
-            raise ValueError(f"{0 if fill is None else fill['next']} of {self.d_out} rows were added")
-        words = np.ascontiguousarray(fill["words"].T) if self.columns else fill["words"]
+        if fill is None or fill.next != self.d_out:
+            raise ValueError(f"{0 if fill is None else fill.next} of {self.d_out} rows were added")
+        words = np.ascontiguousarray(fill.words.T) if self.columns else fill.words
         self.masks = torch.from_numpy(words.view(np.int32) if words.dtype == np.uint32 else words)
-        self.values = torch.from_numpy(fill["values"])
-        self.offsets = torch.from_numpy(fill["offsets"])
+        self.values = torch.from_numpy(fill.values)
+        self.offsets = torch.from_numpy(fill.offsets)
         self._fill, self._sealed = None, True
         return self
 

@@ -71,7 +71,7 @@ from torch import nn
 from .exported import rms_eps as _rms_eps
 from .kept import KeptLinear, embedding_lookup, tied_head
 from .network import ConstPair, EmbeddingPair, LayerLayout, Normalize, RandomPair
-from .target import ExportedLeaves, LinearSpec, _array
+from .target import ExportedLeaves, LinearSpec, _array, fold_affine
 
 # a tied head computes its embedding's table this many random weights at a time (memory: one block, not the pair)
 TABLE_BLOCK_VALUES = 1 << 24
@@ -607,10 +607,8 @@ def _fold(handled: dict, keys: dict[str, int], folds: dict[str, tuple[str, ...]]
             rkind, (spec,), roptions = handled[keys[reader]]
             if rkind not in ("linear", "conv1d_t") or spec.d_in != gamma.shape[0]:
                 raise ValueError(f"cannot fold {norm!r} into {reader!r} (a {rkind} of {spec.d_in} inputs)")
-            bias = spec.bias
-            if beta is not None and beta.any():
-                bias = spec.weight @ beta + (0.0 if bias is None else bias)
-            folded = LinearSpec(spec.path, spec.weight * gamma[None, :], bias, False)
+            weight, bias = fold_affine(spec.weight, spec.bias, gamma, beta if beta is not None and beta.any() else None)
+            folded = LinearSpec(spec.path, weight, bias, False)
             handled[keys[reader]] = (rkind, [folded], roptions)
 
 

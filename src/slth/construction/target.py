@@ -145,6 +145,15 @@ def _pair(v) -> list[int]:
     return [int(x) for x in v] if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
+def fold_affine(weight: np.ndarray, bias, gamma: np.ndarray, beta) -> tuple[np.ndarray, np.ndarray | None]:
+    """A norm's affine (gamma, beta) folded into the Linear (weight, bias) that reads it, exact:
+    W (gamma z + beta) + b = (W diag(gamma)) z + (b + W beta). ``beta`` None: no shift, the bias stays as it is.
+    The one fold of the traced construction, of the bound's graphs and of module replacement's folded readers."""
+    if beta is not None:
+        bias = weight @ beta + (0.0 if bias is None else bias)
+    return weight * gamma[None, :], bias
+
+
 class _Builder:
     """Collects typed nodes and layer specs; ``graph=True``: nodes read any earlier value (-1 = the input),
     else each reads the previous one (a chain)."""
@@ -268,8 +277,7 @@ class _Builder:
                                           "only be folded into a Linear over its normalised features")
             if src in self.pending_norm and self.pending_norm[src] not in self.unfolded:
                 self.folded.setdefault(self.pending_norm[src], []).append(len(self.specs))
-            bias = weight @ beta + (0.0 if bias is None else bias)
-            weight = weight * gamma[None, :]
+            weight, bias = fold_affine(weight, bias, gamma, beta)
             path = f"{ln_path}+{path}"
         if self.shift is not None and self.raw[src]:
             src, bias = self.shifted(src, weight, bias, conv)
@@ -637,15 +645,21 @@ def input_range_of(input_range, nonnegative_input: bool = False) -> tuple[float,
     return lo, hi
 
 
-def check_example_inputs(target, example_inputs) -> tuple:
-    """``example_inputs`` as a tuple of tensors, after running ``target`` on them (no gradients): a target that
-    fails on its own example inputs is refused with the error it raised."""
+def as_example_inputs(example_inputs) -> tuple:
+    """``example_inputs`` as a tuple of tensors (one tensor: a tuple of it); anything else is refused by name."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs or \
             not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise ValueError(f"example_inputs must be a tuple of tensors (the target's positional inputs), got "
                          f"{type(example_inputs).__name__}")
+    return tuple(example_inputs)
+
+
+def check_example_inputs(target, example_inputs) -> tuple:
+    """``example_inputs`` as a tuple of tensors (:func:`as_example_inputs`), after running ``target`` on them (no
+    gradients): a target that fails on its own example inputs is refused with the error it raised."""
+    example_inputs = as_example_inputs(example_inputs)
     try:
         with torch.no_grad():
             target(*example_inputs)
@@ -732,22 +746,31 @@ def export_target(target: nn.Module, example_inputs):
 FOLD_ALL = "all"  # _Builder(folds=FOLD_ALL): fold every norm affine a Linear reads, recording where
 
 
-def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None, folds=None, exported=None):
+@dataclass(frozen=True)
+class ExportedGraph:
+    """The graph of a target as torch.export sees it, read for a module-replacement ticket's bound
+    (:func:`parse_exported`): the construction graph, its layers, {spec index of a constant: the value the ticket
+    computes there} and the input shape the graph is valid for (the example's)."""
+
+    graph: Graph
+    specs: tuple[LinearSpec, ...]
+    consts: dict[int, torch.Tensor]
+    shape: tuple[int, ...]
+
+
+def parse_exported(target: nn.Module, example_inputs, realised: dict | None = None, folds=None) -> ExportedGraph:
     """The graph of ``target`` as torch.export sees it on ``example_inputs``, read by the one parser for the bound
     of a module-replacement ticket: every layer is named by its parameters (``LinearSpec.source``), every norm's
     affine is its own diagonal layer (as module replacement builds it), and every constant carries the value the
-    ticket computes there (from ``realised``: parameter name -> realised tensor). Returns (graph, specs,
-    {spec index of a constant: the ticket's value}, the input shape the graph is valid for). Refusals name the
-    op, the line of the model's code that made it and its module.
+    ticket computes there (from ``realised``: parameter name -> realised tensor). Refusals name the op, the line of
+    the model's code that made it and its module.
 
     ``folds``: the norms (module paths) whose affine the ticket folded into its readers (``config["folds"]``): their
-    readers' specs are W diag(gamma), b + W beta, as the ticket realises them. ``exported``: the target already
-    exported (:func:`export_target`), not exported again."""
-    if exported is None:
-        exported = export_target(target, example_inputs)
+    readers' specs are W diag(gamma), b + W beta, as the ticket realises them."""
+    exported = export_target(target, example_inputs)
     b = _Builder(False, graph=True, leaves=True, folds=folds)
     graph, specs = _parse_gm(exported.module, b, realised)
-    return graph, specs, b.const_values, exported.shape
+    return ExportedGraph(graph, tuple(specs), b.const_values, tuple(exported.shape))
 
 
 @dataclass(frozen=True)
