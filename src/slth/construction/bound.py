@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .graph import BoundContext, plan_scales
+from .graph import BoundContext, EmbeddingNode, plan_scales
 from .network import LayerLayout, RandomPair, RealisedKernels
 from .target import as_example_inputs, parse_exported, parse_options, parse_target
 
@@ -265,7 +265,7 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
     graph, specs, consts = read.graph, read.specs, read.consts
     owners = {path: leaf for leaf in ticket.leaves for path in (leaf.path, *leaf.aliases)}
     owners.update({leaf.path: owners[leaf.options["tie"]] for leaf in ticket.leaves if leaf.kind == "tied_linear"})
-    embeddings = {node.index for node in graph.nodes if node.kind == "embedding"}
+    embeddings = {node.index for node in graph.nodes if isinstance(node, EmbeddingNode)}
     real, layouts = [], []
     for index, spec in enumerate(specs):
         if index in consts:  # a constant: the value the ticket computes there
@@ -276,5 +276,5 @@ def modules_bound(ticket, target, example_inputs, lo=None, hi=None) -> np.ndarra
         r, lay = _leaf_realisation(ticket, spec, index in embeddings, kernels, values, owners)
         real.append(r)
         layouts.append(lay)
-    out = graph.propagate_bound((lo, hi, torch.zeros_like(lo)), BoundContext(specs, layouts, real))[2]
+    out = graph.propagate_bound((lo, hi, torch.zeros_like(lo)), BoundContext(list(specs), layouts, real))[2]
     return out.reshape(-1).numpy()
