@@ -880,7 +880,7 @@ class _GateStep:
         self.key = (int(key[0]), int(key[1]))  # the Philox key words, as integers (for _gates.draw_into)
         self.words: np.ndarray | None = None  # the Philox words of the last draw
         self.count = 0  # the open test-time gates the last fused forward pass counted
-        # ((id, data_ptr, version) of the scores, draw, lambda * sum P(z > 0) in the graph, open count)
+        # (core._identity of the scores, draw, lambda * sum P(z > 0) in the graph, open count)
         self.last: tuple | None = None
         self.adapted: int | None = None  # the draw the gain was last adapted at
         self.side = 0  # the side of k the open count was on then (+1 above, -1 below)
@@ -967,7 +967,7 @@ class _Gates(Supermask):
             scores = self.scores
             out, penalty = _GateWeight.apply(weight, scores, self, draw)
             step = self.step
-            step.last = ((id(scores), scores.data_ptr(), scores._version), draw, penalty, step.count)
+            step.last = (_identity(scores), draw, penalty, step.count)
             return out
         eps = self.noise_sample(draw, self.scores.dtype).to(self.scores.device)
         return weight * self.gate(self.scores, eps)
@@ -982,8 +982,7 @@ class _Gates(Supermask):
             return self.lam * self.open_probability(self.scores).sum()
         step, draws = self.step, self.stream.draws
         last = step.last
-        s = self.scores
-        fresh = last is not None and last[1] == draws - 1 and last[0] == (id(s), s.data_ptr(), s._version)
+        fresh = last is not None and last[1] == draws - 1 and last[0] == _identity(self.scores)
         count = last[3] if fresh else self.open_count()
         if count == self.k:
             return 0.0
