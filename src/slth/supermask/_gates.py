@@ -13,14 +13,17 @@ Each weight's noise depends on (seed, draw, i) alone, so it is the same on any n
 draw count travels in the layer's ``state_dict`` (resume is exact). The tables are computed once per process
 in float64 by Python's ``statistics.NormalDist`` and ``math.log``.
 
-**The kernels** compute a layer's forward step in one pass per element: the gate ``z_i``, the output
-``w_i z_i``, the score gradient's factor ``w_i dz_i/ds_i`` (the backward pass is one product), the L0
-penalty's gradient ``dP(z_i > 0)/ds_i`` and ``P(z_i > 0)``; then one serial pass sums the latter (float64
-total over float-dtype chunks of 64: the penalty's value) and counts the open test-time gates (a sum in the
-element pass stopped it vectorising, twentyfold slower). Exponentials go through
-:func:`slth.supermask._kernels.sigmoid` / ``_exp32`` (branch-free, so the loops vectorise); the
-``*_parallel`` kernels split the element pass into 64-aligned contiguous chunks on numba's threads (the same
-operations on every element) and keep the serial sums: the same bits on any number of threads.
+**The kernels.** A layer's forward step is one kernel: the noise gathered from the table, then one pass per
+element computing the gate ``z_i``, the output ``w_i z_i`` and what the backward pass needs (Gaussian gates:
+whether ``z_i`` is strictly inside (0, 1), one byte; hard-concrete gates: the factor ``w_i dz_i/ds_i``), and a
+count of the open test-time gates. The backward pass is one kernel too: the upstream gradient times that factor
+plus, while the L0 penalty acts, its gradient ``dP(z_i > 0)/ds_i``, computed there from the scores instead of
+kept from the forward pass (an array less to write and read: in a training step the memory traffic cost as much
+as the arithmetic). The penalty's value is not computed (:class:`slth.supermask.methods._Gates`: slth's variant
+reports lambda times the open count). Exponentials go through :func:`slth.supermask._kernels.sigmoid` /
+``_exp32`` (branch-free, so the loops vectorise); the ``*_parallel`` kernels split the element passes into
+64-aligned contiguous chunks on numba's threads (the same operations on every element) and keep the count
+serial: the same bits on any number of threads.
 """
 
 from __future__ import annotations
@@ -97,42 +100,9 @@ def _level(words, i):
     return (words[i >> 1] >> np.uint32(16 * (i & 1))) & np.uint32(0xFFFF)
 
 
-_ERF = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # Abramowitz & Stegun 7.1.26
-_ERF_P = 0.3275911
-
-
-def _phi_of(real):
-    a1, a2, a3, a4, a5 = (real(v) for v in _ERF)
-    p, half, one, root = real(_ERF_P), real(0.5), real(1.0), real(0.7071067811865476)
-    exp = _exp32 if real is np.float32 else math.exp
-
-    def phi(x):
-        z = abs(x) * root
-        t = one / (one + p * z)
-        tail = half * (t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))))) * exp(-z * z)  # P(N > |x|)
-        return tail if x < real(0.0) else one - tail
-
-    return phi
-
-
-def phi(x):
-    """The standard normal CDF, ``0.5 erfc(-x / sqrt 2)``, by Abramowitz & Stegun 7.1.26 (absolute error below
-    7.5e-8), in ``x``'s float type (numba only)."""
-    raise NotImplementedError("phi is a numba function")
-
-
 def gauss_density(x):
     """exp(-x^2 / 2) in ``x``'s float type (numba only; float32 through ``_exp32``)."""
     raise NotImplementedError("gauss_density is a numba function")
-
-
-@overload(phi, jit_options={"cache": True, "error_model": "numpy"})
-def _phi_impl(x):
-    if x == types.float32:
-        return _phi_of(np.float32)
-    if x == types.float64:
-        return _phi_of(np.float64)
-    return None
 
 
 @overload(gauss_density, jit_options={"cache": True, "error_model": "numpy"})
@@ -144,211 +114,145 @@ def _gauss_density_impl(x):
     return None
 
 
-@njit(cache=True, error_model="numpy")
-def phi_array(x, out):
-    """out = Phi(x) elementwise: the kernels' normal CDF, for tests."""
-    for i in range(x.shape[0]):
-        out[i] = phi(x[i])
-
-
 @njit(cache=True)
-def tail_total(p):
-    """The sum of ``p`` (fewer than 64 values) in its float type, in the order the vectorised loop of
-    :func:`_sums` took on a machine with 64-byte vectors (AVX-512) when it read its chunks through a shifted
-    index: four accumulators of ``64 / itemsize`` lanes (while that many values remain; lane 0 of the first
-    starting at 0, the other lanes at -0), added lane-wise (first + second, + third, + fourth) and halved
-    (lane j + lane j + h); then one accumulator of 8 lanes (lane 0 starting at the sum so far) over the
-    remaining multiples of 8, halved; then the rest one by one. Spelled out (strict float order): read
-    through a slice, numba's loop takes another order for float64 tails. Scratch of 64 values, allocated."""
-    real = p.dtype.type
-    lanes = 64 // p.itemsize
-    acc = np.empty(_CHUNK, p.dtype)
-    n = p.shape[0]
-    t = real(0.0)
-    wide = 4 * lanes
-    m = n // wide * wide
-    if m:
-        for j in range(wide):
-            acc[j] = real(-0.0)
-        acc[0] = t
-        for r in range(0, m, wide):
-            block = p[r:r + wide]
-            for j in range(wide):
-                acc[j] = acc[j] + block[j]
-        for j in range(lanes):
-            acc[j] = ((acc[j] + acc[lanes + j]) + acc[2 * lanes + j]) + acc[3 * lanes + j]
-        h = lanes // 2
-        while h:
-            for j in range(h):
-                acc[j] = acc[j] + acc[j + h]
-            h //= 2
-        t = acc[0]
-    e = m + (n - m) // 8 * 8
-    if e > m:
-        for j in range(8):
-            acc[j] = real(-0.0)
-        acc[0] = t
-        for r in range(m, e, 8):
-            block = p[r:r + 8]
-            for j in range(8):
-                acc[j] = acc[j] + block[j]
-        for h in (4, 2, 1):
-            for j in range(h):
-                acc[j] = acc[j] + acc[j + h]
-        t = acc[0]
-    for i in range(e, n):
-        t += p[i]
-    return t
-
-
-@njit(cache=True, fastmath={"reassoc"})
-def _sums(prob, scores, open_at):
-    """(sum of ``prob`` in float64 over float-dtype chunks of 64, #{scores > open_at}): one serial loop, so the
-    same bits whatever the number of threads of the element pass before it. The whole chunks are read
-    through slices (vectorised loads: 0.13 -> 0.03 ms on a 300 x 784 layer, float32, where a shifted index
-    made numba gather them one by one), the last partial chunk by :func:`tail_total`: the same order, so
-    the same bits, as the shifted-index loop before."""
-    n = prob.shape[0]
-    real = prob.dtype.type
-    total = 0.0
-    whole = n - n % _CHUNK
-    for start in range(0, whole, _CHUNK):
-        chunk = prob[start:start + _CHUNK]
-        t = real(0.0)
-        for i in range(chunk.shape[0]):
-            t += chunk[i]
-        total += t
-    if whole < n:
-        total += tail_total(prob[whole:])
-    threshold = real(open_at)
+def open_count(scores, open_at):
+    """#{scores > open_at} (``open_at`` rounded to the scores' dtype): the open test-time gates. An integer
+    count in its own serial loop: the same number however the element passes were split."""
+    threshold = scores.dtype.type(open_at)
     count = 0
-    for i in range(n):
+    for i in range(scores.shape[0]):
         count += scores[i] > threshold
-    return total, count
+    return count
 
 
-def _sliced(element_pass):
-    """``element_pass(weight, scores, words, *params, out, factor, pgrad, prob)`` over elements ``c0:c1``
-    (``c0`` even) as slices, its loops from 0: loops from ``c0`` did not vectorise (numba cannot prove a
-    shifted index non-negative, and its wrap-around check kept them scalar: the parallel kernels ran five
-    times slower than the serial one). The same operations on every element: the same bits however the
-    elements are split. (Smaller blocks, for the cache, made the pass slower where its arrays came from
-    memory: 1.0 against 0.77 ms on a 300 x 784 layer. One compiled function per pass: a function argument
-    would keep numba from caching the kernels.)"""
+# Each pass below runs over whole arrays; the ``*_parallel`` kernels hand it contiguous 64-aligned slices
+# (:func:`slth.supermask._kernels._chunk`), its loops from 0: loops from a shifted start did not vectorise
+# (numba cannot prove a shifted index non-negative, and its wrap-around check kept them scalar: the
+# parallel kernels ran five times slower than the serial one). The same operations on every element: the
+# same bits however the elements are split. (Smaller blocks, for the cache, made the pass slower where its
+# arrays came from memory: 1.0 against 0.77 ms on a 300 x 784 layer.)
 
-    @njit(cache=True)
-    def sliced(weight, scores, words, params, out, factor, pgrad, prob, c0, c1):
-        element_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 1:(c1 + 1) >> 1], *params,
-                     out[c0:c1], factor[c0:c1], pgrad[c0:c1], prob[c0:c1])
-
-    return sliced
-
-
+# ---------------------------------------------------------------- Gaussian gates
 @njit(cache=True, error_model="numpy")
-def _gauss_pass(weight, scores, words, table, sigma, lam, out, factor, pgrad, prob):
+def _gauss_pass(weight, scores, words, table, sigma, out, inside):
     real = scores.dtype.type
     n = scores.shape[0]
-    s, inv_s = real(sigma), real(1.0 / sigma)
-    scale = real(lam * _INV_SQRT_2PI / sigma)
+    s = real(sigma)
     zero, one = real(0.0), real(1.0)
     for i in range(n):  # the noise, gathered from the table (a loop the vectoriser leaves scalar)
         out[i] = table[_level(words, i)]
     for i in range(n):
-        mu = scores[i]
-        w = weight[i]
-        x = mu + s * out[i]
-        z = min(max(x, zero), one)
-        out[i] = w * z
-        factor[i] = w if (x > zero) & (x < one) else w * zero
-    for i in range(n):  # a loop of its own, so that both vectorise
-        r = scores[i] * inv_s
-        pgrad[i] = scale * gauss_density(r)
-        prob[i] = phi(r)
-
-
-_gauss_sliced = _sliced(_gauss_pass)
+        x = scores[i] + s * out[i]
+        out[i] = weight[i] * min(max(x, zero), one)
+        inside[i] = (x > zero) & (x < one)
 
 
 @njit(cache=True)
-def gauss_gates(weight, scores, words, table, sigma, lam, out, factor, pgrad, prob):
-    """Gaussian gates' forward step; for every weight i (mu_i = scores[i], eps_i = sigma * table[h_i]):
-    ``out[i]`` = w_i z_i with z_i = clamp(mu_i + eps_i, 0, 1); ``factor[i]`` = w_i dz_i/dmu_i = w_i on
-    0 < mu_i + eps_i < 1, else a zero of w_i's sign; ``pgrad[i]`` = lam d Phi(mu_i / sigma) / dmu_i;
-    ``prob[i]`` = Phi(mu_i / sigma) = P(z_i > 0). Returns (sum_i prob_i, #{mu_i > 0}): the expected open
-    count and the open test-time gates."""
-    _gauss_sliced(weight, scores, words, (table, sigma, lam), out, factor, pgrad, prob, 0, scores.shape[0])
-    return _sums(prob, scores, 0.0)
+def gauss_gates(weight, scores, words, table, sigma, out, inside):
+    """Gaussian gates' forward step; for every weight i (mu_i = scores[i], eps_i = sigma * table[h_i],
+    x_i = mu_i + eps_i): ``out[i]`` = w_i z_i with z_i = clamp(x_i, 0, 1), ``inside[i]`` = (0 < x_i < 1),
+    where dz_i/dmu_i = 1 (the backward pass's :func:`gauss_grad`). Returns #{mu_i > 0}, the open test-time
+    gates."""
+    _gauss_pass(weight, scores, words, table, sigma, out, inside)
+    return open_count(scores, 0.0)
 
 
 @njit(cache=True, parallel=True)
-def gauss_gates_parallel(weight, scores, words, table, sigma, lam, out, factor, pgrad, prob, chunks):
+def gauss_gates_parallel(weight, scores, words, table, sigma, out, inside, chunks):
     """:func:`gauss_gates`, its element pass over ``chunks`` contiguous chunks on numba's threads."""
     for c in prange(chunks):
         c0, c1 = _chunk(scores.shape[0], chunks, c)
-        _gauss_sliced(weight, scores, words, (table, sigma, lam), out, factor, pgrad, prob, c0, c1)
-    return _sums(prob, scores, 0.0)
+        _gauss_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 1:(c1 + 1) >> 1], table, sigma, out[c0:c1],
+                    inside[c0:c1])
+    return open_count(scores, 0.0)
 
 
 @njit(cache=True, error_model="numpy")
-def _hc_pass(weight, scores, words, table, lam, out, factor, pgrad, prob):
+def gauss_grad(grad, weight, inside, scores, sigma, lam, c, out):
+    """A Gaussian gate layer's score gradient: ``out[i]`` = grad_i w_i dz_i/dmu_i (w_i where ``inside[i]``, else
+    a zero of w_i's sign) plus, unless ``c`` is 0, ``c`` times the L0 penalty's gradient lam d Phi(mu_i /
+    sigma) / dmu_i = lam phi(mu_i / sigma) / sigma (``c``: the gradient reaching the penalty). Computed here,
+    from the scores, instead of being kept from the forward pass: an array less to write and read."""
+    real = scores.dtype.type
+    zero = real(0.0)
+    if c == 0.0:
+        for i in range(grad.shape[0]):
+            w = weight[i]
+            out[i] = grad[i] * (w if inside[i] else w * zero)
+        return
+    inv_s = real(1.0 / sigma)
+    scale = real(lam * _INV_SQRT_2PI / sigma)
+    cc = real(c)
+    for i in range(grad.shape[0]):
+        w = weight[i]
+        out[i] = grad[i] * (w if inside[i] else w * zero) + cc * (scale * gauss_density(scores[i] * inv_s))
+
+
+@njit(cache=True, parallel=True)
+def gauss_grad_parallel(grad, weight, inside, scores, sigma, lam, c, out, chunks):
+    """:func:`gauss_grad` over ``chunks`` contiguous chunks on numba's threads."""
+    for k in prange(chunks):
+        c0, c1 = _chunk(grad.shape[0], chunks, k)
+        gauss_grad(grad[c0:c1], weight[c0:c1], inside[c0:c1], scores[c0:c1], sigma, lam, c, out[c0:c1])
+
+
+# ---------------------------------------------------------------- hard-concrete gates
+@njit(cache=True, error_model="numpy")
+def _hc_pass(weight, scores, words, table, out, factor):
     real = scores.dtype.type
     n = scores.shape[0]
     inv_beta, gamma, span = real(1.0 / BETA), real(GAMMA), real(ZETA - GAMMA)
-    shift, scale = real(HC_SHIFT), real(lam)
     slope = span * inv_beta
     zero, one = real(0.0), real(1.0)
     for i in range(n):  # the noise, gathered from the table (a loop the vectoriser leaves scalar)
         out[i] = table[_level(words, i)]
     for i in range(n):
-        a = scores[i]
         w = weight[i]
-        g = sigmoid((out[i] + a) * inv_beta)
+        g = sigmoid((out[i] + scores[i]) * inv_beta)
         x = g * span + gamma
-        z = min(max(x, zero), one)
-        out[i] = w * z
+        out[i] = w * min(max(x, zero), one)
         factor[i] = w * (slope * (g * (one - g))) if (x > zero) & (x < one) else w * zero
-    for i in range(n):  # a loop of its own, so that both vectorise
-        p = sigmoid(scores[i] - shift)
-        pgrad[i] = scale * (p * (one - p))
-        prob[i] = p
-
-
-_hc_sliced = _sliced(_hc_pass)
 
 
 @njit(cache=True)
-def hard_concrete_gates(weight, scores, words, table, lam, out, factor, pgrad, prob):
+def hard_concrete_gates(weight, scores, words, table, out, factor):
     """Hard-concrete gates' forward step; for every weight i (log alpha_i = scores[i], L_i = table[h_i]):
     ``out[i]`` = w_i z_i with z_i = clamp(g_i (zeta - gamma) + gamma, 0, 1), g_i = sigmoid((L_i + log alpha_i)
-    / beta); ``factor[i]`` = w_i dz_i/dlog alpha_i; ``prob[i]`` = p_i = P(z_i > 0) = sigmoid(log alpha_i - beta
-    log(-gamma / zeta)), ``pgrad[i]`` = lam dp_i/dlog alpha_i. Returns (sum_i p_i, #{log alpha_i >
-    log(-gamma / zeta)}): the expected open count and the open test-time gates."""
-    _hc_sliced(weight, scores, words, (table, lam), out, factor, pgrad, prob, 0, scores.shape[0])
-    return _sums(prob, scores, HC_OPEN)
+    / beta); ``factor[i]`` = w_i dz_i/dlog alpha_i. Returns #{log alpha_i > log(-gamma / zeta)}, the open
+    test-time gates."""
+    _hc_pass(weight, scores, words, table, out, factor)
+    return open_count(scores, HC_OPEN)
 
 
 @njit(cache=True, parallel=True)
-def hard_concrete_gates_parallel(weight, scores, words, table, lam, out, factor, pgrad, prob, chunks):
+def hard_concrete_gates_parallel(weight, scores, words, table, out, factor, chunks):
     """:func:`hard_concrete_gates`, its element pass over ``chunks`` contiguous chunks on numba's threads."""
     for c in prange(chunks):
         c0, c1 = _chunk(scores.shape[0], chunks, c)
-        _hc_sliced(weight, scores, words, (table, lam), out, factor, pgrad, prob, c0, c1)
-    return _sums(prob, scores, HC_OPEN)
+        _hc_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 1:(c1 + 1) >> 1], table, out[c0:c1], factor[c0:c1])
+    return open_count(scores, HC_OPEN)
 
 
-@njit(cache=True)
-def product_plus(grad, factor, scale, pgrad, out):
-    """out = grad * factor + scale * pgrad elementwise: a gate layer's score gradient, the weight path's and
-    the L0 penalty's in one pass."""
-    real = factor.dtype.type
-    c = real(scale)
+@njit(cache=True, error_model="numpy")
+def hard_concrete_grad(grad, factor, scores, lam, c, out):
+    """A hard-concrete gate layer's score gradient: ``out[i]`` = grad_i ``factor[i]`` plus, unless ``c`` is 0,
+    ``c`` times the L0 penalty's gradient lam p_i (1 - p_i), p_i = P(z_i > 0) = sigmoid(log alpha_i - beta
+    log(-gamma / zeta)) (``c``: the gradient reaching the penalty), computed here from the scores."""
+    if c == 0.0:
+        for i in range(grad.shape[0]):
+            out[i] = grad[i] * factor[i]
+        return
+    real = scores.dtype.type
+    shift, scale, one = real(HC_SHIFT), real(lam), real(1.0)
+    cc = real(c)
     for i in range(grad.shape[0]):
-        out[i] = grad[i] * factor[i] + c * pgrad[i]
+        p = sigmoid(scores[i] - shift)
+        out[i] = grad[i] * factor[i] + cc * (scale * (p * (one - p)))
 
 
 @njit(cache=True, parallel=True)
-def product_plus_parallel(grad, factor, scale, pgrad, out, chunks):
-    """:func:`product_plus` over ``chunks`` contiguous chunks on numba's threads."""
-    for c in prange(chunks):
-        c0, c1 = _chunk(grad.shape[0], chunks, c)
-        product_plus(grad[c0:c1], factor[c0:c1], scale, pgrad[c0:c1], out[c0:c1])
+def hard_concrete_grad_parallel(grad, factor, scores, lam, c, out, chunks):
+    """:func:`hard_concrete_grad` over ``chunks`` contiguous chunks on numba's threads."""
+    for k in prange(chunks):
+        c0, c1 = _chunk(grad.shape[0], chunks, k)
+        hard_concrete_grad(grad[c0:c1], factor[c0:c1], scores[c0:c1], lam, c, out[c0:c1])

@@ -823,50 +823,49 @@ class Multicoated(_Leveled):
 
 
 class _GateWeight(torch.autograd.Function):
-    """A relaxed-gate layer's ``weight * z`` on CPU, and ``lambda * sum_i P(z_i > 0)`` (the L0 penalty, a second
-    output that :meth:`_Gates.regularization` hands out): one kernel pass forward (the gates, the output, the
-    score gradient's factor, the penalty and its gradient: :mod:`slth.supermask._gates`), one pass backward
-    for both outputs' score gradients (no second gradient for autograd to add)."""
+    """A relaxed-gate layer's ``weight * z`` on CPU, and a second output for the L0 penalty that
+    :meth:`_Gates.regularization` hands out (its value lambda times the open test-time gates; the gradient
+    reaching it brings in the relaxed penalty's): one kernel pass forward (the noise, the gates, the output,
+    what the gradient needs, the open count: :mod:`slth.supermask._gates`), one pass backward for both
+    outputs' score gradients (no second gradient for autograd to add)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, gates: _Gates, draw: int):
         state, step = gates.kernels, gates.step
         w, s = state.view("weight", weight), state.view("scores", scores)
         n = s.shape[0]
-        # the output, the score gradient's factor, the penalty's gradient, P(z > 0); and the backward's output
-        arrays = state.pool.take("gate", (4, n), w.dtype)
-        ctx.grad = state.pool.take("gate-grad", (n,), w.dtype)
+        serial, parallel, args, grad, aux_dtype, draw_into = gates._kernel_args(w.dtype)
+        out = state.pool.take("gate", (n,), w.dtype)
+        aux = state.pool.take("gate-aux", (n,), aux_dtype)  # what the backward pass needs besides the scores
+        ctx.grad = state.pool.take("gate-grad", (n,), w.dtype)  # the backward's output
         words = step.words
         if words is None or words.shape[0] != (n + 1) // 2:
             words = step.words = np.empty((n + 1) // 2, dtype=np.uint32)
-        serial, parallel, args, draw_into = gates._kernel_args(w.dtype)
         draw_into(step.key[0], step.key[1], draw, words)
-        total, count = run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args, *arrays)
-        step.count = int(count)
-        ctx.factor, ctx.pgrad = arrays[1], arrays[2]
+        count = step.count = int(run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args, out, aux))
+        ctx.kernels, ctx.args = grad, gates._grad_args(w, s, aux)
         ctx.save_for_backward(weight, scores)  # (autograd's check that neither changed in place since)
         # numpy's reshape and a 0-d array: torch's view and torch.tensor cost microseconds more (same values)
-        return torch.from_numpy(arrays[0].reshape(weight.shape)), torch.from_numpy(np.array(gates.lam * total, w.dtype))
+        return torch.from_numpy(out.reshape(weight.shape)), torch.from_numpy(np.array(gates.lam * count, w.dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, grad_penalty: torch.Tensor):
         weight, _ = ctx.saved_tensors
-        factor, pgrad = ctx.factor, ctx.pgrad
+        serial, parallel = ctx.kernels
         c = float(grad_penalty)
-        if grad.dtype != weight.dtype or not grad.is_cpu:
+        if grad.dtype != weight.dtype or not grad.is_cpu:  # the factor and the penalty's gradient, as tensors
+            ones, zeros = np.ones(weight.numel(), ctx.grad.dtype), np.zeros(weight.numel(), ctx.grad.dtype)
+            factor, pgrad = np.empty_like(ones), np.empty_like(ones)
+            serial(ones, *ctx.args, 0.0, factor)  # 1 * factor
+            serial(zeros, *ctx.args, 1.0, pgrad)  # 0 * factor + 1 * the penalty's gradient
             g = grad * torch.from_numpy(factor).view(grad.shape).to(grad.device)
             if c != 0.0:
                 g = g + c * torch.from_numpy(pgrad).view(grad.shape).to(grad.device)
             return None, g, None, None
         out, ctx.grad = ctx.grad, None  # (the pool's array, prepared by the forward pass; once)
         if out is None:  # a second backward pass through a retained graph
-            out = np.empty_like(factor)
-        threads = kernel_threads(factor.shape[0])
-        if c == 0.0:
-            run_kernel(_kernels().product, _kernels().product_parallel, threads, _flat(grad), factor, out)
-        else:
-            gates = _gates()
-            run_kernel(gates.product_plus, gates.product_plus_parallel, threads, _flat(grad), factor, c, pgrad, out)
+            out = np.empty(weight.numel(), weight.detach().numpy().dtype)
+        run_kernel(serial, parallel, kernel_threads(out.shape[0]), _flat(grad), *ctx.args, c, out)
         return None, torch.from_numpy(out.reshape(grad.shape)), None, None
 
 
@@ -884,7 +883,7 @@ class _GateStep:
         self.last: tuple | None = None
         self.adapted: int | None = None  # the draw the gain was last adapted at
         self.side = 0  # the side of k the open count was on then (+1 above, -1 below)
-        self.kernel: tuple | None = None  # (dtype, lambda, the kernels and their parameters), cached
+        self.kernel: tuple | None = None  # (dtype, the kernels' parameters, the kernels and their parameters), cached
 
 
 def _gates():
@@ -924,6 +923,12 @@ class _Gates(Supermask):
     the output layer at 431 open (54.7 %), a gain alone too (431; 46.5 %, an earlier form that divided the
     gain by 1.02 on a crossing); together every layer reached k (within 0.1 %): 88.1 % binary against 88.4 %
     continuous (l0-hc 88.6 % and 88.5 %).
+
+    **The term's value.** In slth's variant the penalty acts through its gradient, ``sign * gain * lambda *
+    dP(z_i > 0)/ds_i``; the value it adds to the objective is ``sign * gain * lambda * (open test-time gates)``,
+    the count the forward pass makes anyway, not the expected count ``sum_i P(z_i > 0)``, which would take
+    another pass of exponentials per step (a switch with a growing gain is a controller, not an objective: its
+    value steers nothing). The reference variant's term is the papers' ``lambda * sum_i P(z_i > 0)``.
 
     **Noise.** Draw d of a layer is defined by :mod:`slth.supermask._gates` (Philox, key the layer's sample
     seed); the draw count travels in ``state_dict``.
@@ -999,9 +1004,12 @@ class _Gates(Supermask):
                 else:
                     gain.mul_(factor)
             step.side = side
-        if fresh:  # the forward pass's penalty, its gradient computed with the weight path's
+        if fresh:  # the forward pass's output, its gradient computed with the weight path's
             return last[2] * scale
-        return scale * self.lam * self.open_probability(self.scores).sum()
+        # the same term from the scores: the relaxed penalty's gradient, the value lambda * count rounded alike
+        probability = self.open_probability(self.scores).sum()
+        value = self.scores.new_tensor(self.lam * count) * scale
+        return scale * self.lam * (probability - probability.detach()) + value
 
     def after_step(self, step: int, weight: torch.Tensor) -> None:
         if not self.reference:  # (the references leave the gate parameters unbounded)
@@ -1016,19 +1024,24 @@ class _Gates(Supermask):
         raise NotImplementedError
 
     def _kernel(self, dtype) -> tuple:
+        """(forward kernel, its parallel form, its parameters, (gradient kernel, its parallel form), the dtype
+        of the array the forward pass leaves the gradient) for numpy ``dtype``."""
+        raise NotImplementedError
+
+    def _grad_args(self, weight: np.ndarray, scores: np.ndarray, aux: np.ndarray) -> tuple:
+        """The gradient kernel's arguments between the upstream gradient and ``c``."""
         raise NotImplementedError
 
     def _kernel_args(self, dtype) -> tuple:
-        """(serial kernel, parallel kernel, their parameters, _gates.draw_into) for numpy ``dtype``: :meth:`_kernel`,
-        cached while ``lam`` and the dtype stay (the noise table's look-up costs microseconds a call)."""
+        """:meth:`_kernel` and ``_gates.draw_into``, cached while the dtype and the kernels' parameters stay
+        (the noise table's look-up costs microseconds a call)."""
         cached = self.step.kernel
-        if cached is None or cached[0] != dtype or cached[1] != self.lam or cached[2] != self._kernel_key():
-            kernels = (*self._kernel(dtype), _gates().draw_into)
-            cached = self.step.kernel = (dtype, self.lam, self._kernel_key(), kernels)
-        return cached[3]
+        if cached is None or cached[0] != dtype or cached[1] != self._kernel_key():
+            cached = self.step.kernel = (dtype, self._kernel_key(), (*self._kernel(dtype), _gates().draw_into))
+        return cached[2]
 
     def _kernel_key(self):
-        """The subclass's kernel parameters besides lambda (a change refreshes :meth:`_kernel_args`' cache)."""
+        """The kernels' parameters (a change refreshes :meth:`_kernel_args`' cache)."""
         return None
 
 
@@ -1060,8 +1073,11 @@ class GaussianGates(_Gates):
 
     def _kernel(self, dtype):
         gates = _gates()
-        return (gates.gauss_gates, gates.gauss_gates_parallel,
-                (gates.noise_table("normal", dtype), self.sigma, self.lam))
+        return (gates.gauss_gates, gates.gauss_gates_parallel, (gates.noise_table("normal", dtype), self.sigma),
+                (gates.gauss_grad, gates.gauss_grad_parallel), np.bool_)
+
+    def _grad_args(self, weight, scores, aux):
+        return weight, aux, scores, self.sigma, self.lam
 
 
 class HardConcreteGates(_Gates):
@@ -1083,8 +1099,11 @@ class HardConcreteGates(_Gates):
 
     def _kernel(self, dtype):
         gates = _gates()
-        return (gates.hard_concrete_gates, gates.hard_concrete_gates_parallel,
-                (gates.noise_table("logistic", dtype), self.lam))
+        return (gates.hard_concrete_gates, gates.hard_concrete_gates_parallel, (gates.noise_table("logistic", dtype),),
+                (gates.hard_concrete_grad, gates.hard_concrete_grad_parallel), dtype)
+
+    def _grad_args(self, weight, scores, aux):
+        return aux, scores, self.lam
 
 
 def masked_weight(weight: torch.Tensor, mask: torch.Tensor, kept: int) -> torch.Tensor:
