@@ -188,6 +188,32 @@ def test_penalty_without_the_forward_pass_is_the_same_term(cls, kw, dtype):
     assert torch.allclose(fused.scores.grad, plain.scores.grad, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("cls, kw", [(GaussianGates, {"sigma": 0.5}), (HardConcreteGates, {})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("upstream", [1.0, -0.37, 65536.0])
+def test_penalty_scaled_in_place_is_the_product_bit_for_bit(cls, kw, dtype, upstream):
+    """regularization() hands out the forward pass's penalty output with the switch's sign and gain applied in
+    place (its value; the backward pass multiplies the gradient): the same bits as ``output * scale``."""
+    gen = torch.Generator().manual_seed(5)
+    s = torch.randn(30, 40, generator=gen, dtype=dtype)
+    w, g = torch.randn(30, 40, generator=gen, dtype=dtype), torch.randn(30, 40, generator=gen, dtype=dtype)
+    layers = [_layer(cls, s, lam=0.3, **kw), _layer(cls, s, lam=0.3, **kw)]
+    terms = []
+    for i, p in enumerate(layers):
+        p.gain.fill_(1.37)
+        out = p(w)
+        if i == 0:
+            r = p.regularization()
+        else:  # the product, as regularization() built it before
+            count = p.step.count
+            scale = (1.0 if count > p.k else -1.0) * float(p.gain)
+            r = p.step.last[2] * scale
+        ((out * g).sum() + upstream * r).backward()
+        terms.append(r.detach().clone())
+    assert terms[0].dtype == terms[1].dtype and terms[0].item() == terms[1].item() != 0.0
+    assert layers[0].scores.grad.numpy().tobytes() == layers[1].scores.grad.numpy().tobytes()
+
+
 def regularization_of(p):
     return p.regularization()
 

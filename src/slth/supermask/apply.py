@@ -220,8 +220,17 @@ def supermask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, Superma
 
 
 def regularization(model: nn.Module) -> torch.Tensor | float:
-    return sum((p.regularization() for _, _, p in _supermask_hooks(model)
-                if type(p).regularization is not Supermask.regularization), 0.0)
+    """The sum of the layers' regularisers (Gem-Miner's, the relaxed gates' L0 penalty; 0.0 where none acts),
+    to add to the loss. The terms that are 0.0 are left out and the sum starts from the first tensor: no
+    graph nodes for nothing (the same value and gradients as summing from 0.0)."""
+    total: torch.Tensor | float = 0.0
+    for _, _, p in _supermask_hooks(model):
+        if type(p).regularization is not Supermask.regularization:
+            term = p.regularization()
+            if isinstance(term, float) and term == 0.0:
+                continue
+            total = term if isinstance(total, float) and total == 0.0 else total + term
+    return total
 
 
 def after_step(model: nn.Module, step: int) -> None:

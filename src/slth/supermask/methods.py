@@ -844,15 +844,20 @@ class _GateWeight(torch.autograd.Function):
         draw_into(step.key[0], step.key[1], draw, words)
         count = step.count = int(run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args, out, aux))
         ctx.kernels, ctx.args = grad, gates._grad_args(w, s, aux)
+        ctx.scale, ctx.real = 1.0, w.dtype.type  # what _Gates.regularization multiplies the penalty by: sign, gain
         ctx.save_for_backward(weight, scores)  # (autograd's check that neither changed in place since)
         # numpy's reshape and a 0-d array: torch's view and torch.tensor cost microseconds more (same values)
-        return torch.from_numpy(out.reshape(weight.shape)), torch.from_numpy(np.array(gates.lam * count, w.dtype))
+        step.penalty = np.array(gates.lam * count, w.dtype)
+        return torch.from_numpy(out.reshape(weight.shape)), torch.from_numpy(step.penalty)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, grad_penalty: torch.Tensor):
         weight, _ = ctx.saved_tensors
         serial, parallel = ctx.kernels
         c = float(grad_penalty)
+        if ctx.scale != 1.0 and c != 0.0:  # the gradient of penalty * scale, rounded as torch's mul rounds it
+            real = ctx.real
+            c = float(real(real(c) * real(ctx.scale)))
         if grad.dtype != weight.dtype or not grad.is_cpu:  # the factor and the penalty's gradient, as tensors
             ones, zeros = np.ones(weight.numel(), ctx.grad.dtype), np.zeros(weight.numel(), ctx.grad.dtype)
             factor, pgrad = np.empty_like(ones), np.empty_like(ones)
@@ -873,14 +878,15 @@ class _GateStep:
     """What a gate layer's training steps carry from one call to the next: a plain object, because
     ``nn.Module`` attribute writes cost microseconds each (several per layer and step)."""
 
-    __slots__ = ("key", "words", "count", "last", "adapted", "side", "kernel")
+    __slots__ = ("key", "words", "count", "last", "penalty", "adapted", "side", "kernel")
 
     def __init__(self, key: tuple) -> None:
         self.key = (int(key[0]), int(key[1]))  # the Philox key words, as integers (for _gates.draw_into)
         self.words: np.ndarray | None = None  # the Philox words of the last draw
         self.count = 0  # the open test-time gates the last fused forward pass counted
-        # (core._identity of the scores, draw, lambda * sum P(z > 0) in the graph, open count)
+        # (core._identity of the scores, draw, the penalty output (lambda * open count), open count, its array)
         self.last: tuple | None = None
+        self.penalty: np.ndarray | None = None  # the last forward pass's penalty output's array
         self.adapted: int | None = None  # the draw the gain was last adapted at
         self.side = 0  # the side of k the open count was on then (+1 above, -1 below)
         self.kernel: tuple | None = None  # (dtype, the kernels' parameters, the kernels and their parameters), cached
@@ -972,7 +978,7 @@ class _Gates(Supermask):
             scores = self.scores
             out, penalty = _GateWeight.apply(weight, scores, self, draw)
             step = self.step
-            step.last = (_identity(scores), draw, penalty, step.count)
+            step.last = (_identity(scores), draw, penalty, step.count, step.penalty)
             return out
         eps = self.noise_sample(draw, self.scores.dtype).to(self.scores.device)
         return weight * self.gate(self.scores, eps)
@@ -1004,7 +1010,14 @@ class _Gates(Supermask):
                 else:
                     gain.mul_(factor)
             step.side = side
-        if fresh:  # the forward pass's output, its gradient computed with the weight path's
+        if fresh and last[2].grad_fn is not None:  # the forward pass's output, scaled in place
+            # == last[2] * scale (value and gradient, tested bit for bit) without a torch op and its graph
+            # node: the value written into the output's array, the factor left for the backward pass
+            penalty = last[4]
+            penalty[()] = penalty.dtype.type(self.lam * count) * penalty.dtype.type(scale)
+            last[2].grad_fn.scale = scale
+            return last[2]
+        if fresh:
             return last[2] * scale
         # the same term from the scores: the relaxed penalty's gradient, the value lambda * count rounded alike
         probability = self.open_probability(self.scores).sum()
