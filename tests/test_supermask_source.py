@@ -293,3 +293,53 @@ def test_the_fused_source_path_gives_the_torch_paths_weights_and_score_gradients
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(fused, reference))
         assert torch.allclose(out, model(x), rtol=1e-5, atol=1e-6)
     assert all(not g[p.absent].any() for g, p in zip(fused, layers))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("init", ["signed-constant", "kaiming-normal"])
+def test_biprop_over_a_signed_constant_source_takes_the_constant_path_bit_for_bit(monkeypatch, dtype, init):
+    """biprop over an Erdos-Renyi source of +-c weights: alpha is c exactly, so the forward pass writes W * m and
+    the backward pass reads the mask from it (no mask array, no alpha sums): the same bits as the general
+    kernels'. Any other weight (kaiming-normal) keeps the general path."""
+    from slth.supermask import _kernels as kernels
+
+    def run(constant):
+        if not constant:
+            monkeypatch.setattr(sm.core.KernelState, "present_magnitude", lambda self, weight, present: 0.0)
+        calls = []
+        original = kernels.effective_binarized_grad
+        monkeypatch.setattr(kernels, "effective_binarized_grad", lambda *a: (calls.append(1), original(*a))[1])
+        model = sm.build("fc", SHAPE, 10, seed=2, hidden=[240, 120],
+                         supermask=sm.SupermaskConfig(method="biprop", density=0.25, init=init, **ER)).to(dtype).train()
+        gen = torch.Generator().manual_seed(6)
+        x, y = torch.randn(16, *SHAPE, generator=gen, dtype=dtype), torch.randint(0, 10, (16,), generator=gen)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+        seen = []
+        for _ in range(4):
+            out = model(x)
+            F.cross_entropy(out, y).backward()
+            seen += [out.detach().clone()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+            opt.step()
+            opt.zero_grad()
+        monkeypatch.undo()
+        return seen, len(calls)
+
+    constant, calls = run(True)
+    general, general_calls = run(False)
+    assert general_calls == 0 and calls == (4 * 3 if init == "signed-constant" else 0)
+    assert all(a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(constant, general))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_present_constant_magnitude_needs_every_present_weight_at_c_and_every_absent_one_at_plus_zero(dtype):
+    from slth.supermask import _kernels as kernels
+
+    w = np.array([0.5, -0.5, 0.0, 0.5, 0.0], dtype)
+    present = np.array([1, 1, 0, 1, 0], dtype)
+    assert kernels.present_constant_magnitude(w, present) == 0.5
+    for i, value in ((0, 0.25), (1, 0.0), (2, 0.5), (2, -0.0), (4, np.nan)):
+        changed = w.copy()
+        changed[i] = value
+        assert kernels.present_constant_magnitude(changed, present) == 0.0, (i, value)
+    assert kernels.present_constant_magnitude(np.zeros(3, dtype), np.zeros(3, dtype)) == 0.0  # nothing present
+    assert kernels.present_constant_magnitude(np.full(3, np.inf, dtype), np.ones(3, dtype)) == 0.0

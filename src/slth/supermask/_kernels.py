@@ -340,6 +340,42 @@ def _constant_binarized_apply_parallel(grad, effective, scores, alpha, shift, ou
         _constant_binarized_apply(grad[c0:c1], effective[c0:c1], scores[c0:c1], alpha, shift, out[c0:c1])
 
 
+@njit(cache=True, fastmath=_SUM_FLAGS)
+def effective_binarized_grad(grad, weight, scores, effective, alpha, k, out):
+    """:func:`binarized_grad` where every kept weight is nonzero, with the mask read from the forward pass's
+    ``effective`` weight (m_i = effective_i != 0) instead of a mask array: biprop over a sparse source whose
+    present weights are +-alpha (its absent ones 0), where the forward pass wrote ``W * m`` and no mask. The
+    same arithmetic as :func:`binarized_grad`, term for term (the same bits: tests/test_supermask_source.py)."""
+    total = 0.0
+    for i in range(grad.shape[0]):
+        total += np.float64(grad[i]) * _sign(weight[i]) * np.float64(effective[i] != 0)
+    d_alpha = total / k
+    for i in range(grad.shape[0]):
+        w = np.float64(weight[i])
+        out[i] = (grad[i] * alpha * _sign(w) + d_alpha * abs(w)) * _sign(scores[i])
+
+
+@njit(cache=True)
+def present_constant_magnitude(weight, present):
+    """c if every weight where ``present`` is nonzero is +-c (c positive and finite) and every other weight is
+    +0 (a signed-constant weight in a sparse source: absent weights are zeroed), else 0."""
+    n = weight.shape[0]
+    c = 0.0
+    for i in range(n):
+        if present[i] != 0:
+            c = abs(np.float64(weight[i]))
+            break
+    if not (c > 0 and c < np.inf):
+        return 0.0
+    real = weight.dtype.type
+    cc, zero, one = real(c), real(0.0), real(1.0)
+    same = True
+    for i in range(n):
+        w = weight[i]
+        same &= (abs(w) == cc) if present[i] != 0 else ((w == zero) & (np.copysign(one, w) > zero))
+    return c if same else 0.0
+
+
 @njit(cache=True)
 def constant_magnitude(weight):
     """|weight[0]| if every |weight| equals it and it is positive and finite (a signed-constant weight),

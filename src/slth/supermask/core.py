@@ -267,6 +267,21 @@ class KernelState:
         self._views[name] = (t, t.data_ptr(), flat) if t.is_contiguous() else None
         return flat
 
+    def present_magnitude(self, weight: torch.Tensor, present: np.ndarray) -> float:
+        """c if every entry of ``weight`` where ``present`` is nonzero is +-c and every other entry is +0 (a
+        signed-constant weight in a sparse source), else 0; recomputed when either changes."""
+        kernels = _kernels()
+
+        try:
+            key = (weight.data_ptr(), weight._version, id(present))
+        except RuntimeError:  # an inference-mode tensor has no version counter: no caching
+            return float(kernels.present_constant_magnitude(_flat(weight), present))
+        cached = self._views.get("present magnitude")
+        if cached is None or cached[0] is not weight or cached[1] != key or cached[2] is not present:
+            magnitude = float(kernels.present_constant_magnitude(self.view("weight", weight), present))
+            cached = self._views["present magnitude"] = (weight, key, present, magnitude)
+        return cached[3]
+
     def magnitude(self, weight: torch.Tensor) -> float:
         """c if every entry of ``weight`` is +-c (signed-constant), else 0; recomputed when it changes."""
         kernels = _kernels()
@@ -413,7 +428,7 @@ class BinarizedWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: KernelState | None = None,
-                ranking: np.ndarray | None = None):
+                ranking: np.ndarray | None = None, present: np.ndarray | None = None):
         kernels = _kernels()
 
         state = state or KernelState()
@@ -422,7 +437,12 @@ class BinarizedWeight(torch.autograd.Function):
         flat_out = out.reshape(-1)
         c = state.magnitude(weight)
         threads = kernel_threads(w.shape[0])
+        ctx.present = None
+        if not c and present is not None and ranking is not None:  # signed-constant where present?
+            c = state.present_magnitude(weight, present)
+            ctx.present = present if c else None
         if c:  # alpha = sum(c * m) / k = c exactly (float64 sums of k copies of a float32 are exact)
+            # (in a sparse source: when the mask keeps present weights only, which the caller checks)
             state.tracker.masked_weight(w, s if ranking is None else ranking, k, flat_out, threads)
             ctx.alpha, ctx.mask = c, None
         else:
@@ -447,15 +467,17 @@ class BinarizedWeight(torch.autograd.Function):
             with torch.enable_grad():
                 s = scores.detach().requires_grad_(True)
                 reference = binarized_weight(weight, GetSubnet.apply(s.abs(), ctx.k), ctx.k)
-                return None, torch.autograd.grad(reference, s, grad)[0], None, None, None
+                return None, torch.autograd.grad(reference, s, grad)[0], None, None, None, None
         w, s, effective, out, out_tensor, threads = fused
         g = _flat(grad.to(weight.dtype))
-        if mask is None:  # (its parallel form takes the thread count as its chunk count)
+        if ctx.present is not None:  # constant where present: the general gradient, its mask read from W * m
+            kernels.effective_binarized_grad(g, w, s, effective, ctx.alpha, ctx.k, out.reshape(-1))
+        elif mask is None:  # (its parallel form takes the thread count as its chunk count)
             run_kernel(kernels.constant_binarized_grad, kernels.constant_binarized_grad, threads, g, effective, s,
                        ctx.alpha, ctx.k, out.reshape(-1))
         else:
             kernels.binarized_grad(g, w, s, mask, ctx.alpha, ctx.k, out.reshape(-1))
-        return None, out_tensor, None, None, None
+        return None, out_tensor, None, None, None, None
 
 
 def _identity(*tensors: torch.Tensor) -> tuple:

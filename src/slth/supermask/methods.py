@@ -238,7 +238,8 @@ class Supermask(nn.Module):
             present = self._present_factor(s.dtype)
             ranking = self.kernels.pool.take("ranking", s.shape, s.dtype)
             np.multiply(s, present, out=ranking)
-            out = fused.apply(weight, self.scores, self.k, self.kernels, ranking)
+            extra = (present,) if fused is BinarizedWeight else ()  # (biprop: constant where present?)
+            out = fused.apply(weight, self.scores, self.k, self.kernels, ranking, *extra)
             threshold = self.tracker._last
             if threshold is not None and threshold > 0:
                 return out
