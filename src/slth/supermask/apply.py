@@ -186,24 +186,35 @@ def _supermasks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Superma
             yield name, module, tensor, p
 
 
-def _supermask_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, str, Supermask]]:
+def _supermask_hooks(model: nn.Module) -> list[tuple[nn.Module, str, Supermask]]:
     """(module, tensor name, supermask) in :func:`_supermasks`' order, without building module names: the
-    trainer walks the layers twice per step, and named_modules' prefix strings cost ~0.1 ms a step on a
-    three-layer MLP (a tenth of the supermask step's overhead)."""
-    stack, seen, masks = [model], set(), set()
+    trainer walks the layers twice per step (:func:`regularization`, :func:`after_step`). A list built by one
+    loop over the modules' child dicts, not descending into the ``parametrizations`` containers (they hold the
+    parametrizations, not layers): 4.5 us on FC where a generator over every module took 14 us, 26 against
+    99 us on the ViT -- per step, for every method."""
+    found: list[tuple[nn.Module, str, Supermask]] = []
+    masks: set[int] = set()
+    seen: set[int] = set()
+    stack = [model]
     while stack:
         module = stack.pop()
         if id(module) in seen:
             continue
         seen.add(id(module))
-        plist = module._modules.get("parametrizations")
+        children = module._modules
+        if not children:
+            continue
+        plist = children.get("parametrizations")
         if plist is not None:
             for tensor, chain in plist._modules.items():
-                for p in chain:
+                for p in chain._modules.values():
                     if isinstance(p, Supermask) and id(p) not in masks:  # a tied tensor's: once
                         masks.add(id(p))
-                        yield module, tensor, p
-        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+                        found.append((module, tensor, p))
+        kids = [child for child in children.values() if child is not None and child is not plist]
+        kids.reverse()  # popped in order: the modules' own order, depth first (as named_modules)
+        stack += kids
+    return found
 
 
 def _key(name: str, tensor: str) -> str:
