@@ -27,19 +27,22 @@ BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 
 
 def _levels(seed: int, draw: int, n: int) -> list[int]:
-    """h_i from the stream's bytes (bytes 2i and 2i + 1: the 16-bit half i mod 2 of word i div 2)."""
+    """h_i = byte i of the draw (the stream's bytes: bits 8 (i mod 4) .. of word i div 4)."""
     stream = PhiloxStream(seed)
-    b = stream.bytes(2 * n, stream.counter(draw)).astype(int)
-    return [int(b[2 * i]) | int(b[2 * i + 1]) << 8 for i in range(n)]
+    return [int(b) for b in stream.bytes(n, stream.counter(draw))]
+
+
+def _slice_mean(quantile, h: int, points: int = 4000) -> float:
+    """Level h by brute force: the mean of ``quantile(u)`` over u in [h / 256, (h + 1) / 256] (midpoint rule)."""
+    return sum(quantile((h + (j + 0.5) / points) / 256) for j in range(points)) / points
 
 
 def _normal(h: int) -> float:
-    return NormalDist().inv_cdf((h + 0.5) / 65536)
+    return float(gates.noise_table("normal")[h])
 
 
 def _logistic(h: int) -> float:
-    q = (h + 0.5) / 65536
-    return math.log(q / (1 - q))
+    return float(gates.noise_table("logistic")[h])
 
 
 def _layer(cls, scores, seed=7, lam=0.1, **kw):
@@ -47,29 +50,47 @@ def _layer(cls, scores, seed=7, lam=0.1, **kw):
 
 
 # ---------------------------------------------------------------- noise, gates, gradients
-def test_noise_is_the_quantised_distribution_at_the_streams_levels():
+def test_noise_is_the_tables_level_at_the_streams_bytes():
     h = _levels(11, 3, 9)
     p = _layer(GaussianGates, torch.zeros(3, 3, dtype=torch.float64), seed=11, sigma=0.5)
     eps = p.noise_sample(3, torch.float64).reshape(-1).tolist()
     assert eps == [_normal(v) for v in h]
     q = _layer(HardConcreteGates, torch.zeros(3, 3, dtype=torch.float64), seed=11)
-    assert np.allclose(q.noise_sample(3, torch.float64).reshape(-1).numpy(), [_logistic(v) for v in h], atol=1e-12)
+    assert q.noise_sample(3, torch.float64).reshape(-1).tolist() == [_logistic(v) for v in h]
     assert p.noise_sample(4, torch.float64).reshape(-1).tolist() != eps  # another draw, other noise
-    t = gates.noise_table("normal")
-    assert t.shape == (65536,) and t[0] == -t[-1] and abs(t[32768] - _normal(32768)) == 0
+
+
+@pytest.mark.parametrize("kind, quantile, variance", [
+    ("normal", NormalDist().inv_cdf, 1.0), ("logistic", lambda u: math.log(u / (1 - u)), math.pi ** 2 / 3)])
+def test_noise_levels_are_the_means_of_equally_likely_slices(kind, quantile, variance):
+    """Each of the 2^8 levels is the mean of its 1/256 slice of the distribution (brute force over the slice by
+    the midpoint rule; the outermost slices, where the quantile diverges, by their closed-form tail mean), the
+    table is antisymmetric and increasing, its mean 0 and its variance within 0.3 % of the distribution's."""
+    t = gates.noise_table(kind)
+    assert t.shape == (256,) and t.dtype == np.float64 and gates.LEVELS == 256
+    assert all(t[j] == -t[255 - j] for j in range(128)) and np.all(np.diff(t) > 0)
+    for h in (1, 2, 60, 127, 128, 200, 254):
+        assert t[h] == pytest.approx(_slice_mean(quantile, h), rel=1e-6, abs=1e-9), h
+    if kind == "normal":  # E[X | X > a] = phi(a) / (1 - Phi(a)) = 256 phi(a), a = Q(255 / 256)
+        a = NormalDist().inv_cdf(255 / 256)
+        assert t[255] == pytest.approx(256 * NormalDist().pdf(a), rel=1e-12)
+    else:  # 256 * integral of logit over [255/256, 1] = 256 * -(u log u + (1 - u) log(1 - u)) at u = 255/256
+        u = 255 / 256
+        assert t[255] == pytest.approx(-256 * (u * math.log(u) + (1 - u) * math.log(1 - u)), rel=1e-12)
+    assert abs(float(t.mean())) < 1e-15 and 0.997 < float((t ** 2).mean()) / variance < 1.0
+    assert np.array_equal(gates.noise_table(kind, np.float32), t.astype(np.float32))
 
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**40), n=st.integers(1, 300))
 def test_draw_into_gives_the_words_of_draw_words(seed, draw, n):
     """The training step's one-call draw (integer key words and draw number) against draw_words and the
-    stream's bytes: the same words."""
+    stream's bytes: the same words, a byte per weight."""
     stream = PhiloxStream(seed)
-    words = np.empty((n + 1) // 2, np.uint32)
+    words = np.empty(gates.word_count(n), np.uint32)
     gates.draw_into(int(stream.key[0]), int(stream.key[1]), draw, words)
     assert np.array_equal(words, gates.draw_words(*stream.key, draw, n))
-    halves = stream.bytes(2 * n, stream.counter(draw)).astype(np.int64)
-    assert np.array_equal(gates.noise_levels(words, n), halves[0::2] | halves[1::2] << 8)
+    assert np.array_equal(gates.noise_levels(words, n), stream.bytes(n, stream.counter(draw)).astype(np.int64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

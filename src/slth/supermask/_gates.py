@@ -1,17 +1,24 @@
 """Numba kernels and noise of the relaxed-gate supermasks (:class:`slth.supermask.methods.GaussianGates`,
 :class:`slth.supermask.methods.HardConcreteGates`).
 
-**The noise.** Draw number ``d`` of a layer with ``n`` weights takes the ``ceil(n / 2)`` words of the layer's
+**The noise.** Draw number ``d`` of a layer with ``n`` weights takes the ``ceil(n / 4)`` words of the layer's
 Philox4x32-10 stream at draw ``d`` (:func:`slth.supermask._philox.stream_words`, key = the layer's sample
-seed); weight ``i`` takes the 16-bit half ``h_i`` = bits ``16 (i mod 2)`` to ``16 (i mod 2) + 15`` of word
-``i div 2``, and its noise is a quantile of the gate's noise distribution at ``(h_i + 1/2) / 2^16``: the
-standard normal's (Gaussian gates: ``eps = sigma * Q_N(.)``) or the standard logistic's, ``log(q / (1 - q))``
-(hard-concrete gates). So the noise is the distribution quantised to 2^16 equally likely levels (the
-normal's reach +-4.17, the logistic's +-11.8): one Philox block per 8 weights and a table look-up, where an
-exact normal draw (Box-Muller: a log, a square root and a cosine per pair) cost more than a dense FC step.
-Each weight's noise depends on (seed, draw, i) alone, so it is the same on any number of threads, and the
-draw count travels in the layer's ``state_dict`` (resume is exact). The tables are computed once per process
-in float64 by Python's ``statistics.NormalDist`` and ``math.log``.
+seed); weight ``i`` takes the byte ``h_i`` = bits ``8 (i mod 4)`` to ``8 (i mod 4) + 7`` of word ``i div 4``
+(the stream's bytes, :meth:`slth.supermask._philox.PhiloxStream.bytes`: the Bernoulli masks' layout), and its
+noise is level ``h_i`` of the gate's noise distribution cut into 2^8 slices of equal probability, each level the
+mean of its slice: ``E[X | Q(h / 256) < X < Q((h + 1) / 256)]`` for the standard normal (Gaussian gates: ``eps
+= sigma * level``) and for the standard logistic ``log(u / (1 - u))``, ``u`` ~ U(0, 1) (hard-concrete gates).
+Slice means keep the distribution's mean exact (0) and its variance to 0.9993 of the normal's (0.9974 of the
+logistic's); the levels reach +-2.97 (normal) and +-6.54 (logistic), the means of the outermost slices.
+
+Why 2^8 levels, one Philox block per 16 weights and a 1 KiB table: the noise was most of a gate step's cost over
+edge-popup's. At 2^16 levels (the quantile at ``(h + 1/2) / 2^16``, until 2026-12) the table took 256 KiB, and
+in a training step its random look-ups filled L1 from L2 at the cache's bandwidth (0.13 ms alone on FC's first
+layer, more in a step) and the Philox words took 0.10 ms: FC's step ratio to dense was 1.46 where a 1 KiB
+table and half the words gave 1.37 (interleaved, same process). Each weight's noise depends on (seed, draw, i)
+alone, so it is the same on any number of threads, and the draw count travels in the layer's ``state_dict``
+(resume is exact). The tables are computed once per process in float64 by Python's ``statistics.NormalDist``
+and ``math.log``.
 
 **The kernels.** A layer's forward step is one kernel: the noise gathered from the table, then one pass per
 element computing the gate ``z_i``, the output ``w_i z_i`` and what the backward pass needs (Gaussian gates:
@@ -42,7 +49,7 @@ ensure_cache(__file__)  # before any cache=True decorator: a read-only install m
 from ._kernels import _chunk, _exp32, sigmoid  # noqa: E402 - after ensure_cache
 from ._philox import stream_words  # noqa: E402
 
-LEVELS = 1 << 16  # noise levels: a 16-bit half word per weight
+LEVELS = 1 << 8  # noise levels: a byte per weight
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # hard concrete (Louizos et al. 2018, arXiv 1712.01312, l0_layers.py)
 HC_SHIFT = BETA * math.log(-GAMMA / ZETA)  # P(z > 0) = sigmoid(log_alpha - HC_SHIFT)
 HC_OPEN = math.log(-GAMMA / ZETA)  # the test-time gate is open (> 0) iff log_alpha > HC_OPEN
@@ -51,27 +58,46 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TABLES: dict[tuple[str, str], np.ndarray] = {}
 
 
+def _slice_means(kind: str) -> list[float]:
+    """The mean of each of the ``LEVELS`` equally likely slices of the standard normal or logistic, in float64:
+    normal ``LEVELS (phi(a_j) - phi(a_(j+1)))`` with ``a_j = Q(j / LEVELS)``; logistic ``LEVELS (F(u_(j+1)) -
+    F(u_j))`` with ``u_j = j / LEVELS`` and ``F(u) = u log u + (1 - u) log(1 - u)``, the antiderivative of
+    ``log(u / (1 - u))``. The lower half is computed and negated for the upper (both are symmetric)."""
+    half = LEVELS // 2
+    if kind == "normal":
+        dist = NormalDist()
+        edges = [-math.inf] + [dist.inv_cdf(j / LEVELS) for j in range(1, half + 1)]  # a_0 .. a_half (= 0)
+        density = [0.0 if math.isinf(a) else dist.pdf(a) for a in edges]
+        low = [LEVELS * (density[j] - density[j + 1]) for j in range(half)]
+    elif kind == "logistic":
+        def antiderivative(u: float) -> float:
+            return (u * math.log(u) if u > 0 else 0.0) + (1.0 - u) * math.log1p(-u)
+
+        low = [LEVELS * (antiderivative((j + 1) / LEVELS) - antiderivative(j / LEVELS)) for j in range(half)]
+    else:
+        raise ValueError(f"unknown noise kind {kind!r}")
+    return low + [-v for v in reversed(low)]
+
+
 def noise_table(kind: str, dtype=np.float64) -> np.ndarray:
-    """The 2^16 noise levels of ``kind`` ("normal" or "logistic"), as ``dtype``: the quantile at (j + 1/2) / 2^16."""
+    """The 2^8 noise levels of ``kind`` ("normal" or "logistic"), as ``dtype``: level j is the mean of the j-th
+    of 2^8 equally likely slices of the distribution (the module docstring)."""
     key = (kind, np.dtype(dtype).name)
     table = _TABLES.get(key)
     if table is None:
-        q = [(j + 0.5) / LEVELS for j in range(LEVELS)]
-        if kind == "normal":
-            inv = NormalDist().inv_cdf
-            values = [inv(x) for x in q]
-        elif kind == "logistic":
-            values = [math.log(x / (1.0 - x)) for x in q]
-        else:
-            raise ValueError(f"unknown noise kind {kind!r}")
-        table = _TABLES[key] = np.array(values, dtype=np.float64).astype(dtype)
+        table = _TABLES[key] = np.array(_slice_means(kind), dtype=np.float64).astype(dtype)
         table.setflags(write=False)
     return table
 
 
+def word_count(n: int) -> int:
+    """The Philox words a draw of ``n`` weights takes: a byte per weight."""
+    return (n + 3) // 4
+
+
 def draw_words(k0, k1, draw: int, n: int, words: np.ndarray | None = None) -> np.ndarray:
-    """The ``ceil(n / 2)`` Philox words of draw ``draw`` (key words ``k0, k1``), as the module docstring says."""
-    m = (n + 1) // 2
+    """The ``ceil(n / 4)`` Philox words of draw ``draw`` (key words ``k0, k1``), as the module docstring says."""
+    m = word_count(n)
     if words is None or words.shape[0] < m:
         words = np.empty(m, dtype=np.uint32)
     stream_words(k0, k1, np.uint32(draw & 0xFFFFFFFF), np.uint32(draw >> 32), words[:m])
@@ -80,24 +106,23 @@ def draw_words(k0, k1, draw: int, n: int, words: np.ndarray | None = None) -> np
 
 @njit(cache=True)
 def draw_into(k0, k1, draw, words):
-    """:func:`draw_words` into ``words`` (all ``ceil(n / 2)`` of them), the key words and the draw number as
+    """:func:`draw_words` into ``words`` (all ``ceil(n / 4)`` of them), the key words and the draw number as
     integers: one call from Python where :func:`draw_words` made four numpy scalars first (microseconds a
     layer and step)."""
     stream_words(np.uint32(k0), np.uint32(k1), np.uint32(draw & 0xFFFFFFFF), np.uint32(draw >> 32), words)
 
 
 def noise_levels(words: np.ndarray, n: int) -> np.ndarray:
-    """The 16-bit levels ``h_0 .. h_{n-1}`` of a draw's words (by shifts: independent of the byte order)."""
-    halves = (words[:, None] >> np.array([0, 16], dtype=np.uint32)) & np.uint32(0xFFFF)
-    return halves.reshape(-1)[:n].astype(np.int64)
+    """The levels ``h_0 .. h_{n-1}`` (bytes) of a draw's words (by shifts: independent of the byte order)."""
+    shifts = np.array([0, 8, 16, 24], dtype=np.uint32)
+    return ((words[:, None] >> shifts) & np.uint32(0xFF)).reshape(-1)[:n].astype(np.int64)
 
 
-_CHUNK = 64
 
 
 @njit(cache=True, inline="always")
 def _level(words, i):
-    return (words[i >> 1] >> np.uint32(16 * (i & 1))) & np.uint32(0xFFFF)
+    return (words[i >> 2] >> np.uint32(8 * (i & 3))) & np.uint32(0xFF)
 
 
 def gauss_density(x):
@@ -162,7 +187,7 @@ def gauss_gates_parallel(weight, scores, words, table, sigma, out, inside, chunk
     """:func:`gauss_gates`, its element pass over ``chunks`` contiguous chunks on numba's threads."""
     for c in prange(chunks):
         c0, c1 = _chunk(scores.shape[0], chunks, c)
-        _gauss_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 1:(c1 + 1) >> 1], table, sigma, out[c0:c1],
+        _gauss_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 2:(c1 + 3) >> 2], table, sigma, out[c0:c1],
                     inside[c0:c1])
     return open_count(scores, 0.0)
 
@@ -229,7 +254,7 @@ def hard_concrete_gates_parallel(weight, scores, words, table, out, factor, chun
     """:func:`hard_concrete_gates`, its element pass over ``chunks`` contiguous chunks on numba's threads."""
     for c in prange(chunks):
         c0, c1 = _chunk(scores.shape[0], chunks, c)
-        _hc_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 1:(c1 + 1) >> 1], table, out[c0:c1], factor[c0:c1])
+        _hc_pass(weight[c0:c1], scores[c0:c1], words[c0 >> 2:(c1 + 3) >> 2], table, out[c0:c1], factor[c0:c1])
     return open_count(scores, HC_OPEN)
 
 
