@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slth import supermask as sm
 from slth import ticketfile
@@ -343,8 +345,12 @@ def _both_paths(p, weight, grad):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", ["signed", "multicoated"])
-def test_the_fused_kernels_give_the_torch_paths_bits(method, dtype):
+@pytest.mark.parametrize("method, coats", [("signed", None), ("multicoated", (0.5, 0.25)), ("multicoated", ()),
+                                           ("multicoated", (0.8, 0.6, 0.4)), ("multicoated", (0.8, 0.6, 0.4, 0.2))],
+                         ids=["signed", "3-coats", "1-coat", "4-coats", "5-coats"])
+def test_the_fused_kernels_give_the_torch_paths_bits(method, coats, dtype):
+    """Up to 4 coats the forward pass is few_coated_weight's single pass, with more the general kernel: both
+    give the torch path's bits, ties at a threshold included (then the tie-limited kernel)."""
     gen = torch.Generator().manual_seed(5)
     scores = torch.randn(40, 50, generator=gen, dtype=dtype)
     scores[0, :10] = 0.5  # ties at a threshold
@@ -355,7 +361,7 @@ def test_the_fused_kernels_give_the_torch_paths_bits(method, dtype):
         if method == "signed":
             p = Signed(scores.shape, density, scores, 0.4, "slth")
         else:
-            p = Multicoated(scores.shape, density, scores, (0.5, 0.25), "slth")
+            p = Multicoated(scores.shape, density, scores, coats, "slth")
         p.train()
         for _ in range(2):  # the second time through the trackers' bands
             (fused, fused_grad), (ref, ref_grad) = _both_paths(p, weight, grad)
@@ -383,6 +389,47 @@ def test_the_fused_kernels_give_the_same_bits_on_any_thread_count(method):
         torch.set_num_threads(threads)
     for out, g in outputs[1:]:
         assert torch.equal(out, outputs[0][0]) and torch.equal(g, outputs[0][1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 300), coats=st.integers(1, 4), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float32, np.float64]), ties=st.booleans())
+def test_few_coated_weight_is_the_general_kernel_without_counts(n, coats, seed, dtype, ties):
+    from slth.supermask import _kernels as kernels
+
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal(n).astype(dtype)
+    if ties:
+        s[rng.integers(0, n, n // 3 + 1)] = dtype(0.5) * rng.choice([-1, 1])
+    s[rng.integers(0, n)] = np.inf
+    w = rng.standard_normal(n).astype(dtype)
+    thresholds = np.sort(rng.choice(np.abs(s), coats)).astype(dtype)
+    expected, kept = np.empty(n, dtype), np.empty(coats, np.int64)
+    kernels.coated_weight(w, s, thresholds, kept, False, expected, kept)
+    padded = np.full(kernels.FEW_COATS, np.nan, dtype)
+    padded[:coats] = thresholds
+    got = np.empty(n, dtype)
+    kernels.few_coated_weight(w, s, padded, got)
+    assert got.tobytes() == expected.tobytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(2, 400), seed=st.integers(0, 2**32 - 1), ties=st.booleans(), absolute=st.booleans())
+def test_threshold_count_counts_the_values_at_or_above_the_threshold(n, seed, ties, absolute):
+    """Through the band (the second call, near the first threshold) and through a full selection (the first):
+    the k-th largest and how many values are at or above it, ties included."""
+    from slth.supermask.core import ThresholdTracker
+
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(n).astype(np.float32)
+    if ties:
+        v[rng.integers(0, n, n // 2)] = np.float32(0.25) * rng.choice([-1, 1])
+    a = np.abs(v) if absolute else v
+    tracker = ThresholdTracker()
+    for k in (max(1, n // 2), max(1, n // 2 - 1)):
+        thr, at_or_above = tracker.threshold_count(v, k, absolute)
+        assert thr == np.sort(a)[n - k] and at_or_above == int((a >= thr).sum())
+        assert tracker.threshold(v, k, absolute) == thr
 
 
 # ---------------------------------------------------------------- the trainer and the command line

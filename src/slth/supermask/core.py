@@ -63,6 +63,15 @@ class ThresholdTracker:
 
     def threshold(self, values: np.ndarray, k: int, absolute: bool = False) -> float:
         """The k-th largest of ``values`` (1-D float32/float64; of ``|values|`` if ``absolute``)."""
+        return self._select(values, k, absolute, False)[0]
+
+    def threshold_count(self, values: np.ndarray, k: int, absolute: bool = False) -> tuple:
+        """(:meth:`threshold`, how many of the values are at or above it): ``k`` unless ties at the threshold
+        straddle the k-th place. Counted in the band (the values above it, and the band's own at or above the
+        threshold), so without a second pass over the values, except after a miss."""
+        return self._select(values, k, absolute, True)
+
+    def _select(self, values: np.ndarray, k: int, absolute: bool, count: bool) -> tuple:
         kernels = _kernels()
 
         n = values.shape[0]
@@ -75,10 +84,12 @@ class ThresholdTracker:
                 raise ValueError("cannot rank scores that contain NaN")
             if above < k <= above + in_band:
                 j = in_band - (k - above)  # ascending position of the k-th largest within the band
-                thr = np.partition(self._band[:in_band], j)[j]
+                band = self._band[:in_band]
+                thr = np.partition(band, j)[j]
                 self._adapt(float(thr), in_band, n)
-                return thr
-        return self._full(values, k, absolute)
+                return thr, (above + int(np.count_nonzero(band >= thr))) if count else None
+        thr = self._full(values, k, absolute)
+        return thr, int(np.count_nonzero((np.abs(values) if absolute else values) >= thr)) if count else None
 
     def masked_weight(self, weight: np.ndarray, scores: np.ndarray, k: int, out: np.ndarray,
                       threads: int = 1) -> None:
@@ -653,14 +664,21 @@ class CoatedMaskedWeight(torch.autograd.Function):
         out = state.pool.take("weight", weight.shape, w.dtype)
         flat = out.reshape(-1)
         coats = len(counts)
-        thresholds = np.array([t.threshold(s, k, absolute=True) for k, t in zip(counts, trackers)], dtype=s.dtype)
-        kept = np.empty(coats, dtype=np.int64)
-        kernels.coated_weight(w, s, thresholds, kept, False, flat, kept)  # every tie counts (takes unused)
-        wanted = np.array(counts, dtype=np.int64)
-        if not np.array_equal(kept, wanted):  # ties at a threshold: keep only the first ones in index order
+        found = [t.threshold_count(s, k, absolute=True) for k, t in zip(counts, trackers)]
+        thresholds = np.array([thr for thr, _ in found], dtype=s.dtype)
+        if all(at_or_above == k for (_, at_or_above), k in zip(found, counts)):  # no tie straddles a threshold
+            if coats <= kernels.FEW_COATS:  # one vectorised pass, no counts (the thresholds padded with NaN)
+                padded = np.full(kernels.FEW_COATS, np.nan, dtype=s.dtype)
+                padded[:coats] = thresholds
+                kernels.few_coated_weight(w, s, padded, flat)
+            else:
+                kept = np.empty(coats, dtype=np.int64)
+                kernels.coated_weight(w, s, thresholds, kept, False, flat, kept)  # every tie counts
+        else:  # ties at a threshold: keep only the first ones in index order
+            kept = np.empty(coats, dtype=np.int64)
             above = np.empty(coats, dtype=np.int64)
             kernels.count_above(s, thresholds, above)
-            kernels.coated_weight(w, s, thresholds, wanted - above, True, flat, kept)
+            kernels.coated_weight(w, s, thresholds, np.array(counts, dtype=np.int64) - above, True, flat, kept)
         ctx.scale = float(coats)
         grad = state.pool.take("grad", weight.shape, w.dtype)  # the backward pass's array, reused
         ctx.fused = (w, s, grad, torch.from_numpy(grad))
