@@ -424,3 +424,22 @@ def test_cli_trains_a_gate_method(tmp_path):
     kept = sum(int((m.weight != 0).sum()) for m in rebuilt.modules() if isinstance(m, torch.nn.Linear))
     total = sum(m.weight.numel() for m in rebuilt.modules() if isinstance(m, torch.nn.Linear))
     assert kept == sum(kept_count(n, 0.2) for n in (64 * 16, 16 * 10)) and total == 64 * 16 + 16 * 10
+
+
+@pytest.mark.parametrize("cls, kw", [(GaussianGates, {"sigma": 0.5}), (HardConcreteGates, {})])
+def test_backward_with_an_upstream_gradient_of_another_dtype_takes_the_tensor_path(cls, kw):
+    """An upstream gradient that is not the weight's dtype (or not on the CPU) gets factor and penalty gradient
+    as tensors: the kernel path's values to rounding, in the gradient's dtype."""
+    from slth.supermask.methods import _GateWeight
+
+    gen = torch.Generator().manual_seed(0)
+    s, w, g = (torch.randn(20, 30, generator=gen) for _ in range(3))
+    p = _layer(cls, s, lam=0.3, **kw)
+    p.gain.fill_(1.37)
+    out = p(w)
+    p.regularization()
+    ctx = out.grad_fn
+    assert ctx.scale not in (0.0, 1.0)  # the penalty acts, scaled
+    _, mixed, _, _ = _GateWeight.backward(ctx, g.double(), torch.tensor(1.0))
+    _, plain, _, _ = _GateWeight.backward(ctx, g, torch.tensor(1.0))
+    assert mixed.dtype == torch.float64 and torch.allclose(mixed.float(), plain, rtol=1e-6, atol=1e-8)

@@ -860,7 +860,7 @@ class _GateWeight(torch.autograd.Function):
             real = ctx.real
             c = float(real(real(c) * real(ctx.scale)))
         if grad.dtype != weight.dtype or not grad.is_cpu:  # the factor and the penalty's gradient, as tensors
-            ones, zeros = np.ones(weight.numel(), ctx.grad.dtype), np.zeros(weight.numel(), ctx.grad.dtype)
+            ones, zeros = np.ones(weight.numel(), ctx.real), np.zeros(weight.numel(), ctx.real)
             factor, pgrad = np.empty_like(ones), np.empty_like(ones)
             serial(ones, *ctx.args, 0.0, factor)  # 1 * factor
             serial(zeros, *ctx.args, 1.0, pgrad)  # 0 * factor + 1 * the penalty's gradient
@@ -870,7 +870,7 @@ class _GateWeight(torch.autograd.Function):
             return None, g, None, None
         out, ctx.grad = ctx.grad, None  # (the pool's array, prepared by the forward pass; once)
         if out is None:  # a second backward pass through a retained graph
-            out = np.empty(weight.numel(), weight.detach().numpy().dtype)
+            out = np.empty(weight.numel(), ctx.real)
         run_kernel(serial, parallel, kernel_threads(out.shape[0]), _flat(grad), *ctx.args, c, out)
         return None, torch.from_numpy(out.reshape(grad.shape)), None, None
 
