@@ -12,13 +12,13 @@ Slice means keep the distribution's mean exact (0) and its variance to 0.9993 of
 logistic's); the levels reach +-2.97 (normal) and +-6.54 (logistic), the means of the outermost slices.
 
 Why 2^8 levels, one Philox block per 16 weights and a 1 KiB table: the noise was most of a gate step's cost over
-edge-popup's. At 2^16 levels (the quantile at ``(h + 1/2) / 2^16``, until 2026-12) the table took 256 KiB, and
+edge-popup's. At 2^16 levels (the quantile at ``(h + 1/2) / 2^16``, until 2026-12-07) the table took 256 KiB, and
 in a training step its random look-ups filled L1 from L2 at the cache's bandwidth (0.13 ms alone on FC's first
 layer, more in a step) and the Philox words took 0.10 ms: FC's step ratio to dense was 1.46 where a 1 KiB
 table and half the words gave 1.37 (interleaved, same process). Each weight's noise depends on (seed, draw, i)
 alone, so it is the same on any number of threads, and the draw count travels in the layer's ``state_dict``
 (resume is exact). The tables are computed once per process in float64 by Python's ``statistics.NormalDist``
-and ``math.log``.
+and ``math.log`` / ``math.log1p``.
 
 **The kernels.** A layer's forward step is one kernel: the noise gathered from the table, then one pass per
 element computing the gate ``z_i``, the output ``w_i z_i`` and what the backward pass needs (Gaussian gates:
