@@ -840,8 +840,9 @@ class _GateWeight(torch.autograd.Function):
         aux = state.pool.take("gate-aux", (n,), aux_dtype)  # what the backward pass needs besides the scores
         ctx.grad = state.pool.take("gate-grad", (n,), w.dtype)  # the backward's output
         words = step.words
-        if words is None or words.shape[0] != (n + 3) // 4:  # (_gates.word_count: a byte of noise per weight)
-            words = step.words = np.empty((n + 3) // 4, dtype=np.uint32)
+        m = _gates().word_count(n)  # a byte of noise per weight
+        if words is None or words.shape[0] != m:
+            words = step.words = np.empty(m, dtype=np.uint32)
         draw_into(step.key[0], step.key[1], draw, words)
         count = step.count = int(run_kernel(serial, parallel, kernel_threads(n), w, s, words, *args, out, aux))
         ctx.kernels, ctx.args = grad, gates._grad_args(w, s, aux)
